@@ -1,0 +1,295 @@
+/* shard.h: the XLM engine.
+ *
+ * Reads a HuggingFace-style XLM checkpoint folder, keeps the weights of a
+ * contiguous layer range (one pipeline stage, or the whole model) and runs
+ * the forward pass and heads on OpenBLAS. Also holds the XLM tokenizer
+ * (declared in shard_tokenizer.h, included below).
+ *
+ * Data flow of one batch through a pipeline of stages:
+ *
+ *   shard_inputs_t --shard_embed--> shard_acts_t --shard_run_layers--> ...
+ *        ... --shard_run_layers--> shard_acts_t --shard_head_*--> shard_outputs_t
+ *
+ * Activations are packed: only the positions that influence the result are
+ * computed (no work on padding), see shard_acts_t.
+ *
+ * Errors: functions return SHARD_OK (0) or a negative shard_status_t and fill
+ * the caller's shard_error_t with a message naming the function, the bad value
+ * and what was expected. Constructors return NULL and fill the error.
+ */
+#ifndef XLM_SHARD_H
+#define XLM_SHARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum {
+    SHARD_OK = 0,
+    SHARD_ERR_IO = -1,          /* a file could not be opened, read or mapped */
+    SHARD_ERR_FORMAT = -2,      /* a checkpoint file is malformed */
+    SHARD_ERR_CONFIG = -3,      /* config.json is malformed or inconsistent */
+    SHARD_ERR_UNSUPPORTED = -4, /* valid, but not something this engine runs */
+    SHARD_ERR_INPUT = -5,       /* a request's inputs are invalid */
+    SHARD_ERR_NOMEM = -6,       /* an allocation failed or a size overflowed */
+    SHARD_ERR_HEAD = -7,        /* the head is unknown or not in this checkpoint */
+    SHARD_ERR_UTF8 = -8,        /* text is not valid UTF-8 */
+    SHARD_ERR_LANG = -9,        /* a language code the checkpoint does not have */
+    SHARD_ERR_RANGE = -10,      /* a layer range or stage mismatch */
+    SHARD_STATUS_COUNT_ = 11
+} shard_status_t;
+
+enum { SHARD_ERROR_MESSAGE_MAX = 512 };
+
+typedef struct {
+    shard_status_t code;
+    char message[SHARD_ERROR_MESSAGE_MAX];
+} shard_error_t;
+
+/* A short stable identifier ("bad_input", "bad_checkpoint", ...) used as the
+ * error code on the wire and in JSON output. */
+const char *shard_status_str(shard_status_t status);
+
+/* Sets err (may be NULL) and returns code. printf-style message. */
+shard_status_t shard_error_set(shard_error_t *err, shard_status_t code,
+                               const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---------------------------------------------------------------- config */
+
+typedef enum {
+    SHARD_SUMMARY_FIRST = 0,
+    SHARD_SUMMARY_LAST,
+    SHARD_SUMMARY_MEAN,
+    SHARD_SUMMARY_CLS_INDEX,
+    SHARD_SUMMARY_COUNT_
+} shard_summary_type_t;
+
+/* Heads, in the order of the wire enum: append only. */
+typedef enum {
+    SHARD_HEAD_BASE = 0,
+    SHARD_HEAD_LM,
+    SHARD_HEAD_SEQ_CLS,
+    SHARD_HEAD_MULTIPLE_CHOICE,
+    SHARD_HEAD_TOKEN_CLS,
+    SHARD_HEAD_QA_SIMPLE,
+    SHARD_HEAD_QA,
+    SHARD_HEAD_COUNT_
+} shard_head_t;
+
+const char *shard_head_name(shard_head_t head);
+/* Returns SHARD_HEAD_COUNT_ when name is not a head. */
+shard_head_t shard_head_from_name(const char *name);
+
+enum { SHARD_MAX_LANGS = 256, SHARD_LANG_NAME_MAX = 16, SHARD_MAX_LABELS = 4096 };
+
+typedef struct {
+    int64_t vocab_size;
+    int64_t emb_dim;
+    int64_t hidden_dim; /* FFN inner size: 4 * emb_dim */
+    int64_t n_layers;
+    int64_t n_heads;
+    int64_t n_langs;
+    int64_t max_position_embeddings;
+    bool use_lang_emb;
+    bool causal;
+    bool gelu_activation; /* false: ReLU */
+    bool sinusoidal_embeddings;
+    double layer_norm_eps;
+    int64_t pad_index, eos_index, bos_index, unk_index, mask_index;
+
+    shard_summary_type_t summary_type;
+    bool summary_use_proj;
+    bool summary_tanh; /* summary_activation == "tanh" */
+    bool summary_proj_to_labels;
+    int64_t start_n_top, end_n_top;
+    int64_t num_labels;
+
+    shard_head_t head; /* from "architectures" */
+    char lang_names[SHARD_MAX_LANGS][SHARD_LANG_NAME_MAX]; /* id -> code; "" if unnamed */
+} shard_config_t;
+
+/* Parses a config.json file. */
+shard_status_t shard_config_load(const char *path, shard_config_t *config,
+                                 shard_error_t *err);
+/* Language id of a code, or -1. */
+int64_t shard_config_lang_id(const shard_config_t *config, const char *code);
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct shard_model shard_model_t;
+
+/* Which part of the network a model object holds. Layers [first_layer,
+ * last_layer); embeddings (stage 0) and heads (last stage) optional. */
+typedef struct {
+    int64_t first_layer;
+    int64_t last_layer;
+    bool embeddings;
+    bool heads;
+} shard_range_t;
+
+/* Opens a checkpoint folder. range NULL means the whole model. Only the
+ * tensors of the range are touched (mapped pages of other tensors are never
+ * read). */
+shard_model_t *shard_model_open(const char *dir, const shard_range_t *range,
+                                shard_error_t *err);
+void shard_model_destroy(shard_model_t **self_p);
+
+const shard_config_t *shard_model_config(const shard_model_t *model);
+shard_range_t shard_model_range(const shard_model_t *model);
+/* True when the checkpoint has the weights of this head. */
+bool shard_model_has_head(const shard_model_t *model, shard_head_t head);
+
+/* Threads used by BLAS and the engine's own loops (process-wide). */
+void shard_set_threads(int threads);
+
+/* ---------------------------------------------------------------- inputs */
+
+/* One batch, row-major, padded to seq. All arrays but input_ids optional
+ * (NULL when not given). For multiple choice, batch = n_rows * n_choices and
+ * n_choices > 0; rows of one example are consecutive. */
+typedef struct {
+    int64_t batch;
+    int64_t seq;
+    int64_t n_choices;
+    const int64_t *input_ids;      /* [batch*seq] */
+    const int64_t *attention_mask; /* [batch*seq] 0/1 */
+    const int64_t *langs;          /* [batch*seq] */
+    const int64_t *token_type_ids; /* [batch*seq] */
+    const int64_t *position_ids;   /* [batch*seq] */
+    const float *p_mask;           /* [batch*seq], qa only */
+} shard_inputs_t;
+
+/* Checks ids, langs, positions, mask values and shapes against the config. */
+shard_status_t shard_inputs_check(const shard_config_t *config,
+                                  const shard_inputs_t *inputs,
+                                  shard_error_t *err);
+
+/* ---------------------------------------------------------------- activations */
+
+/* Packed activations between stages.
+ *
+ * Only the positions whose hidden state can influence an output are kept:
+ * the unmasked positions, plus (causal models only) masked positions before
+ * a row's last unmasked one, because causal attention still reads them.
+ * Those are carried with is_real = 0 and held at zero after every layer, as
+ * the reference implementation does. Every other position's hidden state is
+ * exactly zero and is not stored. */
+typedef struct {
+    int64_t batch, seq, emb_dim;
+    int64_t n_tokens;    /* packed positions */
+    int64_t *row_start;  /* [batch+1] packed index of each row's first position */
+    int32_t *position;   /* [n_tokens] index in the padded row, 0..seq-1 */
+    uint8_t *is_real;    /* [n_tokens] 1 = attention_mask on */
+    float *hidden;       /* [n_tokens][emb_dim] */
+    size_t capacity_tokens; /* allocated rows of hidden */
+} shard_acts_t;
+
+shard_acts_t *shard_acts_new(void);
+void shard_acts_destroy(shard_acts_t **self_p);
+/* Sizes the layout arrays and hidden for batch rows and n_tokens positions. */
+shard_status_t shard_acts_reserve(shard_acts_t *acts, int64_t batch, int64_t seq,
+                                  int64_t emb_dim, int64_t n_tokens,
+                                  shard_error_t *err);
+/* Fills the padded [batch][seq][emb_dim] tensor (zeros where not packed). */
+void shard_acts_unpack(const shard_acts_t *acts, float *padded);
+
+/* Stage 0: embeddings (words, positions, languages, token types), layer norm,
+ * mask. Needs a model with embeddings. */
+shard_status_t shard_embed(shard_model_t *model, const shard_inputs_t *inputs,
+                           shard_acts_t *acts, shard_error_t *err);
+
+/* Runs the model's layer range over acts in place. */
+shard_status_t shard_run_layers(shard_model_t *model, shard_acts_t *acts,
+                                shard_error_t *err);
+
+/* ---------------------------------------------------------------- outputs */
+
+typedef enum { SHARD_F32 = 0, SHARD_I64 = 1 } shard_elem_t;
+
+enum { SHARD_MAX_DIMS = 4, SHARD_MAX_OUTPUTS = 8, SHARD_OUTPUT_NAME_MAX = 32 };
+
+/* A named output tensor. When row_lengths is set the tensor is ragged: shape
+ * [shape[0]][row_lengths[i]] with the rows stored back to back. */
+typedef struct {
+    char name[SHARD_OUTPUT_NAME_MAX];
+    shard_elem_t elem;
+    int ndim;
+    int64_t shape[SHARD_MAX_DIMS];
+    int64_t *row_lengths; /* [shape[0]] or NULL */
+    float *f32;           /* owned, when elem == SHARD_F32 */
+    int64_t *i64;         /* owned, when elem == SHARD_I64 */
+} shard_tensor_t;
+
+typedef struct {
+    int count;
+    shard_tensor_t tensors[SHARD_MAX_OUTPUTS];
+} shard_outputs_t;
+
+void shard_outputs_init(shard_outputs_t *outputs);
+void shard_outputs_clear(shard_outputs_t *outputs);
+/* Adds a tensor with allocated, zeroed data; returns it or NULL. */
+shard_tensor_t *shard_outputs_add(shard_outputs_t *outputs, const char *name,
+                                  shard_elem_t elem, int ndim,
+                                  const int64_t *shape, shard_error_t *err);
+const shard_tensor_t *shard_outputs_find(const shard_outputs_t *outputs,
+                                         const char *name);
+int64_t shard_tensor_numel(const shard_tensor_t *tensor);
+
+/* ---------------------------------------------------------------- heads */
+
+/* Last stage: computes a head from the final activations. inputs is the
+ * batch the activations came from (p_mask, n_choices and ids are read). */
+shard_status_t shard_head(shard_model_t *model, shard_head_t head,
+                          const shard_acts_t *acts, const shard_inputs_t *inputs,
+                          shard_outputs_t *outputs, shard_error_t *err);
+
+/* Causal LM scoring: for each row b and each position t with t+1 < length_b
+ * (length_b = unmasked positions), log p(input_ids[b][t+1] | ...) under
+ * log_softmax of the LM logits at t. Outputs "token_logprobs" (ragged
+ * [batch][length_b-1]) and "sum_logprob" [batch] (summed in double).
+ * Only the scored positions are projected onto the vocabulary.
+ * If score_from is not NULL, row b only scores targets at t+1 >=
+ * score_from[b] (the other positions are skipped, not projected). */
+shard_status_t shard_head_clm_score(shard_model_t *model, const shard_acts_t *acts,
+                                    const shard_inputs_t *inputs,
+                                    const int64_t *score_from,
+                                    shard_outputs_t *outputs, shard_error_t *err);
+
+/* Masked-LM pseudo-log-likelihood helper: for each row b, log p(target_ids[b])
+ * at position mask_pos[b], projecting only that position. Output
+ * "token_logprob" [batch]. */
+shard_status_t shard_head_masked_logprob(shard_model_t *model,
+                                         const shard_acts_t *acts,
+                                         const int64_t *mask_pos,
+                                         const int64_t *target_ids,
+                                         shard_outputs_t *outputs,
+                                         shard_error_t *err);
+
+/* ---------------------------------------------------------------- whole model */
+
+/* Embed + all layers + head, on a model that holds everything. */
+shard_status_t shard_forward(shard_model_t *model, shard_head_t head,
+                             const shard_inputs_t *inputs, shard_outputs_t *outputs,
+                             shard_error_t *err);
+
+/* Greedy generation from one row: steps times, append the argmax of the last
+ * position's LM logits (langs extended with lang_fill when langs given).
+ * Outputs "generated_ids" [1][len+steps] and "new_ids" [1][steps]. */
+shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t *inputs,
+                                     int64_t steps, int64_t lang_fill,
+                                     shard_outputs_t *outputs, shard_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "shard_tokenizer.h"
+
+#endif /* XLM_SHARD_H */
