@@ -87,6 +87,15 @@ const char *shard_head_name(shard_head_t head);
 /* Returns SHARD_HEAD_COUNT_ when name is not a head. */
 shard_head_t shard_head_from_name(const char *name);
 
+typedef enum {
+    SHARD_ACT_NONE = 0, /* identity ("linear" or null) */
+    SHARD_ACT_TANH,
+    SHARD_ACT_RELU,
+    SHARD_ACT_GELU,
+    SHARD_ACT_SIGMOID,
+    SHARD_ACT_COUNT_
+} shard_activation_t;
+
 enum { SHARD_MAX_LANGS = 256, SHARD_LANG_NAME_MAX = 16, SHARD_MAX_LABELS = 4096 };
 
 typedef struct {
@@ -106,7 +115,7 @@ typedef struct {
 
     shard_summary_type_t summary_type;
     bool summary_use_proj;
-    bool summary_tanh; /* summary_activation == "tanh" */
+    shard_activation_t summary_activation; /* applied after the projection */
     bool summary_proj_to_labels;
     int64_t start_n_top, end_n_top;
     int64_t num_labels;
@@ -285,6 +294,42 @@ shard_status_t shard_forward(shard_model_t *model, shard_head_t head,
 shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t *inputs,
                                      int64_t steps, int64_t lang_fill,
                                      shard_outputs_t *outputs, shard_error_t *err);
+
+
+/* ---------------------------------------------------------------- JSON cases */
+
+/* One line of the cases format (golden cases.jsonl): a name, a head, the
+ * inputs and, for the extra records, a kind. */
+typedef enum {
+    SHARD_CASE_HEAD = 0,  /* run a head */
+    SHARD_CASE_CLM_SCORE, /* "kind": "clm_score" */
+    SHARD_CASE_GREEDY,    /* "kind": "greedy" */
+    SHARD_CASE_COUNT_
+} shard_case_kind_t;
+
+typedef struct {
+    char *name;            /* owned; "" when absent */
+    shard_case_kind_t kind;
+    shard_head_t head;     /* SHARD_HEAD_COUNT_ when the line names none */
+    shard_inputs_t inputs; /* arrays owned by the case */
+    int64_t steps;         /* greedy */
+    int64_t langs_fill;    /* greedy */
+} shard_case_t;
+
+/* Parses one JSON line. On error the case's name is still set when the line
+ * had one, so the error can be reported under it. */
+shard_status_t shard_case_parse(const char *line, size_t length, shard_case_t *c,
+                                shard_error_t *err);
+void shard_case_clear(shard_case_t *c);
+
+/* The result line {"name": ..., "outputs": {...}} (malloc'd, no newline). */
+char *shard_case_result_json(const char *name, const shard_outputs_t *outputs);
+/* The error line {"name": ..., "error": {"code": ..., "message": ...}}. */
+char *shard_case_error_json(const char *name, const shard_error_t *err);
+
+/* Runs a parsed case on a whole model (head, clm_score or greedy). */
+shard_status_t shard_case_run(shard_model_t *model, const shard_case_t *c,
+                              shard_outputs_t *outputs, shard_error_t *err);
 
 #ifdef __cplusplus
 }
