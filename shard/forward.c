@@ -157,6 +157,27 @@ void shard_acts_unpack(const shard_acts_t *acts, float *padded)
                        (size_t)d * sizeof *padded);
 }
 
+shard_status_t shard_acts_view(const shard_acts_t *acts, int64_t first_row, int64_t rows,
+                               int64_t seq, shard_acts_t *view, shard_error_t *err)
+{
+    if (first_row < 0 || rows < 1 || first_row + rows > acts->batch || seq < 1)
+        return shard_error_set(err, SHARD_ERR_INPUT,
+                               "shard_acts_view: rows [%lld, %lld) of a batch of %lld",
+                               (long long)first_row, (long long)(first_row + rows),
+                               (long long)acts->batch);
+    for (int64_t t = acts->row_start[first_row]; t < acts->row_start[first_row + rows]; t++)
+        if (acts->position[t] >= seq)
+            return shard_error_set(err, SHARD_ERR_INPUT,
+                                   "shard_acts_view: position %d computed beyond the view's "
+                                   "length %lld", acts->position[t], (long long)seq);
+    *view = *acts;
+    view->batch = rows;
+    view->seq = seq;
+    view->row_start = acts->row_start + first_row;
+    view->capacity_tokens = 0; /* a view owns nothing */
+    return SHARD_OK;
+}
+
 const float *shard_acts_hidden_at(const shard_acts_t *acts, int64_t row, int64_t pos)
 {
     /* Positions of a row are packed in increasing order: binary search. */

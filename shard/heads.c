@@ -38,11 +38,13 @@ static const float *hidden_or_zero(const shard_acts_t *acts, int64_t b, int64_t 
 static shard_status_t positionwise(shard_model_t *model, const shard_linear_t *linear,
                                    const shard_acts_t *acts, float *out, shard_error_t *err)
 {
-    const int64_t o = linear->out, T = acts->n_tokens;
+    /* acts may be a view of some rows: project only their packed positions. */
+    const int64_t o = linear->out, t0 = acts->row_start[0];
+    const int64_t T = acts->row_start[acts->batch] - t0;
     float *packed = shard_scratch_get(&model->scratch, 6, (size_t)(T ? T : 1) * (size_t)o);
     if (!packed)
         return shard_error_set(err, SHARD_ERR_NOMEM, "head: out of memory");
-    shard_linear(linear, acts->hidden, T, packed);
+    shard_linear(linear, acts->hidden + t0 * acts->emb_dim, T, packed);
     for (int64_t r = 0; r < acts->batch * acts->seq; r++) {
         float *dst = out + r * o;
         if (linear->bias)
@@ -53,7 +55,7 @@ static shard_status_t positionwise(shard_model_t *model, const shard_linear_t *l
     for (int64_t b = 0; b < acts->batch; b++)
         for (int64_t t = acts->row_start[b]; t < acts->row_start[b + 1]; t++)
             if (acts->is_real[t])
-                memcpy(out + (b * acts->seq + acts->position[t]) * o, packed + t * o,
+                memcpy(out + (b * acts->seq + acts->position[t]) * o, packed + (t - t0) * o,
                        (size_t)o * sizeof *out);
     return SHARD_OK;
 }

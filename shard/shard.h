@@ -206,6 +206,12 @@ void shard_acts_destroy(shard_acts_t **self_p);
 shard_status_t shard_acts_reserve(shard_acts_t *acts, int64_t batch, int64_t seq,
                                   int64_t emb_dim, int64_t n_tokens,
                                   shard_error_t *err);
+/* A view of rows [first_row, first_row + rows) seen as padded to seq (which
+ * may be shorter than acts->seq when those rows were padded further inside
+ * a larger batch). Shares acts' arrays; pass it to the heads, never to
+ * shard_run_layers or shard_acts_destroy. */
+shard_status_t shard_acts_view(const shard_acts_t *acts, int64_t first_row, int64_t rows,
+                               int64_t seq, shard_acts_t *view, shard_error_t *err);
 /* Fills the padded [batch][seq][emb_dim] tensor (zeros where not packed). */
 void shard_acts_unpack(const shard_acts_t *acts, float *padded);
 
