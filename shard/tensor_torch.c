@@ -1224,7 +1224,8 @@ static shard_status_t tt_read_index(zip_t *za, const char *path, const char *nam
     return st;
 }
 
-/* Size of entry <prefix><suffix>; *found false (not an error) when absent. */
+/* Index and size of the entry called name; *found false (not an error) when
+ * absent. */
 static shard_status_t tt_locate(zip_t *za, const char *path, const char *name,
                                 zip_uint64_t *index, size_t *size, bool *found,
                                 shard_error_t *err)
@@ -1305,8 +1306,9 @@ fail:
 }
 
 /* Storage bytes are used as they are, so they must be little-endian like the
- * host. A missing byteorder entry (torch < 1.13) means little-endian: torch
- * ran only on little-endian hosts before it started writing the entry. */
+ * host. Without a byteorder entry (written since torch 1.13) the storages are
+ * taken as little-endian, as torch's own loader does on such a host: files
+ * from older torch on big-endian machines cannot be told apart. */
 static shard_status_t tt_check_byteorder(zip_t *za, const char *path,
                                          const char *prefix, shard_error_t *err)
 {
