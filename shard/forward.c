@@ -78,6 +78,15 @@ static int64_t default_length(const shard_config_t *c, const shard_inputs_t *in,
     return k;
 }
 
+void shard_default_mask(const shard_config_t *c, const int64_t *ids, int64_t seq, int64_t *mask)
+{
+    int64_t k = 0;
+    for (int64_t s = 0; s < seq; s++)
+        k += ids[s] != c->pad_index;
+    for (int64_t s = 0; s < seq; s++)
+        mask[s] = s < k;
+}
+
 /* Positions of row b to compute: [0, end) filtered by the mask unless the
  * model is causal. Returns how many. */
 static int64_t row_span(const shard_config_t *c, const shard_inputs_t *in, int64_t b,

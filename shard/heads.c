@@ -481,3 +481,28 @@ shard_status_t shard_head_masked_logprob(shard_model_t *model, const shard_acts_
     free(items);
     return status;
 }
+
+shard_status_t shard_head_next_token(shard_model_t *model, const shard_acts_t *acts, int64_t row,
+                                     int64_t pos, int64_t *token, shard_error_t *err)
+{
+    shard_status_t status = need_head(model, SHARD_HEAD_LM, err);
+    if (status)
+        return status;
+    if (row < 0 || row >= acts->batch || pos < 0 || pos >= acts->seq)
+        return shard_error_set(err, SHARD_ERR_INPUT, "next_token: row %lld position %lld outside "
+                               "%lld x %lld", (long long)row, (long long)pos,
+                               (long long)acts->batch, (long long)acts->seq);
+    const shard_linear_t *proj = &model->heads.lm_proj;
+    float *logits = shard_scratch_get(&model->scratch, 7, (size_t)proj->out);
+    float *zero = shard_scratch_get(&model->scratch, 6, (size_t)acts->emb_dim);
+    if (!logits || !zero)
+        return shard_error_set(err, SHARD_ERR_NOMEM, "next_token: out of memory");
+    memset(zero, 0, (size_t)acts->emb_dim * sizeof *zero);
+    shard_linear(proj, hidden_or_zero(acts, row, pos, zero), 1, logits);
+    int64_t best = 0; /* the first maximum, as argmax breaks ties */
+    for (int64_t v = 1; v < proj->out; v++)
+        if (logits[v] > logits[best])
+            best = v;
+    *token = best;
+    return SHARD_OK;
+}

@@ -70,23 +70,9 @@ shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t 
         if ((status = shard_embed(model, &step, acts, err)) ||
             (status = shard_run_layers(model, acts, err)))
             goto done;
-        const shard_linear_t *proj = &model->heads.lm_proj;
-        float *logits = shard_scratch_get(&model->scratch, 7, (size_t)proj->out);
-        float *zero = shard_scratch_get(&model->scratch, 6, (size_t)c->emb_dim);
-        if (!logits || !zero) {
-            status = shard_error_set(err, SHARD_ERR_NOMEM, "generate: out of memory");
-            goto done;
-        }
-        const float *last = shard_acts_hidden_at(acts, 0, len - 1);
-        if (!last) {
-            memset(zero, 0, (size_t)c->emb_dim * sizeof *zero);
-            last = zero;
-        }
-        shard_linear(proj, last, 1, logits);
         int64_t best = 0;
-        for (int64_t v = 1; v < proj->out; v++)
-            if (logits[v] > logits[best])
-                best = v;
+        if ((status = shard_head_next_token(model, acts, 0, len - 1, &best, err)))
+            goto done;
         ids[len] = best;
     }
     int64_t shape_all[2] = {1, total}, shape_new[2] = {1, steps};

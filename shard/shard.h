@@ -287,6 +287,17 @@ shard_status_t shard_head_masked_logprob(shard_model_t *model,
                                          shard_outputs_t *outputs,
                                          shard_error_t *err);
 
+/* Greedy decoding step: the argmax of the LM logits at position pos of row
+ * (the bias alone where that position was not computed). */
+shard_status_t shard_head_next_token(shard_model_t *model, const shard_acts_t *acts,
+                                     int64_t row, int64_t pos, int64_t *token,
+                                     shard_error_t *err);
+
+/* Default attention mask of a row of ids, as the reference derives it when
+ * none is given: the first k positions, k = ids that are not pad_index. */
+void shard_default_mask(const shard_config_t *config, const int64_t *ids, int64_t seq,
+                        int64_t *mask);
+
 /* ---------------------------------------------------------------- whole model */
 
 /* Embed + all layers + head, on a model that holds everything. */

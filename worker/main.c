@@ -1,0 +1,160 @@
+/* xlm-worker: one rank of the MPI pipeline job (run it with mpirun). */
+#include "worker_internal.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fputs("usage: mpirun -np N xlm-worker --model DIR --broker ENDPOINT [--stages S] [options]\n"
+          "\n"
+          "The N ranks form N/S pipelines of S stages. Stage 0 of each pipeline registers\n"
+          "with the broker, takes micro-batches, tokenises text and runs the first layers;\n"
+          "activations move stage to stage over MPI; the last stage computes the heads and\n"
+          "sends the replies.\n"
+          "\n"
+          "  --model DIR             checkpoint folder (required)\n"
+          "  --broker ENDPOINT       the broker's backend, e.g. tcp://127.0.0.1:5556 (required)\n"
+          "  --stages S              stages per pipeline (default 1)\n"
+          "  --name NAME             served model name (default: the folder's name)\n"
+          "  --layer-map A,B,...     layers per stage, overriding the compute balance\n"
+          "  --threads N             BLAS threads per rank (default 1)\n"
+          "  --credit C              micro-batches a pipeline holds (default stages + 1)\n"
+          "  --max-batch-tokens T    padded tokens per micro-batch (default 4096)\n"
+          "  --heartbeat-ms MS       heartbeat interval (default 500)\n"
+          "  --liveness K            missed heartbeats before the broker is presumed gone (default 6)\n"
+          "  --pipeline-prefix P     pipeline ids are P/pI (default NAME@HOST)\n"
+          "  --lang-rules            tokenise with each segment's language rules\n"
+          "  --verbose               debug logging\n",
+          out);
+}
+
+static int parse_uint(const char *flag, const char *text, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end = NULL;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (!*text || *end || *text == '-' || value < lo || value > hi) {
+        fprintf(stderr, "xlm-worker: %s %s: expected an integer %llu..%llu\n", flag, text,
+                (unsigned long long)lo, (unsigned long long)hi);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+static int parse_layer_map(worker_options_t *o, const char *text)
+{
+    char *copy = strdup(text), *save = NULL;
+    int n = 0;
+    for (char *part = strtok_r(copy, ",", &save); part; part = strtok_r(NULL, ",", &save)) {
+        uint64_t value;
+        if (n == WORKER_MAX_STAGES || parse_uint("--layer-map", part, 0, 1 << 20, &value)) {
+            free(copy);
+            return -1;
+        }
+        o->layer_counts[n++] = (int64_t)value;
+    }
+    free(copy);
+    o->has_layer_map = true;
+    return n;
+}
+
+static void default_name(worker_options_t *o)
+{
+    const char *dir = o->model_dir;
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/')
+        len--;
+    size_t start = len;
+    while (start > 0 && dir[start - 1] != '/')
+        start--;
+    snprintf(o->name, sizeof o->name, "%.*s", (int)(len - start), dir + start);
+}
+
+static int parse(int argc, char **argv, worker_options_t *o, bool *verbose)
+{
+    static const struct option options[] = {
+        {"model", required_argument, NULL, 'm'}, {"broker", required_argument, NULL, 'b'},
+        {"stages", required_argument, NULL, 's'}, {"name", required_argument, NULL, 'n'},
+        {"layer-map", required_argument, NULL, 'L'}, {"threads", required_argument, NULL, 't'},
+        {"credit", required_argument, NULL, 'c'}, {"max-batch-tokens", required_argument, NULL, 'T'},
+        {"heartbeat-ms", required_argument, NULL, 'H'}, {"liveness", required_argument, NULL, 'l'},
+        {"pipeline-prefix", required_argument, NULL, 'P'}, {"lang-rules", no_argument, NULL, 'R'},
+        {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    int opt, map_stages = -1;
+    uint64_t value;
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'm': o->model_dir = optarg; break;
+        case 'b': o->broker = optarg; break;
+        case 'n':
+            if (!*optarg || strlen(optarg) >= sizeof o->name) {
+                fprintf(stderr, "xlm-worker: --name must be 1..%zu bytes\n", sizeof o->name - 1);
+                return -1;
+            }
+            snprintf(o->name, sizeof o->name, "%s", optarg);
+            break;
+        case 's': if (parse_uint("--stages", optarg, 1, WORKER_MAX_STAGES, &value)) return -1; o->n_stages = (int)value; break;
+        case 'L': if ((map_stages = parse_layer_map(o, optarg)) < 0) return -1; break;
+        case 't': if (parse_uint("--threads", optarg, 1, 1024, &value)) return -1; o->threads = (int)value; break;
+        case 'c': if (parse_uint("--credit", optarg, 1, PROTO_MAX_CREDIT, &value)) return -1; o->credit = (uint32_t)value; break;
+        case 'T': if (parse_uint("--max-batch-tokens", optarg, 1, 1 << 24, &value)) return -1; o->max_batch_tokens = value; break;
+        case 'H': if (parse_uint("--heartbeat-ms", optarg, 10, 600000, &value)) return -1; o->heartbeat_ms = (uint32_t)value; break;
+        case 'l': if (parse_uint("--liveness", optarg, 2, 1000, &value)) return -1; o->liveness = (uint32_t)value; break;
+        case 'P': o->pipeline_prefix = optarg; break;
+        case 'R': o->lang_rules = true; break;
+        case 'v': *verbose = true; break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (!o->model_dir || !o->broker || optind != argc) {
+        fprintf(stderr, "xlm-worker: %s\n", optind != argc ? "unexpected argument" : "--model and --broker are required");
+        usage(stderr);
+        return -1;
+    }
+    if (map_stages >= 0 && map_stages != o->n_stages) {
+        fprintf(stderr, "xlm-worker: --layer-map names %d stages, --stages is %d\n", map_stages, o->n_stages);
+        return -1;
+    }
+    if (!o->name[0])
+        default_name(o);
+    return 0;
+}
+
+void worker_options_default(worker_options_t *o)
+{
+    memset(o, 0, sizeof *o);
+    o->n_stages = 1;
+    o->threads = 1;
+    o->max_batch_tokens = 4096;
+    o->heartbeat_ms = 500;
+    o->liveness = 6;
+}
+
+int main(int argc, char **argv)
+{
+    worker_options_t options;
+    bool verbose = false;
+    worker_options_default(&options);
+    if (parse(argc, argv, &options, &verbose))
+        return 2;
+    int provided = 0;
+    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "xlm-worker: MPI_Init failed\n");
+        return 1;
+    }
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    worker_log_init(rank, verbose ? WORKER_LOG_DEBUG : WORKER_LOG_INFO);
+    int rc = worker_run(&options);
+    if (rc != 0) {
+        /* One rank failing ends the job: the launcher restarts it and the
+         * broker re-queues what this pipeline held. */
+        worker_log(WORKER_LOG_ERROR, "stopping the MPI job after an error");
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    MPI_Finalize();
+    return rc;
+}

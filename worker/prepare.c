@@ -1,0 +1,252 @@
+/* prepare.c: requests of a Batch -> prepared rows (stage 0).
+ *
+ * Every request becomes explicit padded arrays: ids, an attention mask (the
+ * default one derived as the reference does when none is given), positions
+ * (0..n-1 when none are given), and langs / token types when given. Explicit
+ * arrays let requests of different lengths share a micro-batch while each
+ * still sees exactly its own inputs. */
+#include "worker_internal.h"
+#include "stage.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void worker_prepared_clear(worker_prepared_t *p)
+{
+    free(p->ids);
+    free(p->mask);
+    free(p->positions);
+    free(p->langs);
+    free(p->types);
+    free(p->p_mask);
+    free(p->item.score_from);
+    memset(p, 0, sizeof *p);
+}
+
+static bool alloc_rows(worker_prepared_t *p, bool langs, bool types, bool p_mask)
+{
+    size_t n = (size_t)(p->item.rows * p->item.seq);
+    p->ids = calloc(n, sizeof *p->ids);
+    p->mask = calloc(n, sizeof *p->mask);
+    p->positions = calloc(n, sizeof *p->positions);
+    p->langs = langs ? calloc(n, sizeof *p->langs) : NULL;
+    p->types = types ? calloc(n, sizeof *p->types) : NULL;
+    p->p_mask = p_mask ? calloc(n, sizeof *p->p_mask) : NULL;
+    return p->ids && p->mask && p->positions && (!langs || p->langs) && (!types || p->types) &&
+           (!p_mask || p->p_mask);
+}
+
+/* Fills row r (length len) from the flat request arrays at offset. */
+static void fill_row(worker_prepared_t *p, const shard_config_t *c, const Xlm__TokenInput *t,
+                     int64_t r, size_t offset, int64_t len)
+{
+    const int64_t seq = p->item.seq, at = r * seq;
+    for (int64_t s = 0; s < seq; s++)
+        p->ids[at + s] = s < len ? t->input_ids[offset + (size_t)s] : c->pad_index;
+    if (t->n_attention_mask) {
+        for (int64_t s = 0; s < len; s++)
+            p->mask[at + s] = t->attention_mask[offset + (size_t)s];
+    } else {
+        /* The reference's default: k leading positions, k = non-pad ids of
+         * the row as given. */
+        int64_t k = 0;
+        for (int64_t s = 0; s < len; s++)
+            k += t->input_ids[offset + (size_t)s] != c->pad_index;
+        for (int64_t s = 0; s < k; s++)
+            p->mask[at + s] = 1;
+    }
+    for (int64_t s = 0; s < seq; s++)
+        p->positions[at + s] = t->n_position_ids ? (s < len ? t->position_ids[offset + (size_t)s] : 0)
+                                                 : (s < c->max_position_embeddings ? s : 0);
+    for (int64_t s = 0; p->langs && s < len; s++)
+        p->langs[at + s] = t->langs[offset + (size_t)s];
+    for (int64_t s = 0; p->types && s < len; s++)
+        p->types[at + s] = t->token_type_ids[offset + (size_t)s];
+    for (int64_t s = 0; p->p_mask && s < len; s++)
+        p->p_mask[at + s] = t->p_mask[offset + (size_t)s];
+}
+
+static proto_status_t prepare_tokens(worker_prepared_t *p, const shard_config_t *c,
+                                     const Xlm__TokenInput *t, char *message, size_t message_size)
+{
+    int64_t longest = 0;
+    for (size_t r = 0; r < t->n_lengths; r++)
+        longest = t->lengths[r] > longest ? t->lengths[r] : longest;
+    p->item.rows = (int64_t)t->n_lengths;
+    p->item.seq = longest;
+    if (!t->n_position_ids && longest > c->max_position_embeddings) {
+        snprintf(message, message_size, "a row of %lld tokens exceeds max_position_embeddings %lld",
+                 (long long)longest, (long long)c->max_position_embeddings);
+        return PROTO_STATUS_TOO_LARGE;
+    }
+    if (!alloc_rows(p, t->n_langs > 0, t->n_token_type_ids > 0, t->n_p_mask > 0)) {
+        snprintf(message, message_size, "out of memory");
+        return PROTO_STATUS_INTERNAL;
+    }
+    size_t offset = 0;
+    for (size_t r = 0; r < t->n_lengths; r++) {
+        fill_row(p, c, t, (int64_t)r, offset, t->lengths[r]);
+        offset += (size_t)t->lengths[r];
+    }
+    return PROTO_STATUS_OK;
+}
+
+#ifdef WORKER_TEXT_READY
+static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *st,
+                                   const Xlm__TextInput *text, char *message, size_t message_size)
+{
+    const shard_config_t *c = st->config;
+    uint64_t start = worker_now_us();
+    shard_encoding_t *rows = calloc(text->n_rows ? text->n_rows : 1, sizeof *rows);
+    if (!rows) {
+        snprintf(message, message_size, "out of memory");
+        return PROTO_STATUS_INTERNAL;
+    }
+    proto_status_t status = PROTO_STATUS_OK;
+    int64_t longest = 0;
+    for (size_t r = 0; status == PROTO_STATUS_OK && r < text->n_rows; r++) {
+        const Xlm__TextRow *row = text->rows[r];
+        shard_error_t err = {0};
+        if (row->n_segments < 1 || row->n_segments > 2) {
+            snprintf(message, message_size, "text row %zu has %zu segments, expected 1 or 2", r,
+                     row->n_segments);
+            status = PROTO_STATUS_BAD_REQUEST;
+        } else if (shard_tokenizer_encode(st->tokenizer, row->segments[0]->text,
+                                          row->segments[0]->lang,
+                                          row->n_segments > 1 ? row->segments[1]->text : NULL,
+                                          row->n_segments > 1 ? row->segments[1]->lang : NULL,
+                                          st->options->lang_rules, &rows[r], &err)) {
+            snprintf(message, message_size, "text row %zu: %s", r, err.message);
+            status = worker_status_of(err.code);
+        } else {
+            longest = (int64_t)rows[r].length > longest ? (int64_t)rows[r].length : longest;
+        }
+    }
+    if (status == PROTO_STATUS_OK && longest > c->max_position_embeddings) {
+        snprintf(message, message_size, "a text row of %lld tokens exceeds max_position_embeddings %lld",
+                 (long long)longest, (long long)c->max_position_embeddings);
+        status = PROTO_STATUS_TOO_LARGE;
+    }
+    /* Languages travel with the tokens when the model embeds them. */
+    const bool langs = c->n_langs > 1 && c->use_lang_emb;
+    p->item.rows = (int64_t)text->n_rows;
+    p->item.seq = longest;
+    if (status == PROTO_STATUS_OK && !alloc_rows(p, langs, false, false)) {
+        snprintf(message, message_size, "out of memory");
+        status = PROTO_STATUS_INTERNAL;
+    }
+    for (size_t r = 0; status == PROTO_STATUS_OK && r < text->n_rows; r++) {
+        const int64_t at = (int64_t)r * longest;
+        for (int64_t s = 0; s < longest; s++) {
+            const bool real = s < (int64_t)rows[r].length;
+            p->ids[at + s] = real ? rows[r].input_ids[s] : c->pad_index;
+            p->mask[at + s] = real; /* text rows are never padded inside */
+            p->positions[at + s] = s;
+            if (p->langs)
+                p->langs[at + s] = real ? rows[r].langs[s] : 0;
+        }
+    }
+    for (size_t r = 0; r < text->n_rows; r++)
+        shard_encoding_clear(&rows[r]);
+    free(rows);
+    p->item.tokenize_us = worker_now_us() - start;
+    return status;
+}
+
+#else
+static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *st,
+                                   const Xlm__TextInput *text, char *message, size_t message_size)
+{
+    (void)p; (void)st; (void)text;
+    snprintf(message, message_size, "text input is not supported yet");
+    return PROTO_STATUS_BAD_REQUEST;
+}
+#endif
+
+static int64_t lang_of_code(const shard_config_t *c, const char *code)
+{
+    return shard_config_lang_id(c, code);
+}
+
+static proto_status_t prepare_generate(worker_prepared_t *p, const shard_config_t *c,
+                                       const Xlm__Request *req, char *message, size_t message_size)
+{
+    const Xlm__Generate *g = req->generate;
+    if (!g || g->steps < 1 || p->item.rows != 1) {
+        snprintf(message, message_size, "generate takes one row and steps > 0");
+        return PROTO_STATUS_BAD_REQUEST;
+    }
+    if (p->item.seq + g->steps > c->max_position_embeddings) {
+        snprintf(message, message_size, "%lld tokens plus %lld steps exceed max_position_embeddings %lld",
+                 (long long)p->item.seq, (long long)g->steps, (long long)c->max_position_embeddings);
+        return PROTO_STATUS_TOO_LARGE;
+    }
+    p->steps = g->steps;
+    p->lang_fill = p->langs ? p->langs[p->item.seq - 1] : 0;
+    if (g->lang_fill_case == XLM__GENERATE__LANG_FILL_LANG_FILL_ID)
+        p->lang_fill = g->lang_fill_id;
+    else if (g->lang_fill_case == XLM__GENERATE__LANG_FILL_LANG_FILL_CODE)
+        p->lang_fill = lang_of_code(c, g->lang_fill_code);
+    if (p->langs && (p->lang_fill < 0 || p->lang_fill >= c->n_langs)) {
+        snprintf(message, message_size, "generate: lang_fill is not a language of the model");
+        return PROTO_STATUS_BAD_REQUEST;
+    }
+    return PROTO_STATUS_OK;
+}
+
+proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
+                              const Xlm__Request *req, char *message, size_t message_size)
+{
+    const shard_config_t *c = st->config;
+    proto_status_t status;
+    p->item.task = (int32_t)req->task;
+    p->item.n_choices = req->task == XLM__TASK__TASK_MULTIPLE_CHOICE ? req->n_choices : 0;
+    snprintf(p->item.id, sizeof p->item.id, "%s", req->id);
+    if (req->input_case == XLM__REQUEST__INPUT_TOKENS)
+        status = prepare_tokens(p, c, req->tokens, message, message_size);
+    else if (req->input_case == XLM__REQUEST__INPUT_TEXT)
+        status = prepare_text(p, st, req->text, message, message_size);
+    else {
+        snprintf(message, message_size, "the request has no input");
+        status = PROTO_STATUS_BAD_REQUEST;
+    }
+    if (status != PROTO_STATUS_OK)
+        return status;
+    if (p->item.rows < 1 || p->item.seq < 1) {
+        snprintf(message, message_size, "empty input: %lld rows of %lld tokens",
+                 (long long)p->item.rows, (long long)p->item.seq);
+        return PROTO_STATUS_BAD_REQUEST;
+    }
+    if (p->item.n_choices > 0 && p->item.rows % p->item.n_choices != 0) {
+        snprintf(message, message_size, "%lld rows do not split into examples of %lld choices",
+                 (long long)p->item.rows, (long long)p->item.n_choices);
+        return PROTO_STATUS_BAD_REQUEST;
+    }
+    if (req->task == XLM__TASK__TASK_CLM_SCORE && req->n_score_from) {
+        if (req->n_score_from != (size_t)p->item.rows) {
+            snprintf(message, message_size, "score_from has %zu values for %lld rows",
+                     req->n_score_from, (long long)p->item.rows);
+            return PROTO_STATUS_BAD_REQUEST;
+        }
+        p->item.score_from = malloc(req->n_score_from * sizeof(int64_t));
+        if (!p->item.score_from) {
+            snprintf(message, message_size, "out of memory");
+            return PROTO_STATUS_INTERNAL;
+        }
+        memcpy(p->item.score_from, req->score_from, req->n_score_from * sizeof(int64_t));
+    }
+    if (req->task == XLM__TASK__TASK_GENERATE &&
+        (status = prepare_generate(p, c, req, message, message_size)) != PROTO_STATUS_OK)
+        return status;
+    /* The engine's own checks: ids, langs, positions against the model. */
+    shard_inputs_t in = {.batch = p->item.rows, .seq = p->item.seq, .n_choices = p->item.n_choices,
+                         .input_ids = p->ids, .attention_mask = p->mask, .langs = p->langs,
+                         .token_type_ids = p->types, .position_ids = p->positions,
+                         .p_mask = p->p_mask};
+    shard_error_t err = {0};
+    if (shard_inputs_check(c, &in, &err)) {
+        snprintf(message, message_size, "%s", err.message);
+        return worker_status_of(err.code);
+    }
+    return PROTO_STATUS_OK;
+}

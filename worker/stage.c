@@ -1,0 +1,312 @@
+/* stage.c: set-up of a rank's stage, the stages after the first, and the
+ * last stage's heads. */
+#include "stage.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+volatile sig_atomic_t worker_stopping = 0;
+
+
+/* ------------------------------------------------------------ last stage */
+
+static shard_status_t run_item(worker_stage_t *st, worker_micro_t *m, const worker_item_t *item,
+                               shard_outputs_t *outputs, shard_error_t *err)
+{
+    shard_inputs_t in;
+    shard_acts_t view;
+    shard_status_t status = worker_item_inputs(m, item, &in, err);
+    if (status)
+        return status;
+    if (!(status = shard_acts_view(m->acts, item->row0, item->rows, item->seq, &view, err))) {
+        if (item->task == PROTO_TASK_CLM_SCORE)
+            status = shard_head_clm_score(st->model, &view, &in, item->score_from, outputs, err);
+        else if (item->task >= 0 && item->task < SHARD_HEAD_COUNT_)
+            status = shard_head(st->model, (shard_head_t)item->task, &view, &in, outputs, err);
+        else
+            status = shard_error_set(err, SHARD_ERR_HEAD, "task %s is not computed by a head",
+                                     proto_task_name((proto_task_t)item->task));
+    }
+    worker_inputs_free(&in);
+    return status;
+}
+
+int worker_finish_micro(worker_stage_t *st, worker_micro_t *m, int64_t *next_token)
+{
+    if (m->kind == MICRO_GENERATE) {
+        shard_error_t err = {0};
+        *next_token = -1;
+        if (shard_head_next_token(st->model, m->acts, 0, m->seq - 1, next_token, &err)) {
+            worker_log(WORKER_LOG_ERROR, "generation step failed: %s", err.message);
+            *next_token = -1;
+        }
+        return 0;
+    }
+    worker_reply_t *replies = calloc((size_t)(m->n_items ? m->n_items : 1), sizeof *replies);
+    if (!replies)
+        return -1;
+    int rc = 0;
+    const uint64_t batch_tokens = (uint64_t)(m->batch * m->seq);
+    for (int i = 0; i < m->n_items; i++) {
+        shard_outputs_t outputs;
+        shard_error_t err = {0};
+        shard_outputs_init(&outputs);
+        shard_status_t status = run_item(st, m, &m->items[i], &outputs, &err);
+        if (worker_reply_pack(&replies[i], &m->items[i], worker_status_of(status),
+                              status ? err.message : NULL, &outputs, m->stage_us, m->n_stages,
+                              batch_tokens, (uint32_t)m->n_items) != 0)
+            rc = -1;
+        shard_outputs_clear(&outputs);
+    }
+    if (worker_replies_send(st->link, replies, (size_t)m->n_items, m->stage_us, m->n_stages) != 0)
+        rc = -1;
+    free(replies);
+    return rc;
+}
+
+/* ------------------------------------------------------------ stages 1.. */
+
+static void idle_pause(void)
+{
+    struct timespec pause = {0, 50 * 1000};
+    nanosleep(&pause, NULL);
+}
+
+/* Sends a packet to the next stage from one of two slots, waiting for the
+ * slot's previous send first: at most two sends outstanding. */
+int worker_send_next(worker_stage_t *st, slot_t *slots, int *next_slot, worker_micro_t *m)
+{
+    slot_t *slot = &slots[*next_slot];
+    *next_slot ^= 1;
+    if (slot->request != MPI_REQUEST_NULL && WORKER_MPI(MPI_Wait(&slot->request, MPI_STATUS_IGNORE)))
+        return -1;
+    size_t size = worker_packet_write(m, slot->buffer, st->packet_capacity);
+    if (size == 0 || size > (size_t)INT32_MAX) {
+        worker_log(WORKER_LOG_ERROR, "micro-batch %llu does not fit a packet of %zu bytes",
+                   (unsigned long long)m->micro_id, st->packet_capacity);
+        return -1;
+    }
+    return WORKER_MPI(MPI_Isend(slot->buffer, (int)size, MPI_BYTE, st->stage + 1, TAG_ACTIVATIONS,
+                                st->comm, &slot->request));
+}
+
+static int finish_sends(slot_t *slots)
+{
+    for (int i = 0; i < 2; i++)
+        if (slots[i].request != MPI_REQUEST_NULL &&
+            WORKER_MPI(MPI_Wait(&slots[i].request, MPI_STATUS_IGNORE)))
+            return -1;
+    return 0;
+}
+
+/* Handles one received packet; returns 1 when it was the shutdown. */
+static int handle_packet(worker_stage_t *st, const void *data, size_t size, slot_t *send_slots,
+                         int *send_slot)
+{
+    shard_error_t err = {0};
+    worker_micro_t *m = worker_packet_read(data, size, &err);
+    if (!m) {
+        worker_log(WORKER_LOG_ERROR, "stage %d: %s", st->stage, err.message);
+        return -1;
+    }
+    const bool last = st->stage == st->n_stages - 1;
+    int rc = 0;
+    if (m->kind == MICRO_SHUTDOWN) {
+        rc = last ? 1 : (worker_send_next(st, send_slots, send_slot, m) ? -1 : 1);
+        worker_micro_destroy(&m);
+        return rc;
+    }
+    uint64_t start = worker_now_us();
+    if (shard_run_layers(st->model, m->acts, &err)) {
+        worker_log(WORKER_LOG_ERROR, "stage %d: %s", st->stage, err.message);
+        worker_micro_destroy(&m);
+        return -1;
+    }
+    m->stage_us[st->stage] = worker_now_us() - start;
+    if (!last) {
+        rc = worker_send_next(st, send_slots, send_slot, m);
+    } else {
+        int64_t token = -1;
+        rc = worker_finish_micro(st, m, &token);
+        if (rc == 0 && m->kind == MICRO_GENERATE) {
+            int64_t feedback[2] = {(int64_t)m->items[0].gen_job, token};
+            rc = WORKER_MPI(MPI_Send(feedback, 2, MPI_INT64_T, 0, TAG_FEEDBACK, st->comm));
+        }
+    }
+    worker_micro_destroy(&m);
+    return rc;
+}
+
+int worker_run_next(worker_stage_t *st)
+{
+    slot_t recv_slots[2], send_slots[2];
+    int rc = 0, oldest = 0, send_slot = 0;
+    for (int i = 0; i < 2; i++) {
+        recv_slots[i].buffer = malloc(st->packet_capacity);
+        send_slots[i].buffer = malloc(st->packet_capacity);
+        recv_slots[i].request = send_slots[i].request = MPI_REQUEST_NULL;
+        if (!recv_slots[i].buffer || !send_slots[i].buffer)
+            rc = -1;
+    }
+    /* Both receives posted early: the next packet lands while this one runs. */
+    for (int i = 0; rc == 0 && i < 2; i++)
+        rc = WORKER_MPI(MPI_Irecv(recv_slots[i].buffer, (int)st->packet_capacity, MPI_BYTE,
+                                  st->stage - 1, TAG_ACTIVATIONS, st->comm, &recv_slots[i].request));
+    uint64_t stop_seen_us = 0;
+    while (rc == 0) {
+        int done = 0;
+        MPI_Status status;
+        if ((rc = WORKER_MPI(MPI_Test(&recv_slots[oldest].request, &done, &status))))
+            break;
+        if (!done) {
+            /* Stopping is driven by stage 0's shutdown packet; this is the
+             * fallback when stage 0 is gone. */
+            if (worker_stopping && !stop_seen_us)
+                stop_seen_us = worker_now_us();
+            if (stop_seen_us && worker_now_us() - stop_seen_us > 30u * 1000000u) {
+                worker_log(WORKER_LOG_WARN, "stage %d: no shutdown from stage 0 in 30 s", st->stage);
+                break;
+            }
+            idle_pause();
+            continue;
+        }
+        int count = 0;
+        MPI_Get_count(&status, MPI_BYTE, &count);
+        int handled = handle_packet(st, recv_slots[oldest].buffer, (size_t)count, send_slots,
+                                    &send_slot);
+        if (handled != 0) {
+            rc = handled < 0 ? -1 : 0;
+            break;
+        }
+        rc = WORKER_MPI(MPI_Irecv(recv_slots[oldest].buffer, (int)st->packet_capacity, MPI_BYTE,
+                                  st->stage - 1, TAG_ACTIVATIONS, st->comm,
+                                  &recv_slots[oldest].request));
+        oldest ^= 1;
+    }
+    if (finish_sends(send_slots))
+        rc = -1;
+    for (int i = 0; i < 2; i++) {
+        if (recv_slots[i].request != MPI_REQUEST_NULL) {
+            MPI_Cancel(&recv_slots[i].request);
+            MPI_Request_free(&recv_slots[i].request);
+        }
+        free(recv_slots[i].buffer);
+        free(send_slots[i].buffer);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------ set-up */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    worker_stopping = 1;
+}
+
+static int open_stage(worker_stage_t *st)
+{
+    shard_error_t err = {0};
+    shard_config_t config;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", st->options->model_dir);
+    if (shard_config_load(path, &config, &err)) {
+        worker_log(WORKER_LOG_ERROR, "%s", err.message);
+        return -1;
+    }
+    int64_t counts[WORKER_MAX_STAGES] = {0};
+    if (st->options->has_layer_map) {
+        int64_t total = 0;
+        for (int s = 0; s < st->n_stages; s++)
+            total += st->options->layer_counts[s];
+        if (total != config.n_layers) {
+            worker_log(WORKER_LOG_ERROR, "--layer-map assigns %lld layers, the model has %lld",
+                       (long long)total, (long long)config.n_layers);
+            return -1;
+        }
+        memcpy(counts, st->options->layer_counts, sizeof counts);
+    } else if (worker_plan_layers(&config, st->n_stages, config.head, counts, &err)) {
+        worker_log(WORKER_LOG_ERROR, "%s", err.message);
+        return -1;
+    }
+    shard_range_t range = {0, 0, st->stage == 0, st->stage == st->n_stages - 1};
+    for (int s = 0; s < st->stage; s++)
+        range.first_layer += counts[s];
+    range.last_layer = range.first_layer + counts[st->stage];
+    st->model = shard_model_open(st->options->model_dir, &range, &err);
+    if (!st->model) {
+        worker_log(WORKER_LOG_ERROR, "%s", err.message);
+        return -1;
+    }
+    st->config = shard_model_config(st->model);
+    worker_log(WORKER_LOG_INFO, "pipeline %d stage %d/%d: layers [%lld, %lld)%s%s",
+               st->pipeline_index, st->stage, st->n_stages, (long long)range.first_layer,
+               (long long)range.last_layer, range.embeddings ? " + embeddings" : "",
+               range.heads ? " + heads" : "");
+    int64_t tokens = (int64_t)st->options->max_batch_tokens;
+    if (tokens < st->config->max_position_embeddings)
+        tokens = st->config->max_position_embeddings;
+    st->packet_capacity = worker_packet_capacity(tokens, st->config->emb_dim);
+    return 0;
+}
+
+static void pipeline_name(worker_stage_t *st)
+{
+    char host[128] = "localhost";
+    gethostname(host, sizeof host - 1);
+    if (st->options->pipeline_prefix)
+        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%s/p%d", st->options->pipeline_prefix,
+                 st->pipeline_index);
+    else
+        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%s@%s/p%d", st->options->name, host,
+                 st->pipeline_index);
+}
+
+int worker_run(const worker_options_t *options)
+{
+    worker_stage_t st = {.options = options, .comm = MPI_COMM_NULL};
+    int world_size = 0, rc = 0;
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    if (WORKER_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &st.world_rank)) ||
+        WORKER_MPI(MPI_Comm_size(MPI_COMM_WORLD, &world_size)))
+        return 1;
+    if (options->n_stages < 1 || world_size % options->n_stages != 0) {
+        worker_log(WORKER_LOG_ERROR, "%d ranks do not split into pipelines of %d stages",
+                   world_size, options->n_stages);
+        return 1;
+    }
+    st.n_stages = options->n_stages;
+    st.pipeline_index = st.world_rank / st.n_stages;
+    st.stage = st.world_rank % st.n_stages;
+    if (WORKER_MPI(MPI_Comm_split(MPI_COMM_WORLD, st.pipeline_index, st.stage, &st.comm)))
+        return 1;
+    MPI_Comm_set_errhandler(st.comm, MPI_ERRORS_RETURN);
+    struct sigaction action = {0};
+    action.sa_handler = on_signal;
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
+    shard_set_threads(options->threads > 0 ? options->threads : 1);
+    pipeline_name(&st);
+    st.zmq_context = zmq_ctx_new();
+    if (!st.zmq_context || open_stage(&st) != 0) {
+        rc = 1;
+    } else {
+        if (st.stage == 0 || st.stage == st.n_stages - 1) {
+            st.link = worker_link_new(st.zmq_context, options->broker, st.pipeline_id);
+            if (!st.link)
+                rc = 1;
+        }
+        if (rc == 0)
+            rc = (st.stage == 0 ? worker_run_first(&st) : worker_run_next(&st)) ? 1 : 0;
+    }
+    worker_link_destroy(&st.link);
+    shard_model_destroy(&st.model);
+    if (st.zmq_context)
+        zmq_ctx_term(st.zmq_context);
+    MPI_Comm_free(&st.comm);
+    return rc;
+}

@@ -1,0 +1,54 @@
+/* stage.h (internal to worker/): one rank's stage of a pipeline. */
+#ifndef XLM_WORKER_STAGE_H
+#define XLM_WORKER_STAGE_H
+
+#include "worker_internal.h"
+
+#include <signal.h>
+
+/* A request of a Batch made ready for a micro-batch (stage 0). */
+typedef struct {
+    worker_item_t item;
+    int64_t *ids, *mask, *positions, *langs, *types; /* [rows*seq] */
+    float *p_mask;
+    int64_t steps, lang_fill; /* generate */
+} worker_prepared_t;
+
+typedef struct worker_stage {
+    const worker_options_t *options;
+    int stage, n_stages, pipeline_index, world_rank;
+    MPI_Comm comm; /* this pipeline's ranks, rank = stage */
+    shard_model_t *model;
+    const shard_config_t *config;
+    void *tokenizer; /* stage 0: shard_tokenizer_t */
+    void *zmq_context;
+    worker_link_t *link; /* stage 0 and the last stage */
+    char pipeline_id[256];
+    size_t packet_capacity;
+    uint64_t micro_counter;
+} worker_stage_t;
+
+/* One of two send buffers towards the next stage. */
+typedef struct {
+    void *buffer;
+    MPI_Request request;
+} slot_t;
+
+enum { TAG_ACTIVATIONS = 1, TAG_FEEDBACK = 2 };
+
+extern volatile sig_atomic_t worker_stopping;
+
+int worker_send_next(worker_stage_t *st, slot_t *slots, int *next_slot, worker_micro_t *m);
+
+proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
+                              const Xlm__Request *req, char *message, size_t message_size);
+void worker_prepared_clear(worker_prepared_t *p);
+
+/* The last stage's work on a micro-batch that went through every layer:
+ * heads and replies (or, for a generation step, the next token). */
+int worker_finish_micro(worker_stage_t *st, worker_micro_t *micro, int64_t *next_token);
+
+int worker_run_first(worker_stage_t *st);
+int worker_run_next(worker_stage_t *st);
+
+#endif

@@ -1,0 +1,48 @@
+/* worker.h: the MPI pipeline worker.
+ *
+ * The ranks of one mpirun job split into pipelines of n_stages ranks each.
+ * Stage s of a pipeline holds a contiguous range of layers; stage 0 also the
+ * embeddings and the tokenizer and talks to the broker; the last stage also
+ * holds the heads and sends the replies. Activations move stage to stage
+ * with non-blocking MPI while the next micro-batch enters stage 0.
+ */
+#ifndef XLM_WORKER_H
+#define XLM_WORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shard.h"
+
+enum { WORKER_MAX_STAGES = 64, WORKER_NAME_MAX = 128 };
+
+typedef struct {
+    const char *model_dir;   /* checkpoint folder */
+    const char *broker;      /* broker backend endpoint, e.g. tcp://127.0.0.1:5556 */
+    char name[WORKER_NAME_MAX]; /* served model name; default: the folder's name */
+    const char *pipeline_prefix; /* pipeline ids are PREFIX/pN; default NAME@HOST */
+    int n_stages;
+    int64_t layer_counts[WORKER_MAX_STAGES]; /* explicit layer map, or all 0: balanced */
+    bool has_layer_map;
+    int threads;             /* BLAS threads per rank; 0: 1 */
+    uint32_t credit;         /* micro-batches a pipeline holds; 0: n_stages + 1 */
+    uint64_t max_batch_tokens; /* padded tokens per micro-batch */
+    uint32_t heartbeat_ms;
+    uint32_t liveness;       /* missed heartbeats before the broker is presumed gone */
+    bool lang_rules;         /* tokenizer: per-language rules (see xlm-tokenize) */
+} worker_options_t;
+
+void worker_options_default(worker_options_t *options);
+
+/* Layers per stage, balanced by compute: each stage's layers plus, on the
+ * last stage, the head (the LM head's vocabulary projection counts as
+ * vocab / (12 emb_dim) layers). counts[n_stages] out. */
+shard_status_t worker_plan_layers(const shard_config_t *config, int n_stages,
+                                  shard_head_t head, int64_t *counts, shard_error_t *err);
+
+/* Runs this rank until SIGTERM/SIGINT (drained) or a fatal error. Needs
+ * MPI initialised. Returns 0, or 1 after logging the error. */
+int worker_run(const worker_options_t *options);
+
+#endif
