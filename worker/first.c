@@ -35,14 +35,9 @@ typedef struct {
     int64_t feedback[2];
     MPI_Request feedback_request;
     uint64_t last_sent_us, last_recv_us;
+    uint64_t last_work_us; /* last feedback or compute: paces idle polling */
     bool accepting;
 } first_t;
-
-static void idle_pause_first(void)
-{
-    struct timespec pause = {0, 50 * 1000};
-    nanosleep(&pause, NULL);
-}
 
 /* ------------------------------------------------------------ broker */
 
@@ -473,6 +468,7 @@ static int poll_feedback(first_t *f)
             return -1;
         if (!done)
             return 0;
+        f->last_work_us = worker_now_us();
         on_token(f, (uint64_t)f->feedback[0], f->feedback[1]);
         if (WORKER_MPI(MPI_Irecv(f->feedback, 2, MPI_INT64_T, f->st->n_stages - 1, TAG_FEEDBACK,
                                  f->st->comm, &f->feedback_request)))
@@ -486,9 +482,12 @@ static int shutdown_pipeline(first_t *f)
     int rc = 0;
     if (f->st->n_stages > 1) {
         worker_micro_t *m = worker_micro_new(MICRO_SHUTDOWN, 0, 0, 0, false, false, false);
-        if (!m || shard_acts_reserve(m->acts, 0, 0, f->st->config->emb_dim, 0, NULL) ||
-            worker_send_next(f->st, f->slots, &f->next_slot, m))
+        if (!m || shard_acts_reserve(m->acts, 0, 0, f->st->config->emb_dim, 0, NULL))
             rc = -1;
+        else {
+            m->acts->row_start[0] = 0;
+            rc = worker_send_next(f->st, f->slots, &f->next_slot, m);
+        }
         worker_micro_destroy(&m);
     }
     for (int i = 0; i < 2; i++)
@@ -526,8 +525,11 @@ static int one_round(first_t *f)
     worker_link_frames_free(frames, sizes, n_frames);
     if (poll_feedback(f))
         return -1;
-    if (f->head && run_queued(f))
-        return -1;
+    if (f->head) {
+        f->last_work_us = worker_now_us();
+        if (run_queued(f))
+            return -1;
+    }
     const uint64_t after = worker_now_us();
     if (after - f->last_sent_us >= beat_us)
         send_heartbeat(f);
@@ -538,7 +540,7 @@ static int one_round(first_t *f)
             return -1;
     }
     if (f->jobs && f->st->n_stages > 1 && !f->head)
-        idle_pause_first();
+        worker_idle_pause(f->last_work_us);
     return 0;
 }
 

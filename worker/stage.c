@@ -70,9 +70,13 @@ int worker_finish_micro(worker_stage_t *st, worker_micro_t *m, int64_t *next_tok
 
 /* ------------------------------------------------------------ stages 1.. */
 
-static void idle_pause(void)
+/* Sleeps between polls of an idle stage: short right after work, longer the
+ * longer it has been idle, so that many idle ranks on few cores stay cheap. */
+void worker_idle_pause(uint64_t idle_since_us)
 {
-    struct timespec pause = {0, 50 * 1000};
+    uint64_t idle = worker_now_us() - idle_since_us;
+    long ns = idle < 10000 ? 20 * 1000 : idle < 1000000 ? 200 * 1000 : 2 * 1000 * 1000;
+    struct timespec pause = {0, ns};
     nanosleep(&pause, NULL);
 }
 
@@ -156,7 +160,7 @@ int worker_run_next(worker_stage_t *st)
     for (int i = 0; rc == 0 && i < 2; i++)
         rc = WORKER_MPI(MPI_Irecv(recv_slots[i].buffer, (int)st->packet_capacity, MPI_BYTE,
                                   st->stage - 1, TAG_ACTIVATIONS, st->comm, &recv_slots[i].request));
-    uint64_t stop_seen_us = 0;
+    uint64_t stop_seen_us = 0, idle_since = worker_now_us();
     while (rc == 0) {
         int done = 0;
         MPI_Status status;
@@ -171,9 +175,10 @@ int worker_run_next(worker_stage_t *st)
                 worker_log(WORKER_LOG_WARN, "stage %d: no shutdown from stage 0 in 30 s", st->stage);
                 break;
             }
-            idle_pause();
+            worker_idle_pause(idle_since);
             continue;
         }
+        idle_since = worker_now_us();
         int count = 0;
         MPI_Get_count(&status, MPI_BYTE, &count);
         int handled = handle_packet(st, recv_slots[oldest].buffer, (size_t)count, send_slots,
@@ -269,21 +274,29 @@ static void pipeline_name(worker_stage_t *st)
 int worker_run(const worker_options_t *options)
 {
     worker_stage_t st = {.options = options, .comm = MPI_COMM_NULL};
-    int world_size = 0, rc = 0;
+    int world_size = 0, rc = 0, app_rank = 0, *appnum = NULL, has_appnum = 0;
+    MPI_Comm app = MPI_COMM_NULL;
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    if (WORKER_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &st.world_rank)) ||
-        WORKER_MPI(MPI_Comm_size(MPI_COMM_WORLD, &world_size)))
+    if (WORKER_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &st.world_rank)))
         return 1;
+    /* mpirun -np A xlm-worker --model X : -np B xlm-worker --model Y runs
+     * several models in one job: each app splits into its own pipelines. */
+    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_APPNUM, &appnum, &has_appnum);
+    if (WORKER_MPI(MPI_Comm_split(MPI_COMM_WORLD, has_appnum ? *appnum : 0, st.world_rank, &app)) ||
+        WORKER_MPI(MPI_Comm_rank(app, &app_rank)) || WORKER_MPI(MPI_Comm_size(app, &world_size)))
+        return 1;
+    MPI_Comm_set_errhandler(app, MPI_ERRORS_RETURN);
     if (options->n_stages < 1 || world_size % options->n_stages != 0) {
         worker_log(WORKER_LOG_ERROR, "%d ranks do not split into pipelines of %d stages",
                    world_size, options->n_stages);
         return 1;
     }
     st.n_stages = options->n_stages;
-    st.pipeline_index = st.world_rank / st.n_stages;
-    st.stage = st.world_rank % st.n_stages;
-    if (WORKER_MPI(MPI_Comm_split(MPI_COMM_WORLD, st.pipeline_index, st.stage, &st.comm)))
+    st.pipeline_index = app_rank / st.n_stages;
+    st.stage = app_rank % st.n_stages;
+    if (WORKER_MPI(MPI_Comm_split(app, st.pipeline_index, st.stage, &st.comm)))
         return 1;
+    MPI_Comm_free(&app);
     MPI_Comm_set_errhandler(st.comm, MPI_ERRORS_RETURN);
     struct sigaction action = {0};
     action.sa_handler = on_signal;

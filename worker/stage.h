@@ -38,6 +38,7 @@ enum { TAG_ACTIVATIONS = 1, TAG_FEEDBACK = 2 };
 
 extern volatile sig_atomic_t worker_stopping;
 
+void worker_idle_pause(uint64_t idle_since_us);
 int worker_send_next(worker_stage_t *st, slot_t *slots, int *next_slot, worker_micro_t *m);
 
 proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
