@@ -441,6 +441,7 @@ void shard_model_destroy(shard_model_t **self_p)
     free(model->layers);
     tensor_file_destroy(&model->file);
     shard_scratch_free(&model->scratch);
+    shard_acts_destroy(&model->forward_acts);
     free(model);
     *self_p = NULL;
 }

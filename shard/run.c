@@ -22,13 +22,14 @@ shard_status_t shard_forward(shard_model_t *model, shard_head_t head, const shar
         return status;
     if (!shard_model_has_head(model, head))
         return shard_head(model, head, NULL, inputs, outputs, err); /* names the problem */
-    shard_acts_t *acts = shard_acts_new();
-    if (!acts)
+    /* The model keeps its activations between calls: no fresh pages to
+     * fault in for every batch. */
+    if (!model->forward_acts && !(model->forward_acts = shard_acts_new()))
         return shard_error_set(err, SHARD_ERR_NOMEM, "shard_forward: out of memory");
+    shard_acts_t *acts = model->forward_acts;
     if (!(status = shard_embed(model, inputs, acts, err)) &&
         !(status = shard_run_layers(model, acts, err)))
         status = shard_head(model, head, acts, inputs, outputs, err);
-    shard_acts_destroy(&acts);
     return status;
 }
 

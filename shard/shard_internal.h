@@ -74,6 +74,7 @@ struct shard_model {
     bool has_head[SHARD_HEAD_COUNT_];
 
     shard_scratch_t scratch;
+    shard_acts_t *forward_acts; /* reused by shard_forward */
 };
 
 /* Returns scratch buffer slot, at least count floats, or NULL. */
