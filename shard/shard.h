@@ -348,6 +348,34 @@ char *shard_case_error_json(const char *name, const shard_error_t *err);
 shard_status_t shard_case_run(shard_model_t *model, const shard_case_t *c,
                               shard_outputs_t *outputs, shard_error_t *err);
 
+/* ---------------------------------------------------------------- scoring */
+
+/* Masked copies of one row for pseudo-log-likelihood (Salazar et al.
+ * 2020): copy i is the row with position first + i replaced by the config's
+ * mask_index. out_ids/out_langs hold count * len values (out_langs may be
+ * NULL when langs is); mask_pos and targets get each copy's masked position
+ * and original id. */
+shard_status_t shard_pll_expand(const shard_config_t *config, const int64_t *ids,
+                                const int64_t *langs, int64_t len, int64_t first,
+                                int64_t count, int64_t *out_ids, int64_t *out_langs,
+                                int64_t *mask_pos, int64_t *targets, shard_error_t *err);
+
+typedef enum {
+    SHARD_SCORE_CLM = 0, /* causal: log p(token_t | tokens before t) */
+    SHARD_SCORE_MLM_PLL, /* masked LM pseudo-log-likelihood */
+    SHARD_SCORE_COUNT_
+} shard_score_mode_t;
+
+/* Scores unpadded rows on a whole model: row r scores positions
+ * [score_from[r], score_to[r]) (clm: each token given the ones before it;
+ * mlm-pll: each token masked in its own copy, the copies of a row run as one
+ * batch and only the masked position projected). Outputs "token_logprobs"
+ * (ragged) and "sum_logprob" [rows] (float32 values summed in double). */
+shard_status_t shard_score_rows(shard_model_t *model, shard_score_mode_t mode,
+                                const shard_inputs_t *rows, const int64_t *score_from,
+                                const int64_t *score_to, shard_outputs_t *outputs,
+                                shard_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif
