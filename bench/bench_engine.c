@@ -156,7 +156,7 @@ static double sgemm_gflops(int64_t n)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)n, (blasint)n,
                     1.0f, a, (blasint)n, b, (blasint)n, 0.0f, c, (blasint)n);
         reps++;
-    } while ((elapsed = now() - start) < 1.0);
+    } while ((elapsed = now() - start) < 0.5);
     free(a);
     free(b);
     free(c);
@@ -204,17 +204,27 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
         return 1;
     }
     shard_outputs_clear(&out);
-    int reps = 0;
-    double start = now(), elapsed;
-    do {
-        shard_forward(model, SHARD_HEAD_BASE, &in, &out, &err);
-        shard_outputs_clear(&out);
-        reps++;
-    } while ((elapsed = now() - start) < 3.0);
-    double engine = flops * reps / elapsed / 1e9;
-    double reference = sgemm_gflops(2048);
+    /* This machine's speed drifts (shared cores, frequency): alternate the
+     * engine and the reference in rounds and compare the best of each. */
+    double best_engine = 0.0, best_reference = 0.0, best_tokens = 0.0;
+    for (int round = 0; round < 5; round++) {
+        int reps = 0;
+        double start = now(), elapsed;
+        do {
+            shard_forward(model, SHARD_HEAD_BASE, &in, &out, &err);
+            shard_outputs_clear(&out);
+            reps++;
+        } while ((elapsed = now() - start) < 1.0);
+        double engine = flops * reps / elapsed / 1e9;
+        if (engine > best_engine) {
+            best_engine = engine;
+            best_tokens = (double)real_tokens * reps / elapsed;
+        }
+        double reference = sgemm_gflops(2048);
+        best_reference = reference > best_reference ? reference : best_reference;
+    }
     printf("shape=%s tokens_per_s=%.0f gflops=%.1f sgemm_gflops=%.1f ratio=%.3f threads=%d\n",
-           s->name, (double)real_tokens * reps / elapsed, engine, reference, engine / reference,
+           s->name, best_tokens, best_engine, best_reference, best_engine / best_reference,
            threads);
     fflush(stdout);
     shard_model_destroy(&model);
