@@ -1,0 +1,380 @@
+/* test_kernels.c: the numeric kernels of shard/ (shard_internal.h) against
+ * hand-computed values.
+ *
+ * Every expected number below was worked out by hand or with a desk
+ * calculator in double precision; the tolerances are a few float32 ulps of
+ * the values involved, so a kernel that is off by an operand, a transpose,
+ * a missing bias or an unstable formula fails. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <string.h>
+
+#include "shard_internal.h"
+
+/* |got - want| <= tol, with both numbers in the failure message. */
+#define assert_close(got, want, tol)                                                        \
+    do {                                                                                    \
+        double got_ = (double)(got), want_ = (double)(want);                                \
+        if (!(fabs(got_ - want_) <= (tol)))                                                 \
+            fail_msg("%s = %.9g, expected %.9g (tolerance %g)", #got, got_, want_,          \
+                     (double)(tol));                                                        \
+    } while (0)
+
+/* ------------------------------------------------------------ shard_linear */
+
+/* W [3 out][2 in] = [[1, 2], [3, 4], [5, 6]], b = [0.5, -1, 2].
+ * x = [1, -1] -> x W^T = [1-2, 3-4, 5-6] = [-1, -1, -1]
+ * x = [2, 0.5] -> [2+1, 6+2, 10+3] = [3, 8, 13]
+ * x = [0, 3]   -> [6, 12, 18] */
+static const float linear_w[6] = {1, 2, 3, 4, 5, 6};
+static const float linear_b[3] = {0.5f, -1.0f, 2.0f};
+static const float linear_x[3][2] = {{1, -1}, {2, 0.5f}, {0, 3}};
+static const float linear_xw[3][3] = {{-1, -1, -1}, {3, 8, 13}, {6, 12, 18}};
+
+static void test_linear_one_row_with_bias(void **state)
+{
+    (void)state;
+    shard_linear_t lin = {linear_w, linear_b, 2, 3};
+    float y[3] = {99, 99, 99};
+    shard_linear(&lin, linear_x[1], 1, y);
+    for (int o = 0; o < 3; o++)
+        assert_close(y[o], linear_xw[1][o] + linear_b[o], 1e-6);
+}
+
+static void test_linear_one_row_without_bias(void **state)
+{
+    (void)state;
+    shard_linear_t lin = {linear_w, NULL, 2, 3};
+    /* Whatever y held before must be overwritten, not accumulated. */
+    float y[3] = {1e30f, -7, 123};
+    shard_linear(&lin, linear_x[0], 1, y);
+    for (int o = 0; o < 3; o++)
+        assert_close(y[o], linear_xw[0][o], 1e-6);
+}
+
+static void test_linear_many_rows_with_bias(void **state)
+{
+    (void)state;
+    shard_linear_t lin = {linear_w, linear_b, 2, 3};
+    float y[3][3];
+    memset(y, 0x7f, sizeof y);
+    shard_linear(&lin, &linear_x[0][0], 3, &y[0][0]);
+    for (int r = 0; r < 3; r++)
+        for (int o = 0; o < 3; o++)
+            assert_close(y[r][o], linear_xw[r][o] + linear_b[o], 1e-6);
+}
+
+static void test_linear_many_rows_without_bias(void **state)
+{
+    (void)state;
+    shard_linear_t lin = {linear_w, NULL, 2, 3};
+    float y[3][3];
+    for (int i = 0; i < 9; i++)
+        (&y[0][0])[i] = 1e30f;
+    shard_linear(&lin, &linear_x[0][0], 3, &y[0][0]);
+    for (int r = 0; r < 3; r++)
+        for (int o = 0; o < 3; o++)
+            assert_close(y[r][o], linear_xw[r][o], 1e-6);
+}
+
+/* Uninitialised scratch memory may hold NaN bit patterns: a linear layer
+ * without bias must still write x W^T, not NaN. */
+static void test_linear_without_bias_overwrites_nan(void **state)
+{
+    (void)state;
+    shard_linear_t lin = {linear_w, NULL, 2, 3};
+    float one[3] = {NAN, NAN, NAN}, many[3][3];
+    for (int i = 0; i < 9; i++)
+        (&many[0][0])[i] = NAN;
+    shard_linear(&lin, linear_x[2], 1, one);
+    shard_linear(&lin, &linear_x[0][0], 3, &many[0][0]);
+    for (int o = 0; o < 3; o++) {
+        assert_close(one[o], linear_xw[2][o], 1e-6);
+        for (int r = 0; r < 3; r++)
+            assert_close(many[r][o], linear_xw[r][o], 1e-6);
+    }
+}
+
+/* The one-row (gemv) and many-row (gemm) paths agree on a larger layer. */
+static void test_linear_paths_agree(void **state)
+{
+    (void)state;
+    enum { IN = 37, OUT = 29, ROWS = 5 };
+    float w[OUT * IN], b[OUT], x[ROWS * IN], y_many[ROWS * OUT], y_one[OUT];
+    for (int i = 0; i < OUT * IN; i++)
+        w[i] = (float)((i * 37 % 101) - 50) / 64.0f;
+    for (int i = 0; i < OUT; i++)
+        b[i] = (float)(i % 7) - 3.0f;
+    for (int i = 0; i < ROWS * IN; i++)
+        x[i] = (float)((i * 53 % 97) - 48) / 32.0f;
+    shard_linear_t lin = {w, b, IN, OUT};
+    shard_linear(&lin, x, ROWS, y_many);
+    for (int r = 0; r < ROWS; r++) {
+        shard_linear(&lin, x + r * IN, 1, y_one);
+        for (int o = 0; o < OUT; o++) {
+            double want = b[o];
+            for (int i = 0; i < IN; i++)
+                want += (double)x[r * IN + i] * w[o * IN + i];
+            /* Inputs are multiples of 1/2048 with small numerators: the
+             * products and sums are exact in float32. */
+            assert_close(y_many[r * OUT + o], want, 0.0);
+            assert_close(y_one[o], want, 0.0);
+        }
+    }
+}
+
+static void test_linear_zero_rows_writes_nothing(void **state)
+{
+    (void)state;
+    shard_linear_t lin = {linear_w, linear_b, 2, 3};
+    float y[3] = {42, 42, 42};
+    shard_linear(&lin, linear_x[0], 0, y);
+    for (int o = 0; o < 3; o++)
+        assert_close(y[o], 42, 0.0);
+}
+
+/* ------------------------------------------------------------ shard_layer_norm */
+
+/* [1, 2, 3, 4]: mean 2.5, variance 1.25, (x - 2.5) / sqrt(1.25) =
+ * [-1.34164079, -0.447213595, 0.447213595, 1.34164079]. */
+static const double norm_unit[4] = {-1.3416407865, -0.4472135955, 0.4472135955, 1.3416407865};
+
+static void test_layer_norm_unit_affine(void **state)
+{
+    (void)state;
+    const float ones[4] = {1, 1, 1, 1}, zeros[4] = {0, 0, 0, 0};
+    shard_norm_t norm = {ones, zeros};
+    float x[4] = {1, 2, 3, 4};
+    shard_layer_norm(x, 1, 4, &norm, 1e-12);
+    for (int i = 0; i < 4; i++)
+        assert_close(x[i], norm_unit[i], 1e-6);
+}
+
+static void test_layer_norm_applies_weight_and_bias(void **state)
+{
+    (void)state;
+    const float weight[4] = {2, -1, 0.5f, 0}, bias[4] = {0.5f, 1, -1, 3};
+    shard_norm_t norm = {weight, bias};
+    float x[4] = {1, 2, 3, 4};
+    shard_layer_norm(x, 1, 4, &norm, 1e-12);
+    for (int i = 0; i < 4; i++)
+        assert_close(x[i], norm_unit[i] * weight[i] + bias[i], 2e-6);
+}
+
+static void test_layer_norm_uses_eps(void **state)
+{
+    (void)state;
+    /* eps = 0.75: (x - 2.5) / sqrt(1.25 + 0.75) = (x - 2.5) / sqrt(2). */
+    const float ones[4] = {1, 1, 1, 1}, zeros[4] = {0, 0, 0, 0};
+    shard_norm_t norm = {ones, zeros};
+    float x[4] = {1, 2, 3, 4};
+    shard_layer_norm(x, 1, 4, &norm, 0.75);
+    for (int i = 0; i < 4; i++)
+        assert_close(x[i], ((i + 1) - 2.5) / sqrt(2.0), 1e-6);
+}
+
+static void test_layer_norm_rows_are_independent(void **state)
+{
+    (void)state;
+    /* Row 1 is row 0 scaled by 10 and shifted by 1e4: a large offset must
+     * not cost precision, and the normalised rows are equal. Row 2 is
+     * constant: it normalises to the bias. */
+    const float ones[4] = {1, 1, 1, 1}, bias[4] = {0.25f, 0.25f, 0.25f, 0.25f};
+    shard_norm_t norm = {ones, bias};
+    float x[3][4] = {{1, 2, 3, 4}, {10010, 10020, 10030, 10040}, {7, 7, 7, 7}};
+    shard_layer_norm(&x[0][0], 3, 4, &norm, 1e-12);
+    for (int i = 0; i < 4; i++) {
+        assert_close(x[0][i], norm_unit[i] + 0.25, 1e-6);
+        assert_close(x[1][i], norm_unit[i] + 0.25, 1e-6);
+        assert_close(x[2][i], 0.25, 0.0);
+    }
+}
+
+/* ------------------------------------------------------------ activations */
+
+static void test_gelu_known_values(void **state)
+{
+    (void)state;
+    /* x * Phi(x), Phi the standard normal CDF. */
+    float x[6] = {0, 1, -1, 2, -3, 0.5f};
+    const double want[6] = {0, 0.8413447461, -0.1586552539, 1.9544997361, -0.0040496941,
+                            0.3457312306};
+    shard_gelu(x, 6);
+    for (int i = 0; i < 6; i++)
+        assert_close(x[i], want[i], 1e-6);
+}
+
+static void test_relu_known_values(void **state)
+{
+    (void)state;
+    float x[5] = {-1, 0, 2.5f, -1e-30f, 1e30f};
+    const float want[5] = {0, 0, 2.5f, 0, 1e30f};
+    shard_relu(x, 5);
+    for (int i = 0; i < 5; i++)
+        assert_close(x[i], want[i], 0.0);
+}
+
+static void test_activate_each_function(void **state)
+{
+    (void)state;
+    const float in[4] = {-1, 0, 0.5f, 2};
+    const struct {
+        shard_activation_t act;
+        double want[4];
+    } table[] = {
+        {SHARD_ACT_NONE, {-1, 0, 0.5, 2}},
+        {SHARD_ACT_TANH, {-0.7615941560, 0, 0.4621171573, 0.9640275801}},
+        {SHARD_ACT_RELU, {0, 0, 0.5, 2}},
+        {SHARD_ACT_GELU, {-0.1586552539, 0, 0.3457312306, 1.9544997361}},
+        {SHARD_ACT_SIGMOID, {0.2689414214, 0.5, 0.6224593312, 0.8807970780}},
+    };
+    for (size_t t = 0; t < sizeof table / sizeof table[0]; t++) {
+        float x[4];
+        memcpy(x, in, sizeof x);
+        shard_activate(x, 4, table[t].act);
+        for (int i = 0; i < 4; i++)
+            if (!(fabs(x[i] - table[t].want[i]) <= 1e-6))
+                fail_msg("activation %d of %g = %.9g, expected %.9g", (int)table[t].act,
+                         (double)in[i], (double)x[i], table[t].want[i]);
+    }
+}
+
+/* ------------------------------------------------------------ softmax, log-sum-exp */
+
+/* softmax([1, 2, 3]) = e^(x-3) / (e^-2 + e^-1 + 1). */
+static const double softmax_123[3] = {0.0900305732, 0.2447284711, 0.6652409558};
+
+static void test_softmax_known_values(void **state)
+{
+    (void)state;
+    float x[3] = {1, 2, 3};
+    shard_softmax(x, 3);
+    double sum = 0;
+    for (int i = 0; i < 3; i++) {
+        assert_close(x[i], softmax_123[i], 1e-7);
+        sum += x[i];
+    }
+    assert_close(sum, 1.0, 1e-6);
+}
+
+static void test_softmax_stable_for_large_inputs(void **state)
+{
+    (void)state;
+    /* exp(1000) overflows float and double: only a max-shifted softmax
+     * gets these right. */
+    float big[3] = {1001, 1002, 1003}, neg[3] = {-1003, -1002, -1001};
+    shard_softmax(big, 3);
+    shard_softmax(neg, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_close(big[i], softmax_123[i], 1e-6);
+        assert_close(neg[i], softmax_123[i], 1e-6);
+    }
+}
+
+static void test_softmax_sums_to_one(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    float x[N];
+    for (int i = 0; i < N; i++)
+        x[i] = (float)((i * 7919) % 1000) / 37.0f - 10.0f;
+    shard_softmax(x, N);
+    double sum = 0;
+    for (int i = 0; i < N; i++) {
+        assert_true(x[i] >= 0.0f && x[i] <= 1.0f);
+        sum += x[i];
+    }
+    assert_close(sum, 1.0, 1e-5);
+}
+
+static void test_softmax_masked_and_single(void **state)
+{
+    (void)state;
+    /* A p_mask'd logit of -1e30 gets probability 0; one value gets 1. */
+    float masked[3] = {-1e30f, 0, 0}, single[1] = {-123.5f};
+    shard_softmax(masked, 3);
+    shard_softmax(single, 1);
+    assert_close(masked[0], 0.0, 0.0);
+    assert_close(masked[1], 0.5, 1e-7);
+    assert_close(masked[2], 0.5, 1e-7);
+    assert_close(single[0], 1.0, 0.0);
+    float untouched[1] = {5};
+    shard_softmax(untouched, 0);
+    assert_close(untouched[0], 5.0, 0.0);
+}
+
+static void test_log_sum_exp_known_values(void **state)
+{
+    (void)state;
+    const float zeros[2] = {0, 0}, x123[3] = {1, 2, 3}, one[1] = {-4.25f};
+    assert_close(shard_log_sum_exp(zeros, 2), log(2.0), 1e-12);
+    /* 3 + log(1 + e^-1 + e^-2) */
+    assert_close(shard_log_sum_exp(x123, 3), 3.4076059644, 1e-9);
+    assert_close(shard_log_sum_exp(one, 1), -4.25, 0.0);
+}
+
+static void test_log_sum_exp_stable(void **state)
+{
+    (void)state;
+    const float big[2] = {1000, 1000}, small[2] = {-1000, -1000}, masked[2] = {-1e30f, 0};
+    assert_close(shard_log_sum_exp(big, 2), 1000.0 + log(2.0), 1e-9);
+    assert_close(shard_log_sum_exp(small, 2), -1000.0 + log(2.0), 1e-9);
+    assert_close(shard_log_sum_exp(masked, 2), 0.0, 0.0);
+}
+
+/* log_softmax as the LM scorer forms it: x_t - lse(x) = log softmax(x)_t. */
+static void test_log_sum_exp_matches_softmax(void **state)
+{
+    (void)state;
+    float x[3] = {1, 2, 3}, p[3] = {1, 2, 3};
+    shard_softmax(p, 3);
+    double lse = shard_log_sum_exp(x, 3);
+    for (int i = 0; i < 3; i++)
+        assert_close(x[i] - lse, log((double)p[i]), 1e-6);
+}
+
+static void test_add(void **state)
+{
+    (void)state;
+    float x[3] = {1, -2, 0.5f};
+    const float y[3] = {0.25f, 2, -0.5f};
+    shard_add(x, y, 3);
+    assert_close(x[0], 1.25, 0.0);
+    assert_close(x[1], 0.0, 0.0);
+    assert_close(x[2], 0.0, 0.0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear_one_row_with_bias),
+        cmocka_unit_test(test_linear_one_row_without_bias),
+        cmocka_unit_test(test_linear_many_rows_with_bias),
+        cmocka_unit_test(test_linear_many_rows_without_bias),
+        cmocka_unit_test(test_linear_without_bias_overwrites_nan),
+        cmocka_unit_test(test_linear_paths_agree),
+        cmocka_unit_test(test_linear_zero_rows_writes_nothing),
+        cmocka_unit_test(test_layer_norm_unit_affine),
+        cmocka_unit_test(test_layer_norm_applies_weight_and_bias),
+        cmocka_unit_test(test_layer_norm_uses_eps),
+        cmocka_unit_test(test_layer_norm_rows_are_independent),
+        cmocka_unit_test(test_gelu_known_values),
+        cmocka_unit_test(test_relu_known_values),
+        cmocka_unit_test(test_activate_each_function),
+        cmocka_unit_test(test_softmax_known_values),
+        cmocka_unit_test(test_softmax_stable_for_large_inputs),
+        cmocka_unit_test(test_softmax_sums_to_one),
+        cmocka_unit_test(test_softmax_masked_and_single),
+        cmocka_unit_test(test_log_sum_exp_known_values),
+        cmocka_unit_test(test_log_sum_exp_stable),
+        cmocka_unit_test(test_log_sum_exp_matches_softmax),
+        cmocka_unit_test(test_add),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
