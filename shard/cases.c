@@ -96,6 +96,10 @@ static shard_status_t read_tensor(const cJSON *inputs, const char *field, bool i
     int64_t at = 0;
     status = flatten(field, value, &shape, 0, is_float ? NULL : *out, is_float ? *out : NULL, &at,
                      err);
+    if (status) {
+        free(*out);
+        *out = NULL;
+    }
     if (shape_out)
         *shape_out = shape;
     return status;

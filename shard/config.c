@@ -3,6 +3,7 @@
 #include "shard_internal.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,15 +21,16 @@ static shard_status_t read_int(config_reader_t *r, const char *key, int64_t lo,
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->root, key);
     if (!item || cJSON_IsNull(item))
         return SHARD_OK;
-    if (!cJSON_IsNumber(item) || item->valuedouble != (double)(int64_t)item->valuedouble)
+    /* Range first, in double: casting an out-of-range double is undefined. */
+    const double number = cJSON_IsNumber(item) ? item->valuedouble : 0.5;
+    if (!cJSON_IsNumber(item) || number != floor(number))
         return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                "shard_config_load: %s: \"%s\" must be an integer", r->path, key);
-    int64_t value = (int64_t)item->valuedouble;
-    if (value < lo || value > hi)
+    if (number < (double)lo || number > (double)hi)
         return shard_error_set(r->err, SHARD_ERR_CONFIG,
-                               "shard_config_load: %s: \"%s\" = %lld, expected %lld..%lld",
-                               r->path, key, (long long)value, (long long)lo, (long long)hi);
-    *out = value;
+                               "shard_config_load: %s: \"%s\" = %.17g, expected %lld..%lld",
+                               r->path, key, number, (long long)lo, (long long)hi);
+    *out = (int64_t)number;
     return SHARD_OK;
 }
 

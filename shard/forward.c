@@ -302,6 +302,8 @@ static shard_status_t run_layer(shard_model_t *model, const shard_layer_t *layer
 {
     const shard_config_t *c = &model->config;
     const int64_t d = c->emb_dim, T = acts->n_tokens;
+    if (T == 0)
+        return SHARD_OK; /* every row fully masked: nothing to compute */
     int64_t longest = 0;
     for (int64_t b = 0; b < acts->batch; b++) {
         int64_t n = acts->row_start[b + 1] - acts->row_start[b];

@@ -322,6 +322,13 @@ shard_status_t shard_head(shard_model_t *model, shard_head_t head, const shard_a
                                "shard_head: activations of %lld x %lld, inputs of %lld x %lld",
                                (long long)acts->batch, (long long)acts->seq,
                                (long long)in->batch, (long long)in->seq);
+    if (acts->emb_dim != model->config.emb_dim)
+        return shard_error_set(err, SHARD_ERR_INPUT,
+                               "shard_head: activations of width %lld, the model has emb_dim %lld",
+                               (long long)acts->emb_dim, (long long)model->config.emb_dim);
+    /* The last stage never embedded these inputs: check what the heads read. */
+    if ((status = shard_inputs_check(&model->config, in, err)))
+        return status;
     float *zero = calloc((size_t)acts->emb_dim, sizeof *zero);
     if (!zero)
         return shard_error_set(err, SHARD_ERR_NOMEM, "shard_head: out of memory");
@@ -400,8 +407,13 @@ shard_status_t shard_head_clm_score(shard_model_t *model, const shard_acts_t *ac
                                     shard_outputs_t *outputs, shard_error_t *err)
 {
     shard_status_t status = need_head(model, SHARD_HEAD_LM, err);
-    if (status)
+    if (status || (status = shard_inputs_check(&model->config, in, err)))
         return status;
+    if (acts->batch != in->batch || acts->seq < in->seq || acts->emb_dim != model->config.emb_dim)
+        return shard_error_set(err, SHARD_ERR_INPUT,
+                               "clm_score: activations of %lld x %lld x %lld for inputs of %lld x %lld",
+                               (long long)acts->batch, (long long)acts->seq, (long long)acts->emb_dim,
+                               (long long)in->batch, (long long)in->seq);
     const int64_t B = in->batch, S = in->seq;
     int64_t *lengths = calloc((size_t)B, sizeof *lengths);
     scored_t *items = malloc((size_t)(B * S) * sizeof *items);

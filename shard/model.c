@@ -395,6 +395,20 @@ static shard_status_t check_range(const shard_config_t *c, const shard_range_t *
     return SHARD_OK;
 }
 
+/* Messages from the readers and binders name the file and tensor; the
+ * caller also learns which call failed. */
+static void prefix_function(shard_error_t *err, const char *function)
+{
+    if (!err)
+        return;
+    size_t len = strlen(function);
+    if (strncmp(err->message, function, len) == 0)
+        return;
+    char message[2 * SHARD_ERROR_MESSAGE_MAX];
+    snprintf(message, sizeof message, "%s: %s", function, err->message);
+    snprintf(err->message, sizeof err->message, "%.*s", SHARD_ERROR_MESSAGE_MAX - 1, message);
+}
+
 shard_model_t *shard_model_open(const char *dir, const shard_range_t *range, shard_error_t *err)
 {
     char path[4096];
@@ -427,6 +441,7 @@ shard_model_t *shard_model_open(const char *dir, const shard_range_t *range, sha
 fail:
     free(binder.used);
     shard_model_destroy(&model);
+    prefix_function(err, "shard_model_open");
     return NULL;
 }
 
