@@ -91,13 +91,36 @@ static proto_status_t prepare_tokens(worker_prepared_t *p, const shard_config_t 
     return PROTO_STATUS_OK;
 }
 
-#ifdef WORKER_TEXT_READY
+static const char *lang_or_null(const char *lang) { return lang && *lang ? lang : NULL; }
+
+static shard_status_t encode_row(const worker_stage_t *st, const Xlm__TextRow *row,
+                                 shard_encoding_t *out, shard_error_t *err)
+{
+    shard_tokenizer_segment_t a = {row->segments[0]->text, strlen(row->segments[0]->text),
+                                   lang_or_null(row->segments[0]->lang)};
+    shard_tokenizer_segment_t b = {0};
+    if (row->n_segments > 1)
+        b = (shard_tokenizer_segment_t){row->segments[1]->text, strlen(row->segments[1]->text),
+                                        lang_or_null(row->segments[1]->lang)};
+    return shard_tokenizer_encode(st->tokenizer,
+                                  st->options->lang_rules ? SHARD_TOKENIZER_MODE_LANG_RULES
+                                                          : SHARD_TOKENIZER_MODE_HF,
+                                  &a, row->n_segments > 1 ? &b : NULL, true, out, err);
+}
+
 static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *st,
                                    const Xlm__TextInput *text, char *message, size_t message_size)
 {
     const shard_config_t *c = st->config;
     uint64_t start = worker_now_us();
     shard_encoding_t *rows = calloc(text->n_rows ? text->n_rows : 1, sizeof *rows);
+    for (size_t r = 0; rows && r < text->n_rows; r++)
+        shard_encoding_init(&rows[r]);
+    if (!st->tokenizer) {
+        free(rows);
+        snprintf(message, message_size, "this worker has no tokenizer for text input");
+        return PROTO_STATUS_BAD_REQUEST;
+    }
     if (!rows) {
         snprintf(message, message_size, "out of memory");
         return PROTO_STATUS_INTERNAL;
@@ -111,11 +134,7 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
             snprintf(message, message_size, "text row %zu has %zu segments, expected 1 or 2", r,
                      row->n_segments);
             status = PROTO_STATUS_BAD_REQUEST;
-        } else if (shard_tokenizer_encode(st->tokenizer, row->segments[0]->text,
-                                          row->segments[0]->lang,
-                                          row->n_segments > 1 ? row->segments[1]->text : NULL,
-                                          row->n_segments > 1 ? row->segments[1]->lang : NULL,
-                                          st->options->lang_rules, &rows[r], &err)) {
+        } else if (encode_row(st, row, &rows[r], &err)) {
             snprintf(message, message_size, "text row %zu: %s", r, err.message);
             status = worker_status_of(err.code);
         } else {
@@ -153,15 +172,6 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
     return status;
 }
 
-#else
-static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *st,
-                                   const Xlm__TextInput *text, char *message, size_t message_size)
-{
-    (void)p; (void)st; (void)text;
-    snprintf(message, message_size, "text input is not supported yet");
-    return PROTO_STATUS_BAD_REQUEST;
-}
-#endif
 
 static int64_t lang_of_code(const shard_config_t *c, const char *code)
 {

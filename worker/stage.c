@@ -252,6 +252,12 @@ static int open_stage(worker_stage_t *st)
                st->pipeline_index, st->stage, st->n_stages, (long long)range.first_layer,
                (long long)range.last_layer, range.embeddings ? " + embeddings" : "",
                range.heads ? " + heads" : "");
+    if (st->stage == 0) {
+        st->tokenizer = shard_tokenizer_open(st->options->model_dir, &err);
+        if (!st->tokenizer)
+            worker_log(WORKER_LOG_WARN, "no tokenizer, text requests will be refused: %s",
+                       err.message);
+    }
     int64_t tokens = (int64_t)st->options->max_batch_tokens;
     if (tokens < st->config->max_position_embeddings)
         tokens = st->config->max_position_embeddings;
@@ -317,6 +323,7 @@ int worker_run(const worker_options_t *options)
             rc = (st.stage == 0 ? worker_run_first(&st) : worker_run_next(&st)) ? 1 : 0;
     }
     worker_link_destroy(&st.link);
+    shard_tokenizer_destroy(&st.tokenizer);
     shard_model_destroy(&st.model);
     if (st.zmq_context)
         zmq_ctx_term(st.zmq_context);

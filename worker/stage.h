@@ -20,7 +20,7 @@ typedef struct worker_stage {
     MPI_Comm comm; /* this pipeline's ranks, rank = stage */
     shard_model_t *model;
     const shard_config_t *config;
-    void *tokenizer; /* stage 0: shard_tokenizer_t */
+    shard_tokenizer_t *tokenizer; /* stage 0 */
     void *zmq_context;
     worker_link_t *link; /* stage 0 and the last stage */
     char pipeline_id[256];
