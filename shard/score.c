@@ -25,86 +25,145 @@ shard_status_t shard_pll_expand(const shard_config_t *c, const int64_t *ids, con
     return SHARD_OK;
 }
 
-/* One row, clm: positions t in [from, to) scored from the logits at t - 1. */
-static shard_status_t score_clm_row(shard_model_t *model, const shard_inputs_t *row, int64_t from,
-                                    int64_t to, float *logprobs, shard_error_t *err)
+/* Copies of many positions are run in chunks of about this many tokens:
+ * memory stays bounded whatever the rows. */
+enum { SCORE_CHUNK_TOKENS = 8192 };
+
+static shard_acts_t *model_acts(shard_model_t *model)
+{
+    if (!model->forward_acts)
+        model->forward_acts = shard_acts_new();
+    return model->forward_acts;
+}
+
+/* clm: every row in one batch (packed: padding costs nothing); row r's
+ * scores are the logprobs of positions [from, to). */
+static shard_status_t score_clm(shard_model_t *model, const shard_inputs_t *rows,
+                                const int64_t *score_from, const int64_t *score_to,
+                                float **row_out, shard_error_t *err)
 {
     shard_outputs_t out;
     shard_outputs_init(&out);
-    /* No padding inside a row: the mask is all ones. */
-    int64_t *mask = malloc((size_t)row->seq * sizeof *mask);
-    if (!mask)
-        return shard_error_set(err, SHARD_ERR_NOMEM, "score: out of memory");
-    for (int64_t s = 0; s < row->seq; s++)
-        mask[s] = 1;
-    shard_inputs_t in = *row;
-    in.attention_mask = mask;
-    in.seq = to; /* positions after the last scored one cannot change it */
-    shard_acts_t *acts = model->forward_acts ? model->forward_acts : shard_acts_new();
-    model->forward_acts = acts;
+    shard_acts_t *acts = model_acts(model);
     shard_status_t status = acts ? SHARD_OK : shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
-    if (!status && !(status = shard_embed(model, &in, acts, err)) &&
+    if (!status && !(status = shard_embed(model, rows, acts, err)) &&
         !(status = shard_run_layers(model, acts, err)))
-        status = shard_head_clm_score(model, acts, &in, &from, &out, err);
+        status = shard_head_clm_score(model, acts, rows, score_from, &out, err);
     if (!status) {
         const shard_tensor_t *t = shard_outputs_find(&out, "token_logprobs");
-        memcpy(logprobs, t->f32, (size_t)(to - from) * sizeof *logprobs);
+        const float *at = t->f32;
+        for (int64_t r = 0; r < rows->batch; r++) {
+            const int64_t want = score_to[r] - score_from[r];
+            if (t->row_lengths[r] < want) {
+                status = shard_error_set(err, SHARD_ERR_INPUT,
+                                         "score: row %lld scores up to position %lld beyond its "
+                                         "%lld unmasked tokens", (long long)r,
+                                         (long long)score_to[r],
+                                         (long long)(score_from[r] + t->row_lengths[r]));
+                break;
+            }
+            memcpy(row_out[r], at, (size_t)want * sizeof *at);
+            at += t->row_lengths[r];
+        }
     }
     shard_outputs_clear(&out);
-    free(mask);
     return status;
 }
 
-static shard_status_t score_pll_row(shard_model_t *model, const shard_inputs_t *row, int64_t from,
-                                    int64_t to, float *logprobs, shard_error_t *err)
+typedef struct {
+    int64_t row, pos; /* the copy of row with pos masked */
+} pll_copy_t;
+
+/* One chunk of masked copies: a batch of rows x seq, each copy's mask the
+ * row's own, only the masked positions projected. */
+static shard_status_t score_pll_chunk(shard_model_t *model, const shard_inputs_t *rows,
+                                      const int64_t *mask, const pll_copy_t *copies, int64_t n,
+                                      float *logprob, shard_error_t *err)
 {
-    const int64_t n = to - from, len = row->seq;
-    if (n == 0)
-        return SHARD_OK;
-    int64_t *ids = malloc((size_t)(n * len) * sizeof *ids);
-    int64_t *langs = row->langs ? malloc((size_t)(n * len) * sizeof *langs) : NULL;
-    int64_t *mask = malloc((size_t)(n * len) * sizeof *mask);
-    int64_t *positions = row->position_ids ? malloc((size_t)(n * len) * sizeof *positions) : NULL;
-    int64_t *types = row->token_type_ids ? malloc((size_t)(n * len) * sizeof *types) : NULL;
+    const int64_t seq = rows->seq;
+    const size_t cells = (size_t)(n * seq);
+    int64_t *ids = malloc(cells * sizeof *ids), *masks = malloc(cells * sizeof *masks);
+    int64_t *langs = rows->langs ? malloc(cells * sizeof *langs) : NULL;
+    int64_t *types = rows->token_type_ids ? malloc(cells * sizeof *types) : NULL;
+    int64_t *positions = rows->position_ids ? malloc(cells * sizeof *positions) : NULL;
     int64_t *mask_pos = malloc((size_t)n * sizeof *mask_pos), *targets = malloc((size_t)n * sizeof *targets);
     shard_outputs_t out;
     shard_outputs_init(&out);
     shard_status_t status = SHARD_OK;
-    if (!ids || !mask || !mask_pos || !targets || (row->langs && !langs) ||
-        (row->position_ids && !positions) || (row->token_type_ids && !types)) {
+    if (!ids || !masks || !mask_pos || !targets || (rows->langs && !langs) ||
+        (rows->token_type_ids && !types) || (rows->position_ids && !positions)) {
         status = shard_error_set(err, SHARD_ERR_NOMEM, "pll: out of memory");
         goto done;
     }
-    if ((status = shard_pll_expand(&model->config, row->input_ids, row->langs, len, from, n, ids,
-                                   langs, mask_pos, targets, err)))
-        goto done;
-    for (int64_t i = 0; i < n * len; i++)
-        mask[i] = 1;
-    for (int64_t i = 0; i < n; i++) {
-        if (positions)
-            memcpy(positions + i * len, row->position_ids, (size_t)len * sizeof *positions);
+    for (int64_t i = 0; i < n && !status; i++) {
+        const int64_t src = copies[i].row * seq, dst = i * seq;
+        status = shard_pll_expand(&model->config, rows->input_ids + src,
+                                  langs ? rows->langs + src : NULL, seq, copies[i].pos, 1,
+                                  ids + dst, langs ? langs + dst : NULL, mask_pos + i, targets + i, err);
+        memcpy(masks + dst, mask + src, (size_t)seq * sizeof *masks);
         if (types)
-            memcpy(types + i * len, row->token_type_ids, (size_t)len * sizeof *types);
+            memcpy(types + dst, rows->token_type_ids + src, (size_t)seq * sizeof *types);
+        if (positions)
+            memcpy(positions + dst, rows->position_ids + src, (size_t)seq * sizeof *positions);
     }
-    shard_inputs_t batch = {.batch = n, .seq = len, .input_ids = ids, .attention_mask = mask,
+    shard_inputs_t batch = {.batch = n, .seq = seq, .input_ids = ids, .attention_mask = masks,
                             .langs = langs, .token_type_ids = types, .position_ids = positions};
-    if (!model->forward_acts && !(model->forward_acts = shard_acts_new())) {
+    shard_acts_t *acts = status ? NULL : model_acts(model);
+    if (!status && !acts)
         status = shard_error_set(err, SHARD_ERR_NOMEM, "pll: out of memory");
-        goto done;
-    }
-    if (!(status = shard_embed(model, &batch, model->forward_acts, err)) &&
-        !(status = shard_run_layers(model, model->forward_acts, err)) &&
-        !(status = shard_head_masked_logprob(model, model->forward_acts, mask_pos, targets, &out, err)))
-        memcpy(logprobs, out.tensors[0].f32, (size_t)n * sizeof *logprobs);
+    if (!status && !(status = shard_embed(model, &batch, acts, err)) &&
+        !(status = shard_run_layers(model, acts, err)) &&
+        !(status = shard_head_masked_logprob(model, acts, mask_pos, targets, &out, err)))
+        memcpy(logprob, out.tensors[0].f32, (size_t)n * sizeof *logprob);
 done:
     shard_outputs_clear(&out);
     free(ids);
+    free(masks);
     free(langs);
-    free(mask);
-    free(positions);
     free(types);
+    free(positions);
     free(mask_pos);
     free(targets);
+    return status;
+}
+
+static shard_status_t score_pll(shard_model_t *model, const shard_inputs_t *rows,
+                                const int64_t *score_from, const int64_t *score_to,
+                                float **row_out, shard_error_t *err)
+{
+    const int64_t seq = rows->seq;
+    int64_t *mask = malloc((size_t)(rows->batch * seq) * sizeof *mask);
+    const int64_t per_chunk = SCORE_CHUNK_TOKENS / seq > 0 ? SCORE_CHUNK_TOKENS / seq : 1;
+    pll_copy_t *copies = malloc((size_t)per_chunk * sizeof *copies);
+    float *logprob = malloc((size_t)per_chunk * sizeof *logprob);
+    shard_status_t status = SHARD_OK;
+    if (!mask || !copies || !logprob) {
+        status = shard_error_set(err, SHARD_ERR_NOMEM, "pll: out of memory");
+        goto done;
+    }
+    for (int64_t r = 0; r < rows->batch; r++) {
+        if (rows->attention_mask)
+            memcpy(mask + r * seq, rows->attention_mask + r * seq, (size_t)seq * sizeof *mask);
+        else
+            shard_default_mask(&model->config, rows->input_ids + r * seq, seq, mask + r * seq);
+    }
+    /* Copies of consecutive rows fill each chunk; results go back by row. */
+    int64_t n = 0;
+    for (int64_t r = 0; r < rows->batch && !status; r++)
+        for (int64_t pos = score_from[r]; pos < score_to[r] && !status; pos++) {
+            copies[n++] = (pll_copy_t){r, pos};
+            const bool last = r == rows->batch - 1 && pos == score_to[r] - 1;
+            if (n < per_chunk && !last)
+                continue;
+            status = score_pll_chunk(model, rows, mask, copies, n, logprob, err);
+            for (int64_t i = 0; i < n && !status; i++)
+                row_out[copies[i].row][copies[i].pos - score_from[copies[i].row]] = logprob[i];
+            n = 0;
+        }
+done:
+    free(mask);
+    free(copies);
+    free(logprob);
     return status;
 }
 
@@ -121,7 +180,7 @@ shard_status_t shard_score_rows(shard_model_t *model, shard_score_mode_t mode,
     shard_status_t status = shard_inputs_check(&model->config, rows, err);
     if (status)
         return status;
-    int64_t total = 0;
+    int64_t total = 0, longest = 0;
     for (int64_t r = 0; r < rows->batch; r++) {
         const int64_t lo = mode == SHARD_SCORE_CLM ? 1 : 0;
         if (score_from[r] < lo || score_to[r] < score_from[r] || score_to[r] > rows->seq)
@@ -130,37 +189,33 @@ shard_status_t shard_score_rows(shard_model_t *model, shard_score_mode_t mode,
                                    (long long)r, (long long)score_from[r], (long long)score_to[r],
                                    (long long)rows->seq);
         total += score_to[r] - score_from[r];
+        longest = score_to[r] - score_from[r] > longest ? score_to[r] - score_from[r] : longest;
     }
-    int64_t shape_tokens[2] = {rows->batch, 0}, shape_sum[1] = {rows->batch};
+    int64_t shape_sum[1] = {rows->batch};
     shard_tensor_t *tokens = shard_outputs_add(outputs, "token_logprobs", SHARD_F32, 1, &total, err);
     shard_tensor_t *sums = tokens ? shard_outputs_add(outputs, "sum_logprob", SHARD_F32, 1, shape_sum, err)
                                   : NULL;
-    if (!sums)
-        return err->code;
+    float **row_out = calloc((size_t)rows->batch, sizeof *row_out);
+    if (!sums || !row_out || !(tokens->row_lengths = calloc((size_t)rows->batch, sizeof(int64_t)))) {
+        free(row_out);
+        return sums ? shard_error_set(err, SHARD_ERR_NOMEM, "score: out of memory") : err->code;
+    }
     tokens->ndim = 2;
     tokens->shape[0] = rows->batch;
-    tokens->shape[1] = 0;
-    (void)shape_tokens;
-    tokens->row_lengths = calloc((size_t)rows->batch, sizeof *tokens->row_lengths);
-    if (!tokens->row_lengths)
-        return shard_error_set(err, SHARD_ERR_NOMEM, "score: out of memory");
-    float *at = tokens->f32;
-    for (int64_t r = 0; r < rows->batch && !status; r++) {
-        shard_inputs_t row = {.batch = 1, .seq = rows->seq, .input_ids = rows->input_ids + r * rows->seq};
-        row.langs = rows->langs ? rows->langs + r * rows->seq : NULL;
-        row.token_type_ids = rows->token_type_ids ? rows->token_type_ids + r * rows->seq : NULL;
-        row.position_ids = rows->position_ids ? rows->position_ids + r * rows->seq : NULL;
-        const int64_t n = score_to[r] - score_from[r];
-        status = mode == SHARD_SCORE_CLM
-                     ? score_clm_row(model, &row, score_from[r], score_to[r], at, err)
-                     : score_pll_row(model, &row, score_from[r], score_to[r], at, err);
-        double sum = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            sum += at[i];
-        sums->f32[r] = (float)sum;
-        tokens->row_lengths[r] = n;
-        tokens->shape[1] = n > tokens->shape[1] ? n : tokens->shape[1];
-        at += n;
+    tokens->shape[1] = longest;
+    for (int64_t r = 0, at = 0; r < rows->batch; r++) {
+        row_out[r] = tokens->f32 + at;
+        tokens->row_lengths[r] = score_to[r] - score_from[r];
+        at += tokens->row_lengths[r];
     }
+    status = mode == SHARD_SCORE_CLM ? score_clm(model, rows, score_from, score_to, row_out, err)
+                                     : score_pll(model, rows, score_from, score_to, row_out, err);
+    for (int64_t r = 0; r < rows->batch && !status; r++) {
+        double sum = 0.0;
+        for (int64_t i = 0; i < tokens->row_lengths[r]; i++)
+            sum += row_out[r][i];
+        sums->f32[r] = (float)sum;
+    }
+    free(row_out);
     return status;
 }

@@ -366,11 +366,14 @@ typedef enum {
     SHARD_SCORE_COUNT_
 } shard_score_mode_t;
 
-/* Scores unpadded rows on a whole model: row r scores positions
- * [score_from[r], score_to[r]) (clm: each token given the ones before it;
- * mlm-pll: each token masked in its own copy, the copies of a row run as one
- * batch and only the masked position projected). Outputs "token_logprobs"
- * (ragged) and "sum_logprob" [rows] (float32 values summed in double). */
+/* Scores rows on a whole model. rows is a padded batch (attention_mask
+ * given, or the default one from pad ids). Row r scores positions
+ * [score_from[r], score_to[r]): clm, each token given the ones before it
+ * (all rows run as one batch); mlm-pll, each token masked in its own copy of
+ * the row (copies run together, only the masked position projected onto
+ * the vocabulary). Outputs "token_logprobs" (ragged [rows][n]) and
+ * "sum_logprob" [rows] (the float32 values summed in double). A row's scores
+ * do not depend on the other rows. */
 shard_status_t shard_score_rows(shard_model_t *model, shard_score_mode_t mode,
                                 const shard_inputs_t *rows, const int64_t *score_from,
                                 const int64_t *score_to, shard_outputs_t *outputs,
