@@ -522,6 +522,12 @@ static shard_status_t load_langs(shard_tokenizer_t *tok, const cJSON *obj, shard
     return SHARD_OK;
 }
 
+static int cmp_lang(const void *a, const void *b)
+{
+    int64_t x = ((const shard_tok_lang_t *)a)->id, y = ((const shard_tok_lang_t *)b)->id;
+    return x < y ? -1 : x > y;
+}
+
 /* ---------------------------------------------------------------- open */
 
 shard_tokenizer_t *shard_tokenizer_open(const char *model_dir, shard_error_t *err)
@@ -576,6 +582,8 @@ shard_tokenizer_t *shard_tokenizer_open(const char *model_dir, shard_error_t *er
         if (cJSON_IsObject(model_config) && (st = load_langs(tok, model_config, err)))
             goto fail;
     }
+    /* Languages in id order, so listings read like the checkpoint's. */
+    qsort(tok->langs, tok->n_langs, sizeof *tok->langs, cmp_lang);
     if ((st = shard_tok_prefixes_build(&tok->prefixes, err)))
         goto fail;
 
