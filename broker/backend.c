@@ -1,0 +1,413 @@
+/* backend.c: the worker side. Read -> decode -> dispatch to one handler per
+ * message kind; sending micro-batches within the credit a pipeline gave;
+ * heartbeats and the death of silent pipelines. */
+#include "broker_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { BACKEND_BURST = 256 };
+
+static void free_buffer(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* ------------------------------------------------------------ sending */
+
+/* Sends [identity][msg packed](+ more frames when more is set). */
+static bool worker_send_header(broker_t *b, const uint8_t *identity, size_t identity_len,
+                               Xlm__WorkerMessage *msg, bool more)
+{
+    uint8_t *data;
+    size_t size;
+    proto_error_t err;
+    if (proto_worker_pack(msg, &data, &size, &err)) {
+        broker_log(b, BROKER_LOG_ERROR, "%s", err.message);
+        return false;
+    }
+    zmq_msg_t frame;
+    if (zmq_msg_init_data(&frame, data, size, free_buffer, NULL) != 0) {
+        free(data);
+        return false;
+    }
+    if (zmq_send(b->backend, identity, identity_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        broker_log(b, BROKER_LOG_DEBUG, "message to a worker dropped: %s", zmq_strerror(errno));
+        zmq_msg_close(&frame);
+        return false;
+    }
+    if (zmq_msg_send(&frame, b->backend, more ? ZMQ_SNDMORE : 0) < 0) {
+        zmq_msg_close(&frame);
+        return false;
+    }
+    return true;
+}
+
+void broker_worker_send_simple(broker_t *b, const uint8_t *identity, size_t identity_len,
+                               const char *pipeline, Xlm__WorkerMessage *msg)
+{
+    msg->pipeline = (char *)pipeline; /* not written through by protobuf-c */
+    worker_send_header(b, identity, identity_len, msg, false);
+}
+
+static void send_disconnect(broker_t *b, const uint8_t *identity, size_t identity_len,
+                            const char *pipeline, const char *reason)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__Disconnect disconnect = XLM__DISCONNECT__INIT;
+    disconnect.reason = (char *)reason;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_DISCONNECT;
+    msg.disconnect = &disconnect;
+    broker_worker_send_simple(b, identity, identity_len, pipeline, &msg);
+}
+
+void broker_pipeline_cancel(broker_t *b, broker_pipeline_t *p, uint64_t ticket)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__CancelTickets cancel = XLM__CANCEL_TICKETS__INIT;
+    cancel.n_tickets = 1;
+    cancel.tickets = &ticket;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_CANCEL;
+    msg.cancel = &cancel;
+    broker_worker_send_simple(b, p->identity, p->identity_len, p->id, &msg);
+}
+
+/* [identity][Batch][request]...; the requests stay queued on failure. */
+static bool send_batch(broker_t *b, broker_pipeline_t *p, broker_req_t **reqs, size_t n,
+                       int64_t now)
+{
+    uint64_t *tickets = malloc(n * sizeof *tickets);
+    uint64_t *queue_us = malloc(n * sizeof *queue_us);
+    uint32_t *remaining_ms = malloc(n * sizeof *remaining_ms);
+    bool ok = tickets && queue_us && remaining_ms;
+    for (size_t i = 0; ok && i < n; i++) {
+        tickets[i] = reqs[i]->ticket;
+        queue_us[i] = (uint64_t)(now - reqs[i]->received_us);
+        int64_t left = (reqs[i]->deadline_us - now) / 1000;
+        remaining_ms[i] = left > 0 ? (uint32_t)left : 0;
+    }
+    if (ok) {
+        Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+        Xlm__Batch batch = XLM__BATCH__INIT;
+        batch.batch_id = b->next_batch++;
+        batch.task = (Xlm__Task)reqs[0]->task;
+        batch.n_tickets = batch.n_queue_us = batch.n_remaining_ms = n;
+        batch.tickets = tickets;
+        batch.queue_us = queue_us;
+        batch.remaining_ms = remaining_ms;
+        msg.body_case = XLM__WORKER_MESSAGE__BODY_BATCH;
+        msg.batch = &batch;
+        msg.pipeline = p->id;
+        ok = worker_send_header(b, p->identity, p->identity_len, &msg, true);
+    }
+    /* Once the first frame is accepted the rest of the message is too. */
+    for (size_t i = 0; ok && i < n; i++) {
+        zmq_msg_t copy;
+        zmq_msg_init(&copy);
+        zmq_msg_copy(&copy, &reqs[i]->body);
+        if (zmq_msg_send(&copy, b->backend, i + 1 < n ? ZMQ_SNDMORE : 0) < 0) {
+            zmq_msg_close(&copy);
+            broker_log(b, BROKER_LOG_ERROR, "batch to pipeline '%s' cut short: %s", p->id,
+                       zmq_strerror(errno));
+        }
+    }
+    free(tickets);
+    free(queue_us);
+    free(remaining_ms);
+    return ok;
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+/* The pipeline with credit that fits the head of the queue best: one whose
+ * budget holds it, then the most credit, then the longest idle. */
+static broker_pipeline_t *pick_pipeline(broker_model_t *m, int64_t head_padded)
+{
+    broker_pipeline_t *best = NULL;
+    for (broker_link_t *l = m->pipelines.next; l != &m->pipelines; l = l->next) {
+        broker_pipeline_t *p = BROKER_CONTAINER(l, broker_pipeline_t, link);
+        if (p->credit == 0)
+            continue;
+        if (!best) {
+            best = p;
+            continue;
+        }
+        bool fits = (uint64_t)head_padded <= p->max_batch_tokens;
+        bool best_fits = (uint64_t)head_padded <= best->max_batch_tokens;
+        if (fits != best_fits) {
+            if (fits)
+                best = p;
+        } else if (p->credit != best->credit) {
+            if (p->credit > best->credit)
+                best = p;
+        } else if (p->last_batch_us < best->last_batch_us) {
+            best = p;
+        }
+    }
+    return best;
+}
+
+void broker_dispatch(broker_t *b, broker_model_t *m)
+{
+    while (m->queue_len > 0) {
+        broker_req_t *head = BROKER_CONTAINER(m->queue.next, broker_req_t, link);
+        broker_pipeline_t *p = pick_pipeline(m, head->padded);
+        if (!p)
+            return;
+        /* The head and up to batch_scan requests behind it. */
+        size_t n = 0;
+        for (broker_link_t *l = m->queue.next; l != &m->queue && n <= b->config.batch_scan;
+             l = l->next, n++) {
+            b->scratch_reqs[n] = BROKER_CONTAINER(l, broker_req_t, link);
+            b->scratch_items[n] = b->scratch_reqs[n]->item;
+        }
+        size_t chosen = broker_batch_select(b->scratch_items, n, p->max_batch_tokens,
+                                            b->config.batch_max_requests, b->scratch_chosen);
+        for (size_t i = 0; i < chosen; i++)
+            b->scratch_reqs[i] = b->scratch_reqs[b->scratch_chosen[i]]; /* chosen is increasing */
+        int64_t now = broker_now_us();
+        if (!send_batch(b, p, b->scratch_reqs, chosen, now)) {
+            /* Gone or not reading: no more batches until it speaks again. */
+            p->credit = 0;
+            continue;
+        }
+        for (size_t i = 0; i < chosen; i++) {
+            broker_req_t *r = b->scratch_reqs[i];
+            broker_list_remove(&r->link);
+            m->queue_len--;
+            m->queue_bytes -= r->bytes;
+            r->pipeline = p;
+            broker_list_push_back(&p->in_flight, &r->link);
+            p->n_in_flight++;
+            m->in_flight++;
+        }
+        p->credit--;
+        p->batches++;
+        p->last_batch_us = now;
+        broker_log(b, BROKER_LOG_DEBUG, "batch of %zu requests to pipeline '%s' (credit left %u)",
+                   chosen, p->id, p->credit);
+    }
+}
+
+/* ------------------------------------------------------------ handlers */
+
+static void on_ready(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage **msg_p)
+{
+    Xlm__WorkerMessage *msg = *msg_p;
+    const Xlm__Ready *ready = msg->ready;
+    broker_pipeline_t *old = broker_map_get(b->pipelines, msg->pipeline, strlen(msg->pipeline));
+    if (old) /* a restart: what it held is lost on its side */
+        broker_pipeline_remove(b, old, "registered again");
+    if (b->stopping) {
+        send_disconnect(b, zmq_msg_data((zmq_msg_t *)identity), zmq_msg_size((zmq_msg_t *)identity),
+                        msg->pipeline, "broker stopping");
+        return;
+    }
+    broker_model_t *m = broker_model_get_or_add(b, ready->model);
+    broker_pipeline_t *p = m ? broker_pipeline_add(b, m, msg->pipeline,
+                                                   zmq_msg_data((zmq_msg_t *)identity),
+                                                   zmq_msg_size((zmq_msg_t *)identity), ready)
+                             : NULL;
+    if (!p) {
+        broker_log(b, BROKER_LOG_ERROR, "pipeline '%s' not registered: out of memory", msg->pipeline);
+        return;
+    }
+    if (m->ready && (m->ready->ready->vocab_size != ready->vocab_size ||
+                     m->ready->ready->max_position_embeddings != ready->max_position_embeddings))
+        broker_log(b, BROKER_LOG_WARN, "pipeline '%s' of model '%s' differs from the model's others "
+                   "(vocab_size %lld, max_position_embeddings %lld); the latest is used",
+                   p->id, m->name, (long long)ready->vocab_size,
+                   (long long)ready->max_position_embeddings);
+    proto_worker_free(&m->ready);
+    m->ready = msg; /* kept: the limits requests are checked against */
+    *msg_p = NULL;
+    broker_log(b, BROKER_LOG_INFO, "pipeline '%s' of model '%s' ready: %u stages, credit %u, "
+               "%llu tokens per micro-batch", p->id, m->name, p->n_stages, p->credit,
+               (unsigned long long)p->max_batch_tokens);
+    broker_dispatch(b, m);
+}
+
+static void add_credit(broker_pipeline_t *p, uint32_t credit)
+{
+    uint64_t total = (uint64_t)p->credit + credit;
+    p->credit = total > PROTO_MAX_CREDIT ? PROTO_MAX_CREDIT : (uint32_t)total;
+}
+
+/* One reply frame per ticket; the first reply of a ticket wins. */
+static void on_reply(broker_t *b, broker_pipeline_t *p, const Xlm__Reply *reply,
+                     zmq_msg_t *frames, size_t n_frames)
+{
+    if (n_frames != reply->n_tickets) {
+        b->malformed++;
+        broker_log(b, BROKER_LOG_WARN, "reply from pipeline '%s' with %zu tickets and %zu frames dropped",
+                   p ? p->id : "?", reply->n_tickets, n_frames);
+        return;
+    }
+    if (p) {
+        add_credit(p, reply->credit);
+        broker_model_record_stages(p->model, reply->stage_us, reply->n_stage_us);
+    }
+    for (size_t i = 0; i < reply->n_tickets; i++) {
+        broker_req_t *r = broker_map_get(b->tickets, &reply->tickets[i], sizeof reply->tickets[i]);
+        if (!r) {
+            b->late_replies++;
+            continue;
+        }
+        if (reply->statuses[i] == XLM__STATUS__STATUS_OK)
+            r->model->done++;
+        else
+            r->model->failed++;
+        broker_done_add(b, r->id, &frames[i]);
+        broker_client_send(b, r->client, r->client_len, &frames[i]);
+        broker_req_finish(b, r);
+    }
+    if (p)
+        broker_dispatch(b, p->model);
+}
+
+/* Handles one decoded message; takes *msg_p when it keeps it. */
+static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage **msg_p,
+                          zmq_msg_t *frames, size_t n_frames)
+{
+    Xlm__WorkerMessage *msg = *msg_p;
+    const uint8_t *wid = zmq_msg_data((zmq_msg_t *)identity);
+    size_t wlen = zmq_msg_size((zmq_msg_t *)identity);
+    broker_pipeline_t *p = broker_map_get(b->pipelines, msg->pipeline, strlen(msg->pipeline));
+    if (p)
+        broker_pipeline_touch(p, broker_now_us());
+    switch (msg->body_case) {
+    case XLM__WORKER_MESSAGE__BODY_READY:
+        if (n_frames == 0)
+            on_ready(b, identity, msg_p);
+        break;
+    case XLM__WORKER_MESSAGE__BODY_REPLY:
+        on_reply(b, p, msg->reply, frames, n_frames);
+        break;
+    case XLM__WORKER_MESSAGE__BODY_CREDIT:
+        if (p) {
+            add_credit(p, msg->credit->credit);
+            broker_dispatch(b, p->model);
+        } else {
+            send_disconnect(b, wid, wlen, msg->pipeline, "unknown pipeline: send ready");
+        }
+        break;
+    case XLM__WORKER_MESSAGE__BODY_HEARTBEAT:
+        if (!p)
+            send_disconnect(b, wid, wlen, msg->pipeline, "unknown pipeline: send ready");
+        break;
+    case XLM__WORKER_MESSAGE__BODY_DISCONNECT:
+        if (p) {
+            broker_model_t *m = p->model;
+            broker_pipeline_remove(b, p, "disconnected");
+            broker_dispatch(b, m);
+        }
+        break;
+    default:
+        broker_log(b, BROKER_LOG_WARN, "pipeline '%s' sent a message only the broker sends (body %d)",
+                   msg->pipeline, (int)msg->body_case);
+        break;
+    }
+}
+
+/* Receives the rest of a multi-part message into b->frames. */
+static size_t recv_frames(broker_t *b, bool more)
+{
+    size_t n = 0;
+    while (more) {
+        if (n == b->frames_cap) {
+            size_t cap = b->frames_cap ? 2 * b->frames_cap : 16;
+            zmq_msg_t *frames = cap <= PROTO_MAX_TICKETS + 1 ? realloc(b->frames, cap * sizeof *frames) : NULL;
+            if (!frames) { /* drain and drop the rest */
+                zmq_msg_t frame;
+                zmq_msg_init(&frame);
+                more = zmq_msg_recv(&frame, b->backend, 0) >= 0 && zmq_msg_more(&frame);
+                zmq_msg_close(&frame);
+                continue;
+            }
+            b->frames = frames;
+            b->frames_cap = cap;
+        }
+        zmq_msg_init(&b->frames[n]);
+        if (zmq_msg_recv(&b->frames[n], b->backend, 0) < 0) {
+            zmq_msg_close(&b->frames[n]);
+            break;
+        }
+        more = zmq_msg_more(&b->frames[n]);
+        n++;
+    }
+    return n;
+}
+
+void broker_backend_recv(broker_t *b)
+{
+    for (int i = 0; i < BACKEND_BURST; i++) {
+        zmq_msg_t identity, header;
+        zmq_msg_init(&identity);
+        if (zmq_msg_recv(&identity, b->backend, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&identity);
+            return;
+        }
+        zmq_msg_init(&header);
+        bool have_header = zmq_msg_more(&identity) && zmq_msg_recv(&header, b->backend, 0) >= 0;
+        size_t n_frames = have_header ? recv_frames(b, zmq_msg_more(&header)) : 0;
+        Xlm__WorkerMessage *msg = NULL;
+        proto_error_t err;
+        if (have_header && proto_worker_decode(zmq_msg_data(&header), zmq_msg_size(&header),
+                                               b->config.max_message_bytes, &msg, &err)) {
+            b->malformed++;
+            broker_log(b, BROKER_LOG_WARN, "worker message refused: %s", err.message);
+        }
+        if (msg)
+            handle_worker(b, &identity, &msg, b->frames, n_frames);
+        proto_worker_free(&msg);
+        for (size_t f = 0; f < n_frames; f++)
+            zmq_msg_close(&b->frames[f]);
+        zmq_msg_close(&header);
+        zmq_msg_close(&identity);
+    }
+}
+
+/* ------------------------------------------------------------ heartbeats */
+
+void broker_heartbeat(broker_t *b, int64_t now)
+{
+    for (broker_link_t *ml = b->models.next; ml != &b->models; ml = ml->next) {
+        broker_model_t *m = BROKER_CONTAINER(ml, broker_model_t, link);
+        bool removed = false;
+        for (broker_link_t *l = m->pipelines.next, *next; l != &m->pipelines; l = next) {
+            next = l->next; /* p may be freed */
+            broker_pipeline_t *p = BROKER_CONTAINER(l, broker_pipeline_t, link);
+            if (now - p->last_seen_us > p->expiry_us) {
+                send_disconnect(b, p->identity, p->identity_len, p->id, "missed heartbeats");
+                broker_pipeline_remove(b, p, "missed heartbeats");
+                removed = true;
+                continue;
+            }
+            if (now - p->heartbeat_sent_us >= (int64_t)b->config.heartbeat_ms * 1000) {
+                Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+                Xlm__Heartbeat hb = XLM__HEARTBEAT__INIT;
+                hb.heartbeat_ms = (uint32_t)b->config.heartbeat_ms;
+                msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
+                msg.heartbeat = &hb;
+                broker_worker_send_simple(b, p->identity, p->identity_len, p->id, &msg);
+                p->heartbeat_sent_us = now;
+            }
+        }
+        if (removed)
+            broker_dispatch(b, m);
+    }
+}
+
+void broker_backend_disconnect_all(broker_t *b, const char *reason)
+{
+    for (broker_link_t *ml = b->models.next; ml != &b->models; ml = ml->next) {
+        broker_model_t *m = BROKER_CONTAINER(ml, broker_model_t, link);
+        for (broker_link_t *l = m->pipelines.next; l != &m->pipelines; l = l->next) {
+            broker_pipeline_t *p = BROKER_CONTAINER(l, broker_pipeline_t, link);
+            send_disconnect(b, p->identity, p->identity_len, p->id, reason);
+        }
+    }
+}

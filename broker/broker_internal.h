@@ -1,0 +1,243 @@
+/* broker_internal.h: the broker's own types, shared by its source files and
+ * its unit tests. Not installed, not for other modules.
+ *
+ * Ownership: the broker owns models, pipelines, requests and cached replies.
+ * A request is in exactly one place at a time: its model's queue or the
+ * in-flight list of the pipeline it was sent to (the same link serves both),
+ * and is indexed by ticket (the broker's id, used on the worker side) and by
+ * the client's id (for retries and cancellation). When answered it is freed
+ * and its reply, if a worker produced it, goes to the cache of completed
+ * replies, indexed by client id, for dedup_ms.
+ */
+#ifndef XLM_BROKER_INTERNAL_H
+#define XLM_BROKER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#include "broker.h"
+#include "proto.h"
+
+enum { BROKER_IDENTITY_MAX = 255, BROKER_ENDPOINT_MAX = 256 };
+
+/* ------------------------------------------------------------ lists */
+
+/* Intrusive circular doubly linked list; a head is a link to itself. */
+typedef struct broker_link {
+    struct broker_link *prev, *next;
+} broker_link_t;
+
+static inline void broker_list_init(broker_link_t *head) { head->prev = head->next = head; }
+static inline bool broker_list_empty(const broker_link_t *head) { return head->next == head; }
+static inline void broker_list_insert_after(broker_link_t *at, broker_link_t *l)
+{
+    l->prev = at;
+    l->next = at->next;
+    at->next->prev = l;
+    at->next = l;
+}
+static inline void broker_list_push_back(broker_link_t *head, broker_link_t *l)
+{
+    broker_list_insert_after(head->prev, l);
+}
+static inline void broker_list_push_front(broker_link_t *head, broker_link_t *l)
+{
+    broker_list_insert_after(head, l);
+}
+static inline void broker_list_remove(broker_link_t *l)
+{
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = l;
+}
+
+#define BROKER_CONTAINER(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* ------------------------------------------------------------ map */
+
+/* Hash map from byte strings to borrowed pointers. Keys are copied. The
+ * hash is seeded at random, so client-chosen ids cannot aim at one bucket. */
+typedef struct broker_map broker_map_t;
+
+broker_map_t *broker_map_new(void);
+void broker_map_destroy(broker_map_t **self_p);
+/* Inserts or replaces. BROKER_ERR_NOMEM on allocation failure. */
+broker_status_t broker_map_put(broker_map_t *map, const void *key, size_t len, void *value);
+void *broker_map_get(const broker_map_t *map, const void *key, size_t len);
+/* Removes and returns the value, NULL when absent. */
+void *broker_map_remove(broker_map_t *map, const void *key, size_t len);
+size_t broker_map_size(const broker_map_t *map);
+
+/* ------------------------------------------------------------ batching */
+
+/* One queued request as the batcher sees it. key: requests with different
+ * keys never share a micro-batch (task, n_choices); alone: never shares. */
+typedef struct {
+    int64_t rows;
+    int64_t max_len;
+    int64_t key;
+    bool alone;
+} broker_batch_item_t;
+
+/* Length bucket: quarter octaves, so two lengths of one bucket differ by
+ * less than 25% and padding within a micro-batch stays below that. */
+int broker_batch_bucket(int64_t len);
+
+/* Chooses one micro-batch from items[0..n) in queue order. items[0] (the
+ * oldest) is always taken, so nothing starves; others join when they have
+ * its key and bucket and the padded size rows * longest row stays within
+ * budget, up to max_requests. Writes the indices to chosen and returns
+ * their count (>= 1 when n >= 1). */
+size_t broker_batch_select(const broker_batch_item_t *items, size_t n, uint64_t budget,
+                           size_t max_requests, size_t *chosen);
+
+/* ------------------------------------------------------------ objects */
+
+typedef struct broker_model broker_model_t;
+typedef struct broker_pipeline broker_pipeline_t;
+
+typedef struct {
+    broker_link_t link;         /* model->queue or pipeline->in_flight */
+    uint64_t ticket;
+    char id[PROTO_ID_MAX + 1];
+    uint8_t client[BROKER_IDENTITY_MAX]; /* routing id of the latest sender */
+    size_t client_len;
+    broker_model_t *model;
+    broker_pipeline_t *pipeline;/* NULL while queued */
+    proto_task_t task;
+    broker_batch_item_t item;
+    int64_t padded;
+    int64_t received_us, deadline_us;
+    zmq_msg_t body;             /* the ClientMessage bytes, forwarded as they came */
+    size_t bytes;
+} broker_req_t;
+
+typedef struct {
+    uint64_t batches, total_us, max_us;
+} broker_stage_stats_t;
+
+struct broker_model {
+    broker_link_t link;         /* broker->models */
+    char name[PROTO_NAME_MAX + 1];
+    broker_link_t queue;
+    size_t queue_len, queue_bytes, in_flight;
+    broker_link_t pipelines;
+    size_t n_pipelines;
+    Xlm__WorkerMessage *ready;  /* the latest Ready of one of its pipelines (owned) */
+    uint64_t max_batch_tokens;  /* largest budget a pipeline of it offered */
+    uint64_t done, failed, rejected, expired, cancelled, requeued;
+    broker_stage_stats_t *stages;
+    size_t n_stages;
+};
+
+struct broker_pipeline {
+    broker_link_t link;         /* model->pipelines */
+    char id[PROTO_NAME_MAX + 1];
+    uint8_t identity[BROKER_IDENTITY_MAX]; /* stage 0's socket, from Ready */
+    size_t identity_len;
+    broker_model_t *model;
+    uint32_t n_stages;
+    uint32_t credit;
+    uint64_t max_batch_tokens;
+    int64_t last_seen_us, heartbeat_sent_us, last_batch_us;
+    int64_t expiry_us;          /* silence longer than this: dead */
+    broker_link_t in_flight;
+    size_t n_in_flight;
+    uint64_t batches;
+};
+
+typedef struct {
+    broker_link_t link;         /* broker->done, oldest first */
+    char id[PROTO_ID_MAX + 1];
+    zmq_msg_t reply;            /* the ServiceMessage sent to the client */
+    size_t bytes;
+    int64_t expires_us;
+} broker_done_t;
+
+struct broker {
+    broker_config_t config;
+    void *ctx, *frontend, *backend;
+    char frontend_endpoint[BROKER_ENDPOINT_MAX], backend_endpoint[BROKER_ENDPOINT_MAX];
+
+    broker_link_t models;
+    size_t n_models;
+    broker_map_t *tickets;      /* ticket -> broker_req_t */
+    broker_map_t *ids;          /* client id -> pending broker_req_t */
+    broker_map_t *pipelines;    /* pipeline id -> broker_pipeline_t */
+    broker_map_t *done_ids;     /* client id -> broker_done_t */
+    broker_link_t done;
+    size_t done_count, done_bytes;
+    size_t pending;             /* queued + in flight, all models */
+
+    uint64_t next_ticket, next_batch;
+    int64_t started_us, next_heartbeat_us, next_deadline_us;
+    bool stopping;
+    int64_t drain_until_us;
+
+    uint64_t received, duplicates, malformed, late_replies;
+
+    /* Scratch space of the batcher, batch_scan + 1 entries. */
+    broker_batch_item_t *scratch_items;
+    broker_req_t **scratch_reqs;
+    size_t *scratch_chosen;
+    /* Frames of the worker message being handled. */
+    zmq_msg_t *frames;
+    size_t frames_cap;
+};
+
+/* ------------------------------------------------------------ shared helpers */
+
+int64_t broker_now_us(void);
+void broker_log(const broker_t *b, broker_log_level_t level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* registry.c: models, pipelines, requests. */
+broker_model_t *broker_model_find(const broker_t *b, const char *name);
+broker_model_t *broker_model_get_or_add(broker_t *b, const char *name);
+void broker_models_destroy(broker_t *b);
+void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, size_t n);
+broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const char *id,
+                                       const uint8_t *identity, size_t identity_len,
+                                       const Xlm__Ready *ready);
+/* Queues again what p held (at the front, in order) and frees p. */
+void broker_pipeline_remove(broker_t *b, broker_pipeline_t *p, const char *why);
+void broker_pipeline_touch(broker_pipeline_t *p, int64_t now);
+/* Takes the request out of its list and both maps, frees it. */
+void broker_req_finish(broker_t *b, broker_req_t *r);
+broker_req_t *broker_req_new(broker_t *b, broker_model_t *m, const Xlm__Request *rq,
+                             const proto_shape_t *shape, const zmq_msg_t *client,
+                             zmq_msg_t *body);
+
+/* cache.c: completed replies by client id. */
+void broker_done_add(broker_t *b, const char *id, zmq_msg_t *reply);
+broker_done_t *broker_done_find(const broker_t *b, const char *id);
+void broker_done_expire(broker_t *b, int64_t now);
+void broker_done_clear(broker_t *b);
+
+/* frontend.c: clients. */
+void broker_frontend_recv(broker_t *b);
+/* Sends body (consumed) to a client; false when the client is gone. */
+bool broker_client_send(broker_t *b, const uint8_t *client, size_t client_len, zmq_msg_t *body);
+void broker_client_status(broker_t *b, const uint8_t *client, size_t client_len, const char *id,
+                          proto_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* Answers r's client with status and finishes r (counted as rejected,
+ * expired or cancelled by the caller). */
+void broker_req_fail(broker_t *b, broker_req_t *r, proto_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* backend.c: workers. */
+void broker_backend_recv(broker_t *b);
+void broker_dispatch(broker_t *b, broker_model_t *m);
+void broker_heartbeat(broker_t *b, int64_t now);
+void broker_worker_send_simple(broker_t *b, const uint8_t *identity, size_t identity_len,
+                               const char *pipeline, Xlm__WorkerMessage *msg);
+void broker_pipeline_cancel(broker_t *b, broker_pipeline_t *p, uint64_t ticket);
+void broker_backend_disconnect_all(broker_t *b, const char *reason);
+
+/* stats.c */
+void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len);
+
+#endif /* XLM_BROKER_INTERNAL_H */

@@ -1,0 +1,225 @@
+/* registry.c: models, the pipelines serving them, and the requests they
+ * hold; creation, lookup, and the moves between queue and pipelines. */
+#include "broker_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ models */
+
+broker_model_t *broker_model_find(const broker_t *b, const char *name)
+{
+    for (broker_link_t *l = b->models.next; l != &b->models; l = l->next) {
+        broker_model_t *m = BROKER_CONTAINER(l, broker_model_t, link);
+        if (strcmp(m->name, name) == 0)
+            return m;
+    }
+    return NULL;
+}
+
+broker_model_t *broker_model_get_or_add(broker_t *b, const char *name)
+{
+    broker_model_t *m = broker_model_find(b, name);
+    if (m)
+        return m;
+    m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    snprintf(m->name, sizeof m->name, "%s", name);
+    broker_list_init(&m->queue);
+    broker_list_init(&m->pipelines);
+    broker_list_push_back(&b->models, &m->link);
+    b->n_models++;
+    broker_log(b, BROKER_LOG_INFO, "model '%s' added", name);
+    return m;
+}
+
+/* Frees a request's storage only (no list, no map). */
+static void req_free(broker_req_t *r)
+{
+    zmq_msg_close(&r->body);
+    free(r);
+}
+
+void broker_models_destroy(broker_t *b)
+{
+    while (!broker_list_empty(&b->models)) {
+        broker_model_t *m = BROKER_CONTAINER(b->models.next, broker_model_t, link);
+        while (!broker_list_empty(&m->pipelines)) {
+            broker_pipeline_t *p = BROKER_CONTAINER(m->pipelines.next, broker_pipeline_t, link);
+            while (!broker_list_empty(&p->in_flight)) {
+                broker_req_t *r = BROKER_CONTAINER(p->in_flight.next, broker_req_t, link);
+                broker_list_remove(&r->link);
+                req_free(r);
+            }
+            broker_list_remove(&p->link);
+            free(p);
+        }
+        while (!broker_list_empty(&m->queue)) {
+            broker_req_t *r = BROKER_CONTAINER(m->queue.next, broker_req_t, link);
+            broker_list_remove(&r->link);
+            req_free(r);
+        }
+        broker_list_remove(&m->link);
+        proto_worker_free(&m->ready);
+        free(m->stages);
+        free(m);
+    }
+    b->n_models = 0;
+    b->pending = 0;
+}
+
+void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, size_t n)
+{
+    if (n > m->n_stages) {
+        broker_stage_stats_t *stages = realloc(m->stages, n * sizeof *stages);
+        if (!stages)
+            return; /* statistics only */
+        memset(stages + m->n_stages, 0, (n - m->n_stages) * sizeof *stages);
+        m->stages = stages;
+        m->n_stages = n;
+    }
+    for (size_t s = 0; s < n; s++) {
+        m->stages[s].batches++;
+        m->stages[s].total_us += stage_us[s];
+        if (stage_us[s] > m->stages[s].max_us)
+            m->stages[s].max_us = stage_us[s];
+    }
+}
+
+/* ------------------------------------------------------------ pipelines */
+
+broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const char *id,
+                                       const uint8_t *identity, size_t identity_len,
+                                       const Xlm__Ready *ready)
+{
+    if (identity_len > BROKER_IDENTITY_MAX)
+        return NULL;
+    broker_pipeline_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    snprintf(p->id, sizeof p->id, "%s", id);
+    memcpy(p->identity, identity, identity_len);
+    p->identity_len = identity_len;
+    p->model = m;
+    p->n_stages = ready->n_stages;
+    p->credit = ready->credit;
+    p->max_batch_tokens = ready->max_batch_tokens;
+    /* Dead after liveness intervals of the slower side. */
+    int64_t interval_ms = b->config.heartbeat_ms;
+    if (ready->heartbeat_ms > interval_ms)
+        interval_ms = ready->heartbeat_ms;
+    p->expiry_us = interval_ms * 1000 * b->config.liveness;
+    broker_list_init(&p->in_flight);
+    if (broker_map_put(b->pipelines, p->id, strlen(p->id), p) != BROKER_OK) {
+        free(p);
+        return NULL;
+    }
+    int64_t now = broker_now_us();
+    p->last_seen_us = now;
+    p->heartbeat_sent_us = now;
+    broker_list_push_back(&m->pipelines, &p->link);
+    m->n_pipelines++;
+    if (p->max_batch_tokens > m->max_batch_tokens)
+        m->max_batch_tokens = p->max_batch_tokens;
+    return p;
+}
+
+void broker_pipeline_remove(broker_t *b, broker_pipeline_t *p, const char *why)
+{
+    broker_model_t *m = p->model;
+    size_t requeued = p->n_in_flight;
+    /* From the newest to the oldest, each to the front: the queue then
+     * starts with them in their original order. */
+    while (!broker_list_empty(&p->in_flight)) {
+        broker_req_t *r = BROKER_CONTAINER(p->in_flight.prev, broker_req_t, link);
+        broker_list_remove(&r->link);
+        r->pipeline = NULL;
+        broker_list_push_front(&m->queue, &r->link);
+        m->queue_len++;
+        m->queue_bytes += r->bytes;
+        m->in_flight--;
+        m->requeued++;
+    }
+    broker_map_remove(b->pipelines, p->id, strlen(p->id));
+    broker_list_remove(&p->link);
+    m->n_pipelines--;
+    broker_log(b, requeued ? BROKER_LOG_WARN : BROKER_LOG_INFO,
+               "pipeline '%s' of model '%s' removed (%s); %zu requests queued again",
+               p->id, m->name, why, requeued);
+    free(p);
+}
+
+void broker_pipeline_touch(broker_pipeline_t *p, int64_t now)
+{
+    p->last_seen_us = now;
+}
+
+/* ------------------------------------------------------------ requests */
+
+broker_req_t *broker_req_new(broker_t *b, broker_model_t *m, const Xlm__Request *rq,
+                             const proto_shape_t *shape, const zmq_msg_t *client,
+                             zmq_msg_t *body)
+{
+    size_t client_len = zmq_msg_size((zmq_msg_t *)client);
+    if (client_len > BROKER_IDENTITY_MAX)
+        return NULL;
+    broker_req_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->ticket = b->next_ticket++;
+    snprintf(r->id, sizeof r->id, "%s", rq->id);
+    memcpy(r->client, zmq_msg_data((zmq_msg_t *)client), client_len);
+    r->client_len = client_len;
+    r->model = m;
+    r->task = (proto_task_t)rq->task;
+    r->item.rows = shape->rows;
+    r->item.max_len = shape->max_len;
+    r->item.key = (int64_t)rq->task * ((int64_t)PROTO_MAX_ROWS + 1) + rq->n_choices;
+    r->item.alone = rq->task == XLM__TASK__TASK_GENERATE;
+    r->padded = shape->padded;
+    r->received_us = broker_now_us();
+    uint32_t deadline_ms = rq->deadline_ms ? rq->deadline_ms : b->config.default_deadline_ms;
+    if (deadline_ms > b->config.max_deadline_ms)
+        deadline_ms = b->config.max_deadline_ms;
+    r->deadline_us = r->received_us + (int64_t)deadline_ms * 1000;
+    zmq_msg_init(&r->body);
+    zmq_msg_move(&r->body, body);
+    r->bytes = zmq_msg_size(&r->body) + sizeof *r;
+    broker_list_init(&r->link);
+    if (broker_map_put(b->tickets, &r->ticket, sizeof r->ticket, r) != BROKER_OK)
+        goto err;
+    if (broker_map_put(b->ids, r->id, strlen(r->id), r) != BROKER_OK) {
+        broker_map_remove(b->tickets, &r->ticket, sizeof r->ticket);
+        goto err;
+    }
+    broker_list_push_back(&m->queue, &r->link);
+    m->queue_len++;
+    m->queue_bytes += r->bytes;
+    b->pending++;
+    if (r->deadline_us < b->next_deadline_us)
+        b->next_deadline_us = r->deadline_us;
+    return r;
+err:
+    zmq_msg_move(body, &r->body); /* the caller keeps its message */
+    req_free(r);
+    return NULL;
+}
+
+void broker_req_finish(broker_t *b, broker_req_t *r)
+{
+    broker_model_t *m = r->model;
+    broker_list_remove(&r->link);
+    if (r->pipeline) {
+        r->pipeline->n_in_flight--;
+        m->in_flight--;
+    } else {
+        m->queue_len--;
+        m->queue_bytes -= r->bytes;
+    }
+    broker_map_remove(b->tickets, &r->ticket, sizeof r->ticket);
+    broker_map_remove(b->ids, r->id, strlen(r->id));
+    b->pending--;
+    req_free(r);
+}

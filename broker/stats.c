@@ -1,0 +1,124 @@
+/* stats.c: the answer to a stats request: queue depths, pipelines alive,
+ * requests done and failed, per-stage timings. Built on the stack of
+ * generated structs, packed once, freed on every path. */
+#include "broker_internal.h"
+
+#include <stdlib.h>
+
+static void free_buffer(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Per-model parts, allocated together so that one free releases them. */
+typedef struct {
+    Xlm__ModelStats model;
+    Xlm__StageStats *stages;
+    Xlm__StageStats **stage_ptrs;
+    Xlm__PipelineStats *pipelines;
+    Xlm__PipelineStats **pipeline_ptrs;
+} model_parts_t;
+
+static void model_parts_free(model_parts_t *parts)
+{
+    free(parts->stages);
+    free(parts->stage_ptrs);
+    free(parts->pipelines);
+    free(parts->pipeline_ptrs);
+}
+
+static bool model_parts_fill(model_parts_t *parts, const broker_model_t *m)
+{
+    Xlm__ModelStats *ms = &parts->model;
+    xlm__model_stats__init(ms);
+    ms->name = (char *)m->name;
+    ms->queue_depth = (uint32_t)m->queue_len;
+    ms->queue_bytes = m->queue_bytes;
+    ms->in_flight = (uint32_t)m->in_flight;
+    ms->pipelines_alive = (uint32_t)m->n_pipelines;
+    ms->requests_done = m->done;
+    ms->requests_failed = m->failed;
+    ms->requests_rejected = m->rejected;
+    ms->requests_expired = m->expired;
+    ms->requests_cancelled = m->cancelled;
+    ms->requests_requeued = m->requeued;
+    size_t ns = m->n_stages ? m->n_stages : 1, np = m->n_pipelines ? m->n_pipelines : 1;
+    parts->stages = calloc(ns, sizeof *parts->stages);
+    parts->stage_ptrs = calloc(ns, sizeof *parts->stage_ptrs);
+    parts->pipelines = calloc(np, sizeof *parts->pipelines);
+    parts->pipeline_ptrs = calloc(np, sizeof *parts->pipeline_ptrs);
+    if (!parts->stages || !parts->stage_ptrs || !parts->pipelines || !parts->pipeline_ptrs)
+        return false;
+    for (size_t s = 0; s < m->n_stages; s++) {
+        Xlm__StageStats *st = &parts->stages[s];
+        xlm__stage_stats__init(st);
+        st->stage = (uint32_t)s;
+        st->batches = m->stages[s].batches;
+        st->total_us = m->stages[s].total_us;
+        st->max_us = m->stages[s].max_us;
+        parts->stage_ptrs[s] = st;
+    }
+    ms->n_stages = m->n_stages;
+    ms->stages = parts->stage_ptrs;
+    size_t i = 0;
+    for (const broker_link_t *l = m->pipelines.next; l != &m->pipelines; l = l->next, i++) {
+        const broker_pipeline_t *p = BROKER_CONTAINER(l, broker_pipeline_t, link);
+        Xlm__PipelineStats *ps = &parts->pipelines[i];
+        xlm__pipeline_stats__init(ps);
+        ps->id = (char *)p->id;
+        ps->n_stages = p->n_stages;
+        ps->credit = p->credit;
+        ps->in_flight = (uint32_t)p->n_in_flight;
+        ps->batches = p->batches;
+        ps->max_batch_tokens = p->max_batch_tokens;
+        parts->pipeline_ptrs[i] = ps;
+    }
+    ms->n_pipelines = i;
+    ms->pipelines = parts->pipeline_ptrs;
+    return true;
+}
+
+void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len)
+{
+    Xlm__Stats stats = XLM__STATS__INIT;
+    Xlm__ServiceMessage msg = XLM__SERVICE_MESSAGE__INIT;
+    size_t n = b->n_models ? b->n_models : 1;
+    model_parts_t *parts = calloc(n, sizeof *parts);
+    Xlm__ModelStats **models = calloc(n, sizeof *models);
+    uint8_t *data = NULL;
+    size_t size = 0, i = 0;
+    bool ok = parts && models;
+    for (const broker_link_t *l = b->models.next; ok && l != &b->models; l = l->next, i++) {
+        ok = model_parts_fill(&parts[i], BROKER_CONTAINER(l, broker_model_t, link));
+        models[i] = &parts[i].model;
+    }
+    if (ok) {
+        stats.uptime_ms = (uint64_t)(broker_now_us() - b->started_us) / 1000;
+        stats.accepting = !b->stopping;
+        stats.n_models = i;
+        stats.models = models;
+        stats.requests_received = b->received;
+        stats.duplicates = b->duplicates;
+        stats.malformed = b->malformed;
+        stats.late_replies = b->late_replies;
+        stats.cache_entries = (uint32_t)b->done_count;
+        stats.cache_bytes = b->done_bytes;
+        msg.body_case = XLM__SERVICE_MESSAGE__BODY_STATS;
+        msg.stats = &stats;
+        proto_error_t err;
+        ok = proto_service_pack(&msg, &data, &size, &err) == PROTO_STATUS_OK;
+    }
+    for (size_t k = 0; parts && k < n; k++)
+        model_parts_free(&parts[k]);
+    free(parts);
+    free(models);
+    zmq_msg_t frame;
+    if (ok && zmq_msg_init_data(&frame, data, size, free_buffer, NULL) == 0) {
+        broker_client_send(b, client, client_len, &frame);
+        return;
+    }
+    free(data);
+    broker_client_status(b, client, client_len, "", PROTO_STATUS_INTERNAL,
+                         "stats: out of memory");
+}
