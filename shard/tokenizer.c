@@ -583,7 +583,8 @@ shard_tokenizer_t *shard_tokenizer_open(const char *model_dir, shard_error_t *er
             goto fail;
     }
     /* Languages in id order, so listings read like the checkpoint's. */
-    qsort(tok->langs, tok->n_langs, sizeof *tok->langs, cmp_lang);
+    if (tok->n_langs)
+        qsort(tok->langs, tok->n_langs, sizeof *tok->langs, cmp_lang);
     if ((st = shard_tok_prefixes_build(&tok->prefixes, err)))
         goto fail;
 

@@ -321,7 +321,8 @@ static void strip_spaces(shard_tok_text_t *t)
         b++;
     while (e > b && shard_tok_is_space(t->cp[e - 1]))
         e--;
-    memmove(t->cp, t->cp + b, (e - b) * sizeof *t->cp);
+    if (b && e > b)
+        memmove(t->cp, t->cp + b, (e - b) * sizeof *t->cp);
     t->len = e - b;
 }
 
