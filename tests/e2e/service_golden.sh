@@ -8,7 +8,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 build=$1 stages=$2 pipelines=$3
 run_dir=$(mktemp -d /tmp/xlm-e2e-XXXXXX)
-read -r frontend backend < <("$top/tests/tools/free_ports" 2 | tr '\n' ' ')
+mapfile -t ports < <("$top/tests/tools/free_ports" 2)
+frontend=${ports[0]} backend=${ports[1]}
 cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
 trap cleanup EXIT
 
