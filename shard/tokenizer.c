@@ -428,6 +428,12 @@ static shard_status_t build_specials(shard_tokenizer_t *tok, const cJSON *config
         }
         tok->protect[tok->n_protect] = t.cp;
         tok->protect_len[tok->n_protect++] = t.len;
+        uint32_t c = t.cp[0] < 128 ? t.cp[0] : 128;
+        tok->protect_first[c / 64] |= 1ull << (c % 64);
+    }
+    for (size_t i = 0; i < tok->n_added; i++) {
+        uint32_t c = tok->added[i].cp[0] < 128 ? tok->added[i].cp[0] : 128;
+        tok->added_first[c / 64] |= 1ull << (c % 64);
     }
 
     tok->ids.bos = s->sp[SP_BOS] ? lookup_id(tok, s->sp[SP_BOS]) : -1;

@@ -172,13 +172,20 @@ static shard_status_t tokenize_piece(const shard_tokenizer_t *tok, const uint32_
 
 /* Lowercases text except where a protected string (a special token) starts:
  * HF's re.sub(r"(tok1|tok2|...)|(.+?)", ...), first alternative wins. */
+static bool may_start(const uint64_t first[3], uint32_t c)
+{
+    uint32_t k = c < 128 ? c : 128;
+    return (first[k / 64] >> (k % 64)) & 1;
+}
+
 static void lowercase_protected(const shard_tokenizer_t *tok, const shard_tok_text_t *in,
                                 shard_tok_text_t *out)
 {
     size_t i = 0;
     while (i < in->len) {
         size_t hit = 0;
-        for (size_t k = 0; k < tok->n_protect && !hit; k++) {
+        bool check = may_start(tok->protect_first, in->cp[i]);
+        for (size_t k = 0; check && k < tok->n_protect && !hit; k++) {
             size_t l = tok->protect_len[k];
             if (l <= in->len - i && in->cp[i] == tok->protect[k][0] &&
                 memcmp(in->cp + i, tok->protect[k], l * sizeof *in->cp) == 0)
@@ -202,6 +209,8 @@ static ptrdiff_t added_at(const shard_tokenizer_t *tok, const uint32_t *cp, size
 {
     ptrdiff_t best = -1;
     size_t best_len = 0;
+    if (!may_start(tok->added_first, cp[i]))
+        return -1;
     for (size_t k = 0; k < tok->n_added; k++) {
         const shard_tok_added_t *a = &tok->added[k];
         if (a->n_cp > n - i || a->n_cp <= best_len || cp[i] != a->cp[0])

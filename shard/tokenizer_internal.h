@@ -260,6 +260,11 @@ struct shard_tokenizer {
     uint32_t **protect;
     size_t *protect_len;
     size_t n_protect;
+    /* First characters of the protected strings and of the added tokens:
+     * bit c for ASCII c, bit 128 for "some start beyond ASCII". Lets the
+     * scans skip most characters without comparing. */
+    uint64_t protect_first[3];
+    uint64_t added_first[3];
 
     char *unk_token;
     shard_tokenizer_special_ids_t ids;

@@ -148,12 +148,19 @@ void shard_tok_rules_init(shard_tok_rules_t *rules, const char *code,
 
 /* ---------------------------------------------------------------- passes */
 
+static bool is_space_fast(uint32_t c)
+{
+    if (c < 0x80)
+        return c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F);
+    return shard_tok_is_space(c);
+}
+
 static void dedup_spaces_strip(shard_tok_text_t *t)
 {
     /* r"\s+" -> " " then strip(). */
     size_t o = 0;
     for (size_t i = 0; i < t->len; i++) {
-        if (shard_tok_is_space(t->cp[i])) {
+        if (is_space_fast(t->cp[i])) {
             if (o > 0 && t->cp[o - 1] != ' ')
                 t->cp[o++] = ' ';
         } else {
@@ -173,7 +180,7 @@ static void pad_not_alnum(shard_tok_work_t *w, bool hangul)
     for (size_t i = 0; i < in->len; i++) {
         uint32_t c = in->cp[i];
         bool keep = c == '.' || c == '\'' || c == '`' || c == ',' || c == '-' ||
-                    shard_tok_is_alnum(c, hangul) || shard_tok_is_space(c);
+                    shard_tok_is_alnum(c, hangul) || is_space_fast(c);
         if (keep) {
             shard_tok_put(out, c);
         } else {

@@ -34,12 +34,19 @@ static shard_status_t sub_literal(shard_tok_work_t *w, const uint32_t *pat, size
                                   const char *rep, shard_error_t *err)
 {
     const shard_tok_text_t *in = &w->cur;
-    if (in->len < n || !contains(in, pat[0]))
+    /* Most rules match nothing in most sentences: find the first match
+     * before copying anything. */
+    size_t i = 0;
+    while (i + n <= in->len &&
+           (in->cp[i] != pat[0] || memcmp(in->cp + i, pat, n * sizeof *pat) != 0))
+        i++;
+    if (i + n > in->len)
         return SHARD_OK;
     shard_status_t st = shard_tok_work_begin(w, 3, err);
     if (st)
         return st;
-    size_t i = 0;
+    memcpy(w->next.cp, in->cp, i * sizeof *in->cp);
+    w->next.len = i;
     while (i < in->len) {
         if (in->cp[i] == pat[0] && in->len - i >= n &&
             memcmp(in->cp + i, pat, n * sizeof *pat) == 0) {
