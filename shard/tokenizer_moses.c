@@ -266,6 +266,8 @@ static shard_status_t sub_literal_text(shard_tok_work_t *w, const char *pat, con
     return SHARD_OK;
 }
 
+enum { LITERAL_WORK_MAX = 200000000 }; /* code points visited, about a second */
+
 static shard_status_t replace_multidots_literal(shard_tok_work_t *w, shard_error_t *err)
 {
     /* re.sub(r"\.([\.]+)", r" DOTMULTI\1") */
@@ -288,6 +290,31 @@ static shard_status_t replace_multidots_literal(shard_tok_work_t *w, shard_error
         shard_tok_put(&w->next, in->cp[i++]);
     }
     shard_tok_work_swap(w);
+    /* Each round of the loop below eats one dot after every "DOTMULTI", so
+     * it runs as many rounds as the longest such run of dots, over the
+     * whole text each time: refuse what would take minutes rather than
+     * hang a service on it. */
+    size_t longest = 0;
+    const shard_tok_text_t *t = &w->cur;
+    for (size_t k = 0; k + 8 <= t->len; k++) {
+        static const char word[] = "DOTMULTI";
+        size_t m = 0;
+        while (m < 8 && t->cp[k + m] == (uint32_t)word[m])
+            m++;
+        if (m < 8)
+            continue;
+        size_t dots = 0;
+        while (k + 8 + dots < t->len && t->cp[k + 8 + dots] == '.')
+            dots++;
+        if (dots > longest)
+            longest = dots;
+    }
+    if (longest && longest > LITERAL_WORK_MAX / (t->len + 1))
+        return shard_error_set(err, SHARD_ERR_UNSUPPORTED,
+                               "shard_tokenizer: the text holds sacremoses' placeholder word "
+                               "DOTMULTI next to %zu dots in %zu characters; reproducing "
+                               "sacremoses there takes quadratic time, so it is refused",
+                               longest, t->len);
     while (has_literal(&w->cur, "DOTMULTI.")) {
         /* "DOTMULTI.x" -> "DOTDOTMULTI x", then "DOTMULTI." -> "DOTDOTMULTI" */
         if ((st = sub_literal_text(w, "DOTMULTI.", "DOTDOTMULTI ", true, err)))

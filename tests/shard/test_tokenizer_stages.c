@@ -233,6 +233,28 @@ static void test_moses_dots_commas(void **state)
     CHECK_STAGE(ST_MOSES, "en", "x DOTMULTI. y", "x .. y");
     CHECK_STAGE(ST_MOSES, "en", "x..DOTMULTI.. y", "x .. . .. y");
     CHECK_STAGE(ST_MOSES, "en", "", "");
+    /* ... but not when that would take quadratic time: refused. */
+    size_t n = 30000;
+    char *text = malloc(n + 16);
+    strcpy(text, "DOTMULTI");
+    memset(text + 8, '.', n);
+    text[8 + n] = '\0';
+    shard_tok_work_t w = {0};
+    shard_error_t err = {0};
+    shard_tok_rules_t rules;
+    shard_tok_rules_init(&rules, "en", prefixes);
+    assert_int_equal(shard_tok_utf8_decode(text, strlen(text), 0, &w.cur, &err), SHARD_OK);
+    assert_int_equal(shard_tok_moses(&w, &rules, &err), SHARD_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.message, "DOTMULTI"));
+    shard_tok_work_free(&w);
+    /* plain long runs of dots are linear and fine */
+    memset(text, '.', n);
+    text[n] = '\0';
+    assert_int_equal(shard_tok_utf8_decode(text, n, 0, &w.cur, &err), SHARD_OK);
+    assert_int_equal(shard_tok_moses(&w, &rules, &err), SHARD_OK);
+    assert_int_equal(w.cur.len, n);
+    shard_tok_work_free(&w);
+    free(text);
 }
 
 /* ---------------------------------------------------------------- BPE */
