@@ -162,23 +162,17 @@ shard_status_t shard_tok_replace_unicode_punct(shard_tok_work_t *w, shard_error_
 
 /* ---------------------------------------------------------------- punct_norm */
 
-/* r"\) ([.!:?;,])" -> r")\1"  and  r" ([.!:?;,])" -> r"\1" */
-static void drop_space_before_punct(shard_tok_work_t *w, bool after_paren)
+/* r"\) ([.!:?;,])" -> r")\1" (a space before other punctuation stays:
+ * sacremoses has no such rule, and XLM's tokens depend on it). */
+static void drop_space_after_paren(shard_tok_text_t *t)
 {
-    shard_tok_text_t *t = &w->cur;
     size_t o = 0, i = 0;
     while (i < t->len) {
-        if (after_paren) {
-            if (t->cp[i] == ')' && i + 2 < t->len && t->cp[i + 1] == ' ' &&
-                in_set(t->cp[i + 2], ".!:?;,")) {
-                t->cp[o++] = ')';
-                t->cp[o++] = t->cp[i + 2];
-                i += 3;
-                continue;
-            }
-        } else if (t->cp[i] == ' ' && i + 1 < t->len && in_set(t->cp[i + 1], ".!:?;,")) {
-            t->cp[o++] = t->cp[i + 1];
-            i += 2;
+        if (t->cp[i] == ')' && i + 2 < t->len && t->cp[i + 1] == ' ' &&
+            in_set(t->cp[i + 2], ".!:?;,")) {
+            t->cp[o++] = ')';
+            t->cp[o++] = t->cp[i + 2];
+            i += 3;
             continue;
         }
         t->cp[o++] = t->cp[i++];
@@ -351,8 +345,7 @@ shard_status_t shard_tok_punct_norm(shard_tok_work_t *w, const shard_tok_rules_t
     if ((st = SUB(w, " (", err, '(')) || (st = SUB(w, ") ", err, ')')) ||
         (st = collapse_spaces(w, err)))
         return st;
-    drop_space_before_punct(w, true);
-    drop_space_before_punct(w, false);
+    drop_space_after_paren(&w->cur);
     if ((st = SUB(w, "(", err, '(', ' ')) || (st = SUB(w, ")", err, ' ', ')')))
         return st;
     digit_space_percent(&w->cur);

@@ -152,6 +152,68 @@ static void test_golden_cases(void **state)
     assert_int_equal(pairs, 10);
 }
 
+/* The bundled model's reference tokens: 400 English/French pairs, tokenized
+ * by HF with the standard call, with ids and langs. */
+static void test_bundled_model_examples(void **state)
+{
+    (void)state;
+    shard_error_t err = {0};
+    shard_tokenizer_t *t = shard_tokenizer_open(XLM_MODELS_DIR "/tiny-clm-enfr", &err);
+    assert_non_null(t);
+    size_t checked = 0;
+    const char *names[] = {"pairs", "shuffled"};
+    for (int f = 0; f < 2; f++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/tiny-clm-enfr/examples/%s.tsv", XLM_MODELS_DIR, names[f]);
+        char *tsv = read_all(path, NULL);
+        snprintf(path, sizeof path, "%s/tiny-clm-enfr/examples/%s_scores.jsonl", XLM_MODELS_DIR,
+                 names[f]);
+        char *refs = read_all(path, NULL);
+        assert_non_null(tsv);
+        assert_non_null(refs);
+        /* lines of the TSV, by number */
+        char *lines[1024];
+        size_t n_lines = 0;
+        for (char *save = NULL, *l = strtok_r(tsv, "\n", &save); l && n_lines < 1024;
+             l = strtok_r(NULL, "\n", &save))
+            lines[n_lines++] = l;
+        char *save = NULL;
+        for (char *l = strtok_r(refs, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+            cJSON *ref = cJSON_Parse(l);
+            size_t line = (size_t)cJSON_GetObjectItem(ref, "line")->valuedouble;
+            assert_true(line >= 1 && line <= n_lines);
+            char *col[4];
+            char *p = lines[line - 1];
+            for (int c = 0; c < 4; c++) {
+                col[c] = p;
+                p = strchr(p, '\t');
+                if (c < 3) {
+                    assert_non_null(p);
+                    *p++ = '\0';
+                }
+            }
+            shard_tokenizer_segment_t a = {col[1], strlen(col[1]), col[0]};
+            shard_tokenizer_segment_t b = {col[3], strlen(col[3]), col[2]};
+            shard_encoding_t enc;
+            shard_encoding_init(&enc);
+            assert_int_equal(shard_tokenizer_encode(t, SHARD_TOKENIZER_MODE_HF, &a, &b, true, &enc,
+                                                    &err),
+                             SHARD_OK);
+            check_tokens(&enc, enc.offset_a, enc.length_a, cJSON_GetObjectItem(ref, "src_tokens"));
+            check_tokens(&enc, enc.offset_b, enc.length_b, cJSON_GetObjectItem(ref, "tgt_tokens"));
+            check_ids(enc.input_ids, enc.length, cJSON_GetObjectItem(ref, "input_ids"));
+            check_ids(enc.langs, enc.length, cJSON_GetObjectItem(ref, "langs"));
+            shard_encoding_clear(&enc);
+            cJSON_Delete(ref);
+            checked++;
+        }
+        free(tsv);
+        free(refs);
+    }
+    assert_int_equal(checked, 400);
+    shard_tokenizer_destroy(&t);
+}
+
 /* ---------------------------------------------------------------- behaviour */
 
 typedef struct {
@@ -617,6 +679,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_cases),
+        cmocka_unit_test(test_bundled_model_examples),
         cmocka_unit_test(test_special_tokens_in_text),
         cmocka_unit_test(test_hard_characters),
         cmocka_unit_test(test_pair_layout),

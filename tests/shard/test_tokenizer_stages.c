@@ -99,14 +99,15 @@ static void test_punct_norm_quotes_commas(void **state)
 static void test_punct_norm_pseudo_spaces(void **state)
 {
     (void)state;
-    /* NBSP before ":" goes, French quotes become ", NBSP between digits is
-     * a thousands separator: "," in French, "." in English. */
+    /* NBSP before ":" goes (a plain space before "?" stays), French quotes
+     * become ", NBSP between digits is a thousands separator: "," in
+     * French, "." in English. */
     CHECK_STAGE(ST_PUNCT_NORM, "fr", "Prix\u00a0: 1\u00a0000\u00a0€ «\u00a0oui\u00a0»",
                 "Prix: 1,000\u00a0€ \"oui\"");
     CHECK_STAGE(ST_PUNCT_NORM, "en", "Prix\u00a0: 1\u00a0000\u00a0€ «\u00a0oui\u00a0»",
                 "Prix: 1.000\u00a0€ \"oui\"");
     CHECK_STAGE(ST_PUNCT_NORM, "fr", "réglage nº\u00a03 à 5\u00a0cm ou 20\u00a0ºC ?",
-                "réglage nº 3 à 5 cm ou 20 ºC?");
+                "réglage nº 3 à 5 cm ou 20 ºC ?");
     /* \r vanishes, runs of spaces collapse, the result is stripped. */
     CHECK_STAGE(ST_PUNCT_NORM, "en", "  a\r\n b   c  ", "a\n b c");
 }
