@@ -10,6 +10,8 @@ _Static_assert((int)XLM_CODE_OVERLOADED == (int)PROTO_STATUS_OVERLOADED,
                "xlm_code_t out of step with proto_status_t");
 _Static_assert((int)XLM_TASK_COUNT_ == (int)PROTO_TASK_COUNT_,
                "xlm_task_t out of step with proto_task_t");
+_Static_assert((int)XLM_TASK_MLM_PLL == (int)PROTO_TASK_MLM_PLL,
+               "xlm_task_t out of step with proto_task_t");
 _Static_assert((int)XLM_TASK_GENERATE == (int)PROTO_TASK_GENERATE,
                "xlm_task_t out of step with proto_task_t");
 _Static_assert((int)XLM_ID_MAX == (int)PROTO_ID_MAX, "XLM_ID_MAX differs from PROTO_ID_MAX");

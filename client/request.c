@@ -196,6 +196,11 @@ xlm_status_t client_encode_request(xlm_client_t *client, const xlm_request_t *re
         rq.n_score_from = rows;
         rq.score_from = (int64_t *)request->score_from;
     }
+    if (request->score_to) {
+        rq.n_score_to = rows;
+        rq.score_to = (int64_t *)request->score_to;
+    }
+    rq.return_tokens = request->return_tokens;
     status = check_and_pack(client, fn, &rq, data, size);
 done:
     text_parts_free(&parts);

@@ -29,7 +29,11 @@ static void tensor_view(const Xlm__Tensor *t, xlm_tensor_t *view)
     view->ndim = t->n_shape;
     view->shape = t->shape;
     view->row_lengths = t->n_row_lengths ? t->row_lengths : NULL;
-    if (t->n_i64) {
+    if (t->n_text) {
+        view->dtype = XLM_TEXT;
+        view->text = t->text;
+        view->numel = t->n_text;
+    } else if (t->n_i64) {
         view->dtype = XLM_I64;
         view->i64 = t->i64;
         view->numel = t->n_i64;

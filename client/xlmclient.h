@@ -104,6 +104,7 @@ typedef enum {
     XLM_TASK_QA = 6,
     XLM_TASK_CLM_SCORE = 7,
     XLM_TASK_GENERATE = 8,
+    XLM_TASK_MLM_PLL = 9, /* masked-LM pseudo-log-likelihood of scored positions */
     XLM_TASK_COUNT_
 } xlm_task_t;
 
@@ -198,7 +199,10 @@ typedef struct {
     int64_t steps;             /* generate only, > 0 */
     int64_t lang_fill_id;      /* generate: language id of new tokens; < 0: not set */
     const char *lang_fill_code;/* generate: or its code; NULL: not set */
-    const int64_t *score_from; /* clm_score only: NULL or [rows] */
+    const int64_t *score_from; /* clm_score, mlm_pll: NULL or [rows], first scored position */
+    const int64_t *score_to;   /* clm_score, mlm_pll: NULL or [rows], end of the scored
+                                  positions (see xlm.proto for the defaults) */
+    bool return_tokens;        /* clm_score, mlm_pll: also the scored tokens' text */
 } xlm_request_t;
 
 /* Zeroes request and sets lang_fill_id = -1. */
@@ -256,7 +260,7 @@ xlm_status_t xlm_client_stats_json(xlm_client_t *client, int timeout_ms, char **
 
 /* ------------------------------------------------------------ results */
 
-typedef enum { XLM_F32 = 0, XLM_I64 = 1 } xlm_dtype_t;
+typedef enum { XLM_F32 = 0, XLM_I64 = 1, XLM_TEXT = 2 } xlm_dtype_t;
 
 /* A named output, borrowed from its result. Dense: numel = prod(shape)
  * values, row-major. Ragged (row_lengths not NULL): shape = [rows, longest
@@ -270,6 +274,7 @@ typedef struct {
     const float *f32;           /* dtype XLM_F32, else NULL */
     const int64_t *i64;         /* dtype XLM_I64, else NULL */
     const int64_t *row_lengths; /* [shape[0]] or NULL */
+    char *const *text;          /* dtype XLM_TEXT (output "tokens"), else NULL */
 } xlm_tensor_t;
 
 typedef struct {

@@ -20,6 +20,8 @@ _Static_assert((int)PROTO_STATUS_NOT_FOUND == (int)XLM__STATUS__STATUS_NOT_FOUND
                "proto_status_t out of step with xlm.Status");
 _Static_assert((int)PROTO_STATUS_TOO_LARGE == (int)XLM__STATUS__STATUS_TOO_LARGE,
                "proto_status_t out of step with xlm.Status");
+_Static_assert((int)PROTO_TASK_MLM_PLL == (int)XLM__TASK__TASK_MLM_PLL,
+               "proto_task_t mirrors xlm.Task");
 _Static_assert((int)PROTO_TASK_GENERATE == (int)XLM__TASK__TASK_GENERATE,
                "proto_task_t out of step with xlm.Task");
 _Static_assert((int)PROTO_TASK_QA == (int)XLM__TASK__TASK_QA,
@@ -53,6 +55,7 @@ static const char *const task_names[PROTO_TASK_COUNT_] = {
     [PROTO_TASK_QA] = "qa",
     [PROTO_TASK_CLM_SCORE] = "clm_score",
     [PROTO_TASK_GENERATE] = "generate",
+    [PROTO_TASK_MLM_PLL] = "mlm_pll",
 };
 
 const char *proto_status_str(proto_status_t status)
@@ -317,20 +320,32 @@ static proto_status_t check_task_options(const Xlm__Request *rq, proto_task_t ta
                                fn, proto_task_name(task));
     }
 
-    if (rq->n_score_from && task != PROTO_TASK_CLM_SCORE)
+    const bool scoring = task == PROTO_TASK_CLM_SCORE || task == PROTO_TASK_MLM_PLL;
+    if ((rq->n_score_from || rq->n_score_to || rq->return_tokens) && !scoring)
         return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                               "%s: score_from for task %s, expected only for clm_score",
-                               fn, proto_task_name(task));
-    if (rq->n_score_from && rq->n_score_from != (size_t)shape->rows)
+                               "%s: score_from, score_to or return_tokens for task %s, expected "
+                               "only for clm_score and mlm_pll", fn, proto_task_name(task));
+    if (task == PROTO_TASK_MLM_PLL && !shape->text && !rq->n_score_from)
         return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                               "%s: score_from has %zu values, expected %lld (one per row)",
-                               fn, rq->n_score_from, (long long)shape->rows);
+                               "%s: mlm_pll of token rows needs score_from (the first scored "
+                               "position of each row)", fn);
+    if (rq->n_score_to && !rq->n_score_from)
+        return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
+                               "%s: score_to without score_from", fn);
+    const size_t lists[2] = {rq->n_score_from, rq->n_score_to};
+    for (int k = 0; k < 2; k++)
+        if (lists[k] && lists[k] != (size_t)shape->rows)
+            return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
+                                   "%s: %s has %zu values, expected %lld (one per row)", fn,
+                                   k ? "score_to" : "score_from", lists[k], (long long)shape->rows);
     for (size_t r = 0; r < rq->n_score_from; r++) {
         int64_t limit = shape->text ? PROTO_MAX_ROW_TOKENS : rq->tokens->lengths[r];
-        if (rq->score_from[r] < 0 || rq->score_from[r] > limit)
+        int64_t to = rq->n_score_to ? rq->score_to[r] : limit;
+        if (rq->score_from[r] < 0 || rq->score_from[r] > limit || to < rq->score_from[r] || to > limit)
             return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                                   "%s: score_from[%zu] = %lld, expected 0 to %lld (the row's length)",
-                                   fn, r, (long long)rq->score_from[r], (long long)limit);
+                                   "%s: row %zu scores [%lld, %lld), expected 0 <= score_from <= "
+                                   "score_to <= %lld (the row's length)",
+                                   fn, r, (long long)rq->score_from[r], (long long)to, (long long)limit);
     }
     return PROTO_STATUS_OK;
 }
@@ -553,9 +568,13 @@ static proto_status_t check_tensor(const Xlm__Tensor *t, size_t index, proto_err
         return proto_error_set(err, PROTO_STATUS_MALFORMED,
                                "%s: output '%s' has %zu dims, expected 1 to %d",
                                fn, t->name, t->n_shape, PROTO_MAX_DIMS);
-    if (t->n_f32 && t->n_i64)
+    if ((t->n_f32 != 0) + (t->n_i64 != 0) + (t->n_text != 0) > 1)
         return proto_error_set(err, PROTO_STATUS_MALFORMED,
-                               "%s: output '%s' has both f32 and i64 data", fn, t->name);
+                               "%s: output '%s' has data of more than one type", fn, t->name);
+    for (size_t i = 0; i < t->n_text; i++)
+        if (!t->text[i])
+            return proto_error_set(err, PROTO_STATUS_MALFORMED, "%s: output '%s' text %zu is null",
+                                   fn, t->name, i);
     int64_t numel = 1;
     for (size_t d = 0; d < t->n_shape; d++) {
         if (t->shape[d] < 0 || (t->shape[d] > 0 && numel > INT64_MAX / t->shape[d]))
@@ -579,7 +598,7 @@ static proto_status_t check_tensor(const Xlm__Tensor *t, size_t index, proto_err
             numel += t->row_lengths[r]; /* each <= shape[1], rows * shape[1] did not overflow */
         }
     }
-    size_t have = t->n_f32 ? t->n_f32 : t->n_i64;
+    size_t have = t->n_f32 ? t->n_f32 : t->n_i64 ? t->n_i64 : t->n_text;
     if ((uint64_t)numel != have)
         return proto_error_set(err, PROTO_STATUS_MALFORMED,
                                "%s: output '%s' has %zu values, its shape needs %lld",

@@ -82,6 +82,7 @@ typedef enum {
     PROTO_TASK_QA = 6,
     PROTO_TASK_CLM_SCORE = 7,
     PROTO_TASK_GENERATE = 8,
+    PROTO_TASK_MLM_PLL = 9,
     PROTO_TASK_COUNT_
 } proto_task_t;
 

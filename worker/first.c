@@ -86,6 +86,7 @@ static int build_ready(first_t *f)
     if (head_served(st, SHARD_HEAD_LM)) {
         f->tasks[n++] = XLM__TASK__TASK_CLM_SCORE;
         f->tasks[n++] = XLM__TASK__TASK_GENERATE;
+        f->tasks[n++] = XLM__TASK__TASK_MLM_PLL;
     }
     f->ready.n_tasks = n;
     f->ready.tasks = f->tasks;
@@ -191,7 +192,7 @@ static worker_micro_t *build_micro(first_t *f, worker_prepared_t *preps, size_t 
         }
         m->items[i - first] = p->item;
         m->items[i - first].row0 = row;
-        p->item.score_from = NULL; /* moved into the micro-batch */
+        p->item.score = NULL; /* moved into the micro-batch */
         row += p->item.rows;
     }
     return m;
@@ -247,7 +248,7 @@ static void enqueue_step(first_t *f, gen_job_t *job)
     if (job->langs)
         memcpy(m->langs, job->langs, (size_t)job->len * sizeof(int64_t));
     m->items[0] = job->prep.item;
-    m->items[0].score_from = NULL;
+    m->items[0].score = NULL;
     m->items[0].row0 = 0;
     m->items[0].rows = 1;
     m->items[0].seq = job->len;
@@ -263,7 +264,7 @@ static void reply_error(first_t *f, uint64_t batch_id, uint64_t ticket, const ch
                           .received_us = worker_now_us()};
     snprintf(item.id, sizeof item.id, "%s", id ? id : "");
     worker_reply_t reply;
-    if (worker_reply_pack(&reply, &item, status, message, NULL, NULL, 0, 0, 0) == 0)
+    if (worker_reply_pack(&reply, &item, status, message, NULL, NULL, NULL, 0, 0, 0) == 0)
         worker_replies_send(f->st->link, &reply, 1, NULL, 0);
 }
 
@@ -322,10 +323,29 @@ static void handle_batch(first_t *f, const Xlm__Batch *batch, uint8_t **frames, 
             first++;
             continue;
         }
+        /* Requests of one signature share a micro-batch while its padded
+         * positions fit what the stages take. */
+        if ((uint64_t)(preps[first].item.rows * preps[first].item.seq) > f->st->batch_tokens) {
+            char message[PROTO_ERROR_MAX];
+            snprintf(message, sizeof message, "%lld rows of %lld tokens exceed the worker's %llu "
+                     "tokens per micro-batch", (long long)preps[first].item.rows,
+                     (long long)preps[first].item.seq, (unsigned long long)f->st->batch_tokens);
+            reply_error(f, batch->batch_id, preps[first].item.ticket, preps[first].item.id,
+                        PROTO_STATUS_TOO_LARGE, message, preps[first].item.credit);
+            first++;
+            continue;
+        }
         size_t end = first + 1;
+        int64_t rows = preps[first].item.rows, seq = preps[first].item.seq;
         while (end < n_prepared && preps[end].item.task != PROTO_TASK_GENERATE &&
-               same_signature(&preps[first], &preps[end]))
+               same_signature(&preps[first], &preps[end])) {
+            const int64_t longer = preps[end].item.seq > seq ? preps[end].item.seq : seq;
+            if ((uint64_t)((rows + preps[end].item.rows) * longer) > f->st->batch_tokens)
+                break;
+            rows += preps[end].item.rows;
+            seq = longer;
             end++;
+        }
         worker_micro_t *m = build_micro(f, preps, first, end);
         if (m) {
             enqueue(f, m);
@@ -389,7 +409,7 @@ static void finish_job(first_t *f, gen_job_t *job, gen_job_t **link, int64_t tok
     }
     worker_reply_t reply;
     if (worker_reply_pack(&reply, &job->prep.item, status,
-                          status ? "the generation failed" : NULL, &outputs, NULL, 0,
+                          status ? "the generation failed" : NULL, &outputs, NULL, NULL, 0,
                           (uint64_t)job->total, 1) == 0)
         worker_replies_send(f->st->link, &reply, 1, NULL, 0);
     shard_outputs_clear(&outputs);

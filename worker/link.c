@@ -218,15 +218,27 @@ static Xlm__Tensor *tensor_of(const shard_tensor_t *t)
     return out;
 }
 
+void worker_texts_clear(worker_texts_t *texts)
+{
+    for (int64_t i = 0; texts->text && i < texts->n; i++)
+        free(texts->text[i]);
+    free(texts->text);
+    free(texts->row_lengths);
+    memset(texts, 0, sizeof *texts);
+}
+
 int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_status_t status,
                       const char *message, const shard_outputs_t *outputs,
+                      const worker_texts_t *texts,
                       const uint64_t *stage_us, int n_stages, uint64_t batch_tokens,
                       uint32_t batch_requests)
 {
     Xlm__ServiceMessage msg = XLM__SERVICE_MESSAGE__INIT;
     Xlm__Response response = XLM__RESPONSE__INIT;
     Xlm__Timings timings = XLM__TIMINGS__INIT;
-    Xlm__Tensor *tensors[SHARD_MAX_OUTPUTS] = {0};
+    Xlm__Tensor *tensors[SHARD_MAX_OUTPUTS + 1] = {0};
+    Xlm__Tensor token_tensor = XLM__TENSOR__INIT;
+    int64_t token_shape[2] = {0, 0};
     msg.body_case = XLM__SERVICE_MESSAGE__BODY_RESPONSE;
     msg.response = &response;
     response.id = (char *)item->id;
@@ -247,6 +259,18 @@ int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_st
         for (int i = 0; i < outputs->count; i++)
             if (!(tensors[i] = tensor_of(&outputs->tensors[i])))
                 rc = -1;
+        if (texts && texts->text) {
+            token_tensor.name = (char *)"tokens";
+            token_shape[0] = texts->rows;
+            token_shape[1] = texts->longest;
+            token_tensor.n_shape = 2;
+            token_tensor.shape = token_shape;
+            token_tensor.n_text = (size_t)texts->n;
+            token_tensor.text = texts->text;
+            token_tensor.n_row_lengths = (size_t)texts->rows;
+            token_tensor.row_lengths = texts->row_lengths;
+            tensors[response.n_outputs++] = &token_tensor;
+        }
     }
     proto_error_t err;
     reply->ticket = item->ticket;
@@ -259,7 +283,8 @@ int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_st
         rc = -1;
     }
     for (int i = 0; i < SHARD_MAX_OUTPUTS; i++)
-        free(tensors[i]);
+        if (tensors[i] != &token_tensor)
+            free(tensors[i]);
     if (rc != 0) {
         /* Still answer: the request must not be lost. */
         reply->status = PROTO_STATUS_INTERNAL;

@@ -43,7 +43,7 @@ void worker_micro_destroy(worker_micro_t **self_p)
     free(m->token_type_ids);
     free(m->p_mask);
     for (int i = 0; m->items && i < m->n_items; i++)
-        free(m->items[i].score_from);
+        free(m->items[i].score);
     free(m->items);
     shard_acts_destroy(&m->acts);
     free(m);
@@ -112,7 +112,7 @@ typedef struct {
 
 typedef struct {
     uint64_t ticket, batch_id, queue_us, tokenize_us, received_us, gen_job;
-    int64_t task, row0, rows, seq, n_choices, has_score_from, credit;
+    int64_t task, row0, rows, seq, n_choices, n_score, orig_rows, return_tokens, credit;
     char id[PACKET_ID_BYTES];
 } packet_item_t;
 
@@ -134,7 +134,7 @@ size_t worker_packet_size(const worker_micro_t *m)
             align8((size_t)a->n_tokens) + align8((size_t)(a->n_tokens * a->emb_dim) * 4);
     size += cells * 8 * 2 + (m->p_mask ? align8(cells * 4) : 0);
     for (int i = 0; i < m->n_items; i++)
-        size += sizeof(packet_item_t) + (m->items[i].score_from ? (size_t)m->items[i].rows * 8 : 0);
+        size += sizeof(packet_item_t) + (size_t)m->items[i].n_score * 8;
     return size;
 }
 
@@ -175,11 +175,12 @@ size_t worker_packet_write(const worker_micro_t *m, void *buffer, size_t capacit
         const worker_item_t *it = &m->items[i];
         packet_item_t p = {it->ticket, it->batch_id, it->queue_us, it->tokenize_us, it->received_us,
                            it->gen_job, it->task, it->row0, it->rows, it->seq, it->n_choices,
-                           it->score_from != NULL, it->credit, {0}};
+                           it->score ? it->n_score : 0, it->orig_rows, it->return_tokens,
+                           it->credit, {0}};
         memcpy(p.id, it->id, sizeof p.id);
         put(&w, &p, sizeof p);
-        if (it->score_from)
-            put(&w, it->score_from, (size_t)it->rows * 8);
+        if (it->score && it->n_score)
+            put(&w, it->score, (size_t)it->n_score * 8);
     }
     if (w.at > w.end)
         return 0;
@@ -216,7 +217,9 @@ static bool bad_header(const packet_header_t *h, size_t size)
 static bool bad_item(const packet_item_t *p, const packet_header_t *h)
 {
     return p->row0 < 0 || p->rows < 0 || p->row0 + p->rows > h->batch || p->seq < 0 ||
-           p->seq > h->seq || p->n_choices < 0 || memchr(p->id, 0, sizeof p->id) == NULL;
+           p->seq > h->seq || p->n_choices < 0 || memchr(p->id, 0, sizeof p->id) == NULL ||
+           p->orig_rows < 0 || p->orig_rows > p->rows || p->n_score < 0 ||
+           p->n_score > 2 * p->orig_rows + 3 * p->rows;
 }
 
 static shard_status_t read_items(reader_t *r, const packet_header_t *h, worker_micro_t *m,
@@ -231,14 +234,16 @@ static shard_status_t read_items(reader_t *r, const packet_header_t *h, worker_m
                               .row0 = p->row0, .rows = p->rows, .seq = p->seq,
                               .n_choices = p->n_choices, .queue_us = p->queue_us,
                               .tokenize_us = p->tokenize_us, .received_us = p->received_us,
-                              .credit = (uint32_t)p->credit, .gen_job = p->gen_job};
+                              .credit = (uint32_t)p->credit, .gen_job = p->gen_job,
+                              .orig_rows = p->orig_rows, .return_tokens = p->return_tokens != 0};
         memcpy(it->id, p->id, sizeof it->id);
-        if (p->has_score_from) {
-            const void *from = take(r, (size_t)p->rows * 8);
-            it->score_from = from ? malloc((size_t)(p->rows ? p->rows : 1) * 8) : NULL;
-            if (!it->score_from)
+        if (p->n_score) {
+            const void *score = take(r, (size_t)p->n_score * 8);
+            it->score = score ? malloc((size_t)p->n_score * 8) : NULL;
+            if (!it->score)
                 return shard_error_set(err, SHARD_ERR_FORMAT, "packet: item %d truncated", i);
-            memcpy(it->score_from, from, (size_t)p->rows * 8);
+            memcpy(it->score, score, (size_t)p->n_score * 8);
+            it->n_score = p->n_score;
         }
     }
     return SHARD_OK;

@@ -19,7 +19,8 @@ void worker_prepared_clear(worker_prepared_t *p)
     free(p->langs);
     free(p->types);
     free(p->p_mask);
-    free(p->item.score_from);
+    free(p->segments);
+    free(p->item.score);
     memset(p, 0, sizeof *p);
 }
 
@@ -154,7 +155,18 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
         snprintf(message, message_size, "out of memory");
         status = PROTO_STATUS_INTERNAL;
     }
+    if (status == PROTO_STATUS_OK &&
+        !(p->segments = calloc(text->n_rows * 5, sizeof *p->segments))) {
+        snprintf(message, message_size, "out of memory");
+        status = PROTO_STATUS_INTERNAL;
+    }
     for (size_t r = 0; status == PROTO_STATUS_OK && r < text->n_rows; r++) {
+        int64_t *seg = p->segments + 5 * r;
+        seg[0] = (int64_t)rows[r].offset_a;
+        seg[1] = (int64_t)rows[r].length_a;
+        seg[2] = rows[r].has_pair ? (int64_t)rows[r].offset_b : -1;
+        seg[3] = rows[r].has_pair ? (int64_t)rows[r].length_b : 0;
+        seg[4] = (int64_t)rows[r].length;
         const int64_t at = (int64_t)r * longest;
         for (int64_t s = 0; s < longest; s++) {
             const bool real = s < (int64_t)rows[r].length;
@@ -204,6 +216,137 @@ static proto_status_t prepare_generate(worker_prepared_t *p, const shard_config_
     return PROTO_STATUS_OK;
 }
 
+/* Length of row r as given (its last unmasked position + 1). */
+static int64_t row_length(const worker_prepared_t *p, int64_t r)
+{
+    int64_t len = 0;
+    for (int64_t s = 0; s < p->item.seq; s++)
+        if (p->mask[r * p->item.seq + s])
+            len = s + 1;
+    return len;
+}
+
+/* Default scored positions of a row: see xlm.proto's score_to. */
+static void default_window(const worker_prepared_t *p, int64_t r, bool pll, int64_t *from, int64_t *to)
+{
+    if (p->segments) {
+        const int64_t *seg = p->segments + 5 * r;
+        if (seg[2] >= 0) { /* the second segment */
+            *from = seg[2];
+            *to = pll ? seg[2] + seg[3] : seg[4];
+        } else {
+            *from = pll ? seg[0] : 1;
+            *to = pll ? seg[0] + seg[1] : seg[4];
+        }
+        return;
+    }
+    const int64_t len = row_length(p, r);
+    *from = 1;
+    *to = pll ? len - 1 : len;
+}
+
+/* Masked copies replace the rows: one per scored position. */
+static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st, char *message,
+                                 size_t message_size)
+{
+    const int64_t rows = p->item.orig_rows, seq = p->item.seq;
+    const int64_t *from = p->item.score, *to = p->item.score + rows;
+    int64_t copies = 0;
+    for (int64_t r = 0; r < rows; r++)
+        copies += to[r] - from[r];
+    if (copies == 0) {
+        snprintf(message, message_size, "mlm_pll: no position to score");
+        return PROTO_STATUS_BAD_REQUEST;
+    }
+    if (copies * seq > (int64_t)st->batch_tokens) {
+        snprintf(message, message_size,
+                 "mlm_pll: %lld masked copies of %lld tokens exceed the worker's %llu tokens per "
+                 "micro-batch (xlm-worker --max-batch-tokens)", (long long)copies, (long long)seq,
+                 (unsigned long long)st->batch_tokens);
+        return PROTO_STATUS_TOO_LARGE;
+    }
+    worker_prepared_t e = *p;
+    const size_t cells = (size_t)(copies * seq);
+    e.ids = malloc(cells * sizeof *e.ids);
+    e.mask = malloc(cells * sizeof *e.mask);
+    e.positions = malloc(cells * sizeof *e.positions);
+    e.langs = p->langs ? malloc(cells * sizeof *e.langs) : NULL;
+    e.types = p->types ? malloc(cells * sizeof *e.types) : NULL;
+    int64_t *score = realloc(p->item.score, (size_t)(2 * rows + 3 * copies) * sizeof *score);
+    if (score)
+        p->item.score = score;
+    if (!e.ids || !e.mask || !e.positions || (p->langs && !e.langs) || (p->types && !e.types) ||
+        !score) {
+        free(e.ids);
+        free(e.mask);
+        free(e.positions);
+        free(e.langs);
+        free(e.types);
+        snprintf(message, message_size, "out of memory");
+        return PROTO_STATUS_INTERNAL;
+    }
+    int64_t c = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t pos = score[r]; pos < score[rows + r]; pos++, c++) {
+            const size_t src = (size_t)(r * seq), dst = (size_t)(c * seq);
+            int64_t *triple = score + 2 * rows + 3 * c;
+            shard_error_t err = {0};
+            shard_pll_expand(st->config, p->ids + src, p->langs ? p->langs + src : NULL, seq, pos, 1,
+                             e.ids + dst, e.langs ? e.langs + dst : NULL, &triple[0], &triple[1], &err);
+            triple[2] = r;
+            memcpy(e.mask + dst, p->mask + src, (size_t)seq * sizeof *e.mask);
+            memcpy(e.positions + dst, p->positions + src, (size_t)seq * sizeof *e.positions);
+            if (e.types)
+                memcpy(e.types + dst, p->types + src, (size_t)seq * sizeof *e.types);
+        }
+    free(p->ids);
+    free(p->mask);
+    free(p->positions);
+    free(p->langs);
+    free(p->types);
+    p->ids = e.ids;
+    p->mask = e.mask;
+    p->positions = e.positions;
+    p->langs = e.langs;
+    p->types = e.types;
+    p->item.rows = copies;
+    p->item.n_score = 2 * rows + 3 * copies;
+    return PROTO_STATUS_OK;
+}
+
+static proto_status_t prepare_scoring(worker_prepared_t *p, const worker_stage_t *st,
+                                      const Xlm__Request *req, char *message, size_t message_size)
+{
+    const bool pll = req->task == XLM__TASK__TASK_MLM_PLL;
+    const int64_t rows = p->item.rows;
+    p->item.orig_rows = rows;
+    p->item.n_score = 2 * rows;
+    p->item.return_tokens = req->return_tokens;
+    p->item.score = malloc((size_t)(2 * rows) * sizeof(int64_t));
+    if (!p->item.score) {
+        snprintf(message, message_size, "out of memory");
+        return PROTO_STATUS_INTERNAL;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t from, to;
+        default_window(p, r, pll, &from, &to);
+        if (req->n_score_from)
+            from = req->score_from[r];
+        if (req->n_score_to)
+            to = req->score_to[r];
+        const int64_t len = row_length(p, r);
+        if (from < (pll ? 0 : 1) || to < from || to > len) {
+            snprintf(message, message_size, "row %lld: scored positions [%lld, %lld) are not "
+                     "inside its %lld tokens%s", (long long)r, (long long)from, (long long)to,
+                     (long long)len, pll ? "" : " (clm_score starts at 1 or later)");
+            return PROTO_STATUS_BAD_REQUEST;
+        }
+        p->item.score[r] = from;
+        p->item.score[rows + r] = to;
+    }
+    return pll ? expand_pll(p, st, message, message_size) : PROTO_STATUS_OK;
+}
+
 proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
                               const Xlm__Request *req, char *message, size_t message_size)
 {
@@ -232,19 +375,9 @@ proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
                  (long long)p->item.rows, (long long)p->item.n_choices);
         return PROTO_STATUS_BAD_REQUEST;
     }
-    if (req->task == XLM__TASK__TASK_CLM_SCORE && req->n_score_from) {
-        if (req->n_score_from != (size_t)p->item.rows) {
-            snprintf(message, message_size, "score_from has %zu values for %lld rows",
-                     req->n_score_from, (long long)p->item.rows);
-            return PROTO_STATUS_BAD_REQUEST;
-        }
-        p->item.score_from = malloc(req->n_score_from * sizeof(int64_t));
-        if (!p->item.score_from) {
-            snprintf(message, message_size, "out of memory");
-            return PROTO_STATUS_INTERNAL;
-        }
-        memcpy(p->item.score_from, req->score_from, req->n_score_from * sizeof(int64_t));
-    }
+    if ((req->task == XLM__TASK__TASK_CLM_SCORE || req->task == XLM__TASK__TASK_MLM_PLL) &&
+        (status = prepare_scoring(p, st, req, message, message_size)) != PROTO_STATUS_OK)
+        return status;
     if (req->task == XLM__TASK__TASK_GENERATE &&
         (status = prepare_generate(p, c, req, message, message_size)) != PROTO_STATUS_OK)
         return status;

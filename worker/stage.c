@@ -14,8 +14,137 @@ volatile sig_atomic_t worker_stopping = 0;
 
 /* ------------------------------------------------------------ last stage */
 
+/* Scored positions of item row r (orig rows): [from, to). */
+static int64_t score_from(const worker_item_t *it, int64_t r) { return it->score[r]; }
+static int64_t score_to(const worker_item_t *it, int64_t r) { return it->score[it->orig_rows + r]; }
+
+/* "token_logprobs" (ragged [orig_rows][to - from]) and "sum_logprob". */
+static shard_status_t add_score_outputs(const worker_item_t *it, shard_outputs_t *outputs,
+                                        shard_tensor_t **tokens_out, shard_tensor_t **sums_out,
+                                        shard_error_t *err)
+{
+    int64_t total = 0, longest = 0;
+    for (int64_t r = 0; r < it->orig_rows; r++) {
+        const int64_t n = score_to(it, r) - score_from(it, r);
+        total += n;
+        longest = n > longest ? n : longest;
+    }
+    int64_t rows[1] = {it->orig_rows};
+    shard_tensor_t *tokens = shard_outputs_add(outputs, "token_logprobs", SHARD_F32, 1, &total, err);
+    shard_tensor_t *sums = tokens ? shard_outputs_add(outputs, "sum_logprob", SHARD_F32, 1, rows, err) : NULL;
+    if (!sums)
+        return err->code;
+    tokens->row_lengths = calloc((size_t)(it->orig_rows ? it->orig_rows : 1), sizeof(int64_t));
+    if (!tokens->row_lengths)
+        return shard_error_set(err, SHARD_ERR_NOMEM, "scores: out of memory");
+    tokens->ndim = 2;
+    tokens->shape[0] = it->orig_rows;
+    tokens->shape[1] = longest;
+    for (int64_t r = 0; r < it->orig_rows; r++)
+        tokens->row_lengths[r] = score_to(it, r) - score_from(it, r);
+    *tokens_out = tokens;
+    *sums_out = sums;
+    return SHARD_OK;
+}
+
+static void sum_rows(shard_tensor_t *tokens, shard_tensor_t *sums)
+{
+    for (int64_t r = 0, at = 0; r < tokens->shape[0]; r++) {
+        double sum = 0.0; /* float32 values, summed in double */
+        for (int64_t i = 0; i < tokens->row_lengths[r]; i++)
+            sum += tokens->f32[at++];
+        sums->f32[r] = (float)sum;
+    }
+}
+
+/* The scored tokens as text, when the request asked and a tokenizer is here. */
+static void scored_texts(worker_stage_t *st, const worker_item_t *it, const shard_inputs_t *in,
+                         worker_texts_t *texts)
+{
+    memset(texts, 0, sizeof *texts);
+    if (!it->return_tokens || !st->tokenizer)
+        return;
+    int64_t total = 0;
+    for (int64_t r = 0; r < it->orig_rows; r++)
+        total += score_to(it, r) - score_from(it, r);
+    texts->text = calloc((size_t)(total ? total : 1), sizeof(char *));
+    texts->row_lengths = calloc((size_t)(it->orig_rows ? it->orig_rows : 1), sizeof(int64_t));
+    if (!texts->text || !texts->row_lengths) {
+        worker_texts_clear(texts);
+        return;
+    }
+    texts->rows = it->orig_rows;
+    for (int64_t r = 0; r < it->orig_rows; r++) {
+        const int64_t from = score_from(it, r), to = score_to(it, r);
+        texts->row_lengths[r] = to - from;
+        texts->longest = to - from > texts->longest ? to - from : texts->longest;
+        for (int64_t pos = from; pos < to; pos++) {
+            int64_t id;
+            if (it->task == PROTO_TASK_MLM_PLL) /* the copies hold the mask there */
+                id = it->score[2 * it->orig_rows + 3 * (texts->n) + 1];
+            else
+                id = in->input_ids[r * in->seq + pos];
+            const char *token = shard_tokenizer_id_to_token(st->tokenizer, id);
+            texts->text[texts->n++] = strdup(token ? token : "");
+        }
+    }
+}
+
+static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, const shard_acts_t *view,
+                                 const shard_inputs_t *in, shard_outputs_t *outputs,
+                                 shard_error_t *err)
+{
+    shard_tensor_t *tokens = NULL, *sums = NULL;
+    shard_status_t status = add_score_outputs(it, outputs, &tokens, &sums, err);
+    if (status)
+        return status;
+    if (it->task == PROTO_TASK_MLM_PLL) {
+        const int64_t copies = it->rows;
+        int64_t *mask_pos = malloc((size_t)copies * sizeof *mask_pos);
+        int64_t *targets = malloc((size_t)copies * sizeof *targets);
+        shard_outputs_t one;
+        shard_outputs_init(&one);
+        if (!mask_pos || !targets)
+            status = shard_error_set(err, SHARD_ERR_NOMEM, "mlm_pll: out of memory");
+        for (int64_t c = 0; !status && c < copies; c++) {
+            mask_pos[c] = it->score[2 * it->orig_rows + 3 * c];
+            targets[c] = it->score[2 * it->orig_rows + 3 * c + 1];
+        }
+        /* Copies are laid out row by row, position by position: in order. */
+        if (!status && !(status = shard_head_masked_logprob(st->model, view, mask_pos, targets, &one, err)))
+            memcpy(tokens->f32, one.tensors[0].f32, (size_t)copies * sizeof(float));
+        shard_outputs_clear(&one);
+        free(mask_pos);
+        free(targets);
+    } else {
+        shard_outputs_t all;
+        shard_outputs_init(&all);
+        int64_t *from = malloc((size_t)it->orig_rows * sizeof *from);
+        if (!from)
+            status = shard_error_set(err, SHARD_ERR_NOMEM, "clm_score: out of memory");
+        for (int64_t r = 0; !status && r < it->orig_rows; r++)
+            from[r] = score_from(it, r);
+        if (!status && !(status = shard_head_clm_score(st->model, view, in, from, &all, err))) {
+            /* Scores run from score_from to the row's end: keep [from, to). */
+            const shard_tensor_t *t = shard_outputs_find(&all, "token_logprobs");
+            const float *src = t->f32;
+            float *dst = tokens->f32;
+            for (int64_t r = 0; r < it->orig_rows; r++) {
+                memcpy(dst, src, (size_t)tokens->row_lengths[r] * sizeof *dst);
+                dst += tokens->row_lengths[r];
+                src += t->row_lengths[r];
+            }
+        }
+        free(from);
+        shard_outputs_clear(&all);
+    }
+    if (!status)
+        sum_rows(tokens, sums);
+    return status;
+}
+
 static shard_status_t run_item(worker_stage_t *st, worker_micro_t *m, const worker_item_t *item,
-                               shard_outputs_t *outputs, shard_error_t *err)
+                               shard_outputs_t *outputs, worker_texts_t *texts, shard_error_t *err)
 {
     shard_inputs_t in;
     shard_acts_t view;
@@ -23,13 +152,16 @@ static shard_status_t run_item(worker_stage_t *st, worker_micro_t *m, const work
     if (status)
         return status;
     if (!(status = shard_acts_view(m->acts, item->row0, item->rows, item->seq, &view, err))) {
-        if (item->task == PROTO_TASK_CLM_SCORE)
-            status = shard_head_clm_score(st->model, &view, &in, item->score_from, outputs, err);
-        else if (item->task >= 0 && item->task < SHARD_HEAD_COUNT_)
+        if (item->task == PROTO_TASK_CLM_SCORE || item->task == PROTO_TASK_MLM_PLL) {
+            status = score_item(st, item, &view, &in, outputs, err);
+            if (!status)
+                scored_texts(st, item, &in, texts);
+        } else if (item->task >= 0 && item->task < SHARD_HEAD_COUNT_) {
             status = shard_head(st->model, (shard_head_t)item->task, &view, &in, outputs, err);
-        else
+        } else {
             status = shard_error_set(err, SHARD_ERR_HEAD, "task %s is not computed by a head",
                                      proto_task_name((proto_task_t)item->task));
+        }
     }
     worker_inputs_free(&in);
     return status;
@@ -53,13 +185,15 @@ int worker_finish_micro(worker_stage_t *st, worker_micro_t *m, int64_t *next_tok
     const uint64_t batch_tokens = (uint64_t)(m->batch * m->seq);
     for (int i = 0; i < m->n_items; i++) {
         shard_outputs_t outputs;
+        worker_texts_t texts = {0};
         shard_error_t err = {0};
         shard_outputs_init(&outputs);
-        shard_status_t status = run_item(st, m, &m->items[i], &outputs, &err);
+        shard_status_t status = run_item(st, m, &m->items[i], &outputs, &texts, &err);
         if (worker_reply_pack(&replies[i], &m->items[i], worker_status_of(status),
-                              status ? err.message : NULL, &outputs, m->stage_us, m->n_stages,
-                              batch_tokens, (uint32_t)m->n_items) != 0)
+                              status ? err.message : NULL, &outputs, &texts, m->stage_us,
+                              m->n_stages, batch_tokens, (uint32_t)m->n_items) != 0)
             rc = -1;
+        worker_texts_clear(&texts);
         shard_outputs_clear(&outputs);
     }
     if (worker_replies_send(st->link, replies, (size_t)m->n_items, m->stage_us, m->n_stages) != 0)
@@ -252,7 +386,8 @@ static int open_stage(worker_stage_t *st)
                st->pipeline_index, st->stage, st->n_stages, (long long)range.first_layer,
                (long long)range.last_layer, range.embeddings ? " + embeddings" : "",
                range.heads ? " + heads" : "");
-    if (st->stage == 0) {
+    if (st->stage == 0 || st->stage == st->n_stages - 1) {
+        /* Stage 0 tokenises text; the last stage names scored tokens. */
         st->tokenizer = shard_tokenizer_open(st->options->model_dir, &err);
         if (!st->tokenizer)
             worker_log(WORKER_LOG_WARN, "no tokenizer, text requests will be refused: %s",
@@ -261,6 +396,7 @@ static int open_stage(worker_stage_t *st)
     int64_t tokens = (int64_t)st->options->max_batch_tokens;
     if (tokens < st->config->max_position_embeddings)
         tokens = st->config->max_position_embeddings;
+    st->batch_tokens = (uint64_t)tokens;
     st->packet_capacity = worker_packet_capacity(tokens, st->config->emb_dim);
     return 0;
 }

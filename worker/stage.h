@@ -12,6 +12,9 @@ typedef struct {
     int64_t *ids, *mask, *positions, *langs, *types; /* [rows*seq] */
     float *p_mask;
     int64_t steps, lang_fill; /* generate */
+    /* text rows: where the segments are (offset_a, length_a, offset_b,
+     * length_b, length) per row, for the default scored positions */
+    int64_t *segments;
 } worker_prepared_t;
 
 typedef struct worker_stage {
@@ -25,6 +28,7 @@ typedef struct worker_stage {
     worker_link_t *link; /* stage 0 and the last stage */
     char pipeline_id[256];
     size_t packet_capacity;
+    uint64_t batch_tokens; /* positions a micro-batch may hold */
     uint64_t micro_counter;
 } worker_stage_t;
 

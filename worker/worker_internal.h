@@ -39,7 +39,12 @@ typedef struct {
     char id[PROTO_ID_MAX + 1];
     int32_t task;          /* proto_task_t */
     int64_t row0, rows, seq, n_choices;
-    int64_t *score_from;   /* [rows] clm_score only, or NULL */
+    /* clm_score / mlm_pll: score_from[orig_rows], score_to[orig_rows], then
+     * for mlm_pll one (masked position, target id, original row) per row:
+     * the rows are the masked copies. NULL for other tasks. */
+    int64_t *score;
+    int64_t n_score, orig_rows;
+    bool return_tokens;
     uint64_t queue_us, tokenize_us, received_us;
     uint32_t credit;       /* credit given back with this request's reply */
     uint64_t gen_job;      /* MICRO_GENERATE: the job at stage 0 */
@@ -109,9 +114,21 @@ typedef struct {
     proto_status_t status;
 } worker_reply_t;
 
-/* Packs a Response for an item: outputs (may be NULL) or an error. */
+/* Token strings of a scoring reply, ragged like its token_logprobs. */
+typedef struct {
+    char **text; /* [n] */
+    int64_t n;
+    int64_t *row_lengths; /* [rows] */
+    int64_t rows, longest;
+} worker_texts_t;
+
+void worker_texts_clear(worker_texts_t *texts);
+
+/* Packs a Response for an item: outputs (may be NULL) or an error; texts
+ * (may be NULL) becomes the output "tokens". */
 int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_status_t status,
                       const char *message, const shard_outputs_t *outputs,
+                      const worker_texts_t *texts,
                       const uint64_t *stage_us, int n_stages, uint64_t batch_tokens,
                       uint32_t batch_requests);
 /* Sends replies (frames freed) with one Reply per batch_id group. */

@@ -35,9 +35,13 @@ static worker_micro_t *sample_micro(void)
     m->items[0] = (worker_item_t){.ticket = 7, .batch_id = 9, .task = PROTO_TASK_CLM_SCORE,
                                   .row0 = 0, .rows = 2, .seq = 5, .credit = 0};
     snprintf(m->items[0].id, sizeof m->items[0].id, "request-a");
-    m->items[0].score_from = calloc(2, sizeof(int64_t));
-    m->items[0].score_from[0] = 3;
-    m->items[0].score_from[1] = 1;
+    m->items[0].score = calloc(4, sizeof(int64_t));
+    m->items[0].n_score = 4;
+    m->items[0].orig_rows = 2;
+    m->items[0].score[0] = 3;
+    m->items[0].score[1] = 1;
+    m->items[0].score[2] = 5;
+    m->items[0].score[3] = 4;
     m->items[1] = (worker_item_t){.ticket = 8, .batch_id = 9, .task = PROTO_TASK_QA,
                                   .row0 = 2, .rows = 1, .seq = 4, .credit = 1};
     snprintf(m->items[1].id, sizeof m->items[1].id, "request-b");
@@ -65,9 +69,11 @@ static void round_trip_keeps_everything(void **state)
     assert_memory_equal(r->p_mask, m->p_mask, 15 * sizeof(float));
     assert_int_equal(r->n_items, 2);
     assert_string_equal(r->items[0].id, "request-a");
-    assert_int_equal(r->items[0].score_from[0], 3);
-    assert_int_equal(r->items[0].score_from[1], 1);
-    assert_null(r->items[1].score_from);
+    assert_int_equal(r->items[0].n_score, 4);
+    assert_int_equal(r->items[0].score[0], 3);
+    assert_int_equal(r->items[0].score[1], 1);
+    assert_int_equal(r->items[0].score[3], 4);
+    assert_null(r->items[1].score);
     assert_int_equal(r->items[1].credit, 1);
     assert_int_equal(r->items[1].seq, 4);
     worker_micro_destroy(&r);
