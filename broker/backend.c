@@ -236,6 +236,22 @@ static void add_credit(broker_pipeline_t *p, uint32_t credit)
     p->credit = total > PROTO_MAX_CREDIT ? PROTO_MAX_CREDIT : (uint32_t)total;
 }
 
+/* Whether a retry of the same id should get this answer again rather than
+ * a new run: results, and errors a new run would repeat. */
+static bool reply_cacheable(Xlm__Status status)
+{
+    switch ((proto_status_t)status) {
+    case PROTO_STATUS_OVERLOADED:
+    case PROTO_STATUS_UNAVAILABLE:
+    case PROTO_STATUS_DEADLINE_EXCEEDED:
+    case PROTO_STATUS_CANCELLED:
+    case PROTO_STATUS_INTERNAL:
+        return false;
+    default:
+        return true;
+    }
+}
+
 /* One reply frame per ticket; the first reply of a ticket wins. */
 static void on_reply(broker_t *b, broker_pipeline_t *p, const Xlm__Reply *reply,
                      zmq_msg_t *frames, size_t n_frames)
@@ -260,7 +276,8 @@ static void on_reply(broker_t *b, broker_pipeline_t *p, const Xlm__Reply *reply,
             r->model->done++;
         else
             r->model->failed++;
-        broker_done_add(b, r->id, &frames[i]);
+        if (reply_cacheable(reply->statuses[i]))
+            broker_done_add(b, r->id, &frames[i]);
         broker_client_send(b, r->client, r->client_len, &frames[i]);
         broker_req_finish(b, r);
     }

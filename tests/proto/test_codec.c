@@ -267,7 +267,40 @@ static void test_generate_and_score_options(void **state)
     assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_OK);
     r.score_from[1] = 3; /* row 1 has 2 tokens */
     assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_BAD_REQUEST);
-    assert_non_null(strstr(err.message, "score_from[1] = 3"));
+    assert_non_null(strstr(err.message, "row 1 scores [3, 2)"));
+
+    /* score_to: a window [score_from, score_to) within the row. */
+    int64_t score_to[2] = {3, 2};
+    r.score_from[1] = 1;
+    r.rq.n_score_to = 2;
+    r.rq.score_to = score_to;
+    r.rq.return_tokens = true;
+    assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_OK);
+    score_to[0] = 0; /* before score_from */
+    assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_BAD_REQUEST);
+    assert_non_null(strstr(err.message, "row 0 scores [1, 0)"));
+    score_to[0] = 3;
+    r.rq.n_score_from = 0; /* score_to alone */
+    assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_BAD_REQUEST);
+    assert_non_null(strstr(err.message, "score_to without score_from"));
+    r.rq.n_score_from = 2;
+    r.rq.n_score_to = 1;
+    assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_BAD_REQUEST);
+    assert_non_null(strstr(err.message, "score_to has 1 values"));
+
+    /* mlm_pll of token rows needs score_from. */
+    req_init(&r);
+    r.rq.task = XLM__TASK__TASK_MLM_PLL;
+    assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_BAD_REQUEST);
+    assert_non_null(strstr(err.message, "mlm_pll of token rows needs score_from"));
+    r.rq.n_score_from = 2;
+    r.rq.score_from = r.score_from;
+    assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_OK);
+    /* return_tokens belongs to the scoring tasks only. */
+    req_init(&r);
+    r.rq.return_tokens = true;
+    assert_int_equal(roundtrip(&r, NULL, &err), PROTO_STATUS_BAD_REQUEST);
+    assert_non_null(strstr(err.message, "only for clm_score and mlm_pll"));
 }
 
 /* ------------------------------------------------------------ invalid requests */
@@ -707,8 +740,22 @@ static void test_responses(void **state)
     t.n_i64 = 6;
     t.i64 = ints;
     assert_int_equal(response_roundtrip(&resp, &err), PROTO_STATUS_MALFORMED);
-    assert_non_null(strstr(err.message, "both f32 and i64"));
+    assert_non_null(strstr(err.message, "data of more than one type"));
     t.n_i64 = 0;
+    /* Text data (token strings), ragged like token_logprobs. */
+    char *words[] = {"He", "llo", "world", "!"};
+    t.n_f32 = 0;
+    t.n_text = 4;
+    t.text = words;
+    t.n_row_lengths = 2;
+    t.row_lengths = row_lengths; /* 3 + 1 */
+    assert_int_equal(response_roundtrip(&resp, &err), PROTO_STATUS_OK);
+    t.n_text = 3;
+    assert_int_equal(response_roundtrip(&resp, &err), PROTO_STATUS_MALFORMED);
+    t.n_text = 0;
+    t.text = NULL;
+    t.n_row_lengths = 0;
+    t.n_f32 = 6;
     shape[1] = -3;
     assert_int_equal(response_roundtrip(&resp, &err), PROTO_STATUS_MALFORMED);
     shape[1] = 3;
