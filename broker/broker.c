@@ -24,6 +24,7 @@ void broker_config_defaults(broker_config_t *c)
     c->dedup_max = 65536;
     c->dedup_bytes = (size_t)256 << 20;
     c->drain_ms = 5000;
+    c->startup_grace_ms = 6000;
     c->batch_scan = 64;
     c->batch_max_requests = 256;
     c->log_level = BROKER_LOG_INFO;

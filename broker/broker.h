@@ -64,6 +64,9 @@ typedef struct {
     size_t dedup_max;            /* at most this many kept: 65536 */
     size_t dedup_bytes;          /* and at most this many bytes: 256 MiB */
     uint32_t drain_ms;           /* on stop, time to finish what is held: 5000 */
+    uint32_t startup_grace_ms;   /* after start, an unknown model is UNAVAILABLE (its
+                                    pipelines may not have registered again after a
+                                    broker restart), not UNKNOWN_MODEL: 6000 */
     size_t batch_scan;           /* queued requests looked at past the head: 64 */
     size_t batch_max_requests;   /* requests per micro-batch: 256 */
     broker_log_level_t log_level;/* BROKER_LOG_INFO */

@@ -99,7 +99,11 @@ static broker_model_t *resolve_model(broker_t *b, const zmq_msg_t *client, const
         return NULL;
     }
     broker_model_t *m = broker_model_find(b, rq->model);
-    if (!m)
+    if (!m && broker_now_us() - b->started_us < (int64_t)b->config.startup_grace_ms * 1000)
+        broker_client_status(b, cid, clen, rq->id, PROTO_STATUS_UNAVAILABLE,
+                             "model '%s' has not registered since the broker started; retry with the same id",
+                             rq->model);
+    else if (!m)
         broker_client_status(b, cid, clen, rq->id, PROTO_STATUS_UNKNOWN_MODEL,
                              "model '%s' is not served", rq->model);
     return m;

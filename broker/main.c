@@ -41,12 +41,14 @@ static void usage(FILE *out)
             "  --dedup-max N              at most this many kept [%zu]\n"
             "  --dedup-bytes N            at most this many bytes kept [%zu]\n"
             "  --drain-ms N               time to finish held requests on stop [%u]\n"
+            "  --startup-grace-ms N       after start, unknown models are UNAVAILABLE, not\n"
+            "                             UNKNOWN_MODEL (pipelines registering again) [%u]\n"
             "  --batch-scan N             queued requests looked at per micro-batch [%zu]\n"
             "  --batch-max-requests N     requests per micro-batch [%zu]\n"
             "  --log-level LEVEL          debug, info, warn or error [info]\n",
             d.heartbeat_ms, d.liveness, d.queue_max, d.queue_bytes, d.max_message_bytes,
             d.default_deadline_ms, d.max_deadline_ms, d.dedup_ms, d.dedup_max, d.dedup_bytes,
-            d.drain_ms, d.batch_scan, d.batch_max_requests);
+            d.drain_ms, d.startup_grace_ms, d.batch_scan, d.batch_max_requests);
 }
 
 /* Parses a whole decimal number in [min, max]. */
@@ -67,7 +69,7 @@ static int parse_u64(const char *opt, const char *text, uint64_t min, uint64_t m
 enum {
     OPT_FRONTEND = 256, OPT_BACKEND, OPT_HEARTBEAT, OPT_LIVENESS, OPT_QUEUE_MAX, OPT_QUEUE_BYTES,
     OPT_MAX_MESSAGE, OPT_DEFAULT_DEADLINE, OPT_MAX_DEADLINE, OPT_DEDUP_MS, OPT_DEDUP_MAX,
-    OPT_DEDUP_BYTES, OPT_DRAIN, OPT_BATCH_SCAN, OPT_BATCH_MAX, OPT_LOG_LEVEL, OPT_HELP
+    OPT_DEDUP_BYTES, OPT_DRAIN, OPT_GRACE, OPT_BATCH_SCAN, OPT_BATCH_MAX, OPT_LOG_LEVEL, OPT_HELP
 };
 
 static const struct option options[] = {
@@ -84,6 +86,7 @@ static const struct option options[] = {
     {"dedup-max", required_argument, NULL, OPT_DEDUP_MAX},
     {"dedup-bytes", required_argument, NULL, OPT_DEDUP_BYTES},
     {"drain-ms", required_argument, NULL, OPT_DRAIN},
+    {"startup-grace-ms", required_argument, NULL, OPT_GRACE},
     {"batch-scan", required_argument, NULL, OPT_BATCH_SCAN},
     {"batch-max-requests", required_argument, NULL, OPT_BATCH_MAX},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -117,6 +120,7 @@ static int apply_option(broker_config_t *c, int opt, const char *name, const cha
     case OPT_DEDUP_MAX: if (parse_u64(name, arg, 0, big, &v)) return -1; c->dedup_max = v; return 0;
     case OPT_DEDUP_BYTES: if (parse_u64(name, arg, 0, big, &v)) return -1; c->dedup_bytes = v; return 0;
     case OPT_DRAIN: if (parse_u64(name, arg, 0, u32, &v)) return -1; c->drain_ms = (uint32_t)v; return 0;
+    case OPT_GRACE: if (parse_u64(name, arg, 0, u32, &v)) return -1; c->startup_grace_ms = (uint32_t)v; return 0;
     case OPT_BATCH_SCAN: if (parse_u64(name, arg, 0, 65536, &v)) return -1; c->batch_scan = v; return 0;
     case OPT_BATCH_MAX: if (parse_u64(name, arg, 1, 65536, &v)) return -1; c->batch_max_requests = v; return 0;
     default: return -1;

@@ -72,6 +72,9 @@ void test_client_destroy(test_client_t **self_p);
 /* A new socket, so a new routing id (what a client does after a timeout). */
 int test_client_reconnect(test_client_t *client);
 int test_client_send_bytes(test_client_t *client, const void *data, size_t size);
+/* One message of n frames (for protocol errors). */
+int test_client_send_frames(test_client_t *client, const void *const *data, const size_t *sizes,
+                            size_t n);
 /* Wraps the request in a ClientMessage, packs and sends it. */
 int test_client_send_request(test_client_t *client, Xlm__Request *request);
 /* A token request of rows rows of row_len ids each: id of token t of row r

@@ -80,6 +80,14 @@ int test_client_send_bytes(test_client_t *c, const void *data, size_t size)
     return zmq_send(c->sock, data, size, 0) < 0 ? -1 : 0;
 }
 
+int test_client_send_frames(test_client_t *c, const void *const *data, const size_t *sizes, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (zmq_send(c->sock, data[i], sizes[i], i + 1 < n ? ZMQ_SNDMORE : 0) < 0)
+            return -1;
+    return 0;
+}
+
 static int send_client_message(test_client_t *c, Xlm__ClientMessage *msg)
 {
     uint8_t *data;

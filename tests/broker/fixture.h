@@ -19,8 +19,10 @@ typedef struct {
     fake_worker_t *workers[FX_MAX_WORKERS];
 } fx_t;
 
-/* Broker arguments of the tests: fast heartbeats, quiet logs. */
-#define FX_BROKER_ARGS "--heartbeat-ms", "100", "--liveness", "3", "--log-level", "warn"
+/* Broker arguments of the tests: fast heartbeats, quiet logs, unknown
+ * models unknown at once (extra arguments come after and override). */
+#define FX_BROKER_ARGS "--heartbeat-ms", "100", "--liveness", "3", "--log-level", "warn", \
+    "--startup-grace-ms", "0"
 
 /* Starts xlm-broker with FX_BROKER_ARGS and extra (NULL-terminated, may be
  * NULL) on new ports, or the same ones again when fx already has ports.

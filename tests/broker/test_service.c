@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +176,10 @@ static void test_bad_requests(void **state)
     bad_then_good(fx, "", PROTO_STATUS_MALFORMED, "not a valid xlm.ClientMessage");
     test_client_send_bytes(fx->client, "", 0);
     bad_then_good(fx, "", PROTO_STATUS_MALFORMED, "empty message");
+    const void *parts[] = {"a", "b"};
+    const size_t sizes[] = {1, 1};
+    test_client_send_frames(fx->client, parts, sizes, 2);
+    bad_then_good(fx, "", PROTO_STATUS_MALFORMED, "one frame");
 
     /* Wrong version. */
     uint8_t versioned[] = {0x08, 0x09};
@@ -182,8 +187,29 @@ static void test_bad_requests(void **state)
     bad_then_good(fx, "", PROTO_STATUS_BAD_VERSION, "version 9");
 
     Xlm__ServiceMessage *stats = fx_stats(fx);
-    assert_int_equal(stats->stats->malformed, 2);
+    assert_int_equal(stats->stats->malformed, 3);
     proto_service_free(&stats);
+}
+
+static void test_unknown_model_in_startup_grace(void **state)
+{
+    fx_t *fx = *state;
+    /* Started again with a grace time: other models may still register. */
+    testing_process_stop(fx->broker, SIGKILL, 2000);
+    static const char *const args[] = {"--startup-grace-ms", "1500", NULL};
+    assert_int_equal(fx_start(fx, args), 0);
+    int64_t started = testing_now_us();
+    fx_worker(fx, 0, "tiny", "p0", NULL);
+    test_client_send_tokens(fx->client, "g1", "later", PROTO_TASK_BASE, 1, 4, 0, 0);
+    Xlm__ServiceMessage *msg = fx_expect(fx, "g1", PROTO_STATUS_UNAVAILABLE, 2000);
+    assert_non_null(strstr(msg->response->message, "has not registered since the broker started"));
+    proto_service_free(&msg);
+    int64_t left_us = started + 1700000 - testing_now_us();
+    if (left_us > 0)
+        usleep((useconds_t)left_us);
+    test_client_send_tokens(fx->client, "g2", "later", PROTO_TASK_BASE, 1, 4, 0, 0);
+    msg = fx_expect(fx, "g2", PROTO_STATUS_UNKNOWN_MODEL, 2000);
+    proto_service_free(&msg);
 }
 
 static void test_cancel(void **state)
@@ -298,6 +324,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_routing_by_model, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unavailable_before_any_worker, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_model_in_startup_grace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadlines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replies_from_another_socket, setup, teardown),
