@@ -313,7 +313,8 @@ static int run_stream(score_backend_t *backend, const cli_options_t *o, const ch
 typedef struct {
     score_output_t *out;
     bool token_scores;
-    double *means; /* by line, for --summary */
+    bool keep_means; /* --summary */
+    double *means;   /* by line, for --summary */
     size_t n_means, cap_means;
     double last_flush;
 } main_ctx_t;
@@ -349,6 +350,10 @@ static int write_result(void *ctx, const score_result_t *r)
         m->last_flush = t;
         score_output_flush(m->out);
     }
+    if (!m->keep_means)
+        return 0;
+    /* --summary compares by line: one double per line, the only state that
+     * grows with the input. */
     return keep_mean(&m->means, &m->n_means, &m->cap_means, r->line,
                      r->ok && r->n_target_tokens ? r->score / (double)r->n_target_tokens : NAN);
 }
@@ -401,7 +406,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int64_t done = 0;
-    main_ctx_t m = {.token_scores = o.score.token_scores};
+    main_ctx_t m = {.token_scores = o.score.token_scores, .keep_means = o.summary != NULL};
     m.out = score_output_open(o.output, &done, error, sizeof error);
     if (!m.out) {
         fprintf(stderr, "xlm-score: %s\n", error);

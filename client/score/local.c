@@ -48,11 +48,30 @@ static int push_result(local_t *l, score_result_t *r)
     return 0;
 }
 
+/* The service's status names, so that a line fails the same way in process
+ * and through the service (the message has the details). */
+static const char *wire_code(shard_status_t status)
+{
+    switch (status) {
+    case SHARD_ERR_INPUT:
+    case SHARD_ERR_UTF8:
+    case SHARD_ERR_LANG: return "bad_request";
+    case SHARD_ERR_HEAD: return "unknown_task";
+    default: return "internal";
+    }
+}
+
 /* Tokenises a pair into <s> src </s> tgt </s> (or <s> tgt </s>) and the
  * positions to score. */
 static void prepare(local_t *l, local_item_t *it, score_result_t *error)
 {
     const shard_config_t *c = shard_model_config(l->model);
+    if ((!l->options.no_source && !it->pair.src[0]) || !it->pair.tgt[0]) {
+        /* As the service: a text segment is never empty. */
+        score_result_error(error, it->pair.line, "bad_request", "the %s text is empty",
+                           it->pair.tgt[0] ? "source" : "target");
+        return;
+    }
     shard_tokenizer_segment_t src = {it->pair.src, strlen(it->pair.src), it->pair.src_lang};
     shard_tokenizer_segment_t tgt = {it->pair.tgt, strlen(it->pair.tgt), it->pair.tgt_lang};
     shard_error_t err = {0};
@@ -61,7 +80,7 @@ static void prepare(local_t *l, local_item_t *it, score_result_t *error)
         l->tokenizer, l->options.lang_rules ? SHARD_TOKENIZER_MODE_LANG_RULES : SHARD_TOKENIZER_MODE_HF,
         l->options.no_source ? &tgt : &src, l->options.no_source ? NULL : &tgt, true, &it->enc, &err);
     if (status) {
-        score_result_error(error, it->pair.line, shard_status_str(status), "%s", err.message);
+        score_result_error(error, it->pair.line, wire_code(status), "%s", err.message);
         return;
     }
     const int64_t first = (int64_t)(l->options.no_source ? it->enc.offset_a : it->enc.offset_b);
@@ -76,7 +95,7 @@ static void prepare(local_t *l, local_item_t *it, score_result_t *error)
         return;
     }
     if (l->options.mode == SCORE_MODE_MLM_PLL && count == 0) {
-        score_result_error(error, it->pair.line, "empty_target", "the target has no tokens to score");
+        score_result_error(error, it->pair.line, "bad_request", "the target has no tokens to score");
         return;
     }
     it->ok = true;
@@ -148,7 +167,7 @@ static int score_batch(local_t *l, local_item_t **items, size_t n)
         /* The inputs were checked per pair: this is the engine's failure. */
         for (size_t r = 0; r < n && rc == 0; r++) {
             score_result_t res = {0};
-            score_result_error(&res, items[r]->pair.line, shard_status_str(err.code), "%s", err.message);
+            score_result_error(&res, items[r]->pair.line, wire_code(err.code), "%s", err.message);
             rc = push_result(l, &res);
         }
     } else {
