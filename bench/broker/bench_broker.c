@@ -8,7 +8,12 @@
  * of 8 tokens, seq_cls) goes client -> broker -> worker -> broker ->
  * client. Reference measured in the same run: a bare ZeroMQ DEALER/ROUTER
  * echo on loopback (one hop each way, no protobuf), so the ratio says what
- * the broker's two extra hops and its work cost. */
+ * the broker's two extra hops and its work cost; and a cancel answered by
+ * the broker itself (client -> broker -> client), its own cost per pass.
+ *
+ * Six threads take part (three sockets and their ZeroMQ I/O threads). On a
+ * small VM, wake-ups across CPUs dominate: `taskset -c 0 bench-broker`
+ * shows the path without them. */
 #include <getopt.h>
 #include <pthread.h>
 #include <stdatomic.h>
