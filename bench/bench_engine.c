@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,9 +49,13 @@ typedef struct {
     float scale, offset;
 } param_t;
 
-static int add_params(param_t *p, int n, const bench_shape_t *s)
+static int add_params(param_t *p, int n, const bench_shape_t *s, bool lm)
 {
     const int64_t d = s->emb;
+    if (lm) { /* an en-fr LM: language embeddings and the projection bias */
+        p[n++] = (param_t){"lang_embeddings.weight", 2, d, 0.1f, 0};
+        p[n++] = (param_t){"pred_layer.proj.bias", s->vocab, 0, 0.1f, 0};
+    }
     p[n++] = (param_t){"embeddings.weight", s->vocab, d, 0.1f, 0};
     p[n++] = (param_t){"position_embeddings.weight", 512, d, 0.1f, 0};
     p[n++] = (param_t){"layer_norm_emb.weight", d, 0, 0.1f, 1};
@@ -83,20 +88,22 @@ static int add_params(param_t *p, int n, const bench_shape_t *s)
 }
 
 /* Writes config.json and a random model.safetensors into dir. */
-static int write_checkpoint(const char *dir, const bench_shape_t *s)
+static int write_checkpoint(const char *dir, const bench_shape_t *s, bool lm, bool causal)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = fopen(path, "w");
     if (!f)
         return -1;
-    fprintf(f, "{\"architectures\": [\"XLMModel\"], \"vocab_size\": %lld, \"emb_dim\": %lld, "
-               "\"n_layers\": %lld, \"n_heads\": %lld, \"n_langs\": 1, \"causal\": false, "
-               "\"gelu_activation\": true, \"max_position_embeddings\": 512}\n",
-            (long long)s->vocab, (long long)s->emb, (long long)s->layers, (long long)s->heads);
+    fprintf(f, "{\"architectures\": [\"%s\"], \"vocab_size\": %lld, \"emb_dim\": %lld, "
+               "\"n_layers\": %lld, \"n_heads\": %lld, \"n_langs\": %d, \"causal\": %s, "
+               "\"gelu_activation\": true, \"max_position_embeddings\": 512%s}\n",
+            lm ? "XLMWithLMHeadModel" : "XLMModel", (long long)s->vocab, (long long)s->emb,
+            (long long)s->layers, (long long)s->heads, lm ? 2 : 1, causal ? "true" : "false",
+            lm ? ", \"lang2id\": {\"en\": 0, \"fr\": 1}, \"id2lang\": {\"0\": \"en\", \"1\": \"fr\"}" : "");
     fclose(f);
     param_t *params = calloc(1024, sizeof *params);
-    int n = add_params(params, 0, s);
+    int n = add_params(params, 0, s, lm);
     size_t header_cap = (size_t)n * 160 + 64, used = 0, offset = 0;
     char *header = malloc(header_cap);
     used += (size_t)snprintf(header + used, header_cap - used, "{");
@@ -169,7 +176,7 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
     snprintf(dir, sizeof dir, "%.3900s/bench-%s-%d", tmp, s->name, (int)getpid());
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
-    if (system(cmd) != 0 || write_checkpoint(dir, s) != 0) {
+    if (system(cmd) != 0 || write_checkpoint(dir, s, false, false) != 0) {
         fprintf(stderr, "bench-engine: cannot write a checkpoint in %s\n", dir);
         return 1;
     }
@@ -235,22 +242,40 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
 int main(int argc, char **argv)
 {
     int threads = 2, opt;
-    const char *which = "all", *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    bool lm = false, causal = false;
+    const char *which = "all", *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", *write = NULL;
     static const struct option options[] = {{"threads", required_argument, NULL, 't'},
                                             {"shape", required_argument, NULL, 's'},
                                             {"dir", required_argument, NULL, 'd'},
+                                            {"write", required_argument, NULL, 'w'},
+                                            {"lm", no_argument, NULL, 'l'},
+                                            {"causal", no_argument, NULL, 'c'},
                                             {NULL, 0, NULL, 0}};
     while ((opt = getopt_long(argc, argv, "t:s:d:", options, NULL)) != -1) {
-        if (opt == 't')
+        if (opt == 'w')
+            write = optarg;
+        else if (opt == 'l')
+            lm = true;
+        else if (opt == 'c')
+            causal = true;
+        else if (opt == 't')
             threads = atoi(optarg);
         else if (opt == 's')
             which = optarg;
         else if (opt == 'd')
             tmp = optarg;
         else {
-            fprintf(stderr, "usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]\n");
+            fprintf(stderr, "usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]\n"
+                            "       bench-engine --write DIR --shape NAME [--lm] [--causal]   (a random checkpoint)\n");
             return 2;
         }
+    }
+    for (size_t i = 0; write && i < sizeof shapes / sizeof shapes[0]; i++)
+        if (strcmp(which, shapes[i].name) == 0)
+            return write_checkpoint(write, &shapes[i], lm, causal) == 0 ? 0 : 1;
+    if (write) {
+        fprintf(stderr, "bench-engine: --write needs --shape enfr-1024 or en-2048\n");
+        return 2;
     }
     shard_set_threads(threads);
     int rc = 0;

@@ -25,7 +25,7 @@
 #define XLM_BROKER XLM_BIN_DIR "/xlm-broker"
 #define XLM_CLIENT XLM_BIN_DIR "/xlm-client"
 
-static const char *const broker_args[] = {"--heartbeat-ms", "100", "--liveness", "3",
+static const char *const broker_args[] = {"--heartbeat-ms", "100", "--liveness", "3", "--startup-grace-ms", "0",
                                           "--log-level", "error", NULL};
 
 typedef struct {
