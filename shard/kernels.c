@@ -49,11 +49,13 @@ void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *n
 }
 
 /* exp(x) for x <= 0 in float: Cody-Waite reduction and a degree-6
- * polynomial (about 1 ulp), branch-free so that the loop vectorises. */
+ * polynomial (about 1 ulp). Branch-free, and rounding by truncation of a
+ * non-negative value, so that the loop vectorises even without SSE4.1. */
 static inline float exp_nonpositive(float x)
 {
     x = x < -87.0f ? -87.0f : x;
-    const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    const int32_t k = (int32_t)(0.5f - x * 1.44269504088896341f); /* -round(x / ln 2) */
+    const float n = (float)-k;
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -63,7 +65,7 @@ static inline float exp_nonpositive(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
+    const int32_t bits = (127 - k) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
@@ -71,8 +73,9 @@ static inline float exp_nonpositive(float x)
 
 /* The exact (erf) GELU, as XLM and torch's default gelu use. erf is the
  * Abramowitz-Stegun 7.1.26 form (|error| < 1.5e-7), the one torch's
- * vectorised CPU kernels use; glibc's scalar erff made GELU a tenth of a
- * layer's time. Built for AVX2 and for the baseline, picked at load time. */
+ * vectorised CPU kernels use; glibc's scalar erff made GELU a sixth of a
+ * layer's time. Built for AVX2 and for the baseline, picked at load time
+ * (kernels.c is compiled with -fno-trapping-math so that this vectorises). */
 __attribute__((target_clones("avx2", "default")))
 void shard_gelu(float *x, size_t count)
 {
@@ -84,7 +87,7 @@ void shard_gelu(float *x, size_t count)
             ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t +
              0.254829592f) * t;
         const float e = 1.0f - poly * exp_nonpositive(-a * a);
-        x[i] = 0.5f * x[i] * (1.0f + (v < 0.0f ? -e : e));
+        x[i] = 0.5f * x[i] * (1.0f + __builtin_copysignf(e, v));
     }
 }
 
