@@ -28,7 +28,8 @@ typedef struct {
     int64_t len, from, to_clm, to_pll;
 } pair_t;
 
-static int load_pairs(const char *path, shard_tokenizer_t *tok, int limit, pair_t **out)
+static int load_pairs(const char *path, shard_tokenizer_t *tok, int64_t max_len, int limit,
+                      pair_t **out)
 {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -51,7 +52,7 @@ static int load_pairs(const char *path, shard_tokenizer_t *tok, int limit, pair_
         shard_error_t err = {0};
         shard_encoding_init(&enc);
         if (shard_tokenizer_encode(tok, SHARD_TOKENIZER_MODE_HF, &a, &b, true, &enc, &err) == 0 &&
-            enc.length <= 128) {
+            (int64_t)enc.length <= max_len) {
             pair_t *p = &pairs[n++];
             p->len = (int64_t)enc.length;
             p->ids = malloc((size_t)p->len * sizeof *p->ids);
@@ -134,7 +135,8 @@ int main(int argc, char **argv)
         return 1;
     }
     pair_t *pairs = NULL;
-    int n = load_pairs(pairs_path, tok, limit, &pairs);
+    int n = load_pairs(pairs_path, tok, shard_model_config(model)->max_position_embeddings, limit,
+                       &pairs);
     shard_acts_t *acts = shard_acts_new();
     const bool causal = shard_model_config(model)->causal;
     const shard_score_mode_t mode = causal ? SHARD_SCORE_CLM : SHARD_SCORE_MLM_PLL;

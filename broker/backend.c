@@ -124,7 +124,7 @@ static bool send_batch(broker_t *b, broker_pipeline_t *p, broker_req_t **reqs, s
 
 /* The pipeline with credit that fits the head of the queue best: one whose
  * budget holds it, then the most credit, then the longest idle. */
-static broker_pipeline_t *pick_pipeline(broker_model_t *m, int64_t head_padded)
+static broker_pipeline_t *pick_pipeline(broker_model_t *m, int64_t head_tokens)
 {
     broker_pipeline_t *best = NULL;
     for (broker_link_t *l = m->pipelines.next; l != &m->pipelines; l = l->next) {
@@ -135,8 +135,8 @@ static broker_pipeline_t *pick_pipeline(broker_model_t *m, int64_t head_padded)
             best = p;
             continue;
         }
-        bool fits = (uint64_t)head_padded <= p->max_batch_tokens;
-        bool best_fits = (uint64_t)head_padded <= best->max_batch_tokens;
+        bool fits = (uint64_t)head_tokens <= p->max_batch_tokens;
+        bool best_fits = (uint64_t)head_tokens <= best->max_batch_tokens;
         if (fits != best_fits) {
             if (fits)
                 best = p;
@@ -154,7 +154,7 @@ void broker_dispatch(broker_t *b, broker_model_t *m)
 {
     while (m->queue_len > 0) {
         broker_req_t *head = BROKER_CONTAINER(m->queue.next, broker_req_t, link);
-        broker_pipeline_t *p = pick_pipeline(m, head->padded);
+        broker_pipeline_t *p = pick_pipeline(m, head->item.tokens);
         if (!p)
             return;
         /* The head and up to batch_scan requests behind it. */

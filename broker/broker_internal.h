@@ -79,17 +79,14 @@ typedef struct {
     int64_t max_len;
     int64_t key;
     bool alone;
+    int64_t tokens; /* sum of the row lengths (an upper estimate for text) */
 } broker_batch_item_t;
-
-/* Length bucket: quarter octaves, so two lengths of one bucket differ by
- * less than 25% and padding within a micro-batch stays below that. */
-int broker_batch_bucket(int64_t len);
 
 /* Chooses one micro-batch from items[0..n) in queue order. items[0] (the
  * oldest) is always taken, so nothing starves; others join when they have
- * its key and bucket and the padded size rows * longest row stays within
- * budget, up to max_requests. Writes the indices to chosen and returns
- * their count (>= 1 when n >= 1). */
+ * its key, the tokens stay within budget and the padded size rows * longest
+ * row within PROTO_PADDED_FACTOR * budget, up to max_requests. Writes the
+ * indices to chosen and returns their count (>= 1 when n >= 1). */
 size_t broker_batch_select(const broker_batch_item_t *items, size_t n, uint64_t budget,
                            size_t max_requests, size_t *chosen);
 
@@ -108,7 +105,6 @@ typedef struct {
     broker_pipeline_t *pipeline;/* NULL while queued */
     proto_task_t task;
     broker_batch_item_t item;
-    int64_t padded;
     int64_t received_us, deadline_us;
     zmq_msg_t body;             /* the ClientMessage bytes, forwarded as they came */
     size_t bytes;

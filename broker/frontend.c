@@ -161,14 +161,16 @@ static void handle_request(broker_t *b, const zmq_msg_t *client, const Xlm__Requ
         broker_client_status(b, cid, clen, rq->id, err.code, "%s", err.message);
         return;
     }
-    if (m->max_batch_tokens && (uint64_t)shape->padded > m->max_batch_tokens) {
+    if (m->max_batch_tokens && ((uint64_t)shape->tokens > m->max_batch_tokens ||
+                                (uint64_t)shape->padded > PROTO_PADDED_FACTOR * m->max_batch_tokens)) {
         m->rejected++;
         broker_client_status(b, cid, clen, rq->id, PROTO_STATUS_TOO_LARGE,
-                             "request needs %lld padded tokens (%lld rows of up to %lld), the pipelines of "
-                             "model '%s' take at most %llu per micro-batch",
-                             (long long)shape->padded, (long long)shape->rows,
+                             "request needs %lld tokens (%lld rows of up to %lld), the pipelines of "
+                             "model '%s' take at most %llu per micro-batch (%llu padded)",
+                             (long long)shape->tokens, (long long)shape->rows,
                              (long long)shape->max_len, m->name,
-                             (unsigned long long)m->max_batch_tokens);
+                             (unsigned long long)m->max_batch_tokens,
+                             (unsigned long long)(PROTO_PADDED_FACTOR * m->max_batch_tokens));
         return;
     }
     size_t bytes = zmq_msg_size(body) + sizeof(broker_req_t);

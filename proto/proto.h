@@ -48,6 +48,11 @@ enum {
     PROTO_ERROR_MAX = 256       /* bytes of an error message */
 };
 
+/* A micro-batch's budget (Ready.max_batch_tokens) counts real tokens, what
+ * the stages compute; its padded size (rows * longest row), which only sizes
+ * buffers, may be this many times the budget. */
+#define PROTO_PADDED_FACTOR 4u
+
 /* Default size limit of one message: 16 MiB. */
 #define PROTO_DEFAULT_LIMIT ((size_t)16 << 20)
 

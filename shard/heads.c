@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Rows of the LM projection computed at once: bounds the logits buffer. */
-enum { PROJECT_CHUNK = 256 };
+/* The LM projection of scored positions runs in tiles: PROJECT_POSITIONS
+ * positions against PROJECT_VOCAB vocabulary rows at a time, with an
+ * online log-sum-exp. The weights are read once per tile of positions and
+ * the logits buffer stays at 16 MiB whatever the vocabulary. */
+enum { PROJECT_POSITIONS = 1024, PROJECT_VOCAB = 4096 };
 
 static shard_status_t need_head(shard_model_t *model, shard_head_t head, shard_error_t *err)
 {
@@ -370,27 +373,53 @@ static shard_status_t score_positions(shard_model_t *model, const shard_acts_t *
 {
     const shard_linear_t *proj = &model->heads.lm_proj;
     const int64_t d = acts->emb_dim, V = proj->out;
-    float *x = shard_scratch_get(&model->scratch, 6, (size_t)(PROJECT_CHUNK * d));
-    float *logits = shard_scratch_get(&model->scratch, 7, (size_t)(PROJECT_CHUNK * V));
+    float *x = shard_scratch_get(&model->scratch, 6, (size_t)(PROJECT_POSITIONS * d));
+    float *logits = shard_scratch_get(&model->scratch, 7, (size_t)(PROJECT_POSITIONS * PROJECT_VOCAB));
     float *zero = calloc((size_t)d, sizeof *zero);
-    if (!x || !logits || !zero) {
-        free(zero);
-        return shard_error_set(err, SHARD_ERR_NOMEM, "LM scoring: out of memory");
+    float *max = malloc(PROJECT_POSITIONS * sizeof *max), *target = malloc(PROJECT_POSITIONS * sizeof *target);
+    double *sum = malloc(PROJECT_POSITIONS * sizeof *sum);
+    shard_status_t status = SHARD_OK;
+    if (!x || !logits || !zero || !max || !target || !sum) {
+        status = shard_error_set(err, SHARD_ERR_NOMEM, "LM scoring: out of memory");
+        goto done;
     }
-    for (int64_t first = 0; first < count; first += PROJECT_CHUNK) {
-        int64_t n = count - first < PROJECT_CHUNK ? count - first : PROJECT_CHUNK;
-        for (int64_t i = 0; i < n; i++)
+    for (int64_t first = 0; first < count; first += PROJECT_POSITIONS) {
+        const int64_t n = count - first < PROJECT_POSITIONS ? count - first : PROJECT_POSITIONS;
+        for (int64_t i = 0; i < n; i++) {
             memcpy(x + i * d, hidden_or_zero(acts, items[first + i].row, items[first + i].pos, zero),
                    (size_t)d * sizeof *x);
-        shard_linear(proj, x, n, logits);
-        for (int64_t i = 0; i < n; i++) {
-            const float *row = logits + i * V;
-            logprob[first + i] = (float)((double)row[items[first + i].target] -
-                                         shard_log_sum_exp(row, V));
+            max[i] = -INFINITY;
+            sum[i] = 0.0;
         }
+        for (int64_t v0 = 0; v0 < V; v0 += PROJECT_VOCAB) {
+            const int64_t vb = V - v0 < PROJECT_VOCAB ? V - v0 : PROJECT_VOCAB;
+            const shard_linear_t tile = {proj->weight + v0 * d, proj->bias ? proj->bias + v0 : NULL,
+                                         d, vb};
+            shard_linear(&tile, x, n, logits);
+            for (int64_t i = 0; i < n; i++) {
+                const float *row = logits + i * vb;
+                float block_max = row[0];
+                for (int64_t v = 1; v < vb; v++)
+                    block_max = row[v] > block_max ? row[v] : block_max;
+                if (block_max > max[i]) { /* rescale what was summed so far */
+                    sum[i] = sum[i] * exp((double)max[i] - (double)block_max);
+                    max[i] = block_max;
+                }
+                sum[i] += shard_sum_exp(row, vb, max[i]);
+                const int64_t t = items[first + i].target - v0;
+                if (t >= 0 && t < vb)
+                    target[i] = row[t];
+            }
+        }
+        for (int64_t i = 0; i < n; i++)
+            logprob[first + i] = (float)((double)target[i] - (double)max[i] - log(sum[i]));
     }
+done:
     free(zero);
-    return SHARD_OK;
+    free(max);
+    free(target);
+    free(sum);
+    return status;
 }
 
 static int64_t row_length(const shard_config_t *c, const shard_inputs_t *in, int64_t b)

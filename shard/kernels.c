@@ -91,6 +91,31 @@ void shard_gelu(float *x, size_t count)
     }
 }
 
+/* sum of exp(x[i] - shift) over x[i] <= shift: lanes of float partial sums
+ * over short runs (error ~1e-7 relative), runs added in double. */
+__attribute__((target_clones("avx2", "default")))
+double shard_sum_exp(const float *x, int64_t count, float shift)
+{
+    enum { LANES = 8, RUN = 256 };
+    double total = 0.0;
+    for (int64_t start = 0; start < count; start += RUN) {
+        const int64_t n = count - start < RUN ? count - start : RUN;
+        const float *v = x + start;
+        float lanes[LANES] = {0};
+        int64_t i = 0;
+        for (; i + LANES <= n; i += LANES)
+            for (int l = 0; l < LANES; l++)
+                lanes[l] += exp_nonpositive(v[i + l] - shift);
+        float run = 0.0f;
+        for (; i < n; i++)
+            run += exp_nonpositive(v[i] - shift);
+        for (int l = 0; l < LANES; l++)
+            run += lanes[l];
+        total += run;
+    }
+    return total;
+}
+
 void shard_relu(float *x, size_t count)
 {
     for (size_t i = 0; i < count; i++)

@@ -92,6 +92,8 @@ void shard_relu(float *x, size_t count);
 void shard_activate(float *x, size_t count, shard_activation_t activation);
 /* In place softmax of one row; returns nothing. */
 void shard_softmax(float *x, int64_t count);
+/* sum of exp(x[i] - shift), every x[i] <= shift (vectorised, float terms). */
+double shard_sum_exp(const float *x, int64_t count, float shift);
 /* log of sum(exp(x)) over count values, computed stably. */
 double shard_log_sum_exp(const float *x, int64_t count);
 /* out[i] = x[i] + y[i] */

@@ -2,6 +2,8 @@
  * runs the first layers and feeds the pipeline; drives greedy generation. */
 #include "stage.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -323,13 +325,15 @@ static void handle_batch(first_t *f, const Xlm__Batch *batch, uint8_t **frames, 
             first++;
             continue;
         }
-        /* Requests of one signature share a micro-batch while its padded
-         * positions fit what the stages take. */
-        if ((uint64_t)(preps[first].item.rows * preps[first].item.seq) > f->st->batch_tokens) {
+        /* Requests of one signature share a micro-batch while its tokens
+         * fit the stages' budget (padded positions: PROTO_PADDED_FACTOR x). */
+        const uint64_t budget = f->st->batch_tokens;
+        if ((uint64_t)preps[first].tokens > budget ||
+            (uint64_t)(preps[first].item.rows * preps[first].item.seq) > PROTO_PADDED_FACTOR * budget) {
             char message[PROTO_ERROR_MAX];
-            snprintf(message, sizeof message, "%lld rows of %lld tokens exceed the worker's %llu "
-                     "tokens per micro-batch", (long long)preps[first].item.rows,
-                     (long long)preps[first].item.seq, (unsigned long long)f->st->batch_tokens);
+            snprintf(message, sizeof message, "%lld rows of up to %lld tokens exceed the worker's "
+                     "%llu tokens per micro-batch", (long long)preps[first].item.rows,
+                     (long long)preps[first].item.seq, (unsigned long long)budget);
             reply_error(f, batch->batch_id, preps[first].item.ticket, preps[first].item.id,
                         PROTO_STATUS_TOO_LARGE, message, preps[first].item.credit);
             first++;
@@ -337,12 +341,15 @@ static void handle_batch(first_t *f, const Xlm__Batch *batch, uint8_t **frames, 
         }
         size_t end = first + 1;
         int64_t rows = preps[first].item.rows, seq = preps[first].item.seq;
+        int64_t tokens = preps[first].tokens;
         while (end < n_prepared && preps[end].item.task != PROTO_TASK_GENERATE &&
                same_signature(&preps[first], &preps[end])) {
             const int64_t longer = preps[end].item.seq > seq ? preps[end].item.seq : seq;
-            if ((uint64_t)((rows + preps[end].item.rows) * longer) > f->st->batch_tokens)
+            if ((uint64_t)(tokens + preps[end].tokens) > budget ||
+                (uint64_t)((rows + preps[end].item.rows) * longer) > PROTO_PADDED_FACTOR * budget)
                 break;
             rows += preps[end].item.rows;
+            tokens += preps[end].tokens;
             seq = longer;
             end++;
         }
@@ -521,6 +528,22 @@ static int shutdown_pipeline(first_t *f)
     return rc;
 }
 
+/* Handles every message waiting on the socket (the first one waited for up
+ * to timeout_ms), so that the broker's silence is judged on all it sent. */
+static void drain_socket(first_t *f, int timeout_ms)
+{
+    for (int got = 1; got > 0; timeout_ms = 0) {
+        Xlm__WorkerMessage *msg = NULL;
+        uint8_t **frames = NULL;
+        size_t *sizes = NULL, n_frames = 0;
+        got = worker_link_recv(f->st->link, timeout_ms, &msg, &frames, &sizes, &n_frames);
+        if (got > 0)
+            handle_message(f, msg, frames, sizes, n_frames);
+        proto_worker_free(&msg);
+        worker_link_frames_free(frames, sizes, n_frames);
+    }
+}
+
 static int one_round(first_t *f)
 {
     const worker_options_t *o = f->st->options;
@@ -535,14 +558,14 @@ static int one_round(first_t *f)
         if (timeout_ms > 100)
             timeout_ms = 100; /* look at signals now and then */
     }
-    Xlm__WorkerMessage *msg = NULL;
-    uint8_t **frames = NULL;
-    size_t *sizes = NULL, n_frames = 0;
-    int got = worker_link_recv(f->st->link, timeout_ms, &msg, &frames, &sizes, &n_frames);
-    if (got > 0)
-        handle_message(f, msg, frames, sizes, n_frames);
-    proto_worker_free(&msg);
-    worker_link_frames_free(frames, sizes, n_frames);
+    drain_socket(f, timeout_ms);
+    const uint64_t after = worker_now_us();
+    if (f->accepting && after - f->last_recv_us > (uint64_t)o->liveness * beat_us) {
+        worker_log(WORKER_LOG_WARN, "the broker has been silent for %llu ms: reconnecting",
+                   (unsigned long long)((after - f->last_recv_us) / 1000));
+        if (worker_link_reconnect(f->st->link) || send_ready(f))
+            return -1;
+    }
     if (poll_feedback(f))
         return -1;
     if (f->head) {
@@ -550,18 +573,49 @@ static int one_round(first_t *f)
         if (run_queued(f))
             return -1;
     }
-    const uint64_t after = worker_now_us();
-    if (after - f->last_sent_us >= beat_us)
+    if (worker_now_us() - f->last_sent_us >= beat_us)
         send_heartbeat(f);
-    if (f->accepting && after - f->last_recv_us > (uint64_t)o->liveness * beat_us) {
-        worker_log(WORKER_LOG_WARN, "the broker has been silent for %llu ms: reconnecting",
-                   (unsigned long long)((after - f->last_recv_us) / 1000));
-        if (worker_link_reconnect(f->st->link) || send_ready(f))
-            return -1;
-    }
     if (f->jobs && f->st->n_stages > 1 && !f->head)
         worker_idle_pause(f->last_work_us);
     return 0;
+}
+
+/* ------------------------------------------------------------ heartbeats */
+
+/* A micro-batch may compute for longer than the broker waits for a sign of
+ * life; this thread keeps the pipeline's heartbeat going meanwhile, on a
+ * socket of its own (the broker judges liveness by pipeline id). It never
+ * touches MPI. */
+typedef struct {
+    void *context;
+    const char *endpoint, *pipeline;
+    uint32_t heartbeat_ms;
+    atomic_int stop;
+    pthread_t thread;
+    bool started;
+} beat_t;
+
+static void *beat_main(void *arg)
+{
+    beat_t *beat = arg;
+    worker_link_t *link = worker_link_new(beat->context, beat->endpoint, beat->pipeline);
+    while (link && !atomic_load(&beat->stop)) {
+        Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+        Xlm__Heartbeat heartbeat = XLM__HEARTBEAT__INIT;
+        heartbeat.heartbeat_ms = beat->heartbeat_ms;
+        msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
+        msg.heartbeat = &heartbeat;
+        worker_link_send(link, &msg, NULL, NULL, 0);
+        /* Whatever the broker says to this socket is for the main one. */
+        Xlm__WorkerMessage *reply = NULL;
+        uint8_t **frames = NULL;
+        size_t *sizes = NULL, n_frames = 0;
+        if (worker_link_recv(link, (int)beat->heartbeat_ms, &reply, &frames, &sizes, &n_frames) > 0)
+            proto_worker_free(&reply);
+        worker_link_frames_free(frames, sizes, n_frames);
+    }
+    worker_link_destroy(&link);
+    return NULL;
 }
 
 int worker_run_first(worker_stage_t *st)
@@ -579,6 +633,10 @@ int worker_run_first(worker_stage_t *st)
                                   st->comm, &f.feedback_request));
     if (rc == 0 && (build_ready(&f) || send_ready(&f)))
         rc = -1;
+    beat_t beat = {st->zmq_context, st->options->broker, st->pipeline_id,
+                   st->options->heartbeat_ms, 0, 0, false};
+    if (rc == 0)
+        beat.started = pthread_create(&beat.thread, NULL, beat_main, &beat) == 0;
     while (rc == 0) {
         if (worker_stopping && f.accepting) {
             worker_log(WORKER_LOG_INFO, "stopping: draining %s", f.head || f.jobs ? "work in flight" : "nothing");
@@ -589,6 +647,9 @@ int worker_run_first(worker_stage_t *st)
             break;
         rc = one_round(&f);
     }
+    atomic_store(&beat.stop, 1);
+    if (beat.started)
+        pthread_join(beat.thread, NULL);
     if (shutdown_pipeline(&f))
         rc = -1;
     while (f.head) {

@@ -26,6 +26,9 @@ static void usage(FILE *out)
           "  --liveness K            missed heartbeats before the broker is presumed gone (default 6)\n"
           "  --pipeline-prefix P     pipeline ids are P/pI (default NAME@HOST)\n"
           "  --lang-rules            tokenise with each segment's language rules\n"
+          "  --projected-share F     LM checkpoints: share of positions projected onto the\n"
+          "                          vocabulary, for balancing stages (default 0.5, scoring;\n"
+          "                          1 for full lm logits)\n"
           "  --verbose               debug logging\n",
           out);
 }
@@ -81,6 +84,7 @@ static int parse(int argc, char **argv, worker_options_t *o, bool *verbose)
         {"credit", required_argument, NULL, 'c'}, {"max-batch-tokens", required_argument, NULL, 'T'},
         {"heartbeat-ms", required_argument, NULL, 'H'}, {"liveness", required_argument, NULL, 'l'},
         {"pipeline-prefix", required_argument, NULL, 'P'}, {"lang-rules", no_argument, NULL, 'R'},
+        {"projected-share", required_argument, NULL, 'S'},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt, map_stages = -1;
     uint64_t value;
@@ -104,6 +108,15 @@ static int parse(int argc, char **argv, worker_options_t *o, bool *verbose)
         case 'l': if (parse_uint("--liveness", optarg, 2, 1000, &value)) return -1; o->liveness = (uint32_t)value; break;
         case 'P': o->pipeline_prefix = optarg; break;
         case 'R': o->lang_rules = true; break;
+        case 'S': {
+            char *end = NULL;
+            o->projected_share = strtod(optarg, &end);
+            if (!*optarg || *end || !(o->projected_share >= 0.0 && o->projected_share <= 1.0)) {
+                fprintf(stderr, "xlm-worker: --projected-share %s: expected a number 0..1\n", optarg);
+                return -1;
+            }
+            break;
+        }
         case 'v': *verbose = true; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -131,6 +144,7 @@ void worker_options_default(worker_options_t *o)
     o->max_batch_tokens = 4096;
     o->heartbeat_ms = 500;
     o->liveness = 6;
+    o->projected_share = 0.5;
 }
 
 int main(int argc, char **argv)
@@ -141,7 +155,8 @@ int main(int argc, char **argv)
     if (parse(argc, argv, &options, &verbose))
         return 2;
     int provided = 0;
-    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) {
+    /* FUNNELED: stage 0 has a heartbeat thread, which never calls MPI. */
+    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "xlm-worker: MPI_Init failed\n");
         return 1;
     }

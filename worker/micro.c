@@ -120,9 +120,13 @@ static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
 
 size_t worker_packet_capacity(int64_t tokens, int64_t emb_dim)
 {
-    /* hidden + layout + ids/mask/p_mask per position + one item per row */
-    size_t per_token = (size_t)emb_dim * 4 + 4 + 1 + 8 + 8 + 8 + 4 + 8 + sizeof(packet_item_t) + 8;
-    return sizeof(packet_header_t) + (size_t)tokens * per_token + 4096;
+    /* Computed positions carry their hidden state and layout; padded cells
+     * (up to PROTO_PADDED_FACTOR per budgeted token) their ids, mask and
+     * p_mask; every row may be its own request. */
+    const size_t per_token = (size_t)emb_dim * 4 + 4 + 1;
+    const size_t per_cell = 8 + 8 + 4 + 8 /* row_start */ + sizeof(packet_item_t) + 3 * 8;
+    return sizeof(packet_header_t) + 4096 + (size_t)tokens * per_token +
+           (size_t)tokens * PROTO_PADDED_FACTOR * per_cell;
 }
 
 size_t worker_packet_size(const worker_micro_t *m)

@@ -3,18 +3,21 @@
 
 #include <stdlib.h>
 
-/* Cost of the head on the last stage, in units of one layer's compute per
- * token (24 emb^2 flops). */
-static double head_cost(const shard_config_t *c, shard_head_t head)
+/* Cost of the vocabulary projection on the last stage, in units of one
+ * layer's compute per token (24 emb^2 flops): 2 vocab emb flops for each
+ * projected position. */
+static double head_cost(const shard_config_t *c, double projected_share)
 {
-    if (head == SHARD_HEAD_LM)
-        return (double)c->vocab_size * 2.0 / (24.0 * (double)c->emb_dim);
-    return 0.0;
+    return projected_share * (double)c->vocab_size * 2.0 / (24.0 * (double)c->emb_dim);
 }
 
-shard_status_t worker_plan_layers(const shard_config_t *c, int n_stages, shard_head_t head,
+shard_status_t worker_plan_layers(const shard_config_t *c, int n_stages, double projected_share,
                                   int64_t *counts, shard_error_t *err)
 {
+    if (!(projected_share >= 0.0 && projected_share <= 1.0))
+        return shard_error_set(err, SHARD_ERR_RANGE,
+                               "worker_plan_layers: projected share %g, expected 0..1",
+                               projected_share);
     const int64_t n = c->n_layers;
     if (n_stages < 1 || n_stages > WORKER_MAX_STAGES || n_stages > n + 1)
         return shard_error_set(err, SHARD_ERR_RANGE,
@@ -23,7 +26,7 @@ shard_status_t worker_plan_layers(const shard_config_t *c, int n_stages, shard_h
                                (long long)(n + 1 < WORKER_MAX_STAGES ? n + 1 : WORKER_MAX_STAGES));
     /* Minimise the slowest stage: best[s][k] = the smallest maximum cost of
      * splitting the first k layers into stages 0..s. Layers cost 1 each. */
-    const double extra = head_cost(c, head);
+    const double extra = head_cost(c, projected_share);
     const size_t cols = (size_t)n + 1;
     double *best = malloc((size_t)n_stages * cols * sizeof *best);
     int64_t *cut = malloc((size_t)n_stages * cols * sizeof *cut);

@@ -258,7 +258,7 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
         snprintf(message, message_size, "mlm_pll: no position to score");
         return PROTO_STATUS_BAD_REQUEST;
     }
-    if (copies * seq > (int64_t)st->batch_tokens) {
+    if (copies * seq > (int64_t)st->batch_tokens) { /* copies are unpadded rows */
         snprintf(message, message_size,
                  "mlm_pll: %lld masked copies of %lld tokens exceed the worker's %llu tokens per "
                  "micro-batch (xlm-worker --max-batch-tokens)", (long long)copies, (long long)seq,
@@ -381,6 +381,9 @@ proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
     if (req->task == XLM__TASK__TASK_GENERATE &&
         (status = prepare_generate(p, c, req, message, message_size)) != PROTO_STATUS_OK)
         return status;
+    p->tokens = 0;
+    for (int64_t i = 0; i < p->item.rows * p->item.seq; i++)
+        p->tokens += p->mask[i] != 0;
     /* The engine's own checks: ids, langs, positions against the model. */
     shard_inputs_t in = {.batch = p->item.rows, .seq = p->item.seq, .n_choices = p->item.n_choices,
                          .input_ids = p->ids, .attention_mask = p->mask, .langs = p->langs,

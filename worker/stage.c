@@ -90,9 +90,58 @@ static void scored_texts(worker_stage_t *st, const worker_item_t *it, const shar
     }
 }
 
+/* clm_score of every row of a micro-batch at once: one pass of the
+ * vocabulary projection for all its requests instead of one each. */
+typedef struct {
+    shard_outputs_t outputs;
+    int64_t *offset; /* [batch]: where each row's scores start */
+    bool ok;
+} micro_clm_t;
+
+static void micro_clm_run(worker_stage_t *st, worker_micro_t *m, micro_clm_t *clm)
+{
+    memset(clm, 0, sizeof *clm);
+    shard_outputs_init(&clm->outputs);
+    bool any = false;
+    for (int i = 0; i < m->n_items; i++)
+        any |= m->items[i].task == PROTO_TASK_CLM_SCORE;
+    int64_t *from = any ? malloc((size_t)m->batch * sizeof *from) : NULL;
+    clm->offset = from ? malloc((size_t)m->batch * sizeof *clm->offset) : NULL;
+    if (!clm->offset) {
+        free(from);
+        return;
+    }
+    for (int64_t r = 0; r < m->batch; r++)
+        from[r] = m->seq; /* rows of other requests: nothing scored */
+    for (int i = 0; i < m->n_items; i++) {
+        const worker_item_t *it = &m->items[i];
+        for (int64_t r = 0; it->task == PROTO_TASK_CLM_SCORE && r < it->orig_rows; r++)
+            from[it->row0 + r] = it->score[r];
+    }
+    shard_inputs_t in = {.batch = m->batch, .seq = m->seq, .input_ids = m->input_ids,
+                         .attention_mask = m->attention_mask};
+    shard_error_t err = {0};
+    /* A failure here (e.g. a long row with explicit positions) falls back
+     * to each request on its own, which names the problem. */
+    clm->ok = shard_head_clm_score(st->model, m->acts, &in, from, &clm->outputs, &err) == SHARD_OK;
+    const shard_tensor_t *t = clm->ok ? shard_outputs_find(&clm->outputs, "token_logprobs") : NULL;
+    for (int64_t r = 0, at = 0; t && r < m->batch; r++) {
+        clm->offset[r] = at;
+        at += t->row_lengths[r];
+    }
+    free(from);
+}
+
+static void micro_clm_clear(micro_clm_t *clm)
+{
+    shard_outputs_clear(&clm->outputs);
+    free(clm->offset);
+    memset(clm, 0, sizeof *clm);
+}
+
 static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, const shard_acts_t *view,
-                                 const shard_inputs_t *in, shard_outputs_t *outputs,
-                                 shard_error_t *err)
+                                 const shard_inputs_t *in, const micro_clm_t *clm,
+                                 shard_outputs_t *outputs, shard_error_t *err)
 {
     shard_tensor_t *tokens = NULL, *sums = NULL;
     shard_status_t status = add_score_outputs(it, outputs, &tokens, &sums, err);
@@ -116,6 +165,14 @@ static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, co
         shard_outputs_clear(&one);
         free(mask_pos);
         free(targets);
+    } else if (clm && clm->ok) {
+        const shard_tensor_t *t = shard_outputs_find(&clm->outputs, "token_logprobs");
+        float *dst = tokens->f32;
+        for (int64_t r = 0; r < it->orig_rows; r++) {
+            memcpy(dst, t->f32 + clm->offset[it->row0 + r],
+                   (size_t)tokens->row_lengths[r] * sizeof *dst);
+            dst += tokens->row_lengths[r];
+        }
     } else {
         shard_outputs_t all;
         shard_outputs_init(&all);
@@ -144,7 +201,8 @@ static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, co
 }
 
 static shard_status_t run_item(worker_stage_t *st, worker_micro_t *m, const worker_item_t *item,
-                               shard_outputs_t *outputs, worker_texts_t *texts, shard_error_t *err)
+                               const micro_clm_t *clm, shard_outputs_t *outputs,
+                               worker_texts_t *texts, shard_error_t *err)
 {
     shard_inputs_t in;
     shard_acts_t view;
@@ -153,7 +211,7 @@ static shard_status_t run_item(worker_stage_t *st, worker_micro_t *m, const work
         return status;
     if (!(status = shard_acts_view(m->acts, item->row0, item->rows, item->seq, &view, err))) {
         if (item->task == PROTO_TASK_CLM_SCORE || item->task == PROTO_TASK_MLM_PLL) {
-            status = score_item(st, item, &view, &in, outputs, err);
+            status = score_item(st, item, &view, &in, clm, outputs, err);
             if (!status)
                 scored_texts(st, item, &in, texts);
         } else if (item->task >= 0 && item->task < SHARD_HEAD_COUNT_) {
@@ -183,12 +241,14 @@ int worker_finish_micro(worker_stage_t *st, worker_micro_t *m, int64_t *next_tok
         return -1;
     int rc = 0;
     const uint64_t batch_tokens = (uint64_t)(m->batch * m->seq);
+    micro_clm_t clm;
+    micro_clm_run(st, m, &clm);
     for (int i = 0; i < m->n_items; i++) {
         shard_outputs_t outputs;
         worker_texts_t texts = {0};
         shard_error_t err = {0};
         shard_outputs_init(&outputs);
-        shard_status_t status = run_item(st, m, &m->items[i], &outputs, &texts, &err);
+        shard_status_t status = run_item(st, m, &m->items[i], &clm, &outputs, &texts, &err);
         if (worker_reply_pack(&replies[i], &m->items[i], worker_status_of(status),
                               status ? err.message : NULL, &outputs, &texts, m->stage_us,
                               m->n_stages, batch_tokens, (uint32_t)m->n_items) != 0)
@@ -196,6 +256,7 @@ int worker_finish_micro(worker_stage_t *st, worker_micro_t *m, int64_t *next_tok
         worker_texts_clear(&texts);
         shard_outputs_clear(&outputs);
     }
+    micro_clm_clear(&clm);
     if (worker_replies_send(st->link, replies, (size_t)m->n_items, m->stage_us, m->n_stages) != 0)
         rc = -1;
     free(replies);
@@ -368,7 +429,9 @@ static int open_stage(worker_stage_t *st)
             return -1;
         }
         memcpy(counts, st->options->layer_counts, sizeof counts);
-    } else if (worker_plan_layers(&config, st->n_stages, config.head, counts, &err)) {
+    } else if (worker_plan_layers(&config, st->n_stages,
+                                  config.head == SHARD_HEAD_LM ? st->options->projected_share : 0.0,
+                                  counts, &err)) {
         worker_log(WORKER_LOG_ERROR, "%s", err.message);
         return -1;
     }

@@ -11,6 +11,7 @@ typedef struct {
     worker_item_t item;
     int64_t *ids, *mask, *positions, *langs, *types; /* [rows*seq] */
     float *p_mask;
+    int64_t tokens;           /* unmasked positions: what the stages compute */
     int64_t steps, lang_fill; /* generate */
     /* text rows: where the segments are (offset_a, length_a, offset_b,
      * length_b, length) per row, for the default scored positions */

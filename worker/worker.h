@@ -31,15 +31,19 @@ typedef struct {
     uint32_t heartbeat_ms;
     uint32_t liveness;       /* missed heartbeats before the broker is presumed gone */
     bool lang_rules;         /* tokenizer: per-language rules (see xlm-tokenize) */
+    double projected_share;  /* LM checkpoints: positions projected onto the vocabulary,
+                                for balancing the stages (default 0.5: scoring) */
 } worker_options_t;
 
 void worker_options_default(worker_options_t *options);
 
 /* Layers per stage, balanced by compute: each stage's layers plus, on the
- * last stage, the head (the LM head's vocabulary projection counts as
- * vocab / (12 emb_dim) layers). counts[n_stages] out. */
+ * last stage, the vocabulary projection of the share of positions the
+ * workload projects (lm: all, clm_score: the targets, about half; other
+ * heads: none), counted as share * vocab / (12 emb_dim) layers.
+ * counts[n_stages] out. */
 shard_status_t worker_plan_layers(const shard_config_t *config, int n_stages,
-                                  shard_head_t head, int64_t *counts, shard_error_t *err);
+                                  double projected_share, int64_t *counts, shard_error_t *err);
 
 /* Runs this rank until SIGTERM/SIGINT (drained) or a fatal error. Needs
  * MPI initialised. Returns 0, or 1 after logging the error. */

@@ -40,7 +40,7 @@ static void usage(FILE *out)
           "  --lang-rules          in process: tokenise with each language's rules (the\n"
           "                        service uses the mode its workers were started with)\n"
           "  --threads N           in process: BLAS threads (default 1)\n"
-          "  --window N            through the service: requests in flight (default 64)\n"
+          "  --window N            through the service: requests in flight (default 512)\n"
           "  --attempt-timeout-ms MS, --attempts N   through the service: retries\n"
           "  --quiet               no progress bar and no summary line\n",
           out);
@@ -147,7 +147,7 @@ static int parse(int argc, char **argv, cli_options_t *o)
         return -1;
     }
     if (o->score.window == 0)
-        o->score.window = 64;
+        o->score.window = 512;
     return 0;
 }
 
@@ -429,7 +429,7 @@ int main(int argc, char **argv)
     draw(&progress, true);
     double elapsed = now() - progress.start;
     if (rc == 0 && !o.quiet)
-        fprintf(stderr, "xlm-score: %lld lines (%lld scored, %lld errors) in %.1f s: %.0f lines/s, "
+        fprintf(stderr, "xlm-score: %lld lines (%lld scored, %lld errors) in %.2f s: %.1f lines/s, "
                         "%.0f target tokens/s, mean score %.4f\n",
                 (long long)progress.lines, (long long)(progress.lines - progress.errors),
                 (long long)progress.errors, elapsed, (double)progress.lines / (elapsed > 0 ? elapsed : 1),

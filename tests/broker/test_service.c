@@ -163,7 +163,7 @@ static void test_bad_requests(void **state)
 
     /* Over the padded-token budget of every pipeline (4096): 100 rows x 60. */
     test_client_send_tokens(fx->client, "b1", "tiny", PROTO_TASK_BASE, 100, 60, 0, 0);
-    bad_then_good(fx, "b1", PROTO_STATUS_TOO_LARGE, "6000 padded tokens");
+    bad_then_good(fx, "b1", PROTO_STATUS_TOO_LARGE, "needs 6000 tokens");
 
     /* Oversized message: 70 KB of ids past the 64 KiB limit. No id can be
      * read from a message that is not decoded: the reply has none. */
