@@ -165,6 +165,8 @@ shard_status_t shard_tok_moses(shard_tok_work_t *w, const shard_tok_rules_t *rul
                                shard_error_t *err);
 /* Collapses whitespace runs to one space and strips: text.split() joined. */
 shard_status_t shard_tok_split_whitespace(shard_tok_work_t *w, shard_error_t *err);
+/* Runs of whitespace to one space, none at either end. */
+void shard_tok_collapse_spaces(shard_tok_text_t *t);
 /* HF lowercase_and_remove_accent of one word: lower, NFD, drop Mn, lower. */
 shard_status_t shard_tok_lower_strip_accents(const uint32_t *word, size_t n,
                                              shard_tok_text_t *out, shard_error_t *err);

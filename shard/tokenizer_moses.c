@@ -148,30 +148,6 @@ void shard_tok_rules_init(shard_tok_rules_t *rules, const char *code,
 
 /* ---------------------------------------------------------------- passes */
 
-static bool is_space_fast(uint32_t c)
-{
-    if (c < 0x80)
-        return c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F);
-    return shard_tok_is_space(c);
-}
-
-static void dedup_spaces_strip(shard_tok_text_t *t)
-{
-    /* r"\s+" -> " " then strip(). */
-    size_t o = 0;
-    for (size_t i = 0; i < t->len; i++) {
-        if (is_space_fast(t->cp[i])) {
-            if (o > 0 && t->cp[o - 1] != ' ')
-                t->cp[o++] = ' ';
-        } else {
-            t->cp[o++] = t->cp[i];
-        }
-    }
-    if (o > 0 && t->cp[o - 1] == ' ')
-        o--;
-    t->len = o;
-}
-
 /* r"([^{IsAlnum}\s\.'\`\,\-])" -> r" \1 " */
 static void pad_not_alnum(shard_tok_work_t *w, bool hangul)
 {
@@ -584,7 +560,7 @@ shard_status_t shard_tok_moses(shard_tok_work_t *w, const shard_tok_rules_t *rul
                                shard_error_t *err)
 {
     shard_status_t st;
-    dedup_spaces_strip(&w->cur); /* DEDUPLICATE_SPACE, then strip() */
+    shard_tok_collapse_spaces(&w->cur); /* DEDUPLICATE_SPACE, then strip() */
     {
         /* ASCII_JUNK: r"[\000-\037]" -> "" (whitespace among them is gone). */
         shard_tok_text_t *t = &w->cur;
@@ -593,7 +569,7 @@ shard_status_t shard_tok_moses(shard_tok_work_t *w, const shard_tok_rules_t *rul
             if (t->cp[i] >= 0x20)
                 t->cp[o++] = t->cp[i];
         t->len = o;
-        dedup_spaces_strip(t);
+        shard_tok_collapse_spaces(t);
     }
     STEP(pad_not_alnum(w, rules->hangul_alpha));
     bool literal = has_literal(&w->cur, "DOTMULTI");
@@ -608,7 +584,7 @@ shard_status_t shard_tok_moses(shard_tok_work_t *w, const shard_tok_rules_t *rul
     if ((st = apostrophes(w, rules->apostrophes, err)))
         return st;
     STEP(nonbreaking_prefixes(w, rules));
-    dedup_spaces_strip(&w->cur);
+    shard_tok_collapse_spaces(&w->cur);
     if (!shard_tok_text_reserve(&w->cur, w->cur.len + 8))
         return shard_error_set(err, SHARD_ERR_NOMEM, "shard_tokenizer: out of memory");
     trailing_dot_apostrophe(&w->cur);
@@ -630,6 +606,6 @@ shard_status_t shard_tok_moses(shard_tok_work_t *w, const shard_tok_rules_t *rul
             shard_tok_work_swap(w);
         }
     }
-    dedup_spaces_strip(&w->cur);
+    shard_tok_collapse_spaces(&w->cur);
     return SHARD_OK;
 }

@@ -476,22 +476,30 @@ void shard_tok_romanian(shard_tok_text_t *t)
     }
 }
 
-shard_status_t shard_tok_split_whitespace(shard_tok_work_t *w, shard_error_t *err)
+void shard_tok_collapse_spaces(shard_tok_text_t *t)
 {
-    (void)err;
-    shard_tok_text_t *t = &w->cur;
+    /* r"\s+" -> " " then strip(); ASCII answered without the table. */
     size_t o = 0;
     for (size_t i = 0; i < t->len; i++) {
-        if (shard_tok_is_space(t->cp[i])) {
+        const uint32_t c = t->cp[i];
+        const bool space = c < 0x80 ? c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F)
+                                    : shard_tok_is_space(c);
+        if (space) {
             if (o > 0 && t->cp[o - 1] != ' ')
                 t->cp[o++] = ' ';
         } else {
-            t->cp[o++] = t->cp[i];
+            t->cp[o++] = c;
         }
     }
     if (o > 0 && t->cp[o - 1] == ' ')
         o--;
     t->len = o;
+}
+
+shard_status_t shard_tok_split_whitespace(shard_tok_work_t *w, shard_error_t *err)
+{
+    (void)err;
+    shard_tok_collapse_spaces(&w->cur);
     return SHARD_OK;
 }
 
