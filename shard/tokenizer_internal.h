@@ -165,6 +165,14 @@ shard_status_t shard_tok_moses(shard_tok_work_t *w, const shard_tok_rules_t *rul
                                shard_error_t *err);
 /* Collapses whitespace runs to one space and strips: text.split() joined. */
 shard_status_t shard_tok_split_whitespace(shard_tok_work_t *w, shard_error_t *err);
+/* shard_tok_is_space with ASCII answered without the table. */
+static inline bool shard_tok_is_space_fast(uint32_t c)
+{
+    if (c < 0x80)
+        return c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F);
+    return shard_tok_is_space(c);
+}
+
 /* Runs of whitespace to one space, none at either end. */
 void shard_tok_collapse_spaces(shard_tok_text_t *t);
 /* HF lowercase_and_remove_accent of one word: lower, NFD, drop Mn, lower. */

@@ -156,7 +156,7 @@ static void pad_not_alnum(shard_tok_work_t *w, bool hangul)
     for (size_t i = 0; i < in->len; i++) {
         uint32_t c = in->cp[i];
         bool keep = c == '.' || c == '\'' || c == '`' || c == ',' || c == '-' ||
-                    shard_tok_is_alnum(c, hangul) || is_space_fast(c);
+                    shard_tok_is_alnum(c, hangul) || shard_tok_is_space_fast(c);
         if (keep) {
             shard_tok_put(out, c);
         } else {

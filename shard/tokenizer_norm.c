@@ -478,13 +478,11 @@ void shard_tok_romanian(shard_tok_text_t *t)
 
 void shard_tok_collapse_spaces(shard_tok_text_t *t)
 {
-    /* r"\s+" -> " " then strip(); ASCII answered without the table. */
+    /* r"\s+" -> " " then strip(). */
     size_t o = 0;
     for (size_t i = 0; i < t->len; i++) {
         const uint32_t c = t->cp[i];
-        const bool space = c < 0x80 ? c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F)
-                                    : shard_tok_is_space(c);
-        if (space) {
+        if (shard_tok_is_space_fast(c)) {
             if (o > 0 && t->cp[o - 1] != ' ')
                 t->cp[o++] = ' ';
         } else {
