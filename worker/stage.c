@@ -469,11 +469,11 @@ static void pipeline_name(worker_stage_t *st)
     char host[128] = "localhost";
     gethostname(host, sizeof host - 1);
     if (st->options->pipeline_prefix)
-        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%s/p%d", st->options->pipeline_prefix,
-                 st->pipeline_index);
+        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%.110s/p%d",
+                 st->options->pipeline_prefix, st->pipeline_index);
     else
-        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%s@%s/p%d", st->options->name, host,
-                 st->pipeline_index);
+        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%.60s@%.50s/p%d", st->options->name,
+                 host, st->pipeline_index);
 }
 
 int worker_run(const worker_options_t *options)

@@ -51,7 +51,8 @@ done
 before=$(wc -l < "$run_dir/got.jsonl")
 case $fault in
   worker)
-    victim=$(pgrep -f "bin/xlm-worker --model $model" | tail -n 1)
+    # A rank of this job: a child of its mpirun, the last stage of the pipeline.
+    victim=$(pgrep -P "$(cat "$run_dir/mpirun.pid")" | tail -n 1)
     echo "faults: kill -9 worker rank pid $victim after $before answers"
     kill -9 "$victim" ;;
   broker)
