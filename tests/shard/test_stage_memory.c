@@ -1,0 +1,100 @@
+/* test_stage_memory.c: a pipeline stage's resident memory is its share of
+ * the weights. A checkpoint of 8 layers is opened whole and as the stage
+ * [3, 4) alone; after the same layer work, the stage has brought in about
+ * an eighth of the weight pages the whole model did. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shard.h"
+
+static char model_dir[4096];
+
+static size_t resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, resident = 0;
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%lu %lu", &size, &resident), 2);
+    fclose(f);
+    return resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(model_dir, sizeof model_dir, "%s/stage-memory-%d", XLM_TEST_TMP, (int)getpid());
+    char cmd[12000];
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s' && python3 '%s/tests/tools/make_checkpoint.py' '%s' '%s/tiny-clm-enfr' "
+             "--emb 256 --layers 8 --heads 4 --causal",
+             XLM_TEST_TMP, XLM_SOURCE_DIR, model_dir, XLM_MODELS_DIR);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", model_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Resident growth of opening a range and running its layers over 64 tokens. */
+static size_t growth_of(const shard_range_t *range)
+{
+    shard_error_t err = {0};
+    size_t before = resident_bytes();
+    shard_model_t *model = shard_model_open(model_dir, range, &err);
+    if (!model)
+        fail_msg("%s", err.message);
+    const int64_t d = shard_model_config(model)->emb_dim;
+    shard_acts_t *acts = shard_acts_new();
+    assert_int_equal(shard_acts_reserve(acts, 1, 64, d, 64, &err), SHARD_OK);
+    acts->row_start[0] = 0;
+    acts->row_start[1] = 64;
+    for (int64_t t = 0; t < 64; t++) {
+        acts->position[t] = (int32_t)t;
+        acts->is_real[t] = 1;
+        for (int64_t i = 0; i < d; i++)
+            acts->hidden[t * d + i] = (float)((t * 7 + i * 3) % 11) / 11.0f - 0.5f;
+    }
+    assert_int_equal(shard_run_layers(model, acts, &err), SHARD_OK);
+    size_t growth = resident_bytes() - before;
+    shard_acts_destroy(&acts);
+    shard_model_destroy(&model);
+    return growth;
+}
+
+static void stage_holds_its_share(void **state)
+{
+    (void)state;
+    /* A first run pays for BLAS's buffers, which both measurements share. */
+    shard_range_t warm = {7, 8, false, false};
+    growth_of(&warm);
+    shard_range_t stage = {3, 4, false, false};
+    shard_range_t whole = {0, 8, false, false};
+    size_t one = growth_of(&stage);
+    size_t all = growth_of(&whole);
+    /* One layer of emb 256: 786,432 float32 values, 3 MiB. */
+    print_message("resident growth: stage [3, 4) %zu KiB, layers [0, 8) %zu KiB\n", one / 1024,
+                  all / 1024);
+    assert_true(all >= 7 * (size_t)3 * 1024 * 1024);
+    assert_true(one <= all / 4);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(stage_holds_its_share),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
