@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Bad requests to the real service (broker + mpirun, 2 stages) each get their
+# error reply and the service keeps serving: unknown model, a task the model
+# does not serve, an id past the vocabulary, a row past the positions, an
+# empty row, ragged rows, a language id past n_langs; the good lines around
+# them are answered with the golden outputs.
+# Usage: service_errors.sh BUILD_DIR
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+build=$1
+model="$top/tests/golden/clm-lm"
+run_dir=$(mktemp -d /tmp/xlm-svc-errors-XXXXXX)
+mapfile -t ports < <("$top/tests/tools/free_ports" 2)
+cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
+trap cleanup EXIT
+"$top/deploy/local/start" --model "$model" --stages 2 --frontend-port "${ports[0]}" \
+  --backend-port "${ports[1]}" --run-dir "$run_dir" --build "$build" >/dev/null
+endpoint="tcp://127.0.0.1:${ports[0]}"
+
+good=$(head -n 1 "$model/cases.jsonl")
+long=$(python3 -c 'print(",".join(["7"] * 65))')
+{
+  echo "$good"
+  echo '{"name":"task","head":"qa","inputs":{"input_ids":[[0,7,8,1]]}}'
+  echo '{"name":"vocab","head":"lm","inputs":{"input_ids":[[0,5000,1]]}}'
+  echo "{\"name\":\"long\",\"head\":\"lm\",\"inputs\":{\"input_ids\":[[$long]]}}"
+  echo '{"name":"empty","head":"lm","inputs":{"input_ids":[[]]}}'
+  echo '{"name":"ragged","head":"lm","inputs":{"input_ids":[[0,7,1],[0,1]]}}'
+  echo '{"name":"lang","head":"lm","inputs":{"input_ids":[[0,7,1]],"langs":[[0,9,0]]}}'
+  echo 'not json at all'
+  echo "$good"
+} > "$run_dir/cases.jsonl"
+"$build/bin/xlm-client" infer --endpoint "$endpoint" < "$run_dir/cases.jsonl" > "$run_dir/out.jsonl"
+python3 - "$run_dir/out.jsonl" "$model/cases.jsonl" <<'PY'
+import json, sys
+got = [json.loads(l) for l in open(sys.argv[1])]
+golden = json.loads(open(sys.argv[2]).readline())
+assert len(got) == 9, len(got)
+codes = [g.get("error", {}).get("code", "ok") for g in got]
+print("service errors:", codes)
+expected = ["ok", "unknown_task", "bad_request", "too_large", "bad_request", "bad_input", "bad_request", "bad_input", "ok"]
+assert codes == expected, (codes, expected)
+for g in (got[0], got[8]):
+    exp = golden["outputs"]["logits"]
+    out = g["outputs"]["logits"]
+    worst = max(abs(a - b) for ra, rb in zip(out, exp) for sa, sb in zip(ra, rb) for a, b in zip(sa, sb))
+    assert worst < 1e-4, worst
+for g in got[1:8]:
+    assert g["error"]["message"], g
+print("service errors: each refused with its reason, the good lines before and after answered")
+PY
+# A model the service does not have.
+echo "$good" | "$build/bin/xlm-client" infer --endpoint "$endpoint" --model nope --attempts 1 > "$run_dir/nope.jsonl"
+grep -q '"code":"unknown_model"' "$run_dir/nope.jsonl" || { cat "$run_dir/nope.jsonl"; exit 1; }
+echo "service errors: unknown model named"
