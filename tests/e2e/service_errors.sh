@@ -50,7 +50,8 @@ for g in got[1:8]:
     assert g["error"]["message"], g
 print("service errors: each refused with its reason, the good lines before and after answered")
 PY
-# A model the service does not have.
-echo "$good" | "$build/bin/xlm-client" infer --endpoint "$endpoint" --model nope --attempts 1 > "$run_dir/nope.jsonl"
+# A model the service does not have: named once the broker's start-up grace
+# (time for pipelines to come back after a restart) is over.
+echo "$good" | "$build/bin/xlm-client" infer --endpoint "$endpoint" --model nope --attempts 30 --attempt-timeout-ms 2000 > "$run_dir/nope.jsonl"
 grep -q '"code":"unknown_model"' "$run_dir/nope.jsonl" || { cat "$run_dir/nope.jsonl"; exit 1; }
 echo "service errors: unknown model named"
