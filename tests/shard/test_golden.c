@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 
 #include "shard.h"
+#include "shard_internal.h"
 
 /* The golden set of tests/golden/README.md: 2 configs x 7 heads, and the
  * number of cases in it. Fewer means something was skipped. */
@@ -56,29 +57,10 @@ typedef struct {
 
 static char *read_text(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *text = malloc(cap + 1);
-    size_t got;
-    while (text && (got = fread(text + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            char *grown = realloc(text, 2 * cap + 1);
-            if (!grown) {
-                free(text);
-                text = NULL;
-                break;
-            }
-            text = grown;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (text)
-        text[len] = '\0';
-    return text;
+    char *text = NULL;
+    size_t size = 0;
+    shard_error_t err = {0};
+    return shard_read_file(path, (size_t)1 << 30, &text, &size, &err) == SHARD_OK ? text : NULL;
 }
 
 /* Next line of text at *cursor (newline replaced by NUL), skipping blank

@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "shard.h"
+#include "shard_internal.h"
 
 enum { MAX_STAGES = 3, PAD_ID = 2 };
 
@@ -57,28 +58,10 @@ static shard_model_t *open_or_fail(const char *dir, const shard_range_t *range)
 
 static char *read_text(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, len = 0, got;
-    char *text = malloc(cap + 1);
-    while (text && (got = fread(text + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            char *grown = realloc(text, 2 * cap + 1);
-            if (!grown) {
-                free(text);
-                text = NULL;
-                break;
-            }
-            text = grown;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (text)
-        text[len] = '\0';
-    return text;
+    char *text = NULL;
+    size_t size = 0;
+    shard_error_t err = {0};
+    return shard_read_file(path, (size_t)1 << 30, &text, &size, &err) == SHARD_OK ? text : NULL;
 }
 
 static char *next_line(char **cursor)
