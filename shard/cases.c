@@ -268,6 +268,25 @@ shard_status_t shard_case_run(shard_model_t *model, const shard_case_t *c,
 
 /* ------------------------------------------------------------ writing */
 
+bool shard_case_line_is_blank(const char *line)
+{
+    for (; *line; line++)
+        if (*line != ' ' && *line != '\t' && *line != '\r' && *line != '\n')
+            return false;
+    return true;
+}
+
+void shard_case_print(FILE *out, char *json, const char *name)
+{
+    if (json)
+        fprintf(out, "%s\n", json);
+    else
+        fprintf(out, "{\"name\":\"%s\",\"error\":{\"code\":\"out_of_memory\",\"message\":"
+                     "\"cannot format the result\"}}\n",
+                name && !strpbrk(name, "\"\\") ? name : "");
+    free(json);
+}
+
 typedef struct {
     char *text;
     size_t length, capacity;

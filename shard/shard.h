@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -343,6 +344,14 @@ void shard_case_clear(shard_case_t *c);
 char *shard_case_result_json(const char *name, const shard_outputs_t *outputs);
 /* The error line {"name": ..., "error": {"code": ..., "message": ...}}. */
 char *shard_case_error_json(const char *name, const shard_error_t *err);
+
+/* True for a line of only whitespace (the cases format skips those). */
+bool shard_case_line_is_blank(const char *line);
+
+/* Writes one result line and frees json; when json is NULL (it could not be
+ * formatted) an out_of_memory error line under name instead, so that every
+ * input line still gets its line. */
+void shard_case_print(FILE *out, char *json, const char *name);
 
 /* Runs a parsed case on a whole model (head, clm_score or greedy). */
 shard_status_t shard_case_run(shard_model_t *model, const shard_case_t *c,

@@ -105,15 +105,6 @@ static char *error_line(const char *name, const char *code, const char *message)
     return text;
 }
 
-static void print_line(char *json, const char *name)
-{
-    if (json)
-        puts(json);
-    else /* Even out of memory, every input line gets its line. */
-        printf("{\"name\":\"%s\",\"error\":{\"code\":\"out_of_memory\",\"message\":\"cannot format "
-               "the result\"}}\n", name && !strpbrk(name, "\"\\") ? name : "");
-    free(json);
-}
 
 /* The result's tensors as the engine's outputs, for shard_case_result_json. */
 static bool result_outputs(const xlm_result_t *result, shard_outputs_t *outputs, char *why,
@@ -271,7 +262,7 @@ static bool finish_first(infer_t *run)
         entry->line = result_line(entry->name, result);
         xlm_result_destroy(&result);
     }
-    print_line(entry->line, entry->name);
+    shard_case_print(stdout, entry->line, entry->name);
     free(entry->name);
     memset(entry, 0, sizeof *entry);
     run->first = (run->first + 1) % run->capacity;
@@ -279,13 +270,6 @@ static bool finish_first(infer_t *run)
     return true;
 }
 
-static bool is_blank(const char *line)
-{
-    for (; *line; line++)
-        if (*line != ' ' && *line != '\t' && *line != '\r' && *line != '\n')
-            return false;
-    return true;
-}
 
 static bool infer_stream(infer_t *run, FILE *in)
 {
@@ -297,7 +281,7 @@ static bool infer_stream(infer_t *run, FILE *in)
             ssize_t len = getline(&line, &line_capacity, in);
             if (len < 0) {
                 eof = true;
-            } else if (!is_blank(line)) {
+            } else if (!shard_case_line_is_blank(line)) {
                 entry_t *entry = &run->ring[(run->first + run->count) % run->capacity];
                 run->count++;
                 ok = start_line(run, entry, line, (size_t)len);

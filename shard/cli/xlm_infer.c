@@ -30,23 +30,7 @@ static void usage(FILE *out)
           out);
 }
 
-static bool is_blank(const char *line)
-{
-    for (; *line; line++)
-        if (*line != ' ' && *line != '\t' && *line != '\r' && *line != '\n')
-            return false;
-    return true;
-}
 
-static void print_line(char *json, const char *name)
-{
-    if (json)
-        puts(json);
-    else /* Even out of memory, every input line gets its line. */
-        printf("{\"name\":\"%s\",\"error\":{\"code\":\"out_of_memory\",\"message\":\"cannot format "
-               "the result\"}}\n", name && !strpbrk(name, "\"\\") ? name : "");
-    free(json);
-}
 
 static void run_line(shard_model_t *model, shard_head_t default_head, const char *line, size_t len)
 {
@@ -60,7 +44,7 @@ static void run_line(shard_model_t *model, shard_head_t default_head, const char
             c.head = default_head;
         status = shard_case_run(model, &c, &outputs, &err);
     }
-    print_line(status ? shard_case_error_json(c.name, &err)
+    shard_case_print(stdout, status ? shard_case_error_json(c.name, &err)
                       : shard_case_result_json(c.name, &outputs), c.name);
     shard_outputs_clear(&outputs);
     shard_case_clear(&c);
@@ -116,7 +100,7 @@ int main(int argc, char **argv)
     size_t capacity = 0;
     ssize_t len;
     while ((len = getline(&line, &capacity, stdin)) != -1)
-        if (!is_blank(line))
+        if (!shard_case_line_is_blank(line))
             run_line(model, head, line, (size_t)len);
     free(line);
     shard_model_destroy(&model);
