@@ -20,7 +20,8 @@ mkdir -p "$big"
 "$build/bin/bench-engine" --write "$big" --shape enfr-1024 --lm --causal
 for f in vocab.json merges.txt tokenizer_config.json special_tokens_map.json; do cp "$tiny/$f" "$big/"; done
 
-rate() { # output of xlm-score's summary -> lines/s and target tokens/s
+rate() { # output of xlm-score's summary -> lines/s and target tokens/s; every line scored
+  grep -q ' 0 errors)' "$1" || { echo "bench: lines failed: $(cat "$1")" >&2; exit 1; }
   sed -n 's/.* in \([0-9.]*\) s: \([0-9.]*\) lines\/s, \([0-9]*\) target tokens\/s.*/\2 \3/p' "$1"
 }
 offline() { # model threads input -> "lines/s tokens/s"

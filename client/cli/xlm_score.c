@@ -41,7 +41,10 @@ static void usage(FILE *out)
           "                        service uses the mode its workers were started with)\n"
           "  --threads N           in process: BLAS threads (default 1)\n"
           "  --window N            through the service: requests in flight (default 512)\n"
-          "  --attempt-timeout-ms MS, --attempts N   through the service: retries\n"
+          "  --attempt-timeout-ms MS, --attempts N   through the service: when to send a\n"
+          "                        request again (default 20000 ms, 60 sends)\n"
+          "  --deadline-ms MS      through the service: a pair's deadline, its time in the\n"
+          "                        queue included (default 600000, the broker's maximum)\n"
           "  --quiet               no progress bar and no summary line\n",
           out);
 }
@@ -91,6 +94,7 @@ static int parse(int argc, char **argv, cli_options_t *o)
         {"summary", required_argument, NULL, 'S'}, {"lang-rules", no_argument, NULL, 'R'},
         {"threads", required_argument, NULL, 'j'}, {"window", required_argument, NULL, 'w'},
         {"attempt-timeout-ms", required_argument, NULL, 'a'}, {"attempts", required_argument, NULL, 'A'},
+        {"deadline-ms", required_argument, NULL, 'D'},
         {"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     long value;
@@ -132,6 +136,7 @@ static int parse(int argc, char **argv, cli_options_t *o)
         case 'w': if (parse_int("--window", optarg, 1, 65536, &value)) return -1; o->score.window = (size_t)value; break;
         case 'a': if (parse_int("--attempt-timeout-ms", optarg, 1, 3600000, &value)) return -1; o->score.timeout_ms = (uint32_t)value; break;
         case 'A': if (parse_int("--attempts", optarg, 1, 1000, &value)) return -1; o->score.attempts = (uint32_t)value; break;
+        case 'D': if (parse_int("--deadline-ms", optarg, 1, 3600000, &value)) return -1; o->score.deadline_ms = (uint32_t)value; break;
         case 'q': o->quiet = true; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -148,6 +153,8 @@ static int parse(int argc, char **argv, cli_options_t *o)
     }
     if (o->score.window == 0)
         o->score.window = 512;
+    if (o->score.deadline_ms == 0)
+        o->score.deadline_ms = 600000;
     return 0;
 }
 

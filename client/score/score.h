@@ -103,6 +103,7 @@ typedef struct {
     size_t window;      /* service: requests in flight */
     uint32_t timeout_ms; /* service: per attempt */
     uint32_t attempts;  /* service */
+    uint32_t deadline_ms; /* service: per request, queueing included */
 } score_options_t;
 
 score_backend_t *score_backend_local(const score_options_t *options, char *error, size_t size);

@@ -85,6 +85,8 @@ static int service_submit(score_backend_t *self, score_pair_t *pair)
     request.task = s->options.mode == SCORE_MODE_CLM ? XLM_TASK_CLM_SCORE : XLM_TASK_MLM_PLL;
     request.text = &text;
     request.return_tokens = s->options.token_scores;
+    /* A scoring job keeps a deep queue: a pair may wait long for its turn. */
+    request.deadline_ms = s->options.deadline_ms;
     char id[XLM_ID_SIZE];
     /* The caller keeps pending() under max_pending, the client's window. */
     xlm_status_t status = xlm_client_submit(s->client, &request, id);
@@ -201,10 +203,11 @@ score_backend_t *score_backend_service(const score_options_t *options, char *err
     xlm_client_config_defaults(&config);
     config.endpoint = options->endpoint;
     config.window = options->window;
-    if (options->timeout_ms)
-        config.attempt_timeout_ms = options->timeout_ms;
-    if (options->attempts)
-        config.max_attempts = options->attempts;
+    /* Retries are for a lost message or a restarted broker, not for a long
+     * queue: wait long per attempt, and try many times. */
+    config.attempt_timeout_ms = options->timeout_ms ? options->timeout_ms : 20000;
+    config.max_attempts = options->attempts ? options->attempts : 60;
+    config.deadline_ms = 0; /* the request's own deadline, below, holds */
     xlm_error_t err;
     s->client = xlm_client_new(&config, &err);
     if (!s->client) {
