@@ -20,6 +20,7 @@ void broker_config_defaults(broker_config_t *c)
     c->max_message_bytes = PROTO_DEFAULT_LIMIT;
     c->default_deadline_ms = 30000;
     c->max_deadline_ms = 600000;
+    c->spin_us = 100;
     c->dedup_ms = 60000;
     c->dedup_max = 65536;
     c->dedup_bytes = (size_t)256 << 20;
@@ -281,13 +282,20 @@ broker_status_t broker_run(broker_t *b, const atomic_int *stop)
         {b->frontend, 0, ZMQ_POLLIN, 0},
         {b->backend, 0, ZMQ_POLLIN, 0},
     };
+    int64_t active_us = 0;
     for (;;) {
         int64_t now = broker_now_us();
         if (!b->stopping && stop && atomic_load(stop))
             begin_stop(b);
         if (b->stopping && stop_step(b, now))
             return BROKER_OK;
-        int rc = zmq_poll(items, 2, poll_timeout_ms(b, now));
+        /* Right after traffic the answer to it is usually on its way: look
+         * again without sleeping for a short while, which saves the wake-up
+         * of a blocked poll on the round trip. */
+        const bool spinning = now - active_us < (int64_t)b->config.spin_us;
+        int rc = zmq_poll(items, 2, spinning ? 0 : poll_timeout_ms(b, now));
+        if (rc > 0)
+            active_us = broker_now_us();
         if (rc < 0) {
             if (errno == EINTR)
                 continue;

@@ -60,6 +60,7 @@ typedef struct {
                                     past 4x this drop the connection (ZMQ_MAXMSGSIZE) */
     uint32_t default_deadline_ms;/* when a request gives none: 30000 */
     uint32_t max_deadline_ms;    /* cap on a request's deadline: 600000 */
+    uint32_t spin_us;            /* polls without sleeping this long after traffic: 100 */
     uint32_t dedup_ms;           /* completed replies kept for retries: 60000 (0: none) */
     size_t dedup_max;            /* at most this many kept: 65536 */
     size_t dedup_bytes;          /* and at most this many bytes: 256 MiB */

@@ -45,10 +45,12 @@ static void usage(FILE *out)
             "                             UNKNOWN_MODEL (pipelines registering again) [%u]\n"
             "  --batch-scan N             queued requests looked at per micro-batch [%zu]\n"
             "  --batch-max-requests N     requests per micro-batch [%zu]\n"
+            "  --spin-us N                after traffic, poll without sleeping this long: the\n"
+            "                             round trip skips a wake-up; 0 never spins [%u]\n"
             "  --log-level LEVEL          debug, info, warn or error [info]\n",
             d.heartbeat_ms, d.liveness, d.queue_max, d.queue_bytes, d.max_message_bytes,
             d.default_deadline_ms, d.max_deadline_ms, d.dedup_ms, d.dedup_max, d.dedup_bytes,
-            d.drain_ms, d.startup_grace_ms, d.batch_scan, d.batch_max_requests);
+            d.drain_ms, d.startup_grace_ms, d.batch_scan, d.batch_max_requests, d.spin_us);
 }
 
 /* Parses a whole decimal number in [min, max]. */
@@ -68,7 +70,7 @@ static int parse_u64(const char *opt, const char *text, uint64_t min, uint64_t m
 
 enum {
     OPT_FRONTEND = 256, OPT_BACKEND, OPT_HEARTBEAT, OPT_LIVENESS, OPT_QUEUE_MAX, OPT_QUEUE_BYTES,
-    OPT_MAX_MESSAGE, OPT_DEFAULT_DEADLINE, OPT_MAX_DEADLINE, OPT_DEDUP_MS, OPT_DEDUP_MAX,
+    OPT_SPIN, OPT_MAX_MESSAGE, OPT_DEFAULT_DEADLINE, OPT_MAX_DEADLINE, OPT_DEDUP_MS, OPT_DEDUP_MAX,
     OPT_DEDUP_BYTES, OPT_DRAIN, OPT_GRACE, OPT_BATCH_SCAN, OPT_BATCH_MAX, OPT_LOG_LEVEL, OPT_HELP
 };
 
@@ -82,6 +84,7 @@ static const struct option options[] = {
     {"max-message-bytes", required_argument, NULL, OPT_MAX_MESSAGE},
     {"default-deadline-ms", required_argument, NULL, OPT_DEFAULT_DEADLINE},
     {"max-deadline-ms", required_argument, NULL, OPT_MAX_DEADLINE},
+    {"spin-us", required_argument, NULL, OPT_SPIN},
     {"dedup-ms", required_argument, NULL, OPT_DEDUP_MS},
     {"dedup-max", required_argument, NULL, OPT_DEDUP_MAX},
     {"dedup-bytes", required_argument, NULL, OPT_DEDUP_BYTES},
@@ -116,6 +119,7 @@ static int apply_option(broker_config_t *c, int opt, const char *name, const cha
     case OPT_MAX_MESSAGE: if (parse_u64(name, arg, 64, 1u << 30, &v)) return -1; c->max_message_bytes = v; return 0;
     case OPT_DEFAULT_DEADLINE: if (parse_u64(name, arg, 1, u32, &v)) return -1; c->default_deadline_ms = (uint32_t)v; return 0;
     case OPT_MAX_DEADLINE: if (parse_u64(name, arg, 1, u32, &v)) return -1; c->max_deadline_ms = (uint32_t)v; return 0;
+    case OPT_SPIN: if (parse_u64(name, arg, 0, 100000, &v)) return -1; c->spin_us = (uint32_t)v; return 0;
     case OPT_DEDUP_MS: if (parse_u64(name, arg, 0, u32, &v)) return -1; c->dedup_ms = (uint32_t)v; return 0;
     case OPT_DEDUP_MAX: if (parse_u64(name, arg, 0, big, &v)) return -1; c->dedup_max = v; return 0;
     case OPT_DEDUP_BYTES: if (parse_u64(name, arg, 0, big, &v)) return -1; c->dedup_bytes = v; return 0;
