@@ -9,6 +9,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -156,4 +157,27 @@ Xlm__ServiceMessage *fx_expect(fx_t *fx, const char *id, proto_status_t status, 
 bool fx_broker_alive(const fx_t *fx)
 {
     return fx->broker > 0 && waitpid(fx->broker, NULL, WNOHANG) == 0;
+}
+
+int fx_state_setup(void **state, const char *const *extra)
+{
+    fx_t *fx = calloc(1, sizeof *fx);
+    if (!fx)
+        return -1;
+    if (fx_start(fx, extra) != 0) {
+        fx_teardown(fx);
+        free(fx);
+        return -1;
+    }
+    *state = fx;
+    return 0;
+}
+
+int fx_state_teardown(void **state)
+{
+    fx_t *fx = *state;
+    int rc = fx_teardown(fx);
+    free(fx);
+    *state = NULL;
+    return rc;
 }

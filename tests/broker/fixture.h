@@ -31,6 +31,10 @@ int fx_start(fx_t *fx, const char *const *extra);
 /* Stops workers, clients and the broker (SIGTERM); -1 when the broker
  * does not exit cleanly with status 0. */
 int fx_teardown(fx_t *fx);
+/* cmocka set-up and tear-down of a fixture in *state: a new fx started with
+ * extra (see fx_start), and its teardown and free. */
+int fx_state_setup(void **state, const char *const *extra);
+int fx_state_teardown(void **state);
 /* Starts worker slot i with the defaults, model and pipeline, after tweak
  * (may be NULL), and waits until the broker lists it. */
 fake_worker_t *fx_worker(fx_t *fx, int i, const char *model, const char *pipeline,

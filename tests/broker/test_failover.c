@@ -16,20 +16,10 @@
 
 static int setup(void **state)
 {
-    fx_t *fx = calloc(1, sizeof *fx);
-    if (!fx || fx_start(fx, NULL) != 0)
-        return -1;
-    *state = fx;
-    return 0;
+    return fx_state_setup(state, NULL);
 }
 
-static int teardown(void **state)
-{
-    fx_t *fx = *state;
-    int rc = fx_teardown(fx);
-    free(fx);
-    return rc;
-}
+static int teardown(void **state) { return fx_state_teardown(state); }
 
 /* Receives n responses, all OK, each id of ids[] exactly once, then
  * nothing more for quiet_ms. */

@@ -20,20 +20,10 @@ enum { QUEUE_MAX = 20 };
 static int setup(void **state)
 {
     static const char *const args[] = {"--queue-max", "20", NULL};
-    fx_t *fx = calloc(1, sizeof *fx);
-    if (!fx || fx_start(fx, args) != 0)
-        return -1;
-    *state = fx;
-    return 0;
+    return fx_state_setup(state, args);
 }
 
-static int teardown(void **state)
-{
-    fx_t *fx = *state;
-    int rc = fx_teardown(fx);
-    free(fx);
-    return rc;
-}
+static int teardown(void **state) { return fx_state_teardown(state); }
 
 static void slow(fake_worker_config_t *c)
 {

@@ -18,20 +18,10 @@
 
 static int setup(void **state)
 {
-    fx_t *fx = calloc(1, sizeof *fx);
-    if (!fx || fx_start(fx, NULL) != 0)
-        return -1;
-    *state = fx;
-    return 0;
+    return fx_state_setup(state, NULL);
 }
 
-static int teardown(void **state)
-{
-    fx_t *fx = *state;
-    int rc = fx_teardown(fx);
-    free(fx);
-    return rc;
-}
+static int teardown(void **state) { return fx_state_teardown(state); }
 
 /* ------------------------------------------------------------ restart */
 

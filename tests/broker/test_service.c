@@ -20,20 +20,10 @@ static const char *const broker_args[] = {"--max-message-bytes", "65536", NULL};
 
 static int setup(void **state)
 {
-    fx_t *fx = calloc(1, sizeof *fx);
-    if (!fx || fx_start(fx, broker_args) != 0)
-        return -1;
-    *state = fx;
-    return 0;
+    return fx_state_setup(state, broker_args);
 }
 
-static int teardown(void **state)
-{
-    fx_t *fx = *state;
-    int rc = fx_teardown(fx);
-    free(fx);
-    return rc;
-}
+static int teardown(void **state) { return fx_state_teardown(state); }
 
 static void expect_sum(const Xlm__ServiceMessage *msg, int64_t rows, int64_t row_len, int64_t seed)
 {

@@ -27,7 +27,7 @@
 #include <sys/stat.h>
 
 #include "shard.h"
-#include "shard_internal.h"
+#include "case_files.h"
 
 /* The golden set of tests/golden/README.md: 2 configs x 7 heads, and the
  * number of cases in it. Fewer means something was skipped. */
@@ -55,31 +55,7 @@ typedef struct {
 
 /* ------------------------------------------------------------ files */
 
-static char *read_text(const char *path)
-{
-    char *text = NULL;
-    size_t size = 0;
-    shard_error_t err = {0};
-    return shard_read_file(path, (size_t)1 << 30, &text, &size, &err) == SHARD_OK ? text : NULL;
-}
 
-/* Next line of text at *cursor (newline replaced by NUL), skipping blank
- * lines; NULL at the end. */
-static char *next_line(char **cursor)
-{
-    while (**cursor == '\n' || **cursor == '\r')
-        (*cursor)++;
-    if (!**cursor)
-        return NULL;
-    char *line = *cursor, *end = strchr(line, '\n');
-    if (end) {
-        *end = '\0';
-        *cursor = end + 1;
-    } else {
-        *cursor = line + strlen(line);
-    }
-    return line;
-}
 
 /* ------------------------------------------------------------ flattened values
  *

@@ -32,7 +32,7 @@
 #include <string.h>
 
 #include "shard.h"
-#include "shard_internal.h"
+#include "case_files.h"
 
 enum { MAX_STAGES = 3, PAD_ID = 2 };
 
@@ -56,29 +56,7 @@ static shard_model_t *open_or_fail(const char *dir, const shard_range_t *range)
     return model;
 }
 
-static char *read_text(const char *path)
-{
-    char *text = NULL;
-    size_t size = 0;
-    shard_error_t err = {0};
-    return shard_read_file(path, (size_t)1 << 30, &text, &size, &err) == SHARD_OK ? text : NULL;
-}
 
-static char *next_line(char **cursor)
-{
-    while (**cursor == '\n' || **cursor == '\r')
-        (*cursor)++;
-    if (!**cursor)
-        return NULL;
-    char *line = *cursor, *end = strchr(line, '\n');
-    if (end) {
-        *end = '\0';
-        *cursor = end + 1;
-    } else {
-        *cursor = line + strlen(line);
-    }
-    return line;
-}
 
 /* The parsed cases of a golden folder that a pipeline can run (greedy
  * generation needs the whole model and is left out). */
