@@ -5,7 +5,7 @@
  * Usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]
  * Each shape ends with one line:
  *   shape=NAME tokens_per_s=... gflops=... sgemm_gflops=... ratio=...  */
-#include "shard.h"
+#include "shard_engine.h"
 
 #include <cblas.h>
 #include <getopt.h>

@@ -8,7 +8,8 @@
  *   mlm-pll: shard_score_rows vs n_target_tokens x the forward pass of the
  *            pair, and vs the forward pass of all masked copies (no head).
  * Ratios near 1 mean the vocabulary projection is a small share. */
-#include "shard.h"
+#include "shard_engine.h"
+#include "shard_tokenizer.h"
 
 #include <getopt.h>
 #include <stdio.h>

@@ -9,7 +9,7 @@
  * One line per mode:
  *   mode=hf mb=... sentences=... mb_per_s=... sentences_per_s=... target_mb_per_s=5
  *   ratio_to_target=... scan_mb_per_s=...  */
-#include "shard.h"
+#include "shard_tokenizer.h"
 
 #include <getopt.h>
 #include <stdio.h>

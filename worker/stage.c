@@ -430,7 +430,7 @@ static int open_stage(worker_stage_t *st)
         }
         memcpy(counts, st->options->layer_counts, sizeof counts);
     } else if (worker_plan_layers(&config, st->n_stages,
-                                  config.head == SHARD_HEAD_LM ? st->options->projected_share : 0.0,
+                                  shard_head_of_architecture(config.architecture) == SHARD_HEAD_LM ? st->options->projected_share : 0.0,
                                   counts, &err)) {
         worker_log(WORKER_LOG_ERROR, "%s", err.message);
         return -1;

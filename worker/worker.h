@@ -13,7 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "shard.h"
+#include "shard_engine.h"
+#include "shard_tokenizer.h"
 
 enum { WORKER_MAX_STAGES = 64, WORKER_NAME_MAX = 128 };
 

@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 
 #include "fixture.h"
-#include "shard.h"
+#include "cases.h"
 
 #define XLM_CLIENT XLM_BIN_DIR "/xlm-client"
 
@@ -113,7 +113,7 @@ static char *format_expected(const char *name)
     ragged->row_lengths = malloc(sizeof fmt_ragged_rows);
     memcpy(ragged->row_lengths, fmt_ragged_rows, sizeof fmt_ragged_rows);
     memcpy(ints->i64, fmt_ints, sizeof fmt_ints);
-    char *line = shard_case_result_json(name, &outputs);
+    char *line = case_result_json(name, &outputs);
     shard_outputs_clear(&outputs);
     return line;
 }
@@ -219,11 +219,11 @@ static void expect_line(const char *got, const char *want)
 /* The error line xlm-infer writes for a line that does not parse. */
 static char *parse_error_line(const char *line)
 {
-    shard_case_t c;
+    case_t c;
     shard_error_t err = {0};
-    assert_int_not_equal(shard_case_parse(line, strlen(line), &c, &err), SHARD_OK);
-    char *json = shard_case_error_json(c.name, &err);
-    shard_case_clear(&c);
+    assert_int_not_equal(case_parse(line, strlen(line), &c, &err), SHARD_OK);
+    char *json = case_error_json(c.name, &err);
+    case_clear(&c);
     return json;
 }
 

@@ -4,7 +4,7 @@
 
 #include <string.h>
 
-#include "shard_internal.h"
+#include "shard_common.h"
 
 /* A whole file, NUL-terminated (free it), or NULL. */
 static inline char *read_text(const char *path)

@@ -27,7 +27,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "shard_internal.h"
+#include "cases.h"
+#include "engine_internal.h"
 
 enum { MAX_TENSORS = 256, PATH_MAX_LEN = 1024 };
 
@@ -761,18 +762,18 @@ static void test_case_line_with_unknown_head(void **state)
     (void)state;
     const char *line = "{\"name\": \"x\", \"head\": \"summarize\", "
                        "\"inputs\": {\"input_ids\": [[0, 1]]}}";
-    shard_case_t c;
+    case_t c;
     shard_error_t err = {0};
-    assert_int_equal(shard_case_parse(line, strlen(line), &c, &err), SHARD_ERR_HEAD);
+    assert_int_equal(case_parse(line, strlen(line), &c, &err), SHARD_ERR_HEAD);
     assert_string_equal(c.name, "x");
     assert_non_null(strstr(err.message, "summarize"));
-    shard_case_clear(&c);
+    case_clear(&c);
 }
 
 /* ------------------------------------------------------------ other float types */
 
 typedef struct {
-    shard_case_t cases[16];
+    case_t cases[16];
     shard_outputs_t outputs[16];
     int count;
 } golden_runs_t;
@@ -791,10 +792,10 @@ static void run_cases(const char *dir, golden_runs_t *runs)
     runs->count = 0;
     while ((line = strtok_r(cursor, "\n", &cursor)) != NULL) {
         assert_true(runs->count < 16);
-        shard_case_t *c = &runs->cases[runs->count];
+        case_t *c = &runs->cases[runs->count];
         shard_outputs_init(&runs->outputs[runs->count]);
-        if (shard_case_parse(line, strlen(line), c, &err) ||
-            shard_case_run(model, c, &runs->outputs[runs->count], &err))
+        if (case_parse(line, strlen(line), c, &err) ||
+            case_run(model, c, &runs->outputs[runs->count], &err))
             fail_msg("%s: %s", dir, err.message);
         runs->count++;
     }
@@ -807,7 +808,7 @@ static void clear_runs(golden_runs_t *runs)
 {
     for (int i = 0; i < runs->count; i++) {
         shard_outputs_clear(&runs->outputs[i]);
-        shard_case_clear(&runs->cases[i]);
+        case_clear(&runs->cases[i]);
     }
     runs->count = 0;
 }

@@ -2,8 +2,8 @@
  *
  * For each checkpoint folder under XLM_GOLDEN_DIR (found by listing the
  * directory, one cmocka test per folder) the whole model is opened, every
- * line of cases.jsonl is parsed with shard_case_parse and run with
- * shard_case_run, and every expected output is compared: shapes (ragged rows
+ * line of cases.jsonl is parsed with case_parse and run with
+ * case_run, and every expected output is compared: shapes (ragged rows
  * included) exactly, ids and indices exactly, floats within the tolerance of
  * tests/golden/README.md (1e-4 + 1e-4 |expected|, 1e-3 absolute for
  * sum_logprob). A last test checks that all the expected folders and cases
@@ -26,7 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "shard.h"
+#include "cases.h"
 #include "case_files.h"
 
 /* The golden set of tests/golden/README.md: 2 configs x 7 heads, and the
@@ -259,21 +259,21 @@ static long long run_golden_line(shard_model_t *model, const char *dir_name, con
     if (cJSON_IsString(name))
         snprintf(where, sizeof where, "%s %s", dir_name, name->valuestring);
 
-    shard_case_t c;
+    case_t c;
     shard_error_t err = {0};
     shard_outputs_t outputs;
     shard_outputs_init(&outputs);
-    shard_status_t status = shard_case_parse(line, strlen(line), &c, &err);
+    shard_status_t status = case_parse(line, strlen(line), &c, &err);
     if (status)
-        fail_msg("%s: shard_case_parse: %s (%s)", where, err.message, shard_status_str(status));
+        fail_msg("%s: case_parse: %s (%s)", where, err.message, shard_status_str(status));
     assert_string_equal(c.name, cJSON_IsString(name) ? name->valuestring : "");
-    status = shard_case_run(model, &c, &outputs, &err);
+    status = case_run(model, &c, &outputs, &err);
     if (status)
-        fail_msg("%s: shard_case_run: %s (%s)", where, err.message, shard_status_str(status));
+        fail_msg("%s: case_run: %s (%s)", where, err.message, shard_status_str(status));
     long long values = compare_outputs(where, &outputs,
                                        cJSON_GetObjectItemCaseSensitive(golden, "outputs"));
     shard_outputs_clear(&outputs);
-    shard_case_clear(&c);
+    case_clear(&c);
     cJSON_Delete(golden);
     return values;
 }
@@ -310,13 +310,13 @@ static void test_golden_dir(void **state)
 /* The in-process result of a golden line, as a parsed case and outputs. */
 static void run_in_process(shard_model_t *model, const char *line, shard_outputs_t *outputs)
 {
-    shard_case_t c;
+    case_t c;
     shard_error_t err = {0};
     shard_outputs_init(outputs);
-    if (shard_case_parse(line, strlen(line), &c, &err) ||
-        shard_case_run(model, &c, outputs, &err))
+    if (case_parse(line, strlen(line), &c, &err) ||
+        case_run(model, &c, outputs, &err))
         fail_msg("in-process run failed: %s", err.message);
-    shard_case_clear(&c);
+    case_clear(&c);
 }
 
 /* One CLI result line against the golden line and the in-process outputs. */

@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "shard.h"
+#include "cases.h"
 
 enum { PAD = 2, MAX_SEQ = 64 };
 
@@ -77,20 +77,20 @@ static void expect_bad_inputs(shard_model_t *model, shard_head_t head, const sha
 /* A JSON case line must fail to parse or to run with SHARD_ERR_INPUT. */
 static void expect_bad_line(shard_model_t *model, const char *line, ...)
 {
-    shard_case_t c;
+    case_t c;
     shard_error_t err = {0};
     shard_outputs_t outputs;
     shard_outputs_init(&outputs);
-    shard_status_t status = shard_case_parse(line, strlen(line), &c, &err);
+    shard_status_t status = case_parse(line, strlen(line), &c, &err);
     if (!status)
-        status = shard_case_run(model, &c, &outputs, &err);
+        status = case_run(model, &c, &outputs, &err);
     va_list args;
     va_start(args, line);
     expect_error_v(line, status, &err, SHARD_ERR_INPUT, args);
     va_end(args);
     assert_int_equal(outputs.count, 0);
     assert_string_equal(c.name, "bad"); /* every line below is named "bad" */
-    shard_case_clear(&c);
+    case_clear(&c);
 }
 
 /* Deterministic ids in [14, vocab): no special token, no pad. */

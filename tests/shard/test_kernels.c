@@ -1,4 +1,4 @@
-/* test_kernels.c: the numeric kernels of shard/ (shard_internal.h) against
+/* test_kernels.c: the numeric kernels of shard/engine/ (engine_internal.h) against
  * hand-computed values.
  *
  * Every expected number below was worked out by hand or with a desk
@@ -15,7 +15,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "shard_internal.h"
+#include "engine_internal.h"
 
 /* |got - want| <= tol, with both numbers in the failure message. */
 #define assert_close(got, want, tol)                                                        \

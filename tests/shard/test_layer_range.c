@@ -8,7 +8,7 @@
  * shard_run_layers on each stage in turn (the activations copied into a
  * fresh shard_acts_t between stages, as a transport would) and shard_head
  * (or shard_head_clm_score) on the last, and the outputs must be
- * bit-identical to shard_case_run on the whole model: the same kernels run
+ * bit-identical to case_run on the whole model: the same kernels run
  * on the same packed activations in the same order.
  *
  * A last stage that batched several requests runs each one's head on a
@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "shard.h"
+#include "cases.h"
 #include "case_files.h"
 
 enum { MAX_STAGES = 3, PAD_ID = 2 };
@@ -61,7 +61,7 @@ static shard_model_t *open_or_fail(const char *dir, const shard_range_t *range)
 /* The parsed cases of a golden folder that a pipeline can run (greedy
  * generation needs the whole model and is left out). */
 typedef struct {
-    shard_case_t cases[32];
+    case_t cases[32];
     int count;
 } case_list_t;
 
@@ -75,13 +75,13 @@ static void load_cases(const char *dir, case_list_t *list)
     list->count = 0;
     while ((line = next_line(&cursor)) != NULL) {
         shard_error_t err = {0};
-        shard_case_t *c = &list->cases[list->count];
+        case_t *c = &list->cases[list->count];
         if (list->count == 32)
             fail_msg("%s: more than 32 cases", path);
-        if (shard_case_parse(line, strlen(line), c, &err))
+        if (case_parse(line, strlen(line), c, &err))
             fail_msg("%s: %s", path, err.message);
-        if (c->kind == SHARD_CASE_GREEDY)
-            shard_case_clear(c);
+        if (c->kind == CASE_GREEDY)
+            case_clear(c);
         else
             list->count++;
     }
@@ -93,7 +93,7 @@ static void load_cases(const char *dir, case_list_t *list)
 static void clear_cases(case_list_t *list)
 {
     for (int i = 0; i < list->count; i++)
-        shard_case_clear(&list->cases[i]);
+        case_clear(&list->cases[i]);
     list->count = 0;
 }
 
@@ -115,7 +115,7 @@ static shard_acts_t *ship(const shard_acts_t *from)
 }
 
 /* Embed on stages[0], layers on every stage, head on the last. */
-static void run_pipeline(shard_model_t **stages, int n_stages, const shard_case_t *c,
+static void run_pipeline(shard_model_t **stages, int n_stages, const case_t *c,
                          shard_outputs_t *outputs)
 {
     shard_error_t err = {0};
@@ -133,9 +133,9 @@ static void run_pipeline(shard_model_t **stages, int n_stages, const shard_case_
             fail_msg("%s: stage %d: shard_run_layers: %s", c->name, s, err.message);
     }
     shard_model_t *last = stages[n_stages - 1];
-    shard_head_t head = c->head == SHARD_HEAD_COUNT_ ? shard_model_config(last)->head : c->head;
+    shard_head_t head = c->head == SHARD_HEAD_COUNT_ ? shard_model_default_head(last) : c->head;
     shard_status_t status =
-        c->kind == SHARD_CASE_CLM_SCORE
+        c->kind == CASE_CLM_SCORE
             ? shard_head_clm_score(last, acts, &c->inputs, NULL, outputs, &err)
             : shard_head(last, head, acts, &c->inputs, outputs, &err);
     if (status)
@@ -218,7 +218,7 @@ static void check_folder(const char *dir, int *two_stage, int *three_stage)
     for (int i = 0; i < cases.count; i++) {
         shard_error_t err = {0};
         shard_outputs_init(&whole[i]);
-        if (shard_case_run(model, &cases.cases[i], &whole[i], &err))
+        if (case_run(model, &cases.cases[i], &whole[i], &err))
             fail_msg("%s %s: whole model: %s", dir, cases.cases[i].name, err.message);
     }
     shard_model_destroy(&model);
@@ -365,7 +365,7 @@ static void assert_outputs_close(const char *where, const shard_outputs_t *got,
 }
 
 /* Runs case c inside a micro-batch and its head on a view of its rows. */
-static void run_in_micro_batch(shard_model_t *model, const shard_case_t *c,
+static void run_in_micro_batch(shard_model_t *model, const case_t *c,
                                shard_outputs_t *outputs)
 {
     const shard_config_t *config = shard_model_config(model);
@@ -380,9 +380,9 @@ static void run_in_micro_batch(shard_model_t *model, const shard_case_t *c,
     if (shard_embed(model, &in, acts, &err) || shard_run_layers(model, acts, &err) ||
         shard_acts_view(acts, VIEW_PRE, c->inputs.batch, c->inputs.seq, &view, &err))
         fail_msg("%s: micro-batch: %s", c->name, err.message);
-    shard_head_t head = c->head == SHARD_HEAD_COUNT_ ? config->head : c->head;
+    shard_head_t head = c->head == SHARD_HEAD_COUNT_ ? shard_head_of_architecture(config->architecture) : c->head;
     shard_status_t status =
-        c->kind == SHARD_CASE_CLM_SCORE
+        c->kind == CASE_CLM_SCORE
             ? shard_head_clm_score(model, &view, &c->inputs, NULL, outputs, &err)
             : shard_head(model, head, &view, &c->inputs, outputs, &err);
     if (status)
@@ -410,7 +410,7 @@ static void test_head_on_view_matches_request_alone(void **state)
                          cases.cases[i].name);
                 shard_outputs_init(&alone);
                 shard_outputs_init(&viewed);
-                if (shard_case_run(model, &cases.cases[i], &alone, &err))
+                if (case_run(model, &cases.cases[i], &alone, &err))
                     fail_msg("%s: %s", where, err.message);
                 run_in_micro_batch(model, &cases.cases[i], &viewed);
                 assert_outputs_close(where, &viewed, &alone);

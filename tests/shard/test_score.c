@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "shard.h"
+#include "shard_engine.h"
 
 static int64_t *int_array(const cJSON *list, int64_t *n)
 {

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "shard.h"
+#include "shard_engine.h"
 
 static char model_dir[4096];
 

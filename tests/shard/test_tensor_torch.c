@@ -2,7 +2,7 @@
  *
  * The golden clm-lm checkpoint is checked bit for bit against its
  * model.safetensors, read here by a tiny independent reader (cJSON for the
- * header), so this test does not depend on shard/safetensors.c.
+ * header), so this test does not depend on shard/checkpoint/safetensors.c.
  *
  * Malformed archives are built at test time under XLM_TEST_TMP with libzip:
  * variants of the golden archive (entries dropped or replaced) and small
@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <zip.h>
 
-#include "tensor_file.h"
+#include "shard_checkpoint.h"
 
 #define GOLDEN_BIN XLM_GOLDEN_DIR "/clm-lm/pytorch_model.bin"
 #define GOLDEN_ST XLM_GOLDEN_DIR "/clm-lm/model.safetensors"

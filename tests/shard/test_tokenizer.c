@@ -1,7 +1,7 @@
 /* test_tokenizer.c: the XLM tokenizer through its public API and its CLI:
  * every golden case in both modes, special tokens, hard characters, decode,
  * errors, save_vocabulary, concurrent use. */
-#include "shard.h"
+#include "shard_tokenizer.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "shard.h"
+#include "cases.h"
 
 static void copy_file(const char *from_dir, const char *to_dir, const char *name)
 {
@@ -62,13 +62,13 @@ static void torch_bin_equals_safetensors(void **state)
     ssize_t len;
     int checked = 0;
     while ((len = getline(&line, &capacity, cases)) > 0) {
-        shard_case_t c;
-        assert_int_equal(shard_case_parse(line, (size_t)len, &c, &err), SHARD_OK);
+        case_t c;
+        assert_int_equal(case_parse(line, (size_t)len, &c, &err), SHARD_OK);
         shard_outputs_t a, b;
         shard_outputs_init(&a);
         shard_outputs_init(&b);
-        assert_int_equal(shard_case_run(from_safetensors, &c, &a, &err), SHARD_OK);
-        assert_int_equal(shard_case_run(from_torch, &c, &b, &err), SHARD_OK);
+        assert_int_equal(case_run(from_safetensors, &c, &a, &err), SHARD_OK);
+        assert_int_equal(case_run(from_torch, &c, &b, &err), SHARD_OK);
         assert_int_equal(a.count, b.count);
         for (int i = 0; i < a.count; i++) {
             const shard_tensor_t *ta = &a.tensors[i], *tb = &b.tensors[i];
@@ -82,7 +82,7 @@ static void torch_bin_equals_safetensors(void **state)
         }
         shard_outputs_clear(&a);
         shard_outputs_clear(&b);
-        shard_case_clear(&c);
+        case_clear(&c);
         checked++;
     }
     free(line);

@@ -1,0 +1,140 @@
+/* shard_checkpoint.h: XLM checkpoints on disk: config.json and the weight
+ * files, as a list of named tensors.
+ *
+ * Owns the file formats (safetensors, torch's pytorch_model.bin) and the
+ * config's fields. Knows nothing of how the weights are used: no heads, no
+ * kernels, no BLAS. May include shard_common.h only.
+ */
+#ifndef XLM_SHARD_CHECKPOINT_H
+#define XLM_SHARD_CHECKPOINT_H
+
+#include "shard_common.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- config */
+
+typedef enum {
+    SHARD_SUMMARY_FIRST = 0,
+    SHARD_SUMMARY_LAST,
+    SHARD_SUMMARY_MEAN,
+    SHARD_SUMMARY_CLS_INDEX,
+    SHARD_SUMMARY_COUNT_
+} shard_summary_type_t;
+
+typedef enum {
+    SHARD_ACT_NONE = 0, /* identity ("linear" or null) */
+    SHARD_ACT_TANH,
+    SHARD_ACT_RELU,
+    SHARD_ACT_GELU,
+    SHARD_ACT_SIGMOID,
+    SHARD_ACT_COUNT_
+} shard_activation_t;
+
+enum {
+    SHARD_MAX_LABELS = 4096,
+    SHARD_ARCHITECTURE_NAME_MAX = 64
+};
+
+typedef struct {
+    int64_t vocab_size;
+    int64_t emb_dim;
+    int64_t hidden_dim; /* FFN inner size: 4 * emb_dim */
+    int64_t n_layers;
+    int64_t n_heads;
+    int64_t n_langs;
+    int64_t max_position_embeddings;
+    bool use_lang_emb;
+    bool causal;
+    bool gelu_activation; /* false: ReLU */
+    bool sinusoidal_embeddings;
+    double layer_norm_eps;
+    int64_t pad_index, eos_index, bos_index, unk_index, mask_index;
+
+    shard_summary_type_t summary_type;
+    bool summary_use_proj;
+    shard_activation_t summary_activation; /* applied after the projection */
+    bool summary_proj_to_labels;
+    int64_t start_n_top, end_n_top;
+    int64_t num_labels;
+
+    /* The first class of "architectures" (HF's name, e.g. "XLMWithLMHeadModel");
+     * "" when the config names none. The engine maps it to a head. */
+    char architecture[SHARD_ARCHITECTURE_NAME_MAX];
+    char lang_names[SHARD_MAX_LANGS][SHARD_LANG_NAME_MAX]; /* id -> code; "" if unnamed */
+} shard_config_t;
+
+/* Parses a config.json file. */
+shard_status_t shard_config_load(const char *path, shard_config_t *config,
+                                 shard_error_t *err);
+/* Language id of a code, or -1. */
+int64_t shard_config_lang_id(const shard_config_t *config, const char *code);
+
+/* ---------------------------------------------------------------- tensor files */
+
+typedef enum {
+    TENSOR_F32 = 0,
+    TENSOR_F16,
+    TENSOR_BF16,
+    TENSOR_F64,
+    TENSOR_I64,
+    TENSOR_I32,
+    TENSOR_I8,
+    TENSOR_U8,
+    TENSOR_BOOL,
+    TENSOR_DTYPE_COUNT_
+} tensor_dtype_t;
+
+const char *tensor_dtype_name(tensor_dtype_t dtype);
+size_t tensor_dtype_size(tensor_dtype_t dtype);
+
+enum { TENSOR_MAX_DIMS = 8 };
+
+/* One tensor: a borrowed view of contiguous row-major data owned by the
+ * tensor file (a mapped region or a buffer it allocated). */
+typedef struct {
+    char *name;
+    tensor_dtype_t dtype;
+    int ndim;
+    int64_t shape[TENSOR_MAX_DIMS];
+    const void *data; /* NULL never: every entry's bytes were checked */
+    size_t nbytes;    /* = numel * dtype size, checked */
+} tensor_entry_t;
+
+typedef struct tensor_file tensor_file_t;
+
+struct tensor_file {
+    char *path;
+    size_t count;
+    tensor_entry_t *entries;
+    /* Reader-specific teardown of what backs the entries' data. */
+    void (*release)(tensor_file_t *self);
+    void *backing;
+    size_t backing_size;
+};
+
+/* Opens model.safetensors: mmap, header checked (JSON, dtypes, shapes,
+ * offsets inside the data block, no overlaps needed). */
+tensor_file_t *tensor_file_open_safetensors(const char *path, shard_error_t *err);
+
+/* Opens pytorch_model.bin (torch zip archive holding a pickled state dict).
+ * Tensors that share a storage point into the same bytes. */
+tensor_file_t *tensor_file_open_torch(const char *path, shard_error_t *err);
+
+/* Frees entries and calls release; accepts NULL. */
+void tensor_file_destroy(tensor_file_t **self_p);
+
+/* Finds an entry by exact name, or NULL. */
+const tensor_entry_t *tensor_file_find(const tensor_file_t *file, const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* XLM_SHARD_CHECKPOINT_H */

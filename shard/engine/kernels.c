@@ -1,0 +1,196 @@
+/* kernels.c: the numeric building blocks. Matrix products go to BLAS; the
+ * rest are simple loops over contiguous rows. */
+#include "engine_internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, float *y)
+{
+    if (rows <= 0)
+        return;
+    const int64_t in = linear->in, out = linear->out;
+    if (linear->bias) {
+        for (int64_t r = 0; r < rows; r++)
+            memcpy(y + r * out, linear->bias, (size_t)out * sizeof *y);
+    }
+    if (rows == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)out, (blasint)in, 1.0f, linear->weight,
+                    (blasint)in, x, 1, linear->bias ? 1.0f : 0.0f, y, 1);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)out,
+                (blasint)in, 1.0f, x, (blasint)in, linear->weight, (blasint)in,
+                linear->bias ? 1.0f : 0.0f, y, (blasint)out);
+}
+
+/* exp(x) for x <= 0 in float: Cody-Waite reduction and a degree-6
+ * polynomial (about 1 ulp). Branch-free, and rounding by truncation of a
+ * non-negative value, so that the loop vectorises even without SSE4.1. */
+static inline float exp_nonpositive(float x_in)
+{
+    /* Below -87 the result would be denormal: 0, as a masked logit needs. */
+    const float x = x_in < -87.0f ? -87.0f : x_in;
+    const int32_t k = (int32_t)(0.5f - x * 1.44269504088896341f); /* -round(x / ln 2) */
+    const float n = (float)-k;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = (127 - k) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x_in < -87.0f ? 0.0f : p * scale;
+}
+
+/* The exact (erf) GELU, as XLM and torch's default gelu use. erf is the
+ * Abramowitz-Stegun 7.1.26 form (|error| < 1.5e-7), the one torch's
+ * vectorised CPU kernels use; glibc's scalar erff made GELU a sixth of a
+ * layer's time. Built for AVX2 and for the baseline, picked at load time
+ * (kernels.c is compiled with -fno-trapping-math so that this vectorises). */
+__attribute__((target_clones("avx2", "default")))
+void shard_gelu(float *x, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        const float v = x[i] * 0.70710678118654752440f;
+        const float a = __builtin_fabsf(v);
+        const float t = 1.0f / (1.0f + 0.3275911f * a);
+        const float poly =
+            ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t +
+             0.254829592f) * t;
+        const float e = 1.0f - poly * exp_nonpositive(-a * a);
+        x[i] = 0.5f * x[i] * (1.0f + __builtin_copysignf(e, v));
+    }
+}
+
+/* Sums of x[i] - shift (square: of its square) in float lanes over short
+ * runs, the runs added in double: vectorised, and within ~1e-7 of a double
+ * sum for the row sizes of these models. */
+enum { SUM_LANES = 8, SUM_RUN = 64 };
+
+static inline double lane_sum(const float *x, int64_t count, float shift, bool square)
+{
+    double total = 0.0;
+    for (int64_t start = 0; start < count; start += SUM_RUN) {
+        const int64_t n = count - start < SUM_RUN ? count - start : SUM_RUN;
+        const float *v = x + start;
+        float lanes[SUM_LANES] = {0};
+        int64_t i = 0;
+        for (; i + SUM_LANES <= n; i += SUM_LANES)
+            for (int l = 0; l < SUM_LANES; l++) {
+                const float c = v[i + l] - shift;
+                lanes[l] += square ? c * c : c;
+            }
+        float run = 0.0f;
+        for (; i < n; i++) {
+            const float c = v[i] - shift;
+            run += square ? c * c : c;
+        }
+        for (int l = 0; l < SUM_LANES; l++)
+            run += lanes[l];
+        total += run;
+    }
+    return total;
+}
+
+/* Two passes: the mean is subtracted before squaring, so rows with a large
+ * offset keep their precision. */
+__attribute__((target_clones("avx2", "default")))
+void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *norm, double eps)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = x + r * dim;
+        const float mean = (float)(lane_sum(row, dim, 0.0f, false) / (double)dim);
+        const double var = lane_sum(row, dim, mean, true) / (double)dim;
+        const float inv = (float)(1.0 / sqrt(var + eps));
+        for (int64_t i = 0; i < dim; i++)
+            row[i] = (row[i] - mean) * inv * norm->weight[i] + norm->bias[i];
+    }
+}
+
+__attribute__((target_clones("avx2", "default")))
+void shard_softmax(float *x, int64_t count)
+{
+    if (count <= 0)
+        return;
+    float max = x[0];
+    for (int64_t i = 1; i < count; i++)
+        max = x[i] > max ? x[i] : max;
+    for (int64_t i = 0; i < count; i++)
+        x[i] = exp_nonpositive(x[i] - max);
+    const float inv = (float)(1.0 / lane_sum(x, count, 0.0f, false));
+    for (int64_t i = 0; i < count; i++)
+        x[i] *= inv;
+}
+
+/* sum of exp(x[i] - shift) over x[i] <= shift: lanes of float partial sums
+ * over short runs (error ~1e-7 relative), runs added in double. */
+__attribute__((target_clones("avx2", "default")))
+double shard_sum_exp(const float *x, int64_t count, float shift)
+{
+    enum { LANES = 8, RUN = 256 };
+    double total = 0.0;
+    for (int64_t start = 0; start < count; start += RUN) {
+        const int64_t n = count - start < RUN ? count - start : RUN;
+        const float *v = x + start;
+        float lanes[LANES] = {0};
+        int64_t i = 0;
+        for (; i + LANES <= n; i += LANES)
+            for (int l = 0; l < LANES; l++)
+                lanes[l] += exp_nonpositive(v[i + l] - shift);
+        float run = 0.0f;
+        for (; i < n; i++)
+            run += exp_nonpositive(v[i] - shift);
+        for (int l = 0; l < LANES; l++)
+            run += lanes[l];
+        total += run;
+    }
+    return total;
+}
+
+void shard_relu(float *x, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+void shard_activate(float *x, size_t count, shard_activation_t activation)
+{
+    switch (activation) {
+    case SHARD_ACT_TANH:
+        for (size_t i = 0; i < count; i++)
+            x[i] = tanhf(x[i]);
+        break;
+    case SHARD_ACT_RELU: shard_relu(x, count); break;
+    case SHARD_ACT_GELU: shard_gelu(x, count); break;
+    case SHARD_ACT_SIGMOID:
+        for (size_t i = 0; i < count; i++)
+            x[i] = 1.0f / (1.0f + expf(-x[i]));
+        break;
+    case SHARD_ACT_NONE:
+    case SHARD_ACT_COUNT_: break;
+    }
+}
+
+double shard_log_sum_exp(const float *x, int64_t count)
+{
+    float max = x[0];
+    for (int64_t i = 1; i < count; i++)
+        max = x[i] > max ? x[i] : max;
+    double sum = 0.0;
+    for (int64_t i = 0; i < count; i++)
+        sum += exp((double)x[i] - (double)max);
+    return (double)max + log(sum);
+}
+
+void shard_add(float *x, const float *y, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        x[i] += y[i];
+}

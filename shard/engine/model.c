@@ -1,0 +1,509 @@
+/* model.c: opens a checkpoint folder for a layer range and binds the weights.
+ *
+ * Every tensor the range needs is looked up (with or without the
+ * "transformer." prefix), its shape checked against the config and its dtype
+ * converted to float32 when it is not already (F32 stays a view into the
+ * mapped file). Tensors the range does not need are only checked by name. */
+#include "engine_internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef struct {
+    shard_model_t *model;
+    const char *path; /* the weight file, for messages */
+    shard_error_t *err;
+    bool *used; /* [file->count]: entries claimed by a parameter name */
+} binder_t;
+
+static shard_status_t own_buffer(shard_model_t *model, float *buffer, shard_error_t *err)
+{
+    float **grown = realloc(model->owned, (model->n_owned + 1) * sizeof *grown);
+    if (!grown) {
+        free(buffer);
+        return shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
+    }
+    model->owned = grown;
+    model->owned[model->n_owned++] = buffer;
+    return SHARD_OK;
+}
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    float value;
+    if (exponent == 0)
+        value = ldexpf((float)mantissa, -24);
+    else if (exponent == 31)
+        value = mantissa ? NAN : INFINITY;
+    else
+        value = ldexpf((float)(mantissa | 0x400), (int)exponent - 25);
+    uint32_t bits;
+    memcpy(&bits, &value, 4);
+    bits |= sign;
+    memcpy(&value, &bits, 4);
+    return value;
+}
+
+/* Float32 view of an entry: the mapped bytes themselves when possible,
+ * otherwise a converted copy owned by the model. */
+static shard_status_t as_float32(binder_t *b, const tensor_entry_t *entry, size_t numel,
+                                 const float **out)
+{
+    const unsigned char *bytes = entry->data;
+    if (entry->dtype == TENSOR_F32 && ((uintptr_t)bytes % sizeof(float)) == 0) {
+        *out = (const float *)entry->data;
+        return SHARD_OK;
+    }
+    float *buffer = malloc((numel ? numel : 1) * sizeof *buffer);
+    if (!buffer)
+        return shard_error_set(b->err, SHARD_ERR_NOMEM, "out of memory converting %s", entry->name);
+    for (size_t i = 0; i < numel; i++) {
+        switch (entry->dtype) {
+        case TENSOR_F32: memcpy(&buffer[i], bytes + 4 * i, 4); break;
+        case TENSOR_F64: {
+            double d;
+            memcpy(&d, bytes + 8 * i, 8);
+            buffer[i] = (float)d;
+            break;
+        }
+        case TENSOR_F16: {
+            uint16_t h;
+            memcpy(&h, bytes + 2 * i, 2);
+            buffer[i] = half_to_float(h);
+            break;
+        }
+        case TENSOR_BF16: {
+            uint16_t h;
+            memcpy(&h, bytes + 2 * i, 2);
+            uint32_t bits = (uint32_t)h << 16;
+            memcpy(&buffer[i], &bits, 4);
+            break;
+        }
+        default:
+            free(buffer);
+            return shard_error_set(b->err, SHARD_ERR_FORMAT,
+                                   "%s: tensor %s has dtype %s, expected F32, F16, BF16 or F64",
+                                   b->path, entry->name, tensor_dtype_name(entry->dtype));
+        }
+    }
+    *out = buffer;
+    return own_buffer(b->model, buffer, b->err);
+}
+
+static const tensor_entry_t *find_entry(binder_t *b, const char *name)
+{
+    const tensor_file_t *file = b->model->file;
+    char prefixed[400];
+    const tensor_entry_t *entry = tensor_file_find(file, name);
+    if (!entry) {
+        snprintf(prefixed, sizeof prefixed, "transformer.%s", name);
+        entry = tensor_file_find(file, prefixed);
+    }
+    if (entry)
+        b->used[entry - file->entries] = true;
+    return entry;
+}
+
+static void format_shape(char *out, size_t size, int ndim, const int64_t *shape)
+{
+    size_t used = (size_t)snprintf(out, size, "[");
+    for (int d = 0; d < ndim && used < size; d++)
+        used += (size_t)snprintf(out + used, size - used, d ? ", %lld" : "%lld",
+                                 (long long)shape[d]);
+    if (used < size)
+        snprintf(out + used, size - used, "]");
+}
+
+/* Binds a parameter of the expected shape; *out stays NULL when the tensor is
+ * absent and optional. */
+static shard_status_t bind(binder_t *b, const float **out, bool required, const char *name,
+                           int ndim, ...)
+{
+    int64_t expected[TENSOR_MAX_DIMS];
+    va_list args;
+    va_start(args, ndim);
+    size_t numel = 1;
+    for (int d = 0; d < ndim; d++) {
+        expected[d] = va_arg(args, int64_t);
+        numel *= (size_t)expected[d];
+    }
+    va_end(args);
+    *out = NULL;
+    const tensor_entry_t *entry = find_entry(b, name);
+    if (!entry) {
+        if (!required)
+            return SHARD_OK;
+        return shard_error_set(b->err, SHARD_ERR_FORMAT, "%s: tensor %s is missing", b->path, name);
+    }
+    bool same = entry->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++)
+        same = entry->shape[d] == expected[d];
+    if (!same) {
+        char got[128], want[128];
+        format_shape(got, sizeof got, entry->ndim, entry->shape);
+        format_shape(want, sizeof want, ndim, expected);
+        return shard_error_set(b->err, SHARD_ERR_FORMAT,
+                               "%s: tensor %s has shape %s, expected %s from config.json",
+                               b->path, entry->name, got, want);
+    }
+    return as_float32(b, entry, numel, out);
+}
+
+static shard_status_t bind_linear(binder_t *b, shard_linear_t *linear, bool required,
+                                  bool has_bias, const char *prefix, int64_t out, int64_t in)
+{
+    char name[320];
+    linear->in = in;
+    linear->out = out;
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    shard_status_t status = bind(b, &linear->weight, required, name, 2, out, in);
+    if (status || !linear->weight || !has_bias)
+        return status;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    return bind(b, &linear->bias, true, name, 1, out);
+}
+
+static shard_status_t bind_norm(binder_t *b, shard_norm_t *norm, const char *prefix, int64_t dim)
+{
+    char name[320];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    shard_status_t status = bind(b, &norm->weight, true, name, 1, dim);
+    if (status)
+        return status;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    return bind(b, &norm->bias, true, name, 1, dim);
+}
+
+static shard_status_t sinusoidal_positions(binder_t *b, int64_t n_pos, int64_t dim,
+                                           const float **out)
+{
+    size_t count = (size_t)n_pos * (size_t)dim;
+    float *table = malloc(count * sizeof *table);
+    if (!table)
+        return shard_error_set(b->err, SHARD_ERR_NOMEM, "out of memory");
+    /* As the reference computes it: angles in double, sin on even columns,
+     * cos on odd ones, then rounded to float32. */
+    for (int64_t pos = 0; pos < n_pos; pos++)
+        for (int64_t j = 0; j < dim; j++) {
+            double angle = (double)pos / pow(10000.0, 2.0 * (double)(j / 2) / (double)dim);
+            table[pos * dim + j] = (float)((j % 2 == 0) ? sin(angle) : cos(angle));
+        }
+    *out = table;
+    return own_buffer(b->model, table, b->err);
+}
+
+static shard_status_t bind_embeddings(binder_t *b)
+{
+    shard_model_t *m = b->model;
+    const shard_config_t *c = &m->config;
+    shard_status_t status = bind(b, &m->position_embeddings, !c->sinusoidal_embeddings,
+                                 "position_embeddings.weight", 2, c->max_position_embeddings,
+                                 c->emb_dim);
+    if (!status && !m->position_embeddings)
+        status = sinusoidal_positions(b, c->max_position_embeddings, c->emb_dim,
+                                      &m->position_embeddings);
+    if (!status && c->n_langs > 1 && c->use_lang_emb)
+        status = bind(b, &m->lang_embeddings, true, "lang_embeddings.weight", 2, c->n_langs,
+                      c->emb_dim);
+    if (!status)
+        status = bind_norm(b, &m->norm_emb, "layer_norm_emb", c->emb_dim);
+    return status;
+}
+
+static shard_status_t bind_layer(binder_t *b, int64_t i, shard_layer_t *layer)
+{
+    const int64_t d = b->model->config.emb_dim, h = b->model->config.hidden_dim;
+    char name[256];
+    const struct { shard_linear_t *linear; const char *part; } attention[] = {
+        {&layer->q, "q_lin"}, {&layer->k, "k_lin"}, {&layer->v, "v_lin"}, {&layer->out, "out_lin"}};
+    for (size_t j = 0; j < 4; j++) {
+        snprintf(name, sizeof name, "attentions.%lld.%s", (long long)i, attention[j].part);
+        if (bind_linear(b, attention[j].linear, true, true, name, d, d))
+            return b->err->code;
+    }
+    snprintf(name, sizeof name, "layer_norm1.%lld", (long long)i);
+    if (bind_norm(b, &layer->norm1, name, d))
+        return b->err->code;
+    snprintf(name, sizeof name, "ffns.%lld.lin1", (long long)i);
+    if (bind_linear(b, &layer->ffn_in, true, true, name, h, d))
+        return b->err->code;
+    snprintf(name, sizeof name, "ffns.%lld.lin2", (long long)i);
+    if (bind_linear(b, &layer->ffn_out, true, true, name, d, h))
+        return b->err->code;
+    snprintf(name, sizeof name, "layer_norm2.%lld", (long long)i);
+    return bind_norm(b, &layer->norm2, name, d);
+}
+
+static shard_status_t bind_summary(binder_t *b, shard_linear_t *summary)
+{
+    const shard_config_t *c = &b->model->config;
+    int64_t out = c->emb_dim;
+    if (c->summary_use_proj && c->summary_proj_to_labels && c->num_labels > 0)
+        out = c->num_labels;
+    if (!c->summary_use_proj) {
+        summary->in = summary->out = c->emb_dim;
+        return SHARD_OK; /* identity */
+    }
+    return bind_linear(b, summary, false, true, "sequence_summary.summary", out, c->emb_dim);
+}
+
+/* Binds whatever heads the checkpoint holds; has_head records which. */
+static shard_status_t bind_heads(binder_t *b)
+{
+    shard_model_t *m = b->model;
+    const shard_config_t *c = &m->config;
+    shard_heads_t *heads = &m->heads;
+    const int64_t d = c->emb_dim;
+    m->has_head[SHARD_HEAD_BASE] = true;
+
+    /* LM: the projection weight is tied to the word embeddings when absent. */
+    if (bind_linear(b, &heads->lm_proj, false, false, "pred_layer.proj", c->vocab_size, d) ||
+        bind(b, &heads->lm_proj.bias, false, "pred_layer.proj.bias", 1, c->vocab_size))
+        return b->err->code;
+    if (heads->lm_proj.bias) {
+        if (!heads->lm_proj.weight)
+            heads->lm_proj.weight = m->word_embeddings;
+        m->has_head[SHARD_HEAD_LM] = true;
+    }
+
+    if (bind_summary(b, &heads->summary))
+        return b->err->code;
+    bool summary_ok = heads->summary.weight || !c->summary_use_proj;
+    if (bind_linear(b, &heads->logits_proj, false, true, "logits_proj", 1, heads->summary.out))
+        return b->err->code;
+    m->has_head[SHARD_HEAD_SEQ_CLS] = heads->summary.weight != NULL ||
+                                      (!c->summary_use_proj && m->head == SHARD_HEAD_SEQ_CLS);
+    m->has_head[SHARD_HEAD_MULTIPLE_CHOICE] = summary_ok && heads->logits_proj.weight;
+    if (heads->logits_proj.weight && !c->summary_use_proj)
+        m->has_head[SHARD_HEAD_SEQ_CLS] = false;
+
+    if (bind_linear(b, &heads->classifier, false, true, "classifier", c->num_labels, d) ||
+        bind_linear(b, &heads->qa_outputs, false, true, "qa_outputs", 2, d))
+        return b->err->code;
+    m->has_head[SHARD_HEAD_TOKEN_CLS] = heads->classifier.weight != NULL;
+    m->has_head[SHARD_HEAD_QA_SIMPLE] = heads->qa_outputs.weight != NULL;
+
+    if (bind_linear(b, &heads->qa_start, false, true, "qa_outputs.start_logits.dense", 1, d))
+        return b->err->code;
+    if (heads->qa_start.weight) {
+        if (bind_linear(b, &heads->qa_end_dense0, true, true, "qa_outputs.end_logits.dense_0", d, 2 * d) ||
+            bind_norm(b, &heads->qa_end_norm, "qa_outputs.end_logits.LayerNorm", d) ||
+            bind_linear(b, &heads->qa_end_dense1, true, true, "qa_outputs.end_logits.dense_1", 1, d) ||
+            bind_linear(b, &heads->qa_cls_dense0, true, true, "qa_outputs.answer_class.dense_0", d, 2 * d) ||
+            bind_linear(b, &heads->qa_cls_dense1, true, false, "qa_outputs.answer_class.dense_1", 1, d))
+            return b->err->code;
+        m->has_head[SHARD_HEAD_QA] = true;
+    }
+    return SHARD_OK;
+}
+
+/* Names a checkpoint may hold that are not parameters of this range: other
+ * layers' tensors and known buffers. Anything else is an error. */
+static bool is_known_name(const shard_config_t *c, const char *name)
+{
+    if (strncmp(name, "transformer.", 12) == 0)
+        name += 12;
+    static const char *const fixed[] = {
+        "position_ids", "position_embeddings.weight", "lang_embeddings.weight",
+        "embeddings.weight", "layer_norm_emb.weight", "layer_norm_emb.bias",
+        "pred_layer.proj.weight", "pred_layer.proj.bias",
+        "sequence_summary.summary.weight", "sequence_summary.summary.bias",
+        "logits_proj.weight", "logits_proj.bias", "classifier.weight", "classifier.bias",
+        "qa_outputs.weight", "qa_outputs.bias",
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (strcmp(name, fixed[i]) == 0)
+            return true;
+    if (strncmp(name, "qa_outputs.", 11) == 0)
+        return true; /* the SQuAD head's parts are bound by name above */
+    static const char *const per_layer[] = {"attentions.", "layer_norm1.", "ffns.", "layer_norm2."};
+    for (size_t i = 0; i < 4; i++) {
+        size_t len = strlen(per_layer[i]);
+        if (strncmp(name, per_layer[i], len) == 0) {
+            char *end = NULL;
+            long long layer = strtoll(name + len, &end, 10);
+            return end != name + len && *end == '.' && layer >= 0 && layer < c->n_layers;
+        }
+    }
+    return false;
+}
+
+static shard_status_t check_unknown_tensors(binder_t *b)
+{
+    const tensor_file_t *file = b->model->file;
+    for (size_t i = 0; i < file->count; i++)
+        if (!b->used[i] && !is_known_name(&b->model->config, file->entries[i].name))
+            return shard_error_set(b->err, SHARD_ERR_FORMAT,
+                                   "%s: unexpected tensor %s: not a parameter of an XLM model "
+                                   "with %lld layers", b->path, file->entries[i].name,
+                                   (long long)b->model->config.n_layers);
+    return SHARD_OK;
+}
+
+static shard_status_t bind_all(binder_t *b)
+{
+    shard_model_t *m = b->model;
+    const shard_config_t *c = &m->config;
+    /* The word embeddings serve stage 0 and, tied, the LM head. */
+    if (m->range.embeddings || m->range.heads)
+        if (bind(b, &m->word_embeddings, true, "embeddings.weight", 2, c->vocab_size, c->emb_dim))
+            return b->err->code;
+    if (m->range.embeddings && bind_embeddings(b))
+        return b->err->code;
+    int64_t n = m->range.last_layer - m->range.first_layer;
+    m->layers = calloc(n > 0 ? (size_t)n : 1, sizeof *m->layers);
+    if (!m->layers)
+        return shard_error_set(b->err, SHARD_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < n; i++)
+        if (bind_layer(b, m->range.first_layer + i, &m->layers[i]))
+            return b->err->code;
+    if (m->range.heads && bind_heads(b))
+        return b->err->code;
+    return check_unknown_tensors(b);
+}
+
+static tensor_file_t *open_weights(const char *dir, char *path, size_t path_size,
+                                   shard_error_t *err)
+{
+    struct stat st;
+    if (shard_path_join(path, path_size, dir, "model.safetensors", err))
+        return NULL;
+    if (stat(path, &st) == 0)
+        return tensor_file_open_safetensors(path, err);
+    if (shard_path_join(path, path_size, dir, "pytorch_model.bin", err))
+        return NULL;
+    if (stat(path, &st) == 0)
+        return tensor_file_open_torch(path, err);
+    shard_error_set(err, SHARD_ERR_IO,
+                    "%s: no model.safetensors or pytorch_model.bin in the checkpoint folder", dir);
+    return NULL;
+}
+
+static shard_status_t check_range(const shard_config_t *c, const shard_range_t *r,
+                                  const char *dir, shard_error_t *err)
+{
+    if (r->first_layer < 0 || r->first_layer > r->last_layer || r->last_layer > c->n_layers)
+        return shard_error_set(err, SHARD_ERR_RANGE,
+                               "shard_model_open: %s: layer range [%lld, %lld) is not inside "
+                               "[0, %lld)", dir, (long long)r->first_layer,
+                               (long long)r->last_layer, (long long)c->n_layers);
+    return SHARD_OK;
+}
+
+/* Messages from the readers and binders name the file and tensor; the
+ * caller also learns which call failed. */
+static void prefix_function(shard_error_t *err, const char *function)
+{
+    if (!err)
+        return;
+    size_t len = strlen(function);
+    if (strncmp(err->message, function, len) == 0)
+        return;
+    char message[2 * SHARD_ERROR_MESSAGE_MAX];
+    snprintf(message, sizeof message, "%s: %s", function, err->message);
+    snprintf(err->message, sizeof err->message, "%.*s", SHARD_ERROR_MESSAGE_MAX - 1, message);
+}
+
+shard_model_t *shard_model_open(const char *dir, const shard_range_t *range, shard_error_t *err)
+{
+    char path[4096];
+    shard_model_t *model = calloc(1, sizeof *model);
+    binder_t binder = {model, path, err, NULL};
+    if (!model) {
+        shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(model->dir, sizeof model->dir, "%s", dir);
+    if (shard_path_join(path, sizeof path, dir, "config.json", err) ||
+        shard_config_load(path, &model->config, err))
+        goto fail;
+    model->head = shard_head_of_architecture(model->config.architecture);
+    if (model->head == SHARD_HEAD_COUNT_) {
+        shard_error_set(err, SHARD_ERR_UNSUPPORTED,
+                        "%s/config.json: architecture \"%s\" is not an XLM class this engine runs",
+                        dir, model->config.architecture);
+        goto fail;
+    }
+    model->range = range ? *range
+                         : (shard_range_t){0, model->config.n_layers, true, true};
+    if (check_range(&model->config, &model->range, dir, err))
+        goto fail;
+    model->file = open_weights(dir, path, sizeof path, err);
+    if (!model->file)
+        goto fail;
+    binder.used = calloc(model->file->count + 1, sizeof *binder.used);
+    if (!binder.used) {
+        shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (bind_all(&binder))
+        goto fail;
+    free(binder.used);
+    return model;
+fail:
+    free(binder.used);
+    shard_model_destroy(&model);
+    prefix_function(err, "shard_model_open");
+    return NULL;
+}
+
+void shard_model_destroy(shard_model_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    shard_model_t *model = *self_p;
+    for (size_t i = 0; i < model->n_owned; i++)
+        free(model->owned[i]);
+    free(model->owned);
+    free(model->layers);
+    tensor_file_destroy(&model->file);
+    shard_scratch_free(&model->scratch);
+    shard_acts_destroy(&model->forward_acts);
+    free(model);
+    *self_p = NULL;
+}
+
+const shard_config_t *shard_model_config(const shard_model_t *model) { return &model->config; }
+
+shard_head_t shard_model_default_head(const shard_model_t *model) { return model->head; }
+
+shard_range_t shard_model_range(const shard_model_t *model) { return model->range; }
+
+bool shard_model_has_head(const shard_model_t *model, shard_head_t head)
+{
+    if ((int)head < 0 || head >= SHARD_HEAD_COUNT_ || !model->range.heads)
+        return false;
+    return model->has_head[head];
+}
+
+void shard_set_threads(int threads)
+{
+    if (threads > 0)
+        openblas_set_num_threads(threads);
+}
+
+float *shard_scratch_get(shard_scratch_t *scratch, int slot, size_t count)
+{
+    if (slot < 0 || slot >= 8)
+        return NULL;
+    if (scratch->sizes[slot] < count) {
+        free(scratch->buffers[slot]);
+        scratch->buffers[slot] = malloc(count * sizeof(float));
+        scratch->sizes[slot] = scratch->buffers[slot] ? count : 0;
+    }
+    return scratch->buffers[slot];
+}
+
+void shard_scratch_free(shard_scratch_t *scratch)
+{
+    for (int i = 0; i < 8; i++) {
+        free(scratch->buffers[i]);
+        scratch->buffers[i] = NULL;
+        scratch->sizes[i] = 0;
+    }
+}

@@ -1,0 +1,277 @@
+/* shard_engine.h: the XLM engine.
+ *
+ * Keeps the weights of a contiguous layer range of an XLM checkpoint (one
+ * pipeline stage, or the whole model) and runs the forward pass and heads on
+ * OpenBLAS. The only code of the project that calls BLAS. Reads checkpoints
+ * through shard_checkpoint.h; knows no tokenizer (text comes in as ids), no
+ * MPI, no ZeroMQ, no wire format.
+ *
+ * Data flow of one batch through a pipeline of stages:
+ *
+ *   shard_inputs_t --shard_embed--> shard_acts_t --shard_run_layers--> ...
+ *        ... --shard_run_layers--> shard_acts_t --shard_head_*--> shard_outputs_t
+ *
+ * Activations are packed: only the positions that influence the result are
+ * computed (no work on padding), see shard_acts_t.
+ *
+ * Errors: see shard_common.h.
+ */
+#ifndef XLM_SHARD_ENGINE_H
+#define XLM_SHARD_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "shard_checkpoint.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- heads */
+
+/* Heads, in the order of the wire enum: append only. */
+typedef enum {
+    SHARD_HEAD_BASE = 0,
+    SHARD_HEAD_LM,
+    SHARD_HEAD_SEQ_CLS,
+    SHARD_HEAD_MULTIPLE_CHOICE,
+    SHARD_HEAD_TOKEN_CLS,
+    SHARD_HEAD_QA_SIMPLE,
+    SHARD_HEAD_QA,
+    SHARD_HEAD_COUNT_
+} shard_head_t;
+
+const char *shard_head_name(shard_head_t head);
+/* Returns SHARD_HEAD_COUNT_ when name is not a head. */
+shard_head_t shard_head_from_name(const char *name);
+/* The head of a HuggingFace class name ("XLMForSequenceClassification");
+ * "" (no architectures in the config) is the base model; SHARD_HEAD_COUNT_
+ * when the class is not one this engine runs. */
+shard_head_t shard_head_of_architecture(const char *architecture);
+
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct shard_model shard_model_t;
+
+/* Which part of the network a model object holds. Layers [first_layer,
+ * last_layer); embeddings (stage 0) and heads (last stage) optional. */
+typedef struct {
+    int64_t first_layer;
+    int64_t last_layer;
+    bool embeddings;
+    bool heads;
+} shard_range_t;
+
+/* Opens a checkpoint folder. range NULL means the whole model. Only the
+ * tensors of the range are touched (mapped pages of other tensors are never
+ * read). */
+shard_model_t *shard_model_open(const char *dir, const shard_range_t *range,
+                                shard_error_t *err);
+void shard_model_destroy(shard_model_t **self_p);
+
+const shard_config_t *shard_model_config(const shard_model_t *model);
+/* The head of the checkpoint's architecture (what runs when none is named). */
+shard_head_t shard_model_default_head(const shard_model_t *model);
+shard_range_t shard_model_range(const shard_model_t *model);
+/* True when the checkpoint has the weights of this head. */
+bool shard_model_has_head(const shard_model_t *model, shard_head_t head);
+
+/* Threads used by BLAS and the engine's own loops (process-wide). */
+void shard_set_threads(int threads);
+
+/* ---------------------------------------------------------------- inputs */
+
+/* One batch, row-major, padded to seq. All arrays but input_ids optional
+ * (NULL when not given). For multiple choice, batch = n_rows * n_choices and
+ * n_choices > 0; rows of one example are consecutive. */
+typedef struct {
+    int64_t batch;
+    int64_t seq;
+    int64_t n_choices;
+    const int64_t *input_ids;      /* [batch*seq] */
+    const int64_t *attention_mask; /* [batch*seq] 0/1 */
+    const int64_t *langs;          /* [batch*seq] */
+    const int64_t *token_type_ids; /* [batch*seq] */
+    const int64_t *position_ids;   /* [batch*seq] */
+    const float *p_mask;           /* [batch*seq], qa only */
+} shard_inputs_t;
+
+/* Checks ids, langs, positions, mask values and shapes against the config. */
+shard_status_t shard_inputs_check(const shard_config_t *config,
+                                  const shard_inputs_t *inputs,
+                                  shard_error_t *err);
+
+/* ---------------------------------------------------------------- activations */
+
+/* Packed activations between stages.
+ *
+ * Only the positions whose hidden state can influence an output are kept:
+ * the unmasked positions, plus (causal models only) masked positions before
+ * a row's last unmasked one, because causal attention still reads them.
+ * Those are carried with is_real = 0 and held at zero after every layer, as
+ * the reference implementation does. Every other position's hidden state is
+ * exactly zero and is not stored. */
+typedef struct {
+    int64_t batch, seq, emb_dim;
+    int64_t n_tokens;    /* packed positions */
+    int64_t *row_start;  /* [batch+1] packed index of each row's first position */
+    int32_t *position;   /* [n_tokens] index in the padded row, 0..seq-1 */
+    uint8_t *is_real;    /* [n_tokens] 1 = attention_mask on */
+    float *hidden;       /* [n_tokens][emb_dim] */
+    size_t capacity_tokens; /* allocated rows of hidden */
+} shard_acts_t;
+
+shard_acts_t *shard_acts_new(void);
+void shard_acts_destroy(shard_acts_t **self_p);
+/* Sizes the layout arrays and hidden for batch rows and n_tokens positions. */
+shard_status_t shard_acts_reserve(shard_acts_t *acts, int64_t batch, int64_t seq,
+                                  int64_t emb_dim, int64_t n_tokens,
+                                  shard_error_t *err);
+/* A view of rows [first_row, first_row + rows) seen as padded to seq (which
+ * may be shorter than acts->seq when those rows were padded further inside
+ * a larger batch). Shares acts' arrays; pass it to the heads, never to
+ * shard_run_layers or shard_acts_destroy. */
+shard_status_t shard_acts_view(const shard_acts_t *acts, int64_t first_row, int64_t rows,
+                               int64_t seq, shard_acts_t *view, shard_error_t *err);
+/* Fills the padded [batch][seq][emb_dim] tensor (zeros where not packed). */
+void shard_acts_unpack(const shard_acts_t *acts, float *padded);
+
+/* Stage 0: embeddings (words, positions, languages, token types), layer norm,
+ * mask. Needs a model with embeddings. */
+shard_status_t shard_embed(shard_model_t *model, const shard_inputs_t *inputs,
+                           shard_acts_t *acts, shard_error_t *err);
+
+/* Runs the model's layer range over acts in place. */
+shard_status_t shard_run_layers(shard_model_t *model, shard_acts_t *acts,
+                                shard_error_t *err);
+
+/* ---------------------------------------------------------------- outputs */
+
+typedef enum { SHARD_F32 = 0, SHARD_I64 = 1 } shard_elem_t;
+
+enum { SHARD_MAX_DIMS = 4, SHARD_MAX_OUTPUTS = 8, SHARD_OUTPUT_NAME_MAX = 32 };
+
+/* A named output tensor. When row_lengths is set the tensor is ragged: shape
+ * [shape[0]][row_lengths[i]] with the rows stored back to back. */
+typedef struct {
+    char name[SHARD_OUTPUT_NAME_MAX];
+    shard_elem_t elem;
+    int ndim;
+    int64_t shape[SHARD_MAX_DIMS];
+    int64_t *row_lengths; /* [shape[0]] or NULL */
+    float *f32;           /* owned, when elem == SHARD_F32 */
+    int64_t *i64;         /* owned, when elem == SHARD_I64 */
+} shard_tensor_t;
+
+typedef struct {
+    int count;
+    shard_tensor_t tensors[SHARD_MAX_OUTPUTS];
+} shard_outputs_t;
+
+void shard_outputs_init(shard_outputs_t *outputs);
+void shard_outputs_clear(shard_outputs_t *outputs);
+/* Adds a tensor with allocated, zeroed data; returns it or NULL. */
+shard_tensor_t *shard_outputs_add(shard_outputs_t *outputs, const char *name,
+                                  shard_elem_t elem, int ndim,
+                                  const int64_t *shape, shard_error_t *err);
+const shard_tensor_t *shard_outputs_find(const shard_outputs_t *outputs,
+                                         const char *name);
+int64_t shard_tensor_numel(const shard_tensor_t *tensor);
+
+/* ---------------------------------------------------------------- heads */
+
+/* Last stage: computes a head from the final activations. inputs is the
+ * batch the activations came from (p_mask, n_choices and ids are read). */
+shard_status_t shard_head(shard_model_t *model, shard_head_t head,
+                          const shard_acts_t *acts, const shard_inputs_t *inputs,
+                          shard_outputs_t *outputs, shard_error_t *err);
+
+/* Causal LM scoring: for each row b and each position t with t+1 < length_b
+ * (length_b = unmasked positions), log p(input_ids[b][t+1] | ...) under
+ * log_softmax of the LM logits at t. Outputs "token_logprobs" (ragged
+ * [batch][length_b-1]) and "sum_logprob" [batch] (summed in double).
+ * Only the scored positions are projected onto the vocabulary.
+ * If score_from is not NULL, row b only scores targets at t+1 >=
+ * score_from[b] (the other positions are skipped, not projected). */
+shard_status_t shard_head_clm_score(shard_model_t *model, const shard_acts_t *acts,
+                                    const shard_inputs_t *inputs,
+                                    const int64_t *score_from,
+                                    shard_outputs_t *outputs, shard_error_t *err);
+
+/* Masked-LM pseudo-log-likelihood helper: for each row b, log p(target_ids[b])
+ * at position mask_pos[b], projecting only that position. Output
+ * "token_logprob" [batch]. */
+shard_status_t shard_head_masked_logprob(shard_model_t *model,
+                                         const shard_acts_t *acts,
+                                         const int64_t *mask_pos,
+                                         const int64_t *target_ids,
+                                         shard_outputs_t *outputs,
+                                         shard_error_t *err);
+
+/* Greedy decoding step: the argmax of the LM logits at position pos of row
+ * (the bias alone where that position was not computed). */
+shard_status_t shard_head_next_token(shard_model_t *model, const shard_acts_t *acts,
+                                     int64_t row, int64_t pos, int64_t *token,
+                                     shard_error_t *err);
+
+/* Default attention mask of a row of ids, as the reference derives it when
+ * none is given: the first k positions, k = ids that are not pad_index. */
+void shard_default_mask(const shard_config_t *config, const int64_t *ids, int64_t seq,
+                        int64_t *mask);
+
+/* ---------------------------------------------------------------- whole model */
+
+/* Embed + all layers + head, on a model that holds everything. */
+shard_status_t shard_forward(shard_model_t *model, shard_head_t head,
+                             const shard_inputs_t *inputs, shard_outputs_t *outputs,
+                             shard_error_t *err);
+
+/* Greedy generation from one row: steps times, append the argmax of the last
+ * position's LM logits (langs extended with lang_fill when langs given).
+ * Outputs "generated_ids" [1][len+steps] and "new_ids" [1][steps]. */
+shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t *inputs,
+                                     int64_t steps, int64_t lang_fill,
+                                     shard_outputs_t *outputs, shard_error_t *err);
+
+
+/* ---------------------------------------------------------------- scoring */
+
+/* Masked copies of one row for pseudo-log-likelihood (Salazar et al.
+ * 2020): copy i is the row with position first + i replaced by the config's
+ * mask_index. out_ids/out_langs hold count * len values (out_langs may be
+ * NULL when langs is); mask_pos and targets get each copy's masked position
+ * and original id. */
+shard_status_t shard_pll_expand(const shard_config_t *config, const int64_t *ids,
+                                const int64_t *langs, int64_t len, int64_t first,
+                                int64_t count, int64_t *out_ids, int64_t *out_langs,
+                                int64_t *mask_pos, int64_t *targets, shard_error_t *err);
+
+typedef enum {
+    SHARD_SCORE_CLM = 0, /* causal: log p(token_t | tokens before t) */
+    SHARD_SCORE_MLM_PLL, /* masked LM pseudo-log-likelihood */
+    SHARD_SCORE_COUNT_
+} shard_score_mode_t;
+
+/* Scores rows on a whole model. rows is a padded batch (attention_mask
+ * given, or the default one from pad ids). Row r scores positions
+ * [score_from[r], score_to[r]): clm, each token given the ones before it
+ * (all rows run as one batch); mlm-pll, each token masked in its own copy of
+ * the row (copies run together, only the masked position projected onto
+ * the vocabulary). Outputs "token_logprobs" (ragged [rows][n]) and
+ * "sum_logprob" [rows] (the float32 values summed in double). A row's scores
+ * do not depend on the other rows. */
+shard_status_t shard_score_rows(shard_model_t *model, shard_score_mode_t mode,
+                                const shard_inputs_t *rows, const int64_t *score_from,
+                                const int64_t *score_to, shard_outputs_t *outputs,
+                                shard_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+
+#endif /* XLM_SHARD_ENGINE_H */

@@ -1,0 +1,108 @@
+/* xlm-infer: runs the engine offline over JSON lines of cases. */
+#include "cases.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fputs("usage: xlm-infer --model DIR [--head HEAD] [--threads N] < cases.jsonl > results.jsonl\n"
+          "\n"
+          "Runs an XLM checkpoint folder (config.json, model.safetensors or pytorch_model.bin)\n"
+          "over one JSON object per input line:\n"
+          "  {\"name\": ..., \"head\": ..., \"inputs\": {\"input_ids\": [[...]], ...}, [\"kind\": ...]}\n"
+          "inputs: input_ids [batch][seq] ([batch][choices][seq] for multiple_choice) and\n"
+          "optionally attention_mask, langs, token_type_ids, position_ids, p_mask (qa);\n"
+          "\"kind\": \"clm_score\" gives token_logprobs and sum_logprob, \"kind\": \"greedy\"\n"
+          "(with inputs.steps and inputs.langs_fill) gives generated_ids and new_ids.\n"
+          "\n"
+          "Writes one line per input line, in order: {\"name\": ..., \"outputs\": {...}} with\n"
+          "HuggingFace's field names and shapes, or {\"name\": ..., \"error\": {\"code\", \"message\"}}\n"
+          "for a line that cannot run; the other lines still run. Blank lines are skipped.\n"
+          "\n"
+          "  --model DIR    checkpoint folder (required)\n"
+          "  --head HEAD    head for lines that name none: base, lm, seq_cls, multiple_choice,\n"
+          "                 token_cls, qa_simple, qa (default: the checkpoint's architecture)\n"
+          "  --threads N    BLAS threads (default: OpenBLAS's choice)\n"
+          "  --help         this text\n",
+          out);
+}
+
+
+
+static void run_line(shard_model_t *model, shard_head_t default_head, const char *line, size_t len)
+{
+    case_t c;
+    shard_outputs_t outputs;
+    shard_error_t err = {0};
+    shard_outputs_init(&outputs);
+    shard_status_t status = case_parse(line, len, &c, &err);
+    if (!status) {
+        if (c.head == SHARD_HEAD_COUNT_)
+            c.head = default_head;
+        status = case_run(model, &c, &outputs, &err);
+    }
+    case_print(stdout, status ? case_error_json(c.name, &err)
+                      : case_result_json(c.name, &outputs), c.name);
+    shard_outputs_clear(&outputs);
+    case_clear(&c);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"model", required_argument, NULL, 'm'}, {"head", required_argument, NULL, 'H'},
+        {"threads", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *model_dir = NULL, *head_name = NULL;
+    int threads = 0, opt;
+    while ((opt = getopt_long(argc, argv, "m:H:t:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'm': model_dir = optarg; break;
+        case 'H': head_name = optarg; break;
+        case 't': {
+            char *end = NULL;
+            long value = strtol(optarg, &end, 10);
+            if (!*optarg || *end || value < 1 || value > 1024) {
+                fprintf(stderr, "xlm-infer: --threads %s: expected an integer 1..1024\n", optarg);
+                return 2;
+            }
+            threads = (int)value;
+            break;
+        }
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!model_dir || optind != argc) {
+        fprintf(stderr, "xlm-infer: %s\n", model_dir ? "unexpected argument" : "--model DIR is required");
+        usage(stderr);
+        return 2;
+    }
+    shard_head_t head = SHARD_HEAD_COUNT_;
+    if (head_name && (head = shard_head_from_name(head_name)) == SHARD_HEAD_COUNT_) {
+        fprintf(stderr, "xlm-infer: --head %s: expected base, lm, seq_cls, multiple_choice, "
+                        "token_cls, qa_simple or qa\n", head_name);
+        return 2;
+    }
+    shard_set_threads(threads);
+    shard_error_t err = {0};
+    shard_model_t *model = shard_model_open(model_dir, NULL, &err);
+    if (!model) {
+        fprintf(stderr, "xlm-infer: %s\n", err.message);
+        return 1;
+    }
+    if (head == SHARD_HEAD_COUNT_)
+        head = shard_model_default_head(model);
+    char *line = NULL;
+    size_t capacity = 0;
+    ssize_t len;
+    while ((len = getline(&line, &capacity, stdin)) != -1)
+        if (!case_line_is_blank(line))
+            run_line(model, head, line, (size_t)len);
+    free(line);
+    shard_model_destroy(&model);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
