@@ -12,6 +12,19 @@
  */
 #include "broker_internal.h"
 
+broker_batch_key_t broker_batch_key_of(const Xlm__Request *rq)
+{
+    const proto_task_t task = (proto_task_t)rq->task;
+    const proto_task_info_t *info = proto_task_info(task);
+    return (broker_batch_key_t){.task = task,
+                                .n_choices = info && info->n_choices ? rq->n_choices : 0};
+}
+
+bool broker_batch_key_equal(const broker_batch_key_t *a, const broker_batch_key_t *b)
+{
+    return a->task == b->task && a->n_choices == b->n_choices;
+}
+
 size_t broker_batch_select(const broker_batch_item_t *items, size_t n, uint64_t budget,
                            size_t max_requests, size_t *chosen)
 {
@@ -25,7 +38,7 @@ size_t broker_batch_select(const broker_batch_item_t *items, size_t n, uint64_t 
     size_t count = 1;
     for (size_t i = 1; i < n && count < max_requests; i++) {
         const broker_batch_item_t *it = &items[i];
-        if (it->alone || it->key != head->key)
+        if (it->alone || !broker_batch_key_equal(&it->key, &head->key))
             continue;
         int64_t new_longest = it->max_len > longest ? it->max_len : longest;
         int64_t new_rows = rows + it->rows, new_tokens = tokens + it->tokens;

@@ -72,12 +72,25 @@ size_t broker_map_size(const broker_map_t *map);
 
 /* ------------------------------------------------------------ batching */
 
-/* One queued request as the batcher sees it. key: requests with different
- * keys never share a micro-batch (task, n_choices); alone: never shares. */
+/* What requests must have in common to share a micro-batch: the task, and
+ * for multiple_choice the choices per example (the head reshapes the rows
+ * by it). Compared field by field (broker_batch_key_equal). */
+typedef struct {
+    proto_task_t task;
+    int64_t n_choices; /* 0 for tasks without choices */
+} broker_batch_key_t;
+
+/* A request's batch key, from proto_task_info (rq already checked). */
+broker_batch_key_t broker_batch_key_of(const Xlm__Request *rq);
+bool broker_batch_key_equal(const broker_batch_key_t *a, const broker_batch_key_t *b);
+
+/* One queued request as the batcher sees it. Requests with different keys
+ * never share a micro-batch; alone: never shares (the task is not
+ * batchable). */
 typedef struct {
     int64_t rows;
     int64_t max_len;
-    int64_t key;
+    broker_batch_key_t key;
     bool alone;
     int64_t tokens; /* sum of the row lengths (an upper estimate for text) */
 } broker_batch_item_t;

@@ -177,11 +177,9 @@ broker_req_t *broker_req_new(broker_t *b, broker_model_t *m, const Xlm__Request 
     r->item.rows = shape->rows;
     r->item.max_len = shape->max_len;
     r->item.tokens = shape->tokens;
-    r->item.key = (int64_t)rq->task * ((int64_t)PROTO_MAX_ROWS + 1) + rq->n_choices;
-    /* Never shared: generate loops on one row; mlm_pll is expanded by the
-     * worker into one masked copy per scored position, so its real size is
-     * not rows * max_len and the worker splits it by its own budget. */
-    r->item.alone = rq->task == XLM__TASK__TASK_GENERATE || rq->task == XLM__TASK__TASK_MLM_PLL;
+    r->item.key = broker_batch_key_of(rq);
+    /* proto_task_info says why some tasks are never shared. */
+    r->item.alone = !proto_task_info(r->task)->batchable;
     r->received_us = broker_now_us();
     uint32_t deadline_ms = rq->deadline_ms ? rq->deadline_ms : b->config.default_deadline_ms;
     if (deadline_ms > b->config.max_deadline_ms)

@@ -9,6 +9,7 @@
 #include "proto.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,18 +46,39 @@ static const char *const status_names[PROTO_STATUS_COUNT_] = {
     [PROTO_STATUS_NOT_FOUND] = "not_found",
 };
 
-static const char *const task_names[PROTO_TASK_COUNT_] = {
-    [PROTO_TASK_BASE] = "base",
-    [PROTO_TASK_LM] = "lm",
-    [PROTO_TASK_SEQ_CLS] = "seq_cls",
-    [PROTO_TASK_MULTIPLE_CHOICE] = "multiple_choice",
-    [PROTO_TASK_TOKEN_CLS] = "token_cls",
-    [PROTO_TASK_QA_SIMPLE] = "qa_simple",
-    [PROTO_TASK_QA] = "qa",
-    [PROTO_TASK_CLM_SCORE] = "clm_score",
-    [PROTO_TASK_GENERATE] = "generate",
-    [PROTO_TASK_MLM_PLL] = "mlm_pll",
+/* The task table (proto.h, proto_task_info_t). Indexed by task; the test
+ * test_tasks.c walks the schema's enum descriptor against it. */
+static const proto_task_info_t task_table[PROTO_TASK_COUNT_] = {
+    [PROTO_TASK_BASE] = {PROTO_TASK_BASE, "base", PROTO_TASK_KIND_HEAD, .batchable = true},
+    [PROTO_TASK_LM] = {PROTO_TASK_LM, "lm", PROTO_TASK_KIND_HEAD, .batchable = true,
+                       .needs_lm = true},
+    [PROTO_TASK_SEQ_CLS] = {PROTO_TASK_SEQ_CLS, "seq_cls", PROTO_TASK_KIND_HEAD, .batchable = true},
+    [PROTO_TASK_MULTIPLE_CHOICE] = {PROTO_TASK_MULTIPLE_CHOICE, "multiple_choice",
+                                    PROTO_TASK_KIND_HEAD, .batchable = true, .n_choices = true},
+    [PROTO_TASK_TOKEN_CLS] = {PROTO_TASK_TOKEN_CLS, "token_cls", PROTO_TASK_KIND_HEAD,
+                              .batchable = true},
+    [PROTO_TASK_QA_SIMPLE] = {PROTO_TASK_QA_SIMPLE, "qa_simple", PROTO_TASK_KIND_HEAD,
+                              .batchable = true},
+    [PROTO_TASK_QA] = {PROTO_TASK_QA, "qa", PROTO_TASK_KIND_HEAD, .batchable = true,
+                       .p_mask = true},
+    [PROTO_TASK_CLM_SCORE] = {PROTO_TASK_CLM_SCORE, "clm_score", PROTO_TASK_KIND_SCORE,
+                              .batchable = true, .needs_lm = true, .score_window = true},
+    /* Not batchable: generate loops on one row; mlm_pll is expanded by the
+     * worker into one masked copy per scored position, so its real size is
+     * not rows * max_len and the worker splits it by its own budget. */
+    [PROTO_TASK_GENERATE] = {PROTO_TASK_GENERATE, "generate", PROTO_TASK_KIND_GENERATE,
+                             .needs_lm = true, .generate = true},
+    [PROTO_TASK_MLM_PLL] = {PROTO_TASK_MLM_PLL, "mlm_pll", PROTO_TASK_KIND_SCORE,
+                            .needs_lm = true, .score_window = true,
+                            .tokens_need_score_from = true},
 };
+
+const proto_task_info_t *proto_task_info(proto_task_t task)
+{
+    if ((int)task < 0 || task >= PROTO_TASK_COUNT_)
+        return NULL;
+    return &task_table[task];
+}
 
 const char *proto_status_str(proto_status_t status)
 {
@@ -72,15 +94,14 @@ bool proto_status_retryable(proto_status_t status)
 
 const char *proto_task_name(proto_task_t task)
 {
-    if ((int)task < 0 || task >= PROTO_TASK_COUNT_)
-        return "unknown";
-    return task_names[task];
+    const proto_task_info_t *info = proto_task_info(task);
+    return info ? info->name : "unknown";
 }
 
 proto_task_t proto_task_from_name(const char *name)
 {
     for (int t = 0; name && t < PROTO_TASK_COUNT_; t++)
-        if (strcmp(name, task_names[t]) == 0)
+        if (strcmp(name, task_table[t].name) == 0)
             return (proto_task_t)t;
     return PROTO_TASK_COUNT_;
 }
@@ -158,6 +179,27 @@ static proto_status_t check_range(const char *fn, const char *what, const int64_
     return PROTO_STATUS_OK;
 }
 
+/* Names of the tasks whose option flag at offset field (a bool of
+ * proto_task_info_t) is set, "a, b and c", for the error messages. */
+static const char *tasks_taking(size_t field, char *buf, size_t size)
+{
+    size_t n = 0, used = 0;
+    for (int t = 0; t < PROTO_TASK_COUNT_; t++)
+        n += *(const bool *)((const char *)&task_table[t] + field);
+    buf[0] = '\0';
+    for (int t = 0, seen = 0; t < PROTO_TASK_COUNT_ && used < size; t++) {
+        if (!*(const bool *)((const char *)&task_table[t] + field))
+            continue;
+        seen++;
+        const char *sep = seen == 1 ? "" : (size_t)seen == n ? " and " : ", ";
+        int w = snprintf(buf + used, size - used, "%s%s", sep, task_table[t].name);
+        used += w > 0 ? (size_t)w : 0;
+    }
+    return buf;
+}
+
+#define TASKS_TAKING(field, buf) tasks_taking(offsetof(proto_task_info_t, field), buf, sizeof buf)
+
 /* ------------------------------------------------------------ request structure */
 
 static proto_status_t check_token_arrays(const Xlm__TokenInput *in, proto_task_t task,
@@ -182,10 +224,11 @@ static proto_status_t check_token_arrays(const Xlm__TokenInput *in, proto_task_t
         (rc = check_range(fn, "token_type_ids", in->token_type_ids, in->n_token_type_ids, -1, err)) ||
         (rc = check_range(fn, "position_ids", in->position_ids, in->n_position_ids, -1, err)))
         return rc;
-    if (in->n_p_mask && task != PROTO_TASK_QA)
+    char names[64];
+    if (in->n_p_mask && !proto_task_info(task)->p_mask)
         return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                               "%s: p_mask given for task %s, expected only for qa",
-                               fn, proto_task_name(task));
+                               "%s: p_mask given for task %s, expected only for %s",
+                               fn, proto_task_name(task), TASKS_TAKING(p_mask, names));
     for (size_t i = 0; i < in->n_p_mask; i++)
         if (!isfinite(in->p_mask[i]))
             return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
@@ -276,59 +319,69 @@ static proto_status_t check_text(const Xlm__TextInput *in, proto_shape_t *shape,
     return PROTO_STATUS_OK;
 }
 
-/* Options tied to one task: n_choices, generate, score_from. */
+static proto_status_t check_generate(const Xlm__Generate *g, const proto_shape_t *shape,
+                                     proto_error_t *err)
+{
+    static const char fn[] = "proto_request_check";
+    if (!g)
+        return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
+                               "%s: task generate without generate options", fn);
+    if (g->steps <= 0 || g->steps > PROTO_MAX_STEPS)
+        return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
+                               "%s: generate.steps = %lld, expected 1 to %d",
+                               fn, (long long)g->steps, PROTO_MAX_STEPS);
+    if (shape->rows != 1)
+        return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
+                               "%s: generate from %lld rows, expected 1", fn,
+                               (long long)shape->rows);
+    if (g->lang_fill_case == XLM__GENERATE__LANG_FILL_LANG_FILL_ID && g->lang_fill_id < 0)
+        return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
+                               "%s: generate.lang_fill_id = %lld, expected >= 0", fn,
+                               (long long)g->lang_fill_id);
+    if (g->lang_fill_case == XLM__GENERATE__LANG_FILL_LANG_FILL_CODE)
+        return check_string(fn, "generate.lang_fill_code", g->lang_fill_code, PROTO_LANG_MAX,
+                            true, err);
+    return PROTO_STATUS_OK;
+}
+
+/* Options tied to some tasks (proto_task_info_t says which): n_choices,
+ * generate, score_from, score_to, return_tokens. */
 static proto_status_t check_task_options(const Xlm__Request *rq, proto_task_t task,
                                          const proto_shape_t *shape, proto_error_t *err)
 {
     static const char fn[] = "proto_request_check";
-    if (task == PROTO_TASK_MULTIPLE_CHOICE) {
+    const proto_task_info_t *info = proto_task_info(task);
+    char names[128];
+    if (info->n_choices) {
         if (rq->n_choices <= 0 || rq->n_choices > shape->rows || shape->rows % rq->n_choices)
             return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
                                    "%s: n_choices = %lld with %lld rows, expected n_choices > 0 dividing the rows",
                                    fn, (long long)rq->n_choices, (long long)shape->rows);
     } else if (rq->n_choices != 0) {
         return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                               "%s: n_choices = %lld for task %s, expected 0 (multiple_choice only)",
-                               fn, (long long)rq->n_choices, proto_task_name(task));
+                               "%s: n_choices = %lld for task %s, expected 0 (%s only)",
+                               fn, (long long)rq->n_choices, info->name,
+                               TASKS_TAKING(n_choices, names));
     }
 
-    if (task == PROTO_TASK_GENERATE) {
-        const Xlm__Generate *g = rq->generate;
-        if (!g)
-            return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                                   "%s: task generate without generate options", fn);
-        if (g->steps <= 0 || g->steps > PROTO_MAX_STEPS)
-            return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                                   "%s: generate.steps = %lld, expected 1 to %d",
-                                   fn, (long long)g->steps, PROTO_MAX_STEPS);
-        if (shape->rows != 1)
-            return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                                   "%s: generate from %lld rows, expected 1", fn,
-                                   (long long)shape->rows);
-        if (g->lang_fill_case == XLM__GENERATE__LANG_FILL_LANG_FILL_ID && g->lang_fill_id < 0)
-            return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                                   "%s: generate.lang_fill_id = %lld, expected >= 0", fn,
-                                   (long long)g->lang_fill_id);
-        proto_status_t rc;
-        if (g->lang_fill_case == XLM__GENERATE__LANG_FILL_LANG_FILL_CODE &&
-            (rc = check_string(fn, "generate.lang_fill_code", g->lang_fill_code,
-                               PROTO_LANG_MAX, true, err)))
+    if (info->generate) {
+        proto_status_t rc = check_generate(rq->generate, shape, err);
+        if (rc)
             return rc;
     } else if (rq->generate) {
         return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                               "%s: generate options for task %s, expected only for generate",
-                               fn, proto_task_name(task));
+                               "%s: generate options for task %s, expected only for %s",
+                               fn, info->name, TASKS_TAKING(generate, names));
     }
 
-    const bool scoring = task == PROTO_TASK_CLM_SCORE || task == PROTO_TASK_MLM_PLL;
-    if ((rq->n_score_from || rq->n_score_to || rq->return_tokens) && !scoring)
+    if ((rq->n_score_from || rq->n_score_to || rq->return_tokens) && !info->score_window)
         return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
                                "%s: score_from, score_to or return_tokens for task %s, expected "
-                               "only for clm_score and mlm_pll", fn, proto_task_name(task));
-    if (task == PROTO_TASK_MLM_PLL && !shape->text && !rq->n_score_from)
+                               "only for %s", fn, info->name, TASKS_TAKING(score_window, names));
+    if (info->tokens_need_score_from && !shape->text && !rq->n_score_from)
         return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
-                               "%s: mlm_pll of token rows needs score_from (the first scored "
-                               "position of each row)", fn);
+                               "%s: %s of token rows needs score_from (the first scored "
+                               "position of each row)", fn, info->name);
     if (rq->n_score_to && !rq->n_score_from)
         return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
                                "%s: score_to without score_from", fn);
@@ -415,7 +468,8 @@ static proto_status_t check_model_tokens(const Xlm__Request *rq, const Xlm__Read
 {
     static const char fn[] = "proto_request_check_model";
     const Xlm__TokenInput *in = rq->tokens;
-    int64_t extra = rq->task == XLM__TASK__TASK_GENERATE && rq->generate ? rq->generate->steps : 0;
+    const proto_task_info_t *info = proto_task_info((proto_task_t)rq->task);
+    int64_t extra = info && info->generate && rq->generate ? rq->generate->steps : 0;
     for (size_t r = 0; r < in->n_lengths; r++)
         if (in->lengths[r] + extra > ready->max_position_embeddings)
             return proto_error_set(err, PROTO_STATUS_TOO_LARGE,

@@ -74,9 +74,9 @@ typedef enum {
     PROTO_STATUS_COUNT_
 } proto_status_t;
 
-/* Mirrors the wire enum xlm.Task. Values below PROTO_TASK_CLM_SCORE equal
- * the engine's shard_head_t (the worker maps them; proto does not link
- * shard). Append only. */
+/* Mirrors the wire enum xlm.Task value for value. What each task is lives
+ * in proto_task_info(); the worker maps tasks to engine calls in its own
+ * table (worker/tasks.c), never by value. Append only. */
 typedef enum {
     PROTO_TASK_BASE = 0,
     PROTO_TASK_LM = 1,
@@ -90,6 +90,33 @@ typedef enum {
     PROTO_TASK_MLM_PLL = 9,
     PROTO_TASK_COUNT_
 } proto_task_t;
+
+/* What a task computes. */
+typedef enum {
+    PROTO_TASK_KIND_HEAD = 0, /* one of the model's heads over every row */
+    PROTO_TASK_KIND_SCORE,    /* log-probabilities of the scored positions */
+    PROTO_TASK_KIND_GENERATE, /* greedy generation, one pipeline pass per token */
+    PROTO_TASK_KIND_COUNT_
+} proto_task_kind_t;
+
+/* One row per wire task: its name, what it computes, how the broker may
+ * batch it and which request options it takes. The codec's option checks
+ * and the broker's batching read this table; nothing else says it. */
+typedef struct {
+    proto_task_t task;
+    const char *name;         /* "base", ..., "mlm_pll" */
+    proto_task_kind_t kind;
+    bool batchable;           /* false: always a micro-batch of its own */
+    bool needs_lm;            /* served only by a model with the LM head */
+    bool n_choices;           /* needs n_choices > 0 dividing the rows; others 0 */
+    bool p_mask;              /* token input may carry p_mask */
+    bool generate;            /* needs the generate options, one row; others none */
+    bool score_window;        /* takes score_from, score_to and return_tokens */
+    bool tokens_need_score_from; /* token rows must say score_from */
+} proto_task_info_t;
+
+/* The row of task; NULL when task is not a wire task. */
+const proto_task_info_t *proto_task_info(proto_task_t task);
 
 typedef struct {
     proto_status_t code;

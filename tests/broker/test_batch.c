@@ -10,7 +10,7 @@
 
 static broker_batch_item_t item(int64_t rows, int64_t len)
 {
-    broker_batch_item_t it = {rows, len, 1, false, rows * len};
+    broker_batch_item_t it = {rows, len, {PROTO_TASK_LM, 0}, false, rows * len};
     return it;
 }
 
@@ -54,7 +54,7 @@ static void test_keys_and_alone(void **state)
 {
     (void)state;
     broker_batch_item_t items[] = {item(1, 8), item(1, 8), item(1, 8), item(1, 8)};
-    items[1].key = 2;    /* another task */
+    items[1].key.task = PROTO_TASK_SEQ_CLS; /* another task */
     items[2].alone = true; /* generate */
     size_t chosen[4];
     assert_int_equal(broker_batch_select(items, 4, 1000, 16, chosen), 2);
@@ -63,9 +63,46 @@ static void test_keys_and_alone(void **state)
     assert_int_equal(broker_batch_select(items, 4, 1000, 16, chosen), 1);
 }
 
+/* Same task, other choices per example: never one micro-batch. */
+static void test_key_fields_compared(void **state)
+{
+    (void)state;
+    broker_batch_item_t items[] = {item(4, 8), item(4, 8), item(6, 8)};
+    for (int i = 0; i < 3; i++)
+        items[i].key = (broker_batch_key_t){PROTO_TASK_MULTIPLE_CHOICE, i < 2 ? 2 : 3};
+    size_t chosen[3];
+    assert_int_equal(broker_batch_select(items, 3, 1000, 16, chosen), 2);
+    assert_int_equal(chosen[1], 1);
+}
+
+/* Keys and alone come from proto_task_info: n_choices only where the task
+ * takes it, the tasks that are not batchable always alone. */
+static void test_key_of_request(void **state)
+{
+    (void)state;
+    Xlm__Request rq = XLM__REQUEST__INIT;
+    rq.task = XLM__TASK__TASK_MULTIPLE_CHOICE;
+    rq.n_choices = 4;
+    broker_batch_key_t mc = broker_batch_key_of(&rq);
+    assert_int_equal(mc.task, PROTO_TASK_MULTIPLE_CHOICE);
+    assert_int_equal(mc.n_choices, 4);
+    rq.task = XLM__TASK__TASK_SEQ_CLS;
+    broker_batch_key_t seq = broker_batch_key_of(&rq);
+    assert_int_equal(seq.task, PROTO_TASK_SEQ_CLS);
+    assert_int_equal(seq.n_choices, 0);
+    assert_false(broker_batch_key_equal(&mc, &seq));
+    broker_batch_key_t again = broker_batch_key_of(&rq);
+    assert_true(broker_batch_key_equal(&seq, &again));
+    assert_false(proto_task_info(PROTO_TASK_GENERATE)->batchable);
+    assert_false(proto_task_info(PROTO_TASK_MLM_PLL)->batchable);
+    assert_true(proto_task_info(PROTO_TASK_CLM_SCORE)->batchable);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_key_fields_compared),
+        cmocka_unit_test(test_key_of_request),
         cmocka_unit_test(test_budget_and_padding),
         cmocka_unit_test(test_head_always_taken),
         cmocka_unit_test(test_keys_and_alone),
