@@ -75,6 +75,10 @@ xlm_status_t client_fail(xlm_client_t *client, xlm_status_t status, const char *
     __attribute__((format(printf, 3, 4)));
 int64_t client_now_us(void);
 
+/* The wire task of a public task (names.c's table); PROTO_TASK_COUNT_ when
+ * task is out of range. */
+proto_task_t client_task_to_wire(xlm_task_t task);
+
 /* request.c: the xlm_request_t -> ClientMessage bytes, checked with
  * proto_request_check. id and deadline_ms replace the request's own. */
 xlm_status_t client_encode_request(xlm_client_t *client, const xlm_request_t *request,

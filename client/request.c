@@ -177,7 +177,7 @@ xlm_status_t client_encode_request(xlm_client_t *client, const xlm_request_t *re
         goto done;
     rq.id = (char *)id;
     rq.model = (char *)(request->model ? request->model : "");
-    rq.task = (Xlm__Task)request->task;
+    rq.task = (Xlm__Task)client_task_to_wire(request->task);
     rq.deadline_ms = deadline_ms;
     rq.n_choices = request->n_choices;
     /* Options of other tasks are sent only when set, so that the check names them. */

@@ -212,7 +212,11 @@ static const char *case_request(const infer_t *run, const case_t *c, int64_t *le
         if (head == SHARD_HEAD_COUNT_)
             return "the line names no head and --head is not given (the service has no "
                    "default head)";
-        rq->task = (xlm_task_t)head; /* xlm.Task 0..6 are the heads */
+        /* A head and its task share the name (xlm_task_from_name is the
+         * client library's table); no value is assumed. */
+        rq->task = xlm_task_from_name(shard_head_name(head));
+        if (rq->task == XLM_TASK_COUNT_)
+            return "the head has no task of the same name in the protocol";
         break;
     }
     }
