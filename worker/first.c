@@ -81,14 +81,16 @@ static int build_ready(first_t *f)
         f->ready.n_lang_codes = (size_t)c->n_langs;
         f->ready.lang_codes = f->lang_codes;
     }
-    size_t n = 0;
+    /* A task is served when the model has the head its engine call needs
+     * (worker/tasks.c); each head is looked up once. */
+    bool served[SHARD_HEAD_COUNT_];
     for (int h = 0; h < SHARD_HEAD_COUNT_; h++)
-        if (head_served(st, (shard_head_t)h))
-            f->tasks[n++] = (Xlm__Task)h;
-    if (head_served(st, SHARD_HEAD_LM)) {
-        f->tasks[n++] = XLM__TASK__TASK_CLM_SCORE;
-        f->tasks[n++] = XLM__TASK__TASK_GENERATE;
-        f->tasks[n++] = XLM__TASK__TASK_MLM_PLL;
+        served[h] = head_served(st, (shard_head_t)h);
+    size_t n = 0;
+    for (int t = 0; t < PROTO_TASK_COUNT_; t++) {
+        const worker_task_t *wt = worker_task(t);
+        if (wt && served[wt->head])
+            f->tasks[n++] = (Xlm__Task)wt->task;
     }
     f->ready.n_tasks = n;
     f->ready.tasks = f->tasks;
@@ -194,7 +196,8 @@ static worker_micro_t *build_micro(first_t *f, worker_prepared_t *preps, size_t 
         }
         m->items[i - first] = p->item;
         m->items[i - first].row0 = row;
-        p->item.score = NULL; /* moved into the micro-batch */
+        p->item.windows = NULL; /* moved into the micro-batch */
+        p->item.copies = NULL;
         row += p->item.rows;
     }
     return m;
@@ -250,7 +253,8 @@ static void enqueue_step(first_t *f, gen_job_t *job)
     if (job->langs)
         memcpy(m->langs, job->langs, (size_t)job->len * sizeof(int64_t));
     m->items[0] = job->prep.item;
-    m->items[0].score = NULL;
+    m->items[0].windows = NULL; /* the job keeps the prompt's */
+    m->items[0].copies = NULL;
     m->items[0].row0 = 0;
     m->items[0].rows = 1;
     m->items[0].seq = job->len;

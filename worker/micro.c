@@ -43,7 +43,10 @@ void worker_micro_destroy(worker_micro_t **self_p)
     free(m->token_type_ids);
     free(m->p_mask);
     for (int i = 0; m->items && i < m->n_items; i++)
-        free(m->items[i].score);
+    {
+        free(m->items[i].windows);
+        free(m->items[i].copies);
+    }
     free(m->items);
     shard_acts_destroy(&m->acts);
     free(m);
@@ -112,21 +115,44 @@ typedef struct {
 
 typedef struct {
     uint64_t ticket, batch_id, queue_us, tokenize_us, received_us, gen_job;
-    int64_t task, row0, rows, seq, n_choices, n_score, orig_rows, return_tokens, credit;
+    int64_t task, row0, rows, seq, n_choices, n_windows, n_copies, orig_rows, return_tokens,
+        credit;
     char id[PACKET_ID_BYTES];
 } packet_item_t;
 
 static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+/* Records are written back to back: their sizes keep the 8-byte alignment. */
+_Static_assert(sizeof(worker_window_t) % 8 == 0, "worker_window_t breaks packet alignment");
+_Static_assert(sizeof(worker_pll_copy_t) % 8 == 0, "worker_pll_copy_t breaks packet alignment");
 
 size_t worker_packet_capacity(int64_t tokens, int64_t emb_dim)
 {
     /* Computed positions carry their hidden state and layout; padded cells
      * (up to PROTO_PADDED_FACTOR per budgeted token) their ids, mask and
      * p_mask; every row may be its own request. */
+    if (tokens < 0 || emb_dim < 1 || (uint64_t)emb_dim > SIZE_MAX / 8)
+        return 0;
     const size_t per_token = (size_t)emb_dim * 4 + 4 + 1;
-    const size_t per_cell = 8 + 8 + 4 + 8 /* row_start */ + sizeof(packet_item_t) + 3 * 8;
-    return sizeof(packet_header_t) + 4096 + (size_t)tokens * per_token +
-           (size_t)tokens * PROTO_PADDED_FACTOR * per_cell;
+    const size_t per_cell = 8 + 8 + 4 + 8 /* row_start */ + sizeof(packet_item_t) +
+                            sizeof(worker_window_t) + sizeof(worker_pll_copy_t);
+    size_t a, b, c, total;
+    if (__builtin_mul_overflow((size_t)tokens, per_token, &a) ||
+        __builtin_mul_overflow((size_t)tokens, (size_t)PROTO_PADDED_FACTOR * per_cell, &b) ||
+        __builtin_add_overflow(a, b, &c) ||
+        __builtin_add_overflow(c, sizeof(packet_header_t) + 4096, &total))
+        return 0; /* too large: the caller refuses it */
+    return total;
+}
+
+/* Records that travel after an item: its windows and masked copies. */
+static int64_t item_windows(const worker_item_t *it) { return it->windows ? it->orig_rows : 0; }
+static int64_t item_copies(const worker_item_t *it) { return it->copies ? it->n_copies : 0; }
+
+static size_t item_records_size(const worker_item_t *it)
+{
+    return (size_t)item_windows(it) * sizeof(worker_window_t) +
+           (size_t)item_copies(it) * sizeof(worker_pll_copy_t);
 }
 
 size_t worker_packet_size(const worker_micro_t *m)
@@ -138,7 +164,7 @@ size_t worker_packet_size(const worker_micro_t *m)
             align8((size_t)a->n_tokens) + align8((size_t)(a->n_tokens * a->emb_dim) * 4);
     size += cells * 8 * 2 + (m->p_mask ? align8(cells * 4) : 0);
     for (int i = 0; i < m->n_items; i++)
-        size += sizeof(packet_item_t) + (size_t)m->items[i].n_score * 8;
+        size += sizeof(packet_item_t) + item_records_size(&m->items[i]);
     return size;
 }
 
@@ -179,12 +205,14 @@ size_t worker_packet_write(const worker_micro_t *m, void *buffer, size_t capacit
         const worker_item_t *it = &m->items[i];
         packet_item_t p = {it->ticket, it->batch_id, it->queue_us, it->tokenize_us, it->received_us,
                            it->gen_job, it->task, it->row0, it->rows, it->seq, it->n_choices,
-                           it->score ? it->n_score : 0, it->orig_rows, it->return_tokens,
+                           item_windows(it), item_copies(it), it->orig_rows, it->return_tokens,
                            it->credit, {0}};
         memcpy(p.id, it->id, sizeof p.id);
         put(&w, &p, sizeof p);
-        if (it->score && it->n_score)
-            put(&w, it->score, (size_t)it->n_score * 8);
+        if (p.n_windows)
+            put(&w, it->windows, (size_t)p.n_windows * sizeof *it->windows);
+        if (p.n_copies)
+            put(&w, it->copies, (size_t)p.n_copies * sizeof *it->copies);
     }
     if (w.at > w.end)
         return 0;
@@ -218,12 +246,43 @@ static bool bad_header(const packet_header_t *h, size_t size)
            h->n_items > h->batch + 1;
 }
 
+/* Counts of the item's records: windows one per request row or none,
+ * copies one per item row or none (mlm_pll's copies may outnumber or, when
+ * rows score nothing, undercount the request's rows; without copies the
+ * item's rows are the request's). */
 static bool bad_item(const packet_item_t *p, const packet_header_t *h)
 {
     return p->row0 < 0 || p->rows < 0 || p->row0 + p->rows > h->batch || p->seq < 0 ||
            p->seq > h->seq || p->n_choices < 0 || memchr(p->id, 0, sizeof p->id) == NULL ||
-           p->orig_rows < 0 || p->orig_rows > p->rows || p->n_score < 0 ||
-           p->n_score > 2 * p->orig_rows + 3 * p->rows;
+           !worker_task(p->task) || p->orig_rows < 0 || p->orig_rows > PROTO_MAX_ROWS ||
+           (p->n_copies == 0 && p->orig_rows > p->rows) ||
+           (p->n_windows != 0 && p->n_windows != p->orig_rows) ||
+           (p->n_copies != 0 && (p->n_copies != p->rows || p->n_windows == 0));
+}
+
+/* Every window inside the item's seq, every copy of a request row and its
+ * masked position inside seq. */
+static bool bad_records(const worker_item_t *it)
+{
+    for (int64_t r = 0; it->windows && r < it->orig_rows; r++)
+        if (it->windows[r].from < 0 || it->windows[r].to < it->windows[r].from ||
+            it->windows[r].to > it->seq)
+            return true;
+    for (int64_t c = 0; c < it->n_copies; c++)
+        if (it->copies[c].row < 0 || it->copies[c].row >= it->orig_rows ||
+            it->copies[c].pos < 0 || it->copies[c].pos >= it->seq || it->copies[c].target < 0)
+            return true;
+    return false;
+}
+
+/* Copies n records of size bytes from the packet into *out (malloc'd). */
+static bool take_records(reader_t *r, int64_t n, size_t size, void **out)
+{
+    const void *src = take(r, (size_t)n * size);
+    *out = src ? malloc((size_t)n * size) : NULL;
+    if (*out)
+        memcpy(*out, src, (size_t)n * size);
+    return *out != NULL;
 }
 
 static shard_status_t read_items(reader_t *r, const packet_header_t *h, worker_micro_t *m,
@@ -241,14 +300,17 @@ static shard_status_t read_items(reader_t *r, const packet_header_t *h, worker_m
                               .credit = (uint32_t)p->credit, .gen_job = p->gen_job,
                               .orig_rows = p->orig_rows, .return_tokens = p->return_tokens != 0};
         memcpy(it->id, p->id, sizeof it->id);
-        if (p->n_score) {
-            const void *score = take(r, (size_t)p->n_score * 8);
-            it->score = score ? malloc((size_t)p->n_score * 8) : NULL;
-            if (!it->score)
-                return shard_error_set(err, SHARD_ERR_FORMAT, "packet: item %d truncated", i);
-            memcpy(it->score, score, (size_t)p->n_score * 8);
-            it->n_score = p->n_score;
-        }
+        if ((p->n_windows && !take_records(r, p->n_windows, sizeof *it->windows,
+                                           (void **)&it->windows)) ||
+            (p->n_copies && !take_records(r, p->n_copies, sizeof *it->copies,
+                                          (void **)&it->copies)))
+            return shard_error_set(err, SHARD_ERR_FORMAT, "packet: item %d truncated", i);
+        it->n_copies = p->n_copies;
+        if (bad_records(it))
+            return shard_error_set(err, SHARD_ERR_FORMAT,
+                                   "packet: item %d has a scored window or masked copy outside "
+                                   "its %lld rows of %lld positions", i, (long long)it->orig_rows,
+                                   (long long)it->seq);
     }
     return SHARD_OK;
 }

@@ -20,7 +20,8 @@ void worker_prepared_clear(worker_prepared_t *p)
     free(p->types);
     free(p->p_mask);
     free(p->segments);
-    free(p->item.score);
+    free(p->item.windows);
+    free(p->item.copies);
     memset(p, 0, sizeof *p);
 }
 
@@ -156,17 +157,16 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
         status = PROTO_STATUS_INTERNAL;
     }
     if (status == PROTO_STATUS_OK &&
-        !(p->segments = calloc(text->n_rows * 5, sizeof *p->segments))) {
+        !(p->segments = calloc(text->n_rows ? text->n_rows : 1, sizeof *p->segments))) {
         snprintf(message, message_size, "out of memory");
         status = PROTO_STATUS_INTERNAL;
     }
     for (size_t r = 0; status == PROTO_STATUS_OK && r < text->n_rows; r++) {
-        int64_t *seg = p->segments + 5 * r;
-        seg[0] = (int64_t)rows[r].offset_a;
-        seg[1] = (int64_t)rows[r].length_a;
-        seg[2] = rows[r].has_pair ? (int64_t)rows[r].offset_b : -1;
-        seg[3] = rows[r].has_pair ? (int64_t)rows[r].length_b : 0;
-        seg[4] = (int64_t)rows[r].length;
+        p->segments[r] = (worker_segments_t){
+            .offset_a = (int64_t)rows[r].offset_a, .length_a = (int64_t)rows[r].length_a,
+            .offset_b = rows[r].has_pair ? (int64_t)rows[r].offset_b : -1,
+            .length_b = rows[r].has_pair ? (int64_t)rows[r].length_b : 0,
+            .length = (int64_t)rows[r].length};
         const int64_t at = (int64_t)r * longest;
         for (int64_t s = 0; s < longest; s++) {
             const bool real = s < (int64_t)rows[r].length;
@@ -230,13 +230,13 @@ static int64_t row_length(const worker_prepared_t *p, int64_t r)
 static void default_window(const worker_prepared_t *p, int64_t r, bool pll, int64_t *from, int64_t *to)
 {
     if (p->segments) {
-        const int64_t *seg = p->segments + 5 * r;
-        if (seg[2] >= 0) { /* the second segment */
-            *from = seg[2];
-            *to = pll ? seg[2] + seg[3] : seg[4];
+        const worker_segments_t *seg = &p->segments[r];
+        if (seg->offset_b >= 0) { /* the second segment */
+            *from = seg->offset_b;
+            *to = pll ? seg->offset_b + seg->length_b : seg->length;
         } else {
-            *from = pll ? seg[0] : 1;
-            *to = pll ? seg[0] + seg[1] : seg[4];
+            *from = pll ? seg->offset_a : 1;
+            *to = pll ? seg->offset_a + seg->length_a : seg->length;
         }
         return;
     }
@@ -250,10 +250,10 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
                                  size_t message_size)
 {
     const int64_t rows = p->item.orig_rows, seq = p->item.seq;
-    const int64_t *from = p->item.score, *to = p->item.score + rows;
+    const worker_window_t *windows = p->item.windows;
     int64_t copies = 0;
     for (int64_t r = 0; r < rows; r++)
-        copies += to[r] - from[r];
+        copies += windows[r].to - windows[r].from;
     if (copies == 0) {
         snprintf(message, message_size, "mlm_pll: no position to score");
         return PROTO_STATUS_BAD_REQUEST;
@@ -272,11 +272,10 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
     e.positions = malloc(cells * sizeof *e.positions);
     e.langs = p->langs ? malloc(cells * sizeof *e.langs) : NULL;
     e.types = p->types ? malloc(cells * sizeof *e.types) : NULL;
-    int64_t *score = realloc(p->item.score, (size_t)(2 * rows + 3 * copies) * sizeof *score);
-    if (score)
-        p->item.score = score;
+    worker_pll_copy_t *copy = calloc((size_t)copies, sizeof *copy);
     if (!e.ids || !e.mask || !e.positions || (p->langs && !e.langs) || (p->types && !e.types) ||
-        !score) {
+        !copy) {
+        free(copy);
         free(e.ids);
         free(e.mask);
         free(e.positions);
@@ -287,13 +286,13 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
     }
     int64_t c = 0;
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t pos = score[r]; pos < score[rows + r]; pos++, c++) {
+        for (int64_t pos = windows[r].from; pos < windows[r].to; pos++, c++) {
             const size_t src = (size_t)(r * seq), dst = (size_t)(c * seq);
-            int64_t *triple = score + 2 * rows + 3 * c;
             shard_error_t err = {0};
             shard_pll_expand(st->config, p->ids + src, p->langs ? p->langs + src : NULL, seq, pos, 1,
-                             e.ids + dst, e.langs ? e.langs + dst : NULL, &triple[0], &triple[1], &err);
-            triple[2] = r;
+                             e.ids + dst, e.langs ? e.langs + dst : NULL, &copy[c].pos,
+                             &copy[c].target, &err);
+            copy[c].row = r;
             memcpy(e.mask + dst, p->mask + src, (size_t)seq * sizeof *e.mask);
             memcpy(e.positions + dst, p->positions + src, (size_t)seq * sizeof *e.positions);
             if (e.types)
@@ -310,20 +309,20 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
     p->langs = e.langs;
     p->types = e.types;
     p->item.rows = copies;
-    p->item.n_score = 2 * rows + 3 * copies;
+    p->item.copies = copy;
+    p->item.n_copies = copies;
     return PROTO_STATUS_OK;
 }
 
 static proto_status_t prepare_scoring(worker_prepared_t *p, const worker_stage_t *st,
                                       const Xlm__Request *req, char *message, size_t message_size)
 {
-    const bool pll = req->task == XLM__TASK__TASK_MLM_PLL;
+    const bool pll = worker_task(req->task)->call == WORKER_CALL_MASKED_LOGPROB;
     const int64_t rows = p->item.rows;
     p->item.orig_rows = rows;
-    p->item.n_score = 2 * rows;
     p->item.return_tokens = req->return_tokens;
-    p->item.score = malloc((size_t)(2 * rows) * sizeof(int64_t));
-    if (!p->item.score) {
+    p->item.windows = calloc((size_t)rows, sizeof *p->item.windows);
+    if (!p->item.windows) {
         snprintf(message, message_size, "out of memory");
         return PROTO_STATUS_INTERNAL;
     }
@@ -341,8 +340,7 @@ static proto_status_t prepare_scoring(worker_prepared_t *p, const worker_stage_t
                      (long long)len, pll ? "" : " (clm_score starts at 1 or later)");
             return PROTO_STATUS_BAD_REQUEST;
         }
-        p->item.score[r] = from;
-        p->item.score[rows + r] = to;
+        p->item.windows[r] = (worker_window_t){from, to};
     }
     return pll ? expand_pll(p, st, message, message_size) : PROTO_STATUS_OK;
 }
@@ -351,9 +349,15 @@ proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
                               const Xlm__Request *req, char *message, size_t message_size)
 {
     const shard_config_t *c = st->config;
+    const proto_task_info_t *info = proto_task_info((proto_task_t)req->task);
     proto_status_t status;
+    if (!info || !worker_task(req->task)) {
+        snprintf(message, message_size, "worker_prepare: task %d, expected a wire task the "
+                 "worker maps (0 to %d)", (int)req->task, PROTO_TASK_COUNT_ - 1);
+        return PROTO_STATUS_UNKNOWN_TASK;
+    }
     p->item.task = (int32_t)req->task;
-    p->item.n_choices = req->task == XLM__TASK__TASK_MULTIPLE_CHOICE ? req->n_choices : 0;
+    p->item.n_choices = info->n_choices ? req->n_choices : 0;
     snprintf(p->item.id, sizeof p->item.id, "%s", req->id);
     if (req->input_case == XLM__REQUEST__INPUT_TOKENS)
         status = prepare_tokens(p, c, req->tokens, message, message_size);
@@ -375,10 +379,10 @@ proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
                  (long long)p->item.rows, (long long)p->item.n_choices);
         return PROTO_STATUS_BAD_REQUEST;
     }
-    if ((req->task == XLM__TASK__TASK_CLM_SCORE || req->task == XLM__TASK__TASK_MLM_PLL) &&
+    if (info->kind == PROTO_TASK_KIND_SCORE &&
         (status = prepare_scoring(p, st, req, message, message_size)) != PROTO_STATUS_OK)
         return status;
-    if (req->task == XLM__TASK__TASK_GENERATE &&
+    if (info->kind == PROTO_TASK_KIND_GENERATE &&
         (status = prepare_generate(p, c, req, message, message_size)) != PROTO_STATUS_OK)
         return status;
     p->tokens = 0;

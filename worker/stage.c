@@ -2,6 +2,7 @@
  * last stage's heads. */
 #include "stage.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +16,8 @@ volatile sig_atomic_t worker_stopping = 0;
 /* ------------------------------------------------------------ last stage */
 
 /* Scored positions of item row r (orig rows): [from, to). */
-static int64_t score_from(const worker_item_t *it, int64_t r) { return it->score[r]; }
-static int64_t score_to(const worker_item_t *it, int64_t r) { return it->score[it->orig_rows + r]; }
+static int64_t score_from(const worker_item_t *it, int64_t r) { return it->windows[r].from; }
+static int64_t score_to(const worker_item_t *it, int64_t r) { return it->windows[r].to; }
 
 /* "token_logprobs" (ragged [orig_rows][to - from]) and "sum_logprob". */
 static shard_status_t add_score_outputs(const worker_item_t *it, shard_outputs_t *outputs,
@@ -80,8 +81,8 @@ static void scored_texts(worker_stage_t *st, const worker_item_t *it, const shar
         texts->longest = to - from > texts->longest ? to - from : texts->longest;
         for (int64_t pos = from; pos < to; pos++) {
             int64_t id;
-            if (it->task == PROTO_TASK_MLM_PLL) /* the copies hold the mask there */
-                id = it->score[2 * it->orig_rows + 3 * (texts->n) + 1];
+            if (it->copies) /* the copies hold the mask there */
+                id = it->copies[texts->n].target;
             else
                 id = in->input_ids[r * in->seq + pos];
             const char *token = shard_tokenizer_id_to_token(st->tokenizer, id);
@@ -116,7 +117,7 @@ static void micro_clm_run(worker_stage_t *st, worker_micro_t *m, micro_clm_t *cl
     for (int i = 0; i < m->n_items; i++) {
         const worker_item_t *it = &m->items[i];
         for (int64_t r = 0; it->task == PROTO_TASK_CLM_SCORE && r < it->orig_rows; r++)
-            from[it->row0 + r] = it->score[r];
+            from[it->row0 + r] = it->windows[r].from;
     }
     shard_inputs_t in = {.batch = m->batch, .seq = m->seq, .input_ids = m->input_ids,
                          .attention_mask = m->attention_mask};
@@ -156,8 +157,8 @@ static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, co
         if (!mask_pos || !targets)
             status = shard_error_set(err, SHARD_ERR_NOMEM, "mlm_pll: out of memory");
         for (int64_t c = 0; !status && c < copies; c++) {
-            mask_pos[c] = it->score[2 * it->orig_rows + 3 * c];
-            targets[c] = it->score[2 * it->orig_rows + 3 * c + 1];
+            mask_pos[c] = it->copies[c].pos;
+            targets[c] = it->copies[c].target;
         }
         /* Copies are laid out row by row, position by position: in order. */
         if (!status && !(status = shard_head_masked_logprob(st->model, view, mask_pos, targets, &one, err)))
@@ -209,16 +210,19 @@ static shard_status_t run_item(worker_stage_t *st, worker_micro_t *m, const work
     shard_status_t status = worker_item_inputs(m, item, &in, err);
     if (status)
         return status;
+    const worker_task_t *wt = worker_task(item->task);
     if (!(status = shard_acts_view(m->acts, item->row0, item->rows, item->seq, &view, err))) {
-        if (item->task == PROTO_TASK_CLM_SCORE || item->task == PROTO_TASK_MLM_PLL) {
+        if (wt && (wt->call == WORKER_CALL_CLM_SCORE || wt->call == WORKER_CALL_MASKED_LOGPROB)) {
             status = score_item(st, item, &view, &in, clm, outputs, err);
             if (!status)
                 scored_texts(st, item, &in, texts);
-        } else if (item->task >= 0 && item->task < SHARD_HEAD_COUNT_) {
-            status = shard_head(st->model, (shard_head_t)item->task, &view, &in, outputs, err);
+        } else if (wt && wt->call == WORKER_CALL_HEAD) {
+            status = shard_head(st->model, wt->head, &view, &in, outputs, err);
         } else {
-            status = shard_error_set(err, SHARD_ERR_HEAD, "task %s is not computed by a head",
-                                     proto_task_name((proto_task_t)item->task));
+            status = shard_error_set(err, SHARD_ERR_HEAD,
+                                     "run_item: task %d (%s) is not computed by a head or a "
+                                     "scoring call in a micro-batch",
+                                     (int)item->task, proto_task_name((proto_task_t)item->task));
         }
     }
     worker_inputs_free(&in);
@@ -375,7 +379,14 @@ int worker_run_next(worker_stage_t *st)
         }
         idle_since = worker_now_us();
         int count = 0;
-        MPI_Get_count(&status, MPI_BYTE, &count);
+        if ((rc = WORKER_MPI(MPI_Get_count(&status, MPI_BYTE, &count))))
+            break;
+        if (count == MPI_UNDEFINED || count < 0 || (size_t)count > st->packet_capacity) {
+            worker_log(WORKER_LOG_ERROR, "stage %d: received a packet of %d bytes, expected 0 to "
+                       "%zu", st->stage, count, st->packet_capacity);
+            rc = -1;
+            break;
+        }
         int handled = handle_packet(st, recv_slots[oldest].buffer, (size_t)count, send_slots,
                                     &send_slot);
         if (handled != 0) {
@@ -461,6 +472,14 @@ static int open_stage(worker_stage_t *st)
         tokens = st->config->max_position_embeddings;
     st->batch_tokens = (uint64_t)tokens;
     st->packet_capacity = worker_packet_capacity(tokens, st->config->emb_dim);
+    /* MPI counts are int: every receive posts packet_capacity bytes. */
+    if (st->packet_capacity == 0 || st->packet_capacity > (size_t)INT_MAX) {
+        worker_log(WORKER_LOG_ERROR, "open_stage: packets for %lld tokens of %lld values need "
+                   "%zu bytes, expected 1 to %d (an MPI count; lower --max-batch-tokens)",
+                   (long long)tokens, (long long)st->config->emb_dim, st->packet_capacity,
+                   INT_MAX);
+        return -1;
+    }
     return 0;
 }
 

@@ -23,6 +23,28 @@ uint64_t worker_now_us(void);
     worker_mpi_check((call), #call, __FILE__, __LINE__)
 int worker_mpi_check(int rc, const char *what, const char *file, int line);
 
+/* ------------------------------------------------------------ tasks */
+
+/* The engine call that computes a wire task (worker/tasks.c). */
+typedef enum {
+    WORKER_CALL_HEAD = 0,       /* shard_head with the entry's head */
+    WORKER_CALL_CLM_SCORE,      /* shard_head_clm_score over the scored positions */
+    WORKER_CALL_MASKED_LOGPROB, /* shard_head_masked_logprob over the masked copies */
+    WORKER_CALL_NEXT_TOKEN,     /* shard_head_next_token, one pipeline pass per token */
+    WORKER_CALL_COUNT_
+} worker_call_t;
+
+typedef struct {
+    proto_task_t task;
+    worker_call_t call;
+    shard_head_t head; /* the head computed (WORKER_CALL_HEAD), else the one whose
+                        * weights the call reads; a model serves the task when it
+                        * has this head */
+} worker_task_t;
+
+/* The map's entry of a wire task; NULL when task is not one. */
+const worker_task_t *worker_task(int64_t task);
+
 /* ------------------------------------------------------------ micro-batches */
 
 typedef enum {
@@ -30,6 +52,17 @@ typedef enum {
     MICRO_GENERATE = 2, /* one step of a greedy generation */
     MICRO_SHUTDOWN = 3  /* drained: the stages behind stop after it */
 } micro_kind_t;
+
+/* Scored positions [from, to) of one row of a clm_score / mlm_pll request. */
+typedef struct {
+    int64_t from, to;
+} worker_window_t;
+
+/* One masked copy of mlm_pll: the request row it copies, the masked
+ * position and the id the mask hides (the scored target). */
+typedef struct {
+    int64_t row, pos, target;
+} worker_pll_copy_t;
 
 /* One request inside a micro-batch: rows [row0, row0 + rows) padded to its
  * own seq (heads see it exactly as if it had run alone). */
@@ -39,11 +72,12 @@ typedef struct {
     char id[PROTO_ID_MAX + 1];
     int32_t task;          /* proto_task_t */
     int64_t row0, rows, seq, n_choices;
-    /* clm_score / mlm_pll: score_from[orig_rows], score_to[orig_rows], then
-     * for mlm_pll one (masked position, target id, original row) per row:
-     * the rows are the masked copies. NULL for other tasks. */
-    int64_t *score;
-    int64_t n_score, orig_rows;
+    /* clm_score / mlm_pll: windows[orig_rows], the request's rows' scored
+     * positions; NULL for other tasks. mlm_pll: copies[n_copies], one per
+     * row of the item (the rows are the masked copies); NULL otherwise. */
+    worker_window_t *windows;
+    worker_pll_copy_t *copies;
+    int64_t orig_rows, n_copies;
     bool return_tokens;
     uint64_t queue_us, tokenize_us, received_us;
     uint32_t credit;       /* credit given back with this request's reply */
@@ -83,7 +117,8 @@ size_t worker_packet_size(const worker_micro_t *micro);
 size_t worker_packet_write(const worker_micro_t *micro, void *buffer, size_t capacity);
 /* Parses a packet; every count and offset is checked against size. */
 worker_micro_t *worker_packet_read(const void *buffer, size_t size, shard_error_t *err);
-/* Upper bound of a packet's size for a micro-batch of tokens positions. */
+/* Upper bound of a packet's size for a micro-batch of tokens positions; 0
+ * when it does not fit a size_t. */
 size_t worker_packet_capacity(int64_t tokens, int64_t emb_dim);
 
 /* ------------------------------------------------------------ broker link */
