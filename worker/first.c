@@ -86,9 +86,10 @@ static int build_ready(first_t *f)
         if (head_served(st, (shard_head_t)h))
             f->tasks[n++] = (Xlm__Task)h;
     if (head_served(st, SHARD_HEAD_LM)) {
-        f->tasks[n++] = XLM__TASK__TASK_CLM_SCORE;
+        /* Scoring as in process (xlm-score): clm for causal checkpoints,
+         * pseudo-log-likelihood for masked ones; the broker refuses the other. */
+        f->tasks[n++] = c->causal ? XLM__TASK__TASK_CLM_SCORE : XLM__TASK__TASK_MLM_PLL;
         f->tasks[n++] = XLM__TASK__TASK_GENERATE;
-        f->tasks[n++] = XLM__TASK__TASK_MLM_PLL;
     }
     f->ready.n_tasks = n;
     f->ready.tasks = f->tasks;
