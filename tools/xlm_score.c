@@ -569,19 +569,21 @@ static int open_output(output_t *o, const char *path, const score_job_t *job, bo
         }
         free(retry);
         struct stat st;
-        const bool exists = stat(path, &st) == 0;
+        const bool exists = stat(path, &st) == 0, has_lines = exists && st.st_size > 0;
         o->created = !exists;
         bool found = false;
-        if (score_job_check(path, job, &found, error, sizeof error) != 0) {
+        /* Only lines to resume make the job file matter: without, it is
+         * written again for this job. */
+        if (has_lines && score_job_check(path, job, &found, error, sizeof error) != 0) {
             fprintf(stderr, "xlm-score: %s\n", error);
             return -1;
         }
-        if (!found && exists && st.st_size > 0) {
+        if (!found && has_lines) {
             fprintf(stderr, "xlm-score: %s has results but no %s to say which job wrote them: "
                     "refusing to resume; give --force-restart to start over\n", path, o->job_path);
             return -1;
         }
-        if (found && exists && st.st_size > 0 && !job->input.known) {
+        if (found && !job->input.known) {
             fprintf(stderr, "xlm-score: cannot resume %s: the input is standard input, whose "
                     "identity cannot be checked; give the input as a file, or --force-restart\n", path);
             return -1;
@@ -850,8 +852,10 @@ static int run_job(score_backend_t *backend, const cli_options_t *o)
     output_t main_out = {0}, alt_out = {0};
     char *alt_path = o->summary ? summary_output_path(o->output) : NULL;
     score_job_t alt_job = job_of(o, backend, o->summary, &summary);
+    /* The alternatives' scores belong to the main output: a fresh one starts them over. */
     if (open_output(&main_out, o->output, &job, o->force_restart) != 0 ||
-        (alt_path && open_output(&alt_out, alt_path, &alt_job, o->force_restart) != 0)) {
+        (alt_path && open_output(&alt_out, alt_path, &alt_job,
+                                 o->force_restart || main_out.done == 0) != 0)) {
         discard_output(&main_out);
         free(main_out.job_path);
         free(alt_path);
