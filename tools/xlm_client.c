@@ -8,6 +8,7 @@
  * lines come out in input order.
  */
 #include "cases.h"
+#include "cli.h"
 #include "xlmclient.h"
 
 #include <cjson/cJSON.h>
@@ -56,7 +57,13 @@ static void usage_infer(FILE *out)
           "  --attempt-timeout-ms MS  wait for a reply before sending again (default 10000)\n"
           "  --attempts N           sends of one request (default 5)\n"
           "  --deadline-ms MS       deadline of each request (default: the broker's)\n"
-          "  --help                 this text\n",
+          "  --max-errors N         stop once more than N lines failed (default: no limit)\n"
+          "  --version              the program's and the wire protocol's versions\n"
+          "  --help                 this text\n"
+          "\n"
+          "Exit status: 0 every line ran; 1 some lines hold an error (counted by code on\n"
+          "stderr); 2 could not run (usage, endpoint); 3 stopped early (--max-errors, the\n"
+          "service lost, output).\n",
           out);
 }
 
@@ -145,16 +152,19 @@ static bool result_outputs(const xlm_result_t *result, shard_outputs_t *outputs,
     return true;
 }
 
-static char *result_line(const char *name, const xlm_result_t *result)
+static char *result_line(const char *name, const xlm_result_t *result, char *code, size_t code_size)
 {
-    if (xlm_result_code(result) != XLM_CODE_OK)
-        return error_line(name, xlm_code_str(xlm_result_code(result)), xlm_result_message(result));
+    if (xlm_result_code(result) != XLM_CODE_OK) {
+        snprintf(code, code_size, "%s", xlm_code_str(xlm_result_code(result)));
+        return error_line(name, code, xlm_result_message(result));
+    }
     shard_outputs_t outputs;
     char why[1024];
     shard_outputs_init(&outputs);
-    char *line = result_outputs(result, &outputs, why, sizeof why)
-                     ? case_result_json(name, &outputs)
-                     : error_line(name, "internal", why);
+    const bool ok = result_outputs(result, &outputs, why, sizeof why);
+    if (!ok)
+        snprintf(code, code_size, "internal");
+    char *line = ok ? case_result_json(name, &outputs) : error_line(name, "internal", why);
     shard_outputs_clear(&outputs);
     return line;
 }
@@ -165,6 +175,7 @@ typedef struct {
     char *name;              /* owned */
     char *line;              /* the output line when known (owned), else NULL */
     char id[XLM_ID_SIZE];    /* the request's id while in flight */
+    char code[32];           /* the line's error code; "" when it ran */
 } entry_t;
 
 typedef struct {
@@ -172,6 +183,8 @@ typedef struct {
     const char *model;
     shard_head_t head;       /* for lines without one; SHARD_HEAD_COUNT_: none */
     uint32_t deadline_ms;
+    long long max_errors;    /* -1: no limit */
+    tools_tally_t tally;
     entry_t *ring;           /* lines in input order, first .. first + count */
     size_t capacity, first, count;
 } infer_t;
@@ -231,17 +244,20 @@ static bool start_line(infer_t *run, entry_t *entry, const char *text, size_t le
     bool ok = true;
     if (case_parse(text, len, &c, &err)) {
         entry->line = case_error_json(c.name, &err);
+        snprintf(entry->code, sizeof entry->code, "%s", shard_status_str(err.code));
     } else {
         xlm_tokens_t tokens = {0};
         xlm_request_t rq;
         int64_t *lengths = malloc((size_t)(c.inputs.batch ? c.inputs.batch : 1) * sizeof *lengths);
         const char *why = lengths ? case_request(run, &c, lengths, &tokens, &rq) : "out of memory";
         xlm_status_t status = why ? XLM_OK : xlm_client_submit(run->client, &rq, entry->id);
+        if (why || status == XLM_ERR_ARG || status == XLM_ERR_NOMEM)
+            snprintf(entry->code, sizeof entry->code, "%s",
+                     why || status == XLM_ERR_ARG ? "bad_request" : "internal");
         if (why)
-            entry->line = error_line(c.name, "bad_request", why);
+            entry->line = error_line(c.name, entry->code, why);
         else if (status == XLM_ERR_ARG || status == XLM_ERR_NOMEM)
-            entry->line = error_line(c.name, status == XLM_ERR_ARG ? "bad_request" : "internal",
-                                     xlm_client_error(run->client));
+            entry->line = error_line(c.name, entry->code, xlm_client_error(run->client));
         else if (status) {
             fprintf(stderr, "xlm-client: %s\n", xlm_client_error(run->client));
             ok = false;
@@ -263,10 +279,11 @@ static bool finish_first(infer_t *run)
             fprintf(stderr, "xlm-client: %s\n", xlm_client_error(run->client));
             return false;
         }
-        entry->line = result_line(entry->name, result);
+        entry->line = result_line(entry->name, result, entry->code, sizeof entry->code);
         xlm_result_destroy(&result);
     }
     case_print(stdout, entry->line, entry->name);
+    tools_tally_add(&run->tally, entry->code[0] ? entry->code : NULL);
     free(entry->name);
     memset(entry, 0, sizeof *entry);
     run->first = (run->first + 1) % run->capacity;
@@ -294,6 +311,11 @@ static bool infer_stream(infer_t *run, FILE *in)
         if (!ok || run->count == 0)
             break;
         ok = finish_first(run);
+        if (ok && run->max_errors >= 0 && run->tally.errors > run->max_errors) {
+            fprintf(stderr, "xlm-client: stopping: %lld lines failed, more than --max-errors %lld\n",
+                    run->tally.errors, run->max_errors);
+            ok = false;
+        }
     }
     free(line);
     for (; run->count; run->count--, run->first = (run->first + 1) % run->capacity) {
@@ -310,15 +332,17 @@ static int cmd_infer(int argc, char **argv)
         {"head", required_argument, NULL, 'H'}, {"window", required_argument, NULL, 'w'},
         {"attempt-timeout-ms", required_argument, NULL, 't'},
         {"attempts", required_argument, NULL, 'a'}, {"deadline-ms", required_argument, NULL, 'd'},
+        {"max-errors", required_argument, NULL, 'X'}, {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     xlm_client_config_t config;
     xlm_client_config_defaults(&config);
     config.window = 16;
     config.attempt_timeout_ms = 10000;
-    infer_t run = {.head = SHARD_HEAD_COUNT_};
+    infer_t run = {.head = SHARD_HEAD_COUNT_, .max_errors = -1};
     long value;
     int opt;
-    while ((opt = getopt_long(argc, argv, "e:m:H:w:t:a:d:h", options, NULL)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":e:m:H:w:t:a:d:h", options, NULL)) != -1) {
         switch (opt) {
         case 'e': config.endpoint = optarg; break;
         case 'm': run.model = optarg; break;
@@ -349,8 +373,14 @@ static int cmd_infer(int argc, char **argv)
                 return 2;
             run.deadline_ms = (uint32_t)value;
             break;
+        case 'X':
+            if (!parse_int("--max-errors", optarg, 0, LONG_MAX, &value))
+                return 2;
+            run.max_errors = value;
+            break;
+        case 'V': tools_print_version(stdout, "xlm-client"); return 0;
         case 'h': usage_infer(stdout); return 0;
-        default: usage_infer(stderr); return 2;
+        default: tools_bad_option(stderr, "xlm-client infer", argv, opt); return 2;
         }
     }
     if (!config.endpoint || optind != argc) {
@@ -367,12 +397,15 @@ static int cmd_infer(int argc, char **argv)
         fprintf(stderr, "xlm-client: %s\n", run.client ? "out of memory" : err.message);
         xlm_client_destroy(&run.client);
         free(run.ring);
-        return 1;
+        return TOOLS_EXIT_CANNOT_RUN;
     }
     bool ok = infer_stream(&run, stdin);
     xlm_client_destroy(&run.client);
     free(run.ring);
-    return ok && fflush(stdout) == 0 ? 0 : 1;
+    tools_tally_print(stderr, "xlm-client", &run.tally);
+    if (!ok || fflush(stdout) != 0)
+        return TOOLS_EXIT_STOPPED;
+    return run.tally.errors ? TOOLS_EXIT_LINE_ERRORS : TOOLS_EXIT_OK;
 }
 
 /* ------------------------------------------------------------ stats */
@@ -387,7 +420,8 @@ static int cmd_stats(int argc, char **argv)
     config.attempt_timeout_ms = 1000; /* the request is sent again every second */
     long timeout_ms = 5000;
     int opt;
-    while ((opt = getopt_long(argc, argv, "e:t:h", options, NULL)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":e:t:h", options, NULL)) != -1) {
         switch (opt) {
         case 'e': config.endpoint = optarg; break;
         case 't':
@@ -395,7 +429,7 @@ static int cmd_stats(int argc, char **argv)
                 return 2;
             break;
         case 'h': usage_stats(stdout); return 0;
-        default: usage_stats(stderr); return 2;
+        default: tools_bad_option(stderr, "xlm-client stats", argv, opt); return 2;
         }
     }
     if (!config.endpoint || optind != argc) {
@@ -435,6 +469,10 @@ int main(int argc, char **argv)
         return cmd_infer(argc - 1, argv + 1);
     if (strcmp(command, "stats") == 0)
         return cmd_stats(argc - 1, argv + 1);
+    if (strcmp(command, "--version") == 0) {
+        tools_print_version(stdout, "xlm-client");
+        return 0;
+    }
     if (strcmp(command, "--help") == 0 || strcmp(command, "-h") == 0 ||
         strcmp(command, "help") == 0) {
         usage_main(stdout);

@@ -1,5 +1,6 @@
 /* xlm-infer: runs the engine offline over JSON lines of cases. */
 #include "cases.h"
+#include "cli.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -26,13 +27,20 @@ static void usage(FILE *out)
           "  --head HEAD    head for lines that name none: base, lm, seq_cls, multiple_choice,\n"
           "                 token_cls, qa_simple, qa (default: the checkpoint's architecture)\n"
           "  --threads N    BLAS threads (default: OpenBLAS's choice)\n"
-          "  --help         this text\n",
+          "  --max-errors N stop once more than N lines failed (default: no limit)\n"
+          "  --version      the program's and the wire protocol's versions\n"
+          "  --help         this text\n"
+          "\n"
+          "Exit status: 0 every line ran; 1 some lines hold an error (counted by code on\n"
+          "stderr); 2 could not run (usage, the model); 3 stopped early (--max-errors, output).\n",
           out);
 }
 
 
 
-static void run_line(shard_model_t *model, shard_head_t default_head, const char *line, size_t len)
+/* The line's error code, or NULL when it ran. */
+static const char *run_line(shard_model_t *model, shard_head_t default_head, const char *line,
+                            size_t len)
 {
     case_t c;
     shard_outputs_t outputs;
@@ -48,6 +56,7 @@ static void run_line(shard_model_t *model, shard_head_t default_head, const char
                       : case_result_json(c.name, &outputs), c.name);
     shard_outputs_clear(&outputs);
     case_clear(&c);
+    return status ? shard_status_str(status) : NULL;
 }
 
 int main(int argc, char **argv)
@@ -55,10 +64,13 @@ int main(int argc, char **argv)
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'}, {"head", required_argument, NULL, 'H'},
         {"threads", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {"max-errors", required_argument, NULL, 'X'}, {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *head_name = NULL;
     int threads = 0, opt;
-    while ((opt = getopt_long(argc, argv, "m:H:t:h", options, NULL)) != -1) {
+    long long max_errors = -1;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":m:H:t:h", options, NULL)) != -1) {
         switch (opt) {
         case 'm': model_dir = optarg; break;
         case 'H': head_name = optarg; break;
@@ -72,37 +84,61 @@ int main(int argc, char **argv)
             threads = (int)value;
             break;
         }
+        case 'X': {
+            char *end = NULL;
+            max_errors = strtoll(optarg, &end, 10);
+            if (!*optarg || *end || max_errors < 0) {
+                fprintf(stderr, "xlm-infer: --max-errors %s: expected an integer >= 0\n", optarg);
+                return TOOLS_EXIT_CANNOT_RUN;
+            }
+            break;
+        }
+        case 'V': tools_print_version(stdout, "xlm-infer"); return 0;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default: tools_bad_option(stderr, "xlm-infer", argv, opt); return TOOLS_EXIT_CANNOT_RUN;
         }
     }
     if (!model_dir || optind != argc) {
-        fprintf(stderr, "xlm-infer: %s\n", model_dir ? "unexpected argument" : "--model DIR is required");
-        usage(stderr);
-        return 2;
+        if (model_dir)
+            fprintf(stderr, "xlm-infer: unexpected argument '%s'; see --help\n", argv[optind]);
+        else
+            fprintf(stderr, "xlm-infer: --model DIR is required; see --help\n");
+        return TOOLS_EXIT_CANNOT_RUN;
     }
     shard_head_t head = SHARD_HEAD_COUNT_;
     if (head_name && (head = shard_head_from_name(head_name)) == SHARD_HEAD_COUNT_) {
         fprintf(stderr, "xlm-infer: --head %s: expected base, lm, seq_cls, multiple_choice, "
                         "token_cls, qa_simple or qa\n", head_name);
-        return 2;
+        return TOOLS_EXIT_CANNOT_RUN;
     }
     shard_set_threads(threads);
     shard_error_t err = {0};
     shard_model_t *model = shard_model_open(model_dir, NULL, &err);
     if (!model) {
         fprintf(stderr, "xlm-infer: %s\n", err.message);
-        return 1;
+        return TOOLS_EXIT_CANNOT_RUN;
     }
     if (head == SHARD_HEAD_COUNT_)
         head = shard_model_default_head(model);
     char *line = NULL;
     size_t capacity = 0;
     ssize_t len;
-    while ((len = getline(&line, &capacity, stdin)) != -1)
-        if (!case_line_is_blank(line))
-            run_line(model, head, line, (size_t)len);
+    tools_tally_t tally = {0};
+    int rc = TOOLS_EXIT_OK;
+    while (rc == TOOLS_EXIT_OK && (len = getline(&line, &capacity, stdin)) != -1) {
+        if (case_line_is_blank(line))
+            continue;
+        tools_tally_add(&tally, run_line(model, head, line, (size_t)len));
+        if (max_errors >= 0 && tally.errors > max_errors) {
+            fprintf(stderr, "xlm-infer: stopping: %lld lines failed, more than --max-errors %lld\n",
+                    tally.errors, max_errors);
+            rc = TOOLS_EXIT_STOPPED;
+        }
+    }
     free(line);
     shard_model_destroy(&model);
-    return fflush(stdout) == 0 ? 0 : 1;
+    tools_tally_print(stderr, "xlm-infer", &tally);
+    if (fflush(stdout) != 0)
+        return TOOLS_EXIT_STOPPED;
+    return rc ? rc : tally.errors ? TOOLS_EXIT_LINE_ERRORS : TOOLS_EXIT_OK;
 }

@@ -1,13 +1,18 @@
 /* xlm-score: batch translation scoring, through the service or in process. */
 #include "score.h"
 
+#include "cli.h"
+
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void usage(FILE *out)
@@ -45,7 +50,20 @@ static void usage(FILE *out)
           "                        request again (default 20000 ms, 60 sends)\n"
           "  --deadline-ms MS      through the service: a pair's deadline, its time in the\n"
           "                        queue included (default 600000, the broker's maximum)\n"
-          "  --quiet               no progress bar and no summary line\n",
+          "  --connect-timeout-ms MS  through the service: the stats request that checks the\n"
+          "                        broker and the model before the job (default 5000)\n"
+          "  --max-errors N        stop once more than N lines failed in this run (default: no limit)\n"
+          "  --retry-errors        first score again, in place, the lines of the output that\n"
+          "                        hold a retryable error (unavailable, deadline_exceeded,\n"
+          "                        overloaded, internal), then continue after the last line\n"
+          "  --force-restart       start the output over instead of resuming it\n"
+          "  --quiet               no progress bar and no summary line\n"
+          "  --version             the program's and the wire protocol's versions\n"
+          "\n"
+          "Exit status: 0 every line scored; 1 the job finished and some lines hold an\n"
+          "error; 2 the job could not run (usage, model, service, a resume that does not\n"
+          "match): nothing written; 3 stopped before the end (--max-errors, a signal, the\n"
+          "service lost, a write error): run again to continue.\n",
           out);
 }
 
@@ -53,7 +71,8 @@ typedef struct {
     score_options_t score;
     const char *input, *output, *summary, *src_lang, *tgt_lang;
     score_format_t format;
-    bool quiet;
+    bool quiet, force_restart, retry_errors;
+    int64_t max_errors; /* -1: no limit */
 } cli_options_t;
 
 static volatile sig_atomic_t interrupted = 0;
@@ -95,11 +114,16 @@ static int parse(int argc, char **argv, cli_options_t *o)
         {"threads", required_argument, NULL, 'j'}, {"window", required_argument, NULL, 'w'},
         {"attempt-timeout-ms", required_argument, NULL, 'a'}, {"attempts", required_argument, NULL, 'A'},
         {"deadline-ms", required_argument, NULL, 'D'},
+        {"connect-timeout-ms", required_argument, NULL, 'C'},
+        {"max-errors", required_argument, NULL, 'X'}, {"retry-errors", no_argument, NULL, 'r'},
+        {"force-restart", no_argument, NULL, 'F'}, {"version", no_argument, NULL, 'V'},
         {"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     long value;
     bool mode_given = false;
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    o->max_errors = -1;
+    opterr = 0; /* one line of our own instead of getopt's and the whole help */
+    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
         switch (opt) {
         case 'e': o->score.endpoint = optarg; break;
         case 'm': o->score.model = optarg; break;
@@ -137,18 +161,27 @@ static int parse(int argc, char **argv, cli_options_t *o)
         case 'a': if (parse_int("--attempt-timeout-ms", optarg, 1, 3600000, &value)) return -1; o->score.timeout_ms = (uint32_t)value; break;
         case 'A': if (parse_int("--attempts", optarg, 1, 1000, &value)) return -1; o->score.attempts = (uint32_t)value; break;
         case 'D': if (parse_int("--deadline-ms", optarg, 1, 3600000, &value)) return -1; o->score.deadline_ms = (uint32_t)value; break;
+        case 'C': if (parse_int("--connect-timeout-ms", optarg, 1, 3600000, &value)) return -1; o->score.connect_timeout_ms = (uint32_t)value; break;
+        case 'X': if (parse_int("--max-errors", optarg, 0, LONG_MAX, &value)) return -1; o->max_errors = value; break;
+        case 'r': o->retry_errors = true; break;
+        case 'F': o->force_restart = true; break;
         case 'q': o->quiet = true; break;
+        case 'V': tools_print_version(stdout, "xlm-score"); exit(0);
         case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        default: tools_bad_option(stderr, "xlm-score", argv, opt); return -1;
         }
     }
     const char *missing = !mode_given ? "--mode" : !o->input ? "--input" : !o->output ? "--output"
                           : (!o->score.endpoint && !o->score.model) ? "--endpoint or --model" : NULL;
     if (missing || optind != argc) {
-        fprintf(stderr, "xlm-score: %s\n", missing ? "missing option" : "unexpected argument");
         if (missing)
-            fprintf(stderr, "xlm-score: %s is required\n", missing);
-        usage(stderr);
+            fprintf(stderr, "xlm-score: %s is required; see --help\n", missing);
+        else
+            fprintf(stderr, "xlm-score: unexpected argument '%s'; see --help\n", argv[optind]);
+        return -1;
+    }
+    if (o->retry_errors && strcmp(o->output, "-") == 0) {
+        fprintf(stderr, "xlm-score: --retry-errors rewrites the output file: it needs --output FILE\n");
         return -1;
     }
     if (o->score.window == 0)
@@ -160,32 +193,44 @@ static int parse(int argc, char **argv, cli_options_t *o)
 
 /* ------------------------------------------------------------ progress */
 
+enum { PROGRESS_CODES = 16 };
+
+/* What the bar and the closing line say. Counts cover the whole output:
+ * lines of earlier runs (resumed) are counted when the job starts. */
 typedef struct {
     bool show;
+    const char *label;  /* "" for the main pass */
     double start, last_draw;
     int64_t total_lines; /* -1: unknown (stdin) */
-    int64_t lines, errors, target_tokens, tokens;
+    int64_t resumed;     /* lines written by earlier runs, in lines */
+    int64_t lines, errors, scored;
+    int64_t run_lines, run_errors, run_target_tokens; /* this run, for the rates */
     double score_sum;
+    struct { char code[SCORE_CODE_MAX]; int64_t n; } codes[PROGRESS_CODES];
+    size_t n_codes;
 } progress_t;
 
-static int64_t count_lines(const char *path)
+static void tally(progress_t *p, bool ok, const char *code, double score, bool this_run,
+                  int64_t target_tokens)
 {
-    if (strcmp(path, "-") == 0)
-        return -1;
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    char buffer[1 << 16];
-    int64_t lines = 0;
-    size_t n;
-    int last = '\n';
-    while ((n = fread(buffer, 1, sizeof buffer, f)) > 0) {
-        for (size_t i = 0; i < n; i++)
-            lines += buffer[i] == '\n';
-        last = buffer[n - 1];
+    p->lines++;
+    p->run_lines += this_run;
+    if (ok) {
+        p->scored++;
+        p->score_sum += score;
+        if (this_run)
+            p->run_target_tokens += target_tokens;
+        return;
     }
-    fclose(f);
-    return lines + (last != '\n');
+    p->errors++;
+    p->run_errors += this_run;
+    size_t i = 0;
+    while (i < p->n_codes && strcmp(p->codes[i].code, code) != 0)
+        i++;
+    if (i == p->n_codes && p->n_codes < PROGRESS_CODES)
+        snprintf(p->codes[p->n_codes++].code, SCORE_CODE_MAX, "%s", code);
+    if (i < p->n_codes)
+        p->codes[i].n++;
 }
 
 static void draw(progress_t *p, bool final)
@@ -195,18 +240,47 @@ static void draw(progress_t *p, bool final)
         return;
     p->last_draw = t;
     double elapsed = t - p->start > 1e-9 ? t - p->start : 1e-9;
-    double rate = (double)p->lines / elapsed;
-    char eta[32] = "?";
-    if (p->total_lines >= 0 && rate > 0) {
-        double left = (double)(p->total_lines - p->lines) / rate;
-        snprintf(eta, sizeof eta, "%dm%02ds", (int)(left / 60), (int)fmod(left, 60));
+    double rate = (double)p->run_lines / elapsed;
+    char total[48] = "", eta[48] = "";
+    if (p->total_lines >= 0) {
+        snprintf(total, sizeof total, "/%lld", (long long)p->total_lines);
+        if (rate > 0) {
+            double left = (double)(p->total_lines - p->lines) / rate;
+            snprintf(eta, sizeof eta, "  ETA %dm%02ds", (int)(left / 60), (int)fmod(left, 60));
+        }
     }
-    fprintf(stderr, "\r%lld/%lld lines  %.0f lines/s  %.0f tokens/s  ETA %s  errors %lld%s",
-            (long long)p->lines, (long long)(p->total_lines >= 0 ? p->total_lines : p->lines), rate,
-            (double)p->tokens / elapsed, eta, (long long)p->errors, final ? "\n" : "   ");
+    fprintf(stderr, "\r%s%lld%s lines  %.0f lines/s  %.0f target tokens/s%s  errors %lld%s",
+            p->label, (long long)p->lines, total, rate, (double)p->run_target_tokens / elapsed, eta,
+            (long long)p->errors, final ? "\n" : "   ");
 }
 
-/* ------------------------------------------------------------ the job */
+/* "bad_request 2, too_large 1" */
+static void format_codes(const progress_t *p, char *out, size_t size)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < p->n_codes && used < size; i++)
+        used += (size_t)snprintf(out + used, size - used, "%s%s %lld", i ? ", " : "",
+                                 p->codes[i].code, (long long)p->codes[i].n);
+}
+
+static void print_summary(const progress_t *p, const char *what)
+{
+    double elapsed = now() - p->start;
+    if (elapsed <= 0)
+        elapsed = 1e-9;
+    char codes[512], resumed[64] = "";
+    format_codes(p, codes, sizeof codes);
+    if (p->resumed)
+        snprintf(resumed, sizeof resumed, ", %lld resumed from earlier runs", (long long)p->resumed);
+    fprintf(stderr, "xlm-score: %s%lld lines (%lld scored, %lld errors%s%s%s) in %.2f s: %.1f "
+            "lines/s, %.0f target tokens/s, mean score %.4f\n",
+            what, (long long)p->lines, (long long)p->scored, (long long)p->errors,
+            codes[0] ? ": " : "", codes, resumed, elapsed, (double)p->run_lines / elapsed,
+            (double)p->run_target_tokens / elapsed, p->scored ? p->score_sum / (double)p->scored : 0.0);
+}
+
+/* ------------------------------------------------------------ the stream */
 
 /* Results waiting for their turn: slot line % capacity. */
 typedef struct {
@@ -217,33 +291,103 @@ typedef struct {
 
 typedef int (*on_result_fn)(void *ctx, const score_result_t *result);
 
-/* Streams every pair of input through the backend; results reach on_result
- * in line order, from line done + 1. */
-static int run_stream(score_backend_t *backend, const cli_options_t *o, const char *input,
-                      int64_t done, on_result_fn on_result, void *ctx, progress_t *progress)
+/* A pass over the input: lines after done, those want() accepts (NULL:
+ * all), reach on_result in line order. */
+typedef struct {
+    const char *input;
+    int64_t done;
+    bool (*want)(void *ctx, int64_t line);
+    on_result_fn on_result;
+    void *ctx;
+    progress_t *progress;
+    int64_t max_errors; /* -1: no limit */
+    score_mode_t mode;
+} pass_t;
+
+/* Codes that say the job is misconfigured, not the line: the first pair
+ * the service answers with one of them stops the job before any line. */
+static bool job_level_code(const char *code)
+{
+    return strcmp(code, "unknown_model") == 0 || strcmp(code, "unknown_task") == 0 ||
+           strcmp(code, "bad_version") == 0;
+}
+
+static bool wanted(const pass_t *pass, int64_t line)
+{
+    return line > pass->done && (!pass->want || pass->want(pass->ctx, line));
+}
+
+/* Hands on the results that are next in line order. probe_line, when set,
+ * holds everything back until that line's result says the job can run. */
+static int deliver(const pass_t *pass, reorder_t *ro, int64_t *next, int64_t read_up_to,
+                   int64_t *probe_line)
+{
+    const int64_t window = (int64_t)ro->capacity;
+    if (*probe_line) {
+        size_t at = (size_t)(*probe_line % window);
+        if (!ro->filled[at])
+            return 0;
+        const score_result_t *r = &ro->slots[at];
+        if (!r->ok && job_level_code(r->code)) {
+            const bool task = strcmp(r->code, "unknown_task") == 0;
+            fprintf(stderr, "xlm-score: the service refused the job: %s (%s)%s\n", r->message,
+                    r->code, !task ? ""
+                    : pass->mode == SCORE_MODE_MLM_PLL ? "; --mode mlm-pll needs a masked LM: a causal LM is scored with --mode clm"
+                                                       : "; --mode clm needs a causal LM: a masked LM is scored with --mode mlm-pll");
+            return SCORE_EXIT_CANNOT_RUN;
+        }
+        *probe_line = 0;
+    }
+    for (;;) {
+        while (*next <= read_up_to && !wanted(pass, *next))
+            (*next)++;
+        size_t at = (size_t)(*next % window);
+        if (!ro->filled[at])
+            return 0;
+        score_result_t *r = &ro->slots[at];
+        int rc = pass->on_result(pass->ctx, r) ? SCORE_EXIT_STOPPED : 0;
+        tally(pass->progress, r->ok, r->code, r->score, true, r->n_target_tokens);
+        score_result_clear(r);
+        ro->filled[at] = false;
+        (*next)++;
+        if (rc)
+            return rc;
+        if (pass->max_errors >= 0 && pass->progress->run_errors > pass->max_errors) {
+            fprintf(stderr, "\nxlm-score: stopping after line %lld: %lld lines failed in this run, "
+                    "more than --max-errors %lld; run again to continue\n", (long long)*next - 1,
+                    (long long)pass->progress->run_errors, (long long)pass->max_errors);
+            return SCORE_EXIT_STOPPED;
+        }
+    }
+}
+
+/* Streams the wanted pairs of the input through the backend: 0, or an exit
+ * status. */
+static int run_stream(score_backend_t *backend, const cli_options_t *o, const pass_t *pass)
 {
     char error[512];
-    score_reader_t *reader = score_reader_open(input, o->format, o->src_lang, o->tgt_lang, error,
-                                               sizeof error);
+    score_reader_t *reader = score_reader_open(pass->input, o->format, o->src_lang, o->tgt_lang,
+                                               error, sizeof error);
     if (!reader) {
         fprintf(stderr, "xlm-score: %s\n", error);
-        return -1;
+        return SCORE_EXIT_CANNOT_RUN;
     }
     /* Results wait here for their turn: room for every line in flight. */
     const size_t window = 2 * backend->max_pending + 256;
     reorder_t ro = {calloc(window, sizeof(score_result_t)), calloc(window, sizeof(bool)), window};
-    int rc = ro.slots && ro.filled ? 0 : -1;
-    int64_t next = done + 1, read_up_to = 0;
-    bool exhausted = false;
+    int rc = ro.slots && ro.filled ? 0 : SCORE_EXIT_STOPPED;
+    int64_t next = pass->done + 1, read_up_to = pass->done, probe_line = 0;
+    bool exhausted = false, probing = backend->probe_first;
     while (rc == 0 && !interrupted) {
-        /* Keep the window full: lines in flight stay in [next, next + window). */
-        while (!exhausted && read_up_to + 1 < next + (int64_t)window &&
+        /* Keep the window full: lines in flight stay in [next, next + window);
+         * while the first pair is the probe, nothing else goes. */
+        while (!exhausted && !(probing && probe_line) && read_up_to + 1 < next + (int64_t)window &&
                backend->pending(backend) < backend->max_pending) {
             score_pair_t pair;
             int got = score_reader_next(reader, &pair);
             if (got < 0) {
-                fprintf(stderr, "xlm-score: error reading %s\n", input);
-                rc = -1;
+                fprintf(stderr, "xlm-score: error reading %s\n", pass->input);
+                rc = SCORE_EXIT_STOPPED;
                 break;
             }
             if (got == 0) {
@@ -251,28 +395,34 @@ static int run_stream(score_backend_t *backend, const cli_options_t *o, const ch
                 break;
             }
             read_up_to = pair.line;
-            if (pair.line <= done) { /* written by an earlier run */
+            if (!wanted(pass, pair.line)) { /* written by an earlier run, or not retried */
                 score_pair_clear(&pair);
                 continue;
             }
+            if (probing && !pair.error_code[0])
+                probe_line = pair.line;
             if (backend->submit(backend, &pair) != 0) {
                 fprintf(stderr, "xlm-score: %s\n", backend->error);
                 score_pair_clear(&pair);
-                rc = -1;
+                rc = SCORE_EXIT_STOPPED;
             }
         }
-        if (rc || (exhausted && next > read_up_to))
+        if (rc)
+            break;
+        while (next <= read_up_to && !wanted(pass, next))
+            next++;
+        if (exhausted && next > read_up_to)
             break;
         score_result_t result;
-        int got = backend->collect(backend, &result, 100, exhausted);
+        int got = backend->collect(backend, &result, 100, exhausted || probe_line);
         if (got < 0) {
-            fprintf(stderr, "xlm-score: %s\n", backend->error);
-            rc = -1;
+            fprintf(stderr, "\nxlm-score: %s\n", backend->error);
+            rc = SCORE_EXIT_STOPPED;
             break;
         }
         if (got == 0 && exhausted && backend->pending(backend) == 0 && next <= read_up_to) {
             fprintf(stderr, "xlm-score: line %lld was lost\n", (long long)next);
-            rc = -1;
+            rc = SCORE_EXIT_STOPPED;
             break;
         }
         if (got > 0) {
@@ -280,33 +430,22 @@ static int run_stream(score_backend_t *backend, const cli_options_t *o, const ch
             if (result.line < next || result.line >= next + (int64_t)window || ro.filled[at]) {
                 fprintf(stderr, "xlm-score: result for line %lld out of the window\n", (long long)result.line);
                 score_result_clear(&result);
-                rc = -1;
+                rc = SCORE_EXIT_STOPPED;
                 break;
             }
             ro.slots[at] = result;
             ro.filled[at] = true;
         }
-        for (size_t at = (size_t)(next % (int64_t)window); rc == 0 && ro.filled[at];
-             at = (size_t)(next % (int64_t)window)) {
-            score_result_t *r = &ro.slots[at];
-            rc = on_result(ctx, r);
-            progress->lines++;
-            progress->errors += !r->ok;
-            if (r->ok) {
-                progress->target_tokens += r->n_target_tokens;
-                progress->tokens += r->n_tokens;
-                progress->score_sum += r->score;
-            }
-            score_result_clear(r);
-            ro.filled[at] = false;
-            next++;
-        }
-        draw(progress, false);
+        const bool was_probing = probe_line != 0;
+        rc = deliver(pass, &ro, &next, read_up_to, &probe_line);
+        if (was_probing && !probe_line)
+            probing = false;
+        draw(pass->progress, false);
     }
     if (interrupted && rc == 0) {
         fprintf(stderr, "\nxlm-score: interrupted after line %lld; run again to continue\n",
                 (long long)next - 1);
-        rc = -1;
+        rc = SCORE_EXIT_STOPPED;
     }
     for (size_t i = 0; ro.slots && i < window; i++)
         if (ro.filled[i])
@@ -317,150 +456,465 @@ static int run_stream(score_backend_t *backend, const cli_options_t *o, const ch
     return rc;
 }
 
+/* ------------------------------------------------------------ writing */
+
 typedef struct {
     score_output_t *out;
     bool token_scores;
-    bool keep_means; /* --summary */
-    double *means;   /* by line, for --summary */
+    double *means; /* by line, for --summary (NULL without) */
     size_t n_means, cap_means;
+    bool keep_means;
     double last_flush;
-} main_ctx_t;
+} writer_t;
 
-static int keep_mean(double **means, size_t *n, size_t *cap, int64_t line, double mean)
+static int keep_mean(writer_t *w, int64_t line, double mean)
 {
-    if ((size_t)line > *cap) {
-        size_t capacity = *cap ? *cap : 1024;
+    if (!w->keep_means)
+        return 0;
+    /* --summary compares by line: one double per line, the only state that
+     * grows with the input. */
+    if ((size_t)line > w->cap_means) {
+        size_t capacity = w->cap_means ? w->cap_means : 1024;
         while (capacity < (size_t)line)
             capacity *= 2;
-        double *grown = realloc(*means, capacity * sizeof *grown);
+        double *grown = realloc(w->means, capacity * sizeof *grown);
         if (!grown)
             return -1;
-        for (size_t i = *cap; i < capacity; i++)
+        for (size_t i = w->cap_means; i < capacity; i++)
             grown[i] = NAN;
-        *means = grown;
-        *cap = capacity;
+        w->means = grown;
+        w->cap_means = capacity;
     }
-    (*means)[line - 1] = mean;
-    *n = (size_t)line > *n ? (size_t)line : *n;
+    w->means[line - 1] = mean;
+    w->n_means = (size_t)line > w->n_means ? (size_t)line : w->n_means;
     return 0;
+}
+
+static void maybe_flush(writer_t *w)
+{
+    double t = now();
+    if (t - w->last_flush > 0.5) { /* what a kill can lose is recomputed on restart */
+        w->last_flush = t;
+        score_output_flush(w->out);
+    }
 }
 
 static int write_result(void *ctx, const score_result_t *r)
 {
-    main_ctx_t *m = ctx;
-    if (score_output_write(m->out, r, m->token_scores) != 0) {
+    writer_t *w = ctx;
+    if (w->out && score_output_write(w->out, r, w->token_scores) != 0) {
         fprintf(stderr, "xlm-score: cannot write the output: %s\n", strerror(errno));
         return -1;
     }
-    double t = now();
-    if (t - m->last_flush > 0.5) { /* what a kill can lose is recomputed on restart */
-        m->last_flush = t;
-        score_output_flush(m->out);
-    }
-    if (!m->keep_means)
-        return 0;
-    /* --summary compares by line: one double per line, the only state that
-     * grows with the input. */
-    return keep_mean(&m->means, &m->n_means, &m->cap_means, r->line,
-                     r->ok && r->n_target_tokens ? r->score / (double)r->n_target_tokens : NAN);
+    if (w->out)
+        maybe_flush(w);
+    return keep_mean(w, r->line, r->ok && r->n_target_tokens ? r->score / (double)r->n_target_tokens : NAN);
 }
 
-typedef struct {
-    double *means;
-    size_t n_means, cap_means;
-} alt_ctx_t;
-
-static int keep_alt(void *ctx, const score_result_t *r)
-{
-    alt_ctx_t *a = ctx;
-    return keep_mean(&a->means, &a->n_means, &a->cap_means, r->line,
-                     r->ok && r->n_target_tokens ? r->score / (double)r->n_target_tokens : NAN);
-}
-
-/* Means of lines already in the output (a resumed run), for --summary. */
-static int read_existing_means(const char *path, main_ctx_t *m, int64_t done)
+/* Lines already in an output (a resumed run): counted, and their means kept
+ * for --summary. */
+static int read_existing(const char *path, int64_t done, writer_t *w, progress_t *p)
 {
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
     char *line = NULL;
     size_t capacity = 0;
-    int64_t n = 0;
-    while (n < done && getline(&line, &capacity, f) > 0) {
-        n++;
-        const char *mean = strstr(line, "\"mean\":");
-        keep_mean(&m->means, &m->n_means, &m->cap_means, n, mean ? strtod(mean + 7, NULL) : NAN);
+    ssize_t len;
+    for (int64_t n = 1; n <= done && (len = getline(&line, &capacity, f)) > 0; n++) {
+        cJSON *o = cJSON_ParseWithLength(line, (size_t)len);
+        const cJSON *error = cJSON_GetObjectItemCaseSensitive(o, "error");
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(error, "code");
+        const cJSON *score = cJSON_GetObjectItemCaseSensitive(o, "score");
+        const cJSON *mean = cJSON_GetObjectItemCaseSensitive(o, "mean");
+        tally(p, !error, cJSON_IsString(code) ? code->valuestring : "unknown",
+              cJSON_IsNumber(score) ? score->valuedouble : 0.0, false, 0);
+        keep_mean(w, n, cJSON_IsNumber(mean) ? mean->valuedouble : NAN);
+        cJSON_Delete(o);
     }
+    p->resumed = p->lines;
     free(line);
     fclose(f);
     return 0;
+}
+
+/* ------------------------------------------------------------ resuming */
+
+/* An output of this job: checked against its job file (or started over),
+ * then opened; *done lines of it are already there. */
+typedef struct {
+    const char *path; /* "-": standard output, not resumable */
+    char *job_path;
+    score_output_t *out;
+    int64_t done;
+    bool created; /* by this run: removed again if the job cannot start */
+} output_t;
+
+static int open_output(output_t *o, const char *path, const score_job_t *job, bool force)
+{
+    char error[1024];
+    o->path = path;
+    if (strcmp(path, "-") != 0) {
+        o->job_path = score_job_path(path);
+        if (!o->job_path)
+            return -1;
+        if (force) {
+            unlink(path);
+            unlink(o->job_path);
+        }
+        char *retry = malloc(strlen(path) + sizeof ".retry");
+        if (retry && force) {
+            sprintf(retry, "%s.retry", path);
+            unlink(retry);
+        }
+        free(retry);
+        struct stat st;
+        const bool exists = stat(path, &st) == 0, has_lines = exists && st.st_size > 0;
+        o->created = !exists;
+        bool found = false;
+        /* Only lines to resume make the job file matter: without, it is
+         * written again for this job. */
+        if (has_lines && score_job_check(path, job, &found, error, sizeof error) != 0) {
+            fprintf(stderr, "xlm-score: %s\n", error);
+            return -1;
+        }
+        if (!found && has_lines) {
+            fprintf(stderr, "xlm-score: %s has results but no %s to say which job wrote them: "
+                    "refusing to resume; give --force-restart to start over\n", path, o->job_path);
+            return -1;
+        }
+        if (found && !job->input.known) {
+            fprintf(stderr, "xlm-score: cannot resume %s: the input is standard input, whose "
+                    "identity cannot be checked; give the input as a file, or --force-restart\n", path);
+            return -1;
+        }
+        if (!found && score_job_write(path, job, error, sizeof error) != 0) {
+            fprintf(stderr, "xlm-score: %s\n", error);
+            return -1;
+        }
+    }
+    o->out = score_output_open(path, &o->done, error, sizeof error);
+    if (!o->out) {
+        fprintf(stderr, "xlm-score: %s\n", error);
+        return -1;
+    }
+    return 0;
+}
+
+/* The job did not start: no output of it stays behind. */
+static void discard_output(output_t *o)
+{
+    score_output_close(&o->out);
+    if (o->created && o->job_path) {
+        unlink(o->path);
+        unlink(o->job_path);
+    }
+}
+
+/* ------------------------------------------------------------ --retry-errors */
+
+static bool retryable(const char *code)
+{
+    static const char *const codes[] = {"unavailable", "deadline_exceeded", "overloaded", "internal"};
+    for (size_t i = 0; i < sizeof codes / sizeof *codes; i++)
+        if (strcmp(code, codes[i]) == 0)
+            return true;
+    return false;
+}
+
+/* The output merged into OUTPUT.retry: old lines copied, retried lines
+ * replaced, in order; renamed over the output when complete. A kill leaves
+ * the output as it was and OUTPUT.retry resumable. */
+typedef struct {
+    writer_t w;
+    FILE *old;
+    int64_t old_at, n_lines, n_retry;
+    uint8_t *retry; /* one bit per line: holds a retryable error */
+    char *line;
+    size_t capacity;
+} retry_t;
+
+static bool retry_want(void *ctx, int64_t line)
+{
+    const retry_t *r = ctx;
+    return line <= r->n_lines && (r->retry[(line - 1) / 8] >> ((line - 1) % 8) & 1);
+}
+
+/* Reads the old output up to line upto, copying the lines when copy. */
+static int old_until(retry_t *r, int64_t upto, bool copy)
+{
+    while (r->old_at < upto) {
+        ssize_t len = getline(&r->line, &r->capacity, r->old);
+        if (len <= 0)
+            return -1;
+        r->old_at++;
+        if (copy && score_output_write_raw(r->w.out, r->line, (size_t)len) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int retry_result(void *ctx, const score_result_t *res)
+{
+    retry_t *r = ctx;
+    if (old_until(r, res->line - 1, true) != 0 || old_until(r, res->line, false) != 0) {
+        fprintf(stderr, "xlm-score: cannot merge the retried line %lld: %s\n",
+                (long long)res->line, strerror(errno));
+        return -1;
+    }
+    return write_result(&r->w, res);
+}
+
+/* Marks the lines of the output that hold a retryable error. */
+static int find_retryable(const char *path, retry_t *r)
+{
+    FILE *f = fopen(path, "r");
+    r->retry = calloc((size_t)r->n_lines / 8 + 1, 1);
+    if (!f || !r->retry) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    ssize_t len;
+    for (int64_t n = 1; n <= r->n_lines && (len = getline(&r->line, &r->capacity, f)) > 0; n++) {
+        cJSON *o = cJSON_ParseWithLength(r->line, (size_t)len);
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(o, "error"), "code");
+        if (cJSON_IsString(code) && retryable(code->valuestring)) {
+            r->retry[(n - 1) / 8] |= (uint8_t)(1u << ((n - 1) % 8));
+            r->n_retry++;
+        }
+        cJSON_Delete(o);
+    }
+    fclose(f);
+    return 0;
+}
+
+static int retry_pass(score_backend_t *backend, const cli_options_t *o, const output_t *main_out)
+{
+    retry_t r = {.w = {.token_scores = o->score.token_scores}, .n_lines = main_out->done};
+    char *tmp = malloc(strlen(main_out->path) + sizeof ".retry");
+    int rc = SCORE_EXIT_STOPPED;
+    char error[1024];
+    if (!tmp || find_retryable(main_out->path, &r) != 0) {
+        fprintf(stderr, "xlm-score: cannot read %s: %s\n", main_out->path, strerror(errno));
+        goto done;
+    }
+    sprintf(tmp, "%s.retry", main_out->path);
+    struct stat st;
+    if (r.n_retry == 0 && stat(tmp, &st) != 0) {
+        rc = 0;
+        goto done;
+    }
+    int64_t merged = 0;
+    if (!(r.w.out = score_output_open(tmp, &merged, error, sizeof error)) ||
+        !(r.old = fopen(main_out->path, "r")) || old_until(&r, merged, false) != 0) {
+        fprintf(stderr, "xlm-score: %s\n", r.w.out ? "cannot read the output again" : error);
+        goto done;
+    }
+    progress_t p = {.show = !o->quiet && isatty(2), .label = "retry: ", .start = now(),
+                    .total_lines = r.n_retry};
+    for (int64_t n = 1; n <= merged; n++)
+        p.lines += retry_want(&r, n);
+    p.resumed = p.lines;
+    if (!o->quiet)
+        fprintf(stderr, "xlm-score: retrying %lld lines with a retryable error%s\n",
+                (long long)(r.n_retry - p.lines), merged ? " (resuming an interrupted retry)" : "");
+    pass_t pass = {.input = o->input, .done = merged, .want = retry_want, .on_result = retry_result,
+                   .ctx = &r, .progress = &p, .max_errors = o->max_errors, .mode = o->score.mode};
+    rc = run_stream(backend, o, &pass);
+    draw(&p, true);
+    if (rc == 0 && old_until(&r, r.n_lines, true) != 0) {
+        fprintf(stderr, "xlm-score: cannot copy %s: %s\n", main_out->path, strerror(errno));
+        rc = SCORE_EXIT_STOPPED;
+    }
+    if (score_output_close(&r.w.out) != 0 && rc == 0)
+        rc = SCORE_EXIT_STOPPED;
+    if (rc == 0 && rename(tmp, main_out->path) != 0) {
+        fprintf(stderr, "xlm-score: cannot rename %s to %s: %s\n", tmp, main_out->path, strerror(errno));
+        rc = SCORE_EXIT_STOPPED;
+    }
+    if (rc == 0 && !o->quiet)
+        print_summary(&p, "retried: ");
+done:
+    score_output_close(&r.w.out);
+    if (r.old)
+        fclose(r.old);
+    free(r.retry);
+    free(r.line);
+    free(tmp);
+    return rc;
+}
+
+/* ------------------------------------------------------------ main */
+
+static score_job_t job_of(const cli_options_t *o, const score_backend_t *backend,
+                          const char *input, const score_input_id_t *id)
+{
+    return (score_job_t){.mode = o->score.mode, .model = backend->model_name,
+                         .no_source = o->score.no_source, .token_scores = o->score.token_scores,
+                         .lang_rules = o->score.lang_rules, .format = o->format,
+                         .src_lang = o->src_lang, .tgt_lang = o->tgt_lang, .input_path = input,
+                         .input = *id};
+}
+
+static bool show_progress(const cli_options_t *o)
+{
+    /* On one terminal the bar would share lines with results on stdout. */
+    return !o->quiet && isatty(2) && !(strcmp(o->output, "-") == 0 && isatty(1));
+}
+
+/* One pass (the main one or --summary's) over input into out. */
+static int score_pass(score_backend_t *backend, const cli_options_t *o, const char *input,
+                      output_t *out, writer_t *w, const score_input_id_t *id, const char *label)
+{
+    progress_t p = {.show = show_progress(o), .label = label, .start = now(),
+                    .total_lines = id->known ? id->lines : -1};
+    w->out = out->out;
+    if (out->done && read_existing(out->path, out->done, w, &p) != 0) {
+        fprintf(stderr, "xlm-score: cannot read %s again: %s\n", out->path, strerror(errno));
+        return SCORE_EXIT_STOPPED;
+    }
+    if (out->done && !o->quiet)
+        fprintf(stderr, "xlm-score: %sresuming after line %lld of %s\n", label,
+                (long long)out->done, out->path);
+    pass_t pass = {.input = input, .done = out->done, .on_result = write_result, .ctx = w,
+                   .progress = &p, .max_errors = o->max_errors, .mode = o->score.mode};
+    int rc = id->known && out->done >= id->lines ? 0 : run_stream(backend, o, &pass);
+    if (score_output_close(&out->out) != 0 && rc == 0) {
+        fprintf(stderr, "xlm-score: cannot write the output: %s\n", strerror(errno));
+        rc = SCORE_EXIT_STOPPED;
+    }
+    w->out = NULL;
+    draw(&p, true);
+    if (rc == SCORE_EXIT_CANNOT_RUN && p.lines == 0)
+        discard_output(out);
+    if (rc != SCORE_EXIT_CANNOT_RUN && !o->quiet)
+        print_summary(&p, label);
+    return rc ? rc : p.errors ? SCORE_EXIT_LINE_ERRORS : SCORE_EXIT_OK;
+}
+
+/* --summary FILE: checked before the main pass, so that a wrong file does
+ * not cost a whole pass first. */
+static int check_summary(const cli_options_t *o, const score_input_id_t *input,
+                         score_input_id_t *summary)
+{
+    char error[1024];
+    if (score_input_identify(o->summary, summary, error, sizeof error) != 0 || !summary->known) {
+        fprintf(stderr, "xlm-score: --summary: %s\n",
+                summary->known ? error : "the alternative targets must be a file");
+        return -1;
+    }
+    if (input->known && summary->lines != input->lines) {
+        fprintf(stderr, "xlm-score: --summary %s has %lld lines, the input %s has %lld: the "
+                "alternatives must pair with the input line by line\n", o->summary,
+                (long long)summary->lines, o->input, (long long)input->lines);
+        return -1;
+    }
+    return 0;
+}
+
+static void print_ranking(const cli_options_t *o, const writer_t *m, const writer_t *alt)
+{
+    int64_t compared = 0, wins = 0;
+    for (size_t i = 0; i < m->n_means && i < alt->n_means; i++)
+        if (!isnan(m->means[i]) && !isnan(alt->means[i])) {
+            compared++;
+            wins += m->means[i] > alt->means[i];
+        }
+    FILE *report = strcmp(o->output, "-") == 0 ? stderr : stdout;
+    fprintf(report, "ranking accuracy by mean: %.3f (%lld of %lld pairs score their true target "
+            "above the alternative of %s)\n", compared ? (double)wins / (double)compared : 0.0,
+            (long long)wins, (long long)compared, o->summary);
+}
+
+static char *summary_output_path(const char *output)
+{
+    if (strcmp(output, "-") == 0)
+        return NULL;
+    char *path = malloc(strlen(output) + sizeof ".summary.jsonl");
+    if (path)
+        sprintf(path, "%s.summary.jsonl", output);
+    return path;
+}
+
+static int run_job(score_backend_t *backend, const cli_options_t *o)
+{
+    char error[1024];
+    score_input_id_t input = {0}, summary = {0};
+    if (score_input_identify(o->input, &input, error, sizeof error) != 0) {
+        fprintf(stderr, "xlm-score: %s\n", error);
+        return SCORE_EXIT_CANNOT_RUN;
+    }
+    if (o->summary && check_summary(o, &input, &summary) != 0)
+        return SCORE_EXIT_CANNOT_RUN;
+    score_job_t job = job_of(o, backend, o->input, &input);
+    output_t main_out = {0}, alt_out = {0};
+    char *alt_path = o->summary ? summary_output_path(o->output) : NULL;
+    score_job_t alt_job = job_of(o, backend, o->summary, &summary);
+    /* The alternatives' scores belong to the main output: a fresh one starts them over. */
+    if (open_output(&main_out, o->output, &job, o->force_restart) != 0 ||
+        (alt_path && open_output(&alt_out, alt_path, &alt_job,
+                                 o->force_restart || main_out.done == 0) != 0)) {
+        discard_output(&main_out);
+        free(main_out.job_path);
+        free(alt_path);
+        return SCORE_EXIT_CANNOT_RUN;
+    }
+    writer_t m = {.token_scores = o->score.token_scores, .keep_means = o->summary != NULL};
+    writer_t alt = {.token_scores = o->score.token_scores, .keep_means = true};
+    int rc = 0;
+    if (o->retry_errors && main_out.done) {
+        score_output_close(&main_out.out); /* rewritten beside, then reopened */
+        rc = retry_pass(backend, o, &main_out);
+        char reopen_error[1024];
+        if (rc == 0 && !(main_out.out = score_output_open(o->output, &main_out.done, reopen_error,
+                                                          sizeof reopen_error))) {
+            fprintf(stderr, "xlm-score: %s\n", reopen_error);
+            rc = SCORE_EXIT_STOPPED;
+        }
+    }
+    if (rc == 0)
+        rc = score_pass(backend, o, o->input, &main_out, &m, &input, "");
+    int alt_rc = 0;
+    if (o->summary && (rc == SCORE_EXIT_OK || rc == SCORE_EXIT_LINE_ERRORS)) {
+        /* Without a file to keep them in (--output -), the alternatives are kept in memory. */
+        output_t memory = {.path = "-"};
+        alt_rc = score_pass(backend, o, o->summary, alt_path ? &alt_out : &memory, &alt, &summary,
+                            "summary: ");
+        if (alt_rc == SCORE_EXIT_OK || alt_rc == SCORE_EXIT_LINE_ERRORS)
+            print_ranking(o, &m, &alt);
+        rc = alt_rc > rc ? alt_rc : rc;
+    }
+    if (rc == SCORE_EXIT_CANNOT_RUN)
+        discard_output(&alt_out);
+    score_output_close(&main_out.out);
+    score_output_close(&alt_out.out);
+    free(main_out.job_path);
+    free(alt_out.job_path);
+    free(alt_path);
+    free(m.means);
+    free(alt.means);
+    return rc;
 }
 
 int main(int argc, char **argv)
 {
     cli_options_t o = {0};
     if (parse(argc, argv, &o))
-        return 2;
+        return SCORE_EXIT_CANNOT_RUN;
     struct sigaction action = {0};
     action.sa_handler = on_signal;
     sigaction(SIGINT, &action, NULL);
     sigaction(SIGTERM, &action, NULL);
-    char error[512];
+    char error[1024];
     score_backend_t *backend = o.score.endpoint ? score_backend_service(&o.score, error, sizeof error)
                                                 : score_backend_local(&o.score, error, sizeof error);
     if (!backend) {
         fprintf(stderr, "xlm-score: %s\n", error);
-        return 1;
+        return SCORE_EXIT_CANNOT_RUN;
     }
-    int64_t done = 0;
-    main_ctx_t m = {.token_scores = o.score.token_scores, .keep_means = o.summary != NULL};
-    m.out = score_output_open(o.output, &done, error, sizeof error);
-    if (!m.out) {
-        fprintf(stderr, "xlm-score: %s\n", error);
-        backend->destroy(backend);
-        return 1;
-    }
-    if (done && o.summary)
-        read_existing_means(o.output, &m, done);
-    progress_t progress = {.show = !o.quiet && isatty(2), .start = now(),
-                           .total_lines = count_lines(o.input)};
-    if (progress.total_lines >= 0)
-        progress.total_lines -= done;
-    if (done && !o.quiet)
-        fprintf(stderr, "xlm-score: resuming after line %lld of %s\n", (long long)done, o.output);
-    int rc = run_stream(backend, &o, o.input, done, write_result, &m, &progress);
-    if (score_output_close(&m.out) != 0 && rc == 0) {
-        fprintf(stderr, "xlm-score: cannot write the output: %s\n", strerror(errno));
-        rc = -1;
-    }
-    draw(&progress, true);
-    double elapsed = now() - progress.start;
-    if (rc == 0 && !o.quiet)
-        fprintf(stderr, "xlm-score: %lld lines (%lld scored, %lld errors) in %.2f s: %.1f lines/s, "
-                        "%.0f target tokens/s, mean score %.4f\n",
-                (long long)progress.lines, (long long)(progress.lines - progress.errors),
-                (long long)progress.errors, elapsed, (double)progress.lines / (elapsed > 0 ? elapsed : 1),
-                (double)progress.target_tokens / (elapsed > 0 ? elapsed : 1),
-                progress.lines > progress.errors ? progress.score_sum / (double)(progress.lines - progress.errors) : 0.0);
-    if (rc == 0 && o.summary) {
-        alt_ctx_t alt = {0};
-        progress_t alt_progress = {.show = false, .start = now(), .total_lines = -1};
-        rc = run_stream(backend, &o, o.summary, 0, keep_alt, &alt, &alt_progress);
-        int64_t compared = 0, wins = 0;
-        for (size_t i = 0; rc == 0 && i < m.n_means && i < alt.n_means; i++)
-            if (!isnan(m.means[i]) && !isnan(alt.means[i])) {
-                compared++;
-                wins += m.means[i] > alt.means[i];
-            }
-        FILE *report = strcmp(o.output, "-") == 0 ? stderr : stdout;
-        if (rc == 0)
-            fprintf(report, "ranking accuracy by mean: %.3f (%lld of %lld pairs score their true target "
-                   "above the alternative of %s)\n",
-                   compared ? (double)wins / (double)compared : 0.0, (long long)wins,
-                   (long long)compared, o.summary);
-        free(alt.means);
-    }
-    free(m.means);
+    int rc = run_job(backend, &o);
     backend->destroy(backend);
-    return rc == 0 ? 0 : 1;
+    return rc;
 }

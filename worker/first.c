@@ -56,6 +56,14 @@ static bool head_served(const worker_stage_t *st, shard_head_t head)
     return has;
 }
 
+/* Pseudo-log-likelihood needs a masked LM: on a causal checkpoint it is
+ * refused, as xlm-score refuses it in process. clm_score stays served on
+ * every LM, as xlm-infer computes it for any checkpoint with the LM head. */
+static bool task_suits_model(proto_task_t task, const shard_config_t *c)
+{
+    return task != PROTO_TASK_MLM_PLL || !c->causal;
+}
+
 static int build_ready(first_t *f)
 {
     const worker_stage_t *st = f->st;
@@ -89,7 +97,7 @@ static int build_ready(first_t *f)
     size_t n = 0;
     for (int t = 0; t < PROTO_TASK_COUNT_; t++) {
         const worker_task_t *wt = worker_task(t);
-        if (wt && served[wt->head])
+        if (wt && served[wt->head] && task_suits_model(wt->task, c))
             f->tasks[n++] = (Xlm__Task)wt->task;
     }
     f->ready.n_tasks = n;

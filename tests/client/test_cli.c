@@ -258,7 +258,8 @@ static void test_infer_lines(void **state)
                        i, i);
     const char *args[] = {"infer", "--endpoint", t->peer.endpoint, "--window", "4",
                           "--attempts", "2", "--attempt-timeout-ms", "3000", NULL};
-    assert_int_equal(run_cli(t, input, args, true), 0);
+    /* Some lines failed: exit status 1. */
+    assert_int_equal(run_cli(t, input, args, true), 1);
 
     char *out = fx_read_file(t->out);
     assert_non_null(out);
@@ -332,7 +333,7 @@ static void test_infer_unreachable(void **state)
     int64_t start = fx_now_ms();
     assert_int_equal(run_cli(t, "{\"name\":\"u1\",\"head\":\"lm\",\"inputs\":{\"input_ids\":[[1]]}}\n"
                                 "{\"name\":\"u2\",\"head\":\"lm\",\"inputs\":{\"input_ids\":[[2]]}}\n",
-                             args, false), 0);
+                             args, false), 1);
     assert_true(fx_now_ms() - start < 5000);
     char *out = fx_read_file(t->out);
     char *lines[4];
@@ -372,7 +373,7 @@ static void test_command_line(void **state)
                "stderr", "--head nose");
     expect_run(t, (const char *[]){"infer", "--endpoint", "x", "--window", "0", NULL}, 2,
                "stderr", "--window 0");
-    expect_run(t, (const char *[]){"infer", "--endpoint", "nonsense", NULL}, 1, "stderr",
+    expect_run(t, (const char *[]){"infer", "--endpoint", "nonsense", NULL}, 2, "stderr",
                "cannot connect to 'nonsense'");
     expect_run(t, (const char *[]){"stats", "--endpoint", "tcp://", NULL}, 1, "stderr",
                "cannot connect to 'tcp://'");

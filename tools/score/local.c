@@ -288,6 +288,7 @@ score_backend_t *score_backend_local(const score_options_t *options, char *error
     l->base.pending = local_pending;
     l->base.destroy = local_destroy;
     l->base.max_pending = 2 * LOCAL_BLOCK;
+    snprintf(l->base.model_name, sizeof l->base.model_name, "%s", options->model);
     shard_set_threads(options->threads > 0 ? options->threads : 1);
     l->model = shard_model_open(options->model, NULL, &err);
     if (l->model)

@@ -196,6 +196,14 @@ int score_output_write(score_output_t *out, const score_result_t *r, bool token_
     return 0;
 }
 
+int score_output_write_raw(score_output_t *out, const char *line, size_t length)
+{
+    if (fwrite(line, 1, length, out->file) != length)
+        return -1;
+    out->written++;
+    return 0;
+}
+
 int score_output_flush(score_output_t *out) { return fflush(out->file) == 0 ? 0 : -1; }
 
 int score_output_close(score_output_t **self_p)

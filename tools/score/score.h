@@ -71,6 +71,8 @@ score_output_t *score_output_open(const char *path, int64_t *done, char *error,
                                   size_t error_size);
 /* Writes the result line of a result (lines must come in order). */
 int score_output_write(score_output_t *out, const score_result_t *result, bool token_scores);
+/* Writes a line as it is (one complete line, newline included). */
+int score_output_write_raw(score_output_t *out, const char *line, size_t length);
 /* Flushes to the file (and to disk on close). */
 int score_output_flush(score_output_t *out);
 int score_output_close(score_output_t **self_p);
@@ -89,6 +91,12 @@ struct score_backend {
     size_t (*pending)(score_backend_t *self);
     void (*destroy)(score_backend_t *self);
     size_t max_pending; /* submit only while pending() is below it */
+    /* The model's identity for the job file: the folder in process, the
+     * served name through the service. */
+    char model_name[256];
+    /* Through the service the model's checks run there: the first pair's
+     * reply is awaited before the others go (a refused task stops the job). */
+    bool probe_first;
     char error[SCORE_MESSAGE_MAX];
 };
 
@@ -104,7 +112,47 @@ typedef struct {
     uint32_t timeout_ms; /* service: per attempt */
     uint32_t attempts;  /* service */
     uint32_t deadline_ms; /* service: per request, queueing included */
+    uint32_t connect_timeout_ms; /* service: the stats request before the job */
 } score_options_t;
+
+/* ------------------------------------------------------------ the job
+ *
+ * Exit statuses of xlm-score (and of xlm-infer and xlm-client infer). */
+enum {
+    SCORE_EXIT_OK = 0,          /* every line has a result */
+    SCORE_EXIT_LINE_ERRORS = 1, /* the job finished; some lines hold an error */
+    SCORE_EXIT_CANNOT_RUN = 2,  /* usage, configuration, service or resume check: nothing written */
+    SCORE_EXIT_STOPPED = 3      /* stopped before the end (--max-errors, a signal, a lost
+                                   service, a write error): run again to continue */
+};
+
+/* The input's identity: what a resumed run must read again. */
+typedef struct {
+    bool known; /* false for standard input */
+    int64_t bytes, lines;
+    uint64_t hash; /* FNV-1a 64 of every byte */
+} score_input_id_t;
+
+int score_input_identify(const char *path, score_input_id_t *id, char *error, size_t error_size);
+
+/* Every option that changes what a line of the output holds. */
+typedef struct {
+    score_mode_t mode;
+    const char *model; /* in process: the folder; service: the served name */
+    bool no_source, token_scores, lang_rules;
+    score_format_t format;
+    const char *src_lang, *tgt_lang, *input_path;
+    score_input_id_t input;
+} score_job_t;
+
+/* OUTPUT.job (malloc'd). */
+char *score_job_path(const char *output);
+/* Writes OUTPUT.job atomically. */
+int score_job_write(const char *output, const score_job_t *job, char *error, size_t error_size);
+/* Compares OUTPUT.job, when there is one (*found), with job: -1 and what
+ * differs in error when they do not match. */
+int score_job_check(const char *output, const score_job_t *job, bool *found, char *error,
+                    size_t error_size);
 
 score_backend_t *score_backend_local(const score_options_t *options, char *error, size_t size);
 score_backend_t *score_backend_service(const score_options_t *options, char *error, size_t size);

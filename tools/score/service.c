@@ -3,6 +3,7 @@
  * with the model's own tokenizer; the client library keeps a window in
  * flight and retries with the same id. */
 #include "score.h"
+#include "service_check.h"
 #include "xlmclient.h"
 
 #include <stdlib.h>
@@ -215,5 +216,13 @@ score_backend_t *score_backend_service(const score_options_t *options, char *err
         free(s);
         return NULL;
     }
+    if (tools_service_check(s->client, options->endpoint, options->model,
+                            options->connect_timeout_ms ? (int)options->connect_timeout_ms : 5000,
+                            s->base.model_name, sizeof s->base.model_name, error, size) != 0) {
+        service_destroy(&s->base);
+        return NULL;
+    }
+    s->options.model = s->base.model_name; /* named from now on, even when it was the only one */
+    s->base.probe_first = true;
     return &s->base;
 }
