@@ -203,10 +203,26 @@ size_t worker_packet_write(const worker_micro_t *m, void *buffer, size_t capacit
         put(&w, m->p_mask, cells * 4);
     for (int i = 0; i < m->n_items; i++) {
         const worker_item_t *it = &m->items[i];
-        packet_item_t p = {it->ticket, it->batch_id, it->queue_us, it->tokenize_us, it->received_us,
-                           it->gen_job, it->task, it->row0, it->rows, it->seq, it->n_choices,
-                           item_windows(it), item_copies(it), it->orig_rows, it->return_tokens,
-                           it->credit, {0}};
+        /* Zeroed first and filled field by field: an initialiser leaves the
+         * padding after id unset, and those bytes would go on the wire. */
+        packet_item_t p;
+        memset(&p, 0, sizeof p);
+        p.ticket = it->ticket;
+        p.batch_id = it->batch_id;
+        p.queue_us = it->queue_us;
+        p.tokenize_us = it->tokenize_us;
+        p.received_us = it->received_us;
+        p.gen_job = it->gen_job;
+        p.task = it->task;
+        p.row0 = it->row0;
+        p.rows = it->rows;
+        p.seq = it->seq;
+        p.n_choices = it->n_choices;
+        p.n_windows = item_windows(it);
+        p.n_copies = item_copies(it);
+        p.orig_rows = it->orig_rows;
+        p.return_tokens = it->return_tokens;
+        p.credit = it->credit;
         memcpy(p.id, it->id, sizeof p.id);
         put(&w, &p, sizeof p);
         if (p.n_windows)

@@ -138,6 +138,22 @@ static int wait_exit(pid_t pid, int timeout_ms)
     return -1;
 }
 
+/* Polls stats until the broker no longer accepts requests (it has taken
+ * the SIGTERM in); false after timeout_ms. */
+static bool wait_stopping(fx_t *fx, int timeout_ms)
+{
+    int64_t until = testing_now_us() + (int64_t)timeout_ms * 1000;
+    while (testing_now_us() < until) {
+        Xlm__ServiceMessage *stats = fx_stats(fx);
+        bool stopping = stats && !stats->stats->accepting;
+        proto_service_free(&stats);
+        if (stopping)
+            return true;
+        usleep(1000);
+    }
+    return false;
+}
+
 static void test_sigterm_finishes_queued(void **state)
 {
     fx_t *fx = *state;
@@ -147,7 +163,7 @@ static void test_sigterm_finishes_queued(void **state)
         test_client_send_tokens(fx->client, ids[i], "tiny", PROTO_TASK_BASE, 1, 4 << i, i, 0);
     assert_true(fx_wait_received(fx, 5, 2000));
     assert_int_equal(kill(fx->broker, SIGTERM), 0);
-    usleep(20000);
+    assert_true(wait_stopping(fx, 2000)); /* the 5 are still held: 50 ms each */
     test_client_send_tokens(fx->client, "late", "tiny", PROTO_TASK_BASE, 1, 4, 0, 0);
     int ok = 0, refused = 0;
     for (int k = 0; k < 6; k++) {

@@ -180,16 +180,45 @@ static void check_sum(const xlm_result_t *r, int64_t seed, int64_t len)
     assert_int_equal(lengths->i64[0], len);
 }
 
-/* Requests the fake worker has answered, once the count is n or after a
- * short wait (it counts after sending the reply, so the client may be
- * quicker). */
-static uint64_t worker_requests(svc_t *t, uint64_t n)
+/* A number field of a stats object, or -1 when it has none. */
+static double stats_number(const cJSON *object, const char *name)
 {
-    int64_t until = fx_now_ms() + 1000;
-    while (fake_worker_requests(t->worker) < n && fx_now_ms() < until)
+    const cJSON *item = cJSON_GetObjectItem(object, name);
+    return cJSON_IsNumber(item) ? item->valuedouble : -1;
+}
+
+/* Requests the fake worker has answered, once the service is quiet: the
+ * broker holds nothing (queue and in flight empty) and the fake has counted
+ * as many answers as the broker received replies (done, failed, late). The
+ * fake counts after sending, so it may lag the broker a moment; every
+ * request the broker dispatches stays in flight until its reply arrives, so
+ * once nothing is held no other execution is under way. Fails after 5 s. */
+static uint64_t worker_requests(svc_t *t)
+{
+    int64_t until = fx_now_ms() + 5000;
+    double held = -1, replies = -1;
+    uint64_t answered = 0;
+    while (fx_now_ms() < until) {
+        char *json = NULL;
+        if (xlm_client_stats_json(t->client, 1000, &json) == XLM_OK) {
+            cJSON *root = cJSON_Parse(json);
+            cJSON *model = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "models"), 0);
+            double queued = stats_number(model, "queue_depth"), flying = stats_number(model, "in_flight");
+            double done = stats_number(model, "requests_done"), failed = stats_number(model, "requests_failed");
+            double late = stats_number(root, "late_replies");
+            held = queued < 0 || flying < 0 ? -1 : queued + flying;
+            replies = done < 0 || failed < 0 || late < 0 ? -1 : done + failed + late;
+            cJSON_Delete(root);
+        }
+        free(json);
+        answered = fake_worker_requests(t->worker);
+        if (held == 0 && replies == (double)answered)
+            return answered;
         usleep(2000);
-    usleep(20000); /* and a little more, to see any extra */
-    return fake_worker_requests(t->worker);
+    }
+    fail_msg("worker_requests: the service did not settle: %.0f requests held, %.0f replies, "
+             "%llu answered by the fake", held, replies, (unsigned long long)answered);
+    return 0;
 }
 
 static xlm_result_t *call(svc_t *t, const char *id, int64_t seed, int64_t len)
@@ -280,7 +309,7 @@ static void test_many_in_flight(void **state)
         collected++;
     }
     assert_true(window_full > 0);
-    assert_true(worker_requests(t, N) >= N);
+    assert_int_equal(worker_requests(t), N);
     free(ids);
     free(seen);
 }
@@ -297,7 +326,7 @@ static void test_lost_request(void **state)
     assert_int_equal(xlm_result_timings(r)->attempts, 2);
     xlm_result_destroy(&r);
     assert_int_equal(proxy_sends(t->proxy, "lose-1"), 2);
-    assert_int_equal(worker_requests(t, 1), 1);
+    assert_int_equal(worker_requests(t), 1);
     assert_int_equal(xlm_client_collect(t->client, NULL, 300, &r), XLM_ERR_EMPTY);
 }
 
@@ -313,7 +342,7 @@ static void test_lost_reply(void **state)
     assert_int_equal(xlm_result_timings(r)->attempts, 2);
     xlm_result_destroy(&r);
     assert_int_equal(proxy_sends(t->proxy, "lostreply-1"), 2);
-    assert_int_equal(worker_requests(t, 1), 1);
+    assert_int_equal(worker_requests(t), 1);
     assert_int_equal(xlm_client_collect(t->client, NULL, 300, &r), XLM_ERR_EMPTY);
 }
 

@@ -5,14 +5,9 @@
 # the other input forms (two-column TSV with --src-lang/--tgt-lang, JSONL).
 # Usage: score_errors.sh BUILD_DIR
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-build=$1
+. "$(dirname "$0")/lib.sh"
+e2e_init score-errors "$1"
 model="$top/models/tiny-clm-enfr"
-run_dir=$(mktemp -d /tmp/xlm-score-errors-XXXXXX)
-mapfile -t ports < <("$top/tests/tools/free_ports" 2)
-cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
-trap cleanup EXIT
 
 long=$(python3 -c 'print(" ".join(["mot"] * 80))')
 {
@@ -60,9 +55,8 @@ if "$build/bin/xlm-score" --model "$model" --mode mlm-pll --quiet --input "$run_
 fi
 grep -q "causal LM: score it with --mode clm" "$run_dir/err.txt"
 
-"$top/deploy/local/start" --model "$model" --stages 2 --frontend-port "${ports[0]}" \
-  --backend-port "${ports[1]}" --run-dir "$run_dir" --build "$build" >/dev/null
-"$build/bin/xlm-score" --endpoint "tcp://127.0.0.1:${ports[0]}" --mode clm --quiet \
+e2e_start --model "$model" --stages 2
+"$build/bin/xlm-score" --endpoint "$endpoint" --mode clm --quiet \
   --input "$run_dir/bad.tsv" --output "$run_dir/service.jsonl"
 got=$(codes "$run_dir/service.jsonl")
 [ "$got" = "$expected" ] || { echo "service: $got, expected $expected"; exit 1; }

@@ -4,11 +4,8 @@
 # run of 20,000 pairs; every line answered once, in order.
 # Usage: score_memory.sh BUILD_DIR
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-build=$1
-run_dir=$(mktemp -d /tmp/xlm-score-memory-XXXXXX)
-trap 'rm -rf "$run_dir"' EXIT
+. "$(dirname "$0")/lib.sh"
+e2e_init score-memory "$1"
 python3 "$top/tests/tools/make_checkpoint.py" "$run_dir/model" "$top/models/tiny-clm-enfr" --causal
 python3 - "$run_dir" <<'PY'
 import random, sys

@@ -4,14 +4,9 @@
 # <s>), in process and through the service; also reads pairs from stdin.
 # Usage: score_nosource.sh BUILD_DIR
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-build=$1
+. "$(dirname "$0")/lib.sh"
+e2e_init score-nosource "$1"
 model="$top/models/tiny-clm-enfr"
-run_dir=$(mktemp -d /tmp/xlm-score-nosrc-XXXXXX)
-mapfile -t ports < <("$top/tests/tools/free_ports" 2)
-cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
-trap cleanup EXIT
 
 head -n 40 "$model/examples/pairs.tsv" > "$run_dir/pairs.tsv"
 python3 - "$run_dir/pairs.tsv" > "$run_dir/tokenize.jsonl" <<'PY'
@@ -47,8 +42,7 @@ PY
 "$build/bin/xlm-score" --model "$model" --mode clm --no-source --quiet --input - \
   --output "$run_dir/local.jsonl" < "$run_dir/pairs.tsv"
 check "--no-source in process (stdin)" "$run_dir/local.jsonl"
-"$top/deploy/local/start" --model "$model" --stages 2 --frontend-port "${ports[0]}" \
-  --backend-port "${ports[1]}" --run-dir "$run_dir" --build "$build" >/dev/null
-"$build/bin/xlm-score" --endpoint "tcp://127.0.0.1:${ports[0]}" --mode clm --no-source --quiet \
+e2e_start --model "$model" --stages 2
+"$build/bin/xlm-score" --endpoint "$endpoint" --mode clm --no-source --quiet \
   --input "$run_dir/pairs.tsv" --output - > "$run_dir/service.jsonl"
 check "--no-source through the service (stdout)" "$run_dir/service.jsonl"

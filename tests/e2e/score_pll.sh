@@ -5,14 +5,9 @@
 # log_softmax at the masked position. In process and through the service (2 stages).
 # Usage: score_pll.sh BUILD_DIR
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-build=$1
+. "$(dirname "$0")/lib.sh"
+e2e_init score-pll "$1"
 model="$top/tests/golden/mlm_multi-lm"
-run_dir=$(mktemp -d /tmp/xlm-score-pll-XXXXXX)
-mapfile -t ports < <("$top/tests/tools/free_ports" 2)
-cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
-trap cleanup EXIT
 
 # 30 pairs of the bundled en-fr set, in both directions, plus a de/ro pair.
 head -n 30 "$top/models/tiny-clm-enfr/examples/pairs.tsv" > "$run_dir/pairs.tsv"
@@ -82,8 +77,7 @@ PY
 "$build/bin/xlm-score" --model "$model" --mode mlm-pll --token-scores --quiet \
   --input "$run_dir/pairs.tsv" --output "$run_dir/local.jsonl"
 check "mlm-pll in process" "$run_dir/local.jsonl"
-"$top/deploy/local/start" --model "$model" --stages 2 --frontend-port "${ports[0]}" \
-  --backend-port "${ports[1]}" --run-dir "$run_dir" --build "$build" >/dev/null
-"$build/bin/xlm-score" --endpoint "tcp://127.0.0.1:${ports[0]}" --mode mlm-pll --token-scores \
+e2e_start --model "$model" --stages 2
+"$build/bin/xlm-score" --endpoint "$endpoint" --mode mlm-pll --token-scores \
   --quiet --input "$run_dir/pairs.tsv" --output "$run_dir/service.jsonl"
 check "mlm-pll through the service" "$run_dir/service.jsonl"

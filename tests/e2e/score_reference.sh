@@ -5,14 +5,9 @@
 # ranking accuracy by mean 0.980 as the model's README says.
 # Usage: score_reference.sh BUILD_DIR
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-build=$1
+. "$(dirname "$0")/lib.sh"
+e2e_init score-reference "$1"
 model="$top/models/tiny-clm-enfr"
-run_dir=$(mktemp -d /tmp/xlm-score-ref-XXXXXX)
-mapfile -t ports < <("$top/tests/tools/free_ports" 2)
-cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
-trap cleanup EXIT
 
 check() { # label output reference
   python3 - "$@" <<'PY'
@@ -56,10 +51,9 @@ grep -q "ranking accuracy by mean: 0.980 (196 of 200" "$run_dir/summary.txt" ||
   { echo "unexpected summary: $(cat "$run_dir/summary.txt")"; exit 1; }
 cat "$run_dir/summary.txt"
 for stages in 1 2; do
-  "$top/deploy/local/start" --model "$model" --stages "$stages" --frontend-port "${ports[0]}" \
-    --backend-port "${ports[1]}" --run-dir "$run_dir" --build "$build" >/dev/null
-  summary=1 run_score "service stages=$stages" --endpoint "tcp://127.0.0.1:${ports[0]}"
+  e2e_start --model "$model" --stages "$stages"
+  summary=1 run_score "service stages=$stages" --endpoint "$endpoint"
   grep -q "ranking accuracy by mean: 0.980 (196 of 200" "$run_dir/summary.txt"
-  "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null
+  e2e_stop
 done
 echo "score_reference: 1200 scores checked"

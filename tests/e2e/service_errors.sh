@@ -6,17 +6,10 @@
 # them are answered with the golden outputs.
 # Usage: service_errors.sh BUILD_DIR
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-build=$1
+. "$(dirname "$0")/lib.sh"
+e2e_init service-errors "$1"
 model="$top/tests/golden/clm-lm"
-run_dir=$(mktemp -d /tmp/xlm-svc-errors-XXXXXX)
-mapfile -t ports < <("$top/tests/tools/free_ports" 2)
-cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
-trap cleanup EXIT
-"$top/deploy/local/start" --model "$model" --stages 2 --frontend-port "${ports[0]}" \
-  --backend-port "${ports[1]}" --run-dir "$run_dir" --build "$build" >/dev/null
-endpoint="tcp://127.0.0.1:${ports[0]}"
+e2e_start --model "$model" --stages 2
 
 good=$(head -n 1 "$model/cases.jsonl")
 long=$(python3 -c 'print(",".join(["7"] * 65))')

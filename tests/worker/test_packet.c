@@ -1,5 +1,7 @@
 /* Packets between stages: a round trip keeps every value; malformed bytes
- * are refused with an error, never read out of bounds. */
+ * are refused with an error, never read out of bounds; every flipped byte
+ * has its expected outcome (refused with its reason, or decoded to what it
+ * says). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -132,23 +134,191 @@ static void corrupted_layout_refused(void **state)
     free(buffer);
 }
 
-static void flipped_bytes_never_crash(void **state)
+/* What one flipped byte (x ^= 0xa5) of each field must do, field by field
+ * in the order the packet holds them (sample_micro's values, 1,648 bytes;
+ * integers little-endian). One letter per byte of the field, or one letter
+ * for all of them:
+ *   H  refused: bad header             T  refused: truncated
+ *   L  refused: layout inconsistent    M  refused: item N is malformed
+ *   R  refused: item 0's records (scored windows, masked copies) fall
+ *      outside its 2 rows of 5 positions
+ *   K  decodes with the flipped value: it writes back the flipped bytes
+ *   I  decodes, the flip ignored: it writes back the original bytes
+ *      (padding, the high half of a 32-bit field, a flag read as non-zero)
+ *   S  decodes, the int32 made negative: written back sign-extended
+ *   B  decodes, the flag set: written back as 1
+ *   P  decodes, the byte ignored; not compared when written back: the
+ *      writer leaves the padding after an item's id unset (its bytes are
+ *      whatever was on the writer's stack)
+ * A value pushed over 127 by the flip of its low byte can still pass the
+ * header's bounds (batch 166 of seq 5, seq 160, emb_dim 161 all fit in 1,648
+ * bytes by the header's arithmetic) and is then refused as truncated. */
+typedef struct {
+    const char *name;
+    size_t bytes;
+    const char *flips;
+} flip_field_t;
+
+static const flip_field_t micro_fields[] = { /* the header, activations, cells */
+    {"magic", 8, "H"},          {"kind", 8, "H"},        {"batch", 8, "THHHHHHH"},
+    {"seq", 8, "THHHHHHH"},     {"emb_dim", 8, "THHHHHHH"}, {"n_tokens", 8, "H"},
+    {"n_items", 8, "H"},        {"has_p_mask", 8, "I"},  {"n_stages", 8, "H"},
+    {"micro_id", 8, "K"},       {"started_us", 8, "K"},  {"stage_us", 8 * WORKER_MAX_STAGES, "K"},
+    /* Activations (7 positions of 4 floats) and the 3x5 cells. */
+    {"row_start", 4 * 8, "L"},  {"position", 7 * 4, "L"}, {"position padding", 4, "I"},
+    {"is_real", 7, "K"},        {"is_real padding", 1, "I"}, {"hidden", 7 * 4 * 4, "K"},
+    {"input_ids", 15 * 8, "K"}, {"attention_mask", 15 * 8, "K"}, {"p_mask", 15 * 4, "K"},
+    {"p_mask padding", 4, "I"},
+};
+
+static const flip_field_t item_fields[] = {
+    {"ticket", 8, "K"},       {"batch_id", 8, "K"},    {"queue_us", 8, "K"},
+    {"tokenize_us", 8, "K"},  {"received_us", 8, "K"}, {"gen_job", 8, "K"},
+    {"task", 8, "M"},  {"row0", 8, "M"},        {"rows", 8, "M"},
+    {"seq", 8, "M"},          {"n_choices", 8, "KKKKKKKM"}, {"n_windows", 8, "M"},
+    {"n_copies", 8, "M"},
+    {"orig_rows", 8, "M"},    {"return_tokens", 8, "B"}, {"credit", 8, "KKKKIIII"},
+    {"id", PROTO_ID_MAX + 1, "K"}, {"id padding", 7, "I"},
+};
+
+static const flip_field_t score_field = {"windows", 2 * 16, "R"}; /* item 0's 2 windows */
+
+static char flip_letter(const flip_field_t *f, size_t byte)
+{
+    return f->flips[strlen(f->flips) == 1 ? 0 : byte];
+}
+
+/* Bytes a and b equal but where unset[] says the writer leaves them unset;
+ * the first that differs, or size. */
+static size_t first_difference(const unsigned char *a, const unsigned char *b,
+                               const unsigned char *unset, size_t size)
+{
+    size_t i = 0;
+    while (i < size && (unset[i] || a[i] == b[i]))
+        i++;
+    return i;
+}
+
+/* Flips byte (of field f, which starts at start; item -1 outside the
+ * items) and checks the outcome its letter names. */
+static void check_flip(const unsigned char *original, const unsigned char *unset, size_t size,
+                       size_t start, const flip_field_t *f, size_t byte, int item)
+{
+    char letter = flip_letter(f, byte), refusal[128] = "";
+    switch (letter) {
+    case 'H': snprintf(refusal, sizeof refusal, "packet: bad header in %zu bytes", size); break;
+    case 'T': snprintf(refusal, sizeof refusal, "packet: truncated (%zu bytes)", size); break;
+    case 'L': snprintf(refusal, sizeof refusal, "packet: activation layout is inconsistent"); break;
+    case 'M': snprintf(refusal, sizeof refusal, "packet: item %d is malformed", item); break;
+    case 'R':
+        snprintf(refusal, sizeof refusal, "packet: item %d has a scored window or masked copy "
+                 "outside its 2 rows of 5 positions", item);
+        break;
+    case 'K': case 'I': case 'S': case 'B': case 'P': break;
+    default: fail_msg("%s: no outcome '%c' for byte %zu", f->name, letter, byte);
+    }
+    const size_t at = start + byte;
+    char where[32] = "";
+    if (item >= 0)
+        snprintf(where, sizeof where, "item %d ", item);
+    unsigned char *copy = malloc(size), *want = malloc(size), *again = malloc(size);
+    assert_non_null(copy);
+    assert_non_null(want);
+    assert_non_null(again);
+    memcpy(copy, original, size);
+    copy[at] ^= 0xa5;
+    shard_error_t err = {0};
+    worker_micro_t *r = worker_packet_read(copy, size, &err);
+    if (refusal[0]) {
+        if (r || err.code != SHARD_ERR_FORMAT || strcmp(err.message, refusal) != 0)
+            fail_msg("%s%s byte %zu (packet byte %zu): expected \"%s\", got %s (%d: \"%s\")",
+                     where, f->name, byte, at, refusal, r ? "a decoded packet" : "a refusal",
+                     err.code, err.message);
+    } else {
+        if (!r)
+            fail_msg("%s%s byte %zu (packet byte %zu): expected it to decode ('%c'), got \"%s\"",
+                     where, f->name, byte, at, letter, err.message);
+        memcpy(want, letter == 'K' || letter == 'S' ? copy : original, size);
+        if (letter == 'S')
+            memset(want + start + 4, 0xff, 4);
+        if (letter == 'B')
+            want[start] = 1;
+        assert_int_equal(worker_packet_size(r), size);
+        assert_int_equal(worker_packet_write(r, again, size), size);
+        size_t first = first_difference(again, want, unset, size);
+        if (first < size)
+            fail_msg("%s%s byte %zu ('%c'): decoded, but writes back byte %zu as 0x%02x, "
+                     "expected 0x%02x", where, f->name, byte, letter, first, again[first], want[first]);
+    }
+    worker_micro_destroy(&r);
+    free(copy);
+    free(want);
+    free(again);
+}
+
+/* Walks n fields from *start on: marks the bytes the writer leaves unset
+ * ('P') in unset[], or, when check, flips and checks every byte. */
+static void walk_fields(const unsigned char *packet, unsigned char *unset, size_t size,
+                        size_t *start, const flip_field_t *fields, size_t n, int item, bool check)
+{
+    for (size_t i = 0; i < n; i++) {
+        const flip_field_t *f = &fields[i];
+        size_t letters = strlen(f->flips);
+        assert_true(letters == 1 || letters == f->bytes);
+        assert_true(*start + f->bytes <= size);
+        for (size_t byte = 0; byte < f->bytes; byte++) {
+            if (check)
+                check_flip(packet, unset, size, *start, f, byte, item);
+            else
+                unset[*start + byte] = flip_letter(f, byte) == 'P';
+        }
+        *start += f->bytes;
+    }
+}
+
+/* The whole packet, field by field; returns the bytes the table covers. */
+static size_t walk_packet(const unsigned char *packet, unsigned char *unset, size_t size, bool check)
+{
+    size_t at = 0;
+    walk_fields(packet, unset, size, &at, micro_fields,
+                sizeof micro_fields / sizeof micro_fields[0], -1, check);
+    for (int item = 0; item < 2; item++) {
+        walk_fields(packet, unset, size, &at, item_fields,
+                    sizeof item_fields / sizeof item_fields[0], item, check);
+        if (item == 0)
+            walk_fields(packet, unset, size, &at, &score_field, 1, item, check);
+    }
+    return at;
+}
+
+static void flipped_bytes_refused_or_kept(void **state)
 {
     (void)state;
+    const uint16_t one = 1;
+    if (*(const uint8_t *)&one != 1)
+        skip(); /* the table above is little-endian */
     worker_micro_t *m = sample_micro();
     size_t size = worker_packet_size(m);
-    unsigned char *buffer = malloc(size), *copy = malloc(size);
-    worker_packet_write(m, buffer, size);
-    for (size_t at = 0; at < size; at += 3) {
-        memcpy(copy, buffer, size);
-        copy[at] ^= 0xa5;
-        shard_error_t err = {0};
-        worker_micro_t *r = worker_packet_read(copy, size, &err);
-        worker_micro_destroy(&r);
-    }
+    assert_int_equal(size, 1648); /* the T letters above hold for this size */
+    unsigned char *buffer = malloc(size), *again = malloc(size), *unset = calloc(size, 1);
+    assert_non_null(buffer);
+    assert_non_null(again);
+    assert_non_null(unset);
+    assert_int_equal(worker_packet_write(m, buffer, size), size);
+    assert_int_equal(walk_packet(buffer, unset, size, false), size); /* the table covers it all */
+    /* Unflipped, it decodes and writes back byte for byte. */
+    shard_error_t err = {0};
+    worker_micro_t *r = worker_packet_read(buffer, size, &err);
+    assert_non_null(r);
+    assert_int_equal(worker_packet_write(r, again, size), size);
+    assert_int_equal(first_difference(again, buffer, unset, size), size);
+    worker_micro_destroy(&r);
+    /* Every byte, each with its expected outcome. */
+    walk_packet(buffer, unset, size, true);
     worker_micro_destroy(&m);
     free(buffer);
-    free(copy);
+    free(again);
+    free(unset);
 }
 
 /* An mlm_pll item: 2 request rows, 3 masked copies (the item's rows). */
@@ -271,7 +441,7 @@ int main(void)
         cmocka_unit_test(too_small_buffer_writes_nothing),
         cmocka_unit_test(every_truncation_refused),
         cmocka_unit_test(corrupted_layout_refused),
-        cmocka_unit_test(flipped_bytes_never_crash),
+        cmocka_unit_test(flipped_bytes_refused_or_kept),
         cmocka_unit_test(pll_records_round_trip),
         cmocka_unit_test(bad_records_refused),
         cmocka_unit_test(fewer_copies_than_rows),

@@ -1,0 +1,157 @@
+# shellcheck shell=bash
+# tests/e2e/lib.sh: what the end-to-end scripts share. Each script starts
+#   . "$(dirname "$0")/lib.sh"
+#   e2e_init NAME BUILD_DIR
+# and gets: $top (the source tree), $build, $run_dir (a new folder under
+# /tmp), two free ports on 127.0.0.1 ($frontend, $backend) and the client
+# endpoint ($endpoint); on exit, however the script ends, the service it
+# started is stopped, the processes it handed to e2e_background are killed
+# and $run_dir is removed.
+#
+#   e2e_start [deploy/local/start options]   the service on these ports
+#   e2e_stop                                 stop it (e2e_start may follow)
+#   e2e_fail MESSAGE                         print it and the logs, exit 1
+#   e2e_background PID                       kill -9 PID on exit
+#   e2e_wait_until SECONDS WHAT COMMAND...   poll COMMAND until it succeeds
+#   e2e_gone PID                             true once PID has ended
+#   e2e_stat FIELD [DEFAULT]                 a number of the broker's stats
+#   e2e_worker_pid RANK                      this service's xlm-worker of RANK
+#   e2e_compare GOLDEN RESULTS LABEL         compare_golden.py
+#   e2e_assert_fault_landed WHAT BEFORE TOTAL FELT FELT_WHAT
+
+e2e_init() { # name build_dir
+  E2E_NAME=$1
+  top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  build=$(cd "$2" && pwd)
+  run_dir=$(mktemp -d "/tmp/xlm-$1-XXXXXX")
+  E2E_PIDS=()
+  E2E_STARTED=0
+  trap e2e_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  local ports
+  mapfile -t ports < <("$top/tests/tools/free_ports" 2)
+  frontend=${ports[0]} backend=${ports[1]}
+  endpoint="tcp://127.0.0.1:$frontend"
+}
+
+# A child process of this script still running (so PID is not some other
+# process that took a recycled number).
+e2e_our_child() { # pid
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  # shellcheck disable=SC2086
+  set -- $stat
+  [ "$2" = "$$" ]
+}
+
+e2e_cleanup() {
+  local rc=$? pid
+  for pid in "${E2E_PIDS[@]}"; do
+    e2e_our_child "$pid" && kill -9 "$pid" 2>/dev/null
+  done
+  if [ "$E2E_STARTED" = 1 ]; then
+    "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$run_dir"
+  exit "$rc"
+}
+
+# Kills PID (kill -9) when the script exits and it is still running.
+e2e_background() { E2E_PIDS+=("$1"); }
+
+e2e_logs() {
+  local f
+  for f in "$run_dir"/*.log; do
+    [ -f "$f" ] || continue
+    echo "--- $f (last 20 lines)"
+    tail -n 20 "$f"
+  done
+}
+
+e2e_fail() {
+  echo "$E2E_NAME: FAIL: $*"
+  e2e_logs
+  exit 1
+}
+
+# The service (a broker and an mpirun job, deploy/local/start) on this run's
+# ports and run dir; the options after are start's (--model, --stages, ...).
+e2e_start() {
+  E2E_STARTED=1
+  "$top/deploy/local/start" --frontend-port "$frontend" --backend-port "$backend" \
+    --run-dir "$run_dir" --build "$build" "$@" > "$run_dir/start.log" 2>&1 ||
+    e2e_fail "the service did not start: $(tail -n 3 "$run_dir/start.log")"
+}
+
+e2e_stop() {
+  "$top/deploy/local/stop" --run-dir "$run_dir" > /dev/null
+}
+
+# Polls COMMAND (every 20 ms) until it succeeds; fails the test naming WHAT
+# when SECONDS (whole seconds) pass first.
+e2e_wait_until() { # seconds what command...
+  local seconds=$1 what=$2
+  shift 2
+  local deadline=$(( ${EPOCHREALTIME//[^0-9]/} + seconds * 1000000 ))
+  until "$@"; do
+    [ "${EPOCHREALTIME//[^0-9]/}" -lt "$deadline" ] || e2e_fail "waited ${seconds}s for $what"
+    sleep 0.02
+  done
+}
+
+# True once PID has ended: no such process, or a zombie nobody reaped.
+e2e_gone() {
+  [ ! -e "/proc/$1" ] || [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ]
+}
+
+# One number of the broker's stats (xlm-client stats, one JSON object):
+# the first FIELD in it, so of the first model for a model's field (a
+# model's own fields come before its stages' and pipelines'). DEFAULT, when
+# given, where there is no such field (no model yet) or no answer. No
+# Python: this is polled, and Python takes half a second to start on a busy
+# machine.
+e2e_stat() { # field [default]
+  local json
+  if json=$("$build/bin/xlm-client" stats --endpoint "$endpoint" --timeout-ms 2000 2>/dev/null) &&
+     [[ $json =~ \"$1\":([0-9]+) ]]; then
+    echo "${BASH_REMATCH[1]}"
+  elif [ $# -gt 1 ]; then
+    echo "$2"
+  else
+    echo "e2e_stat: no $1 in the broker's stats: ${json:-no answer}" >&2
+    return 1
+  fi
+}
+
+# The pid of this service's xlm-worker of MPI world rank RANK: its command
+# line names this run's backend, its environment (OMPI_COMM_WORLD_RANK, set
+# by mpirun) the rank. Nothing when there is none.
+e2e_worker_pid() { # rank
+  local p
+  for p in /proc/[0-9]*; do
+    tr '\0' ' ' < "$p/cmdline" 2>/dev/null |
+      grep -q "xlm-worker .*--broker tcp://127.0.0.1:$backend " || continue
+    if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+      echo "${p#/proc/}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+e2e_compare() { # golden results label
+  python3 "$top/tests/tools/compare_golden.py" "$@"
+}
+
+# A fault (a kill) landed mid-run and was felt: fewer than TOTAL answers
+# were in before it (BEFORE), and what shows it was felt (re-queued
+# requests, a restart, a resumed output) was seen FELT >= 1 times.
+e2e_assert_fault_landed() { # what before total felt felt_what
+  local what=$1 before=$2 total=$3 felt=$4 felt_what=$5
+  [ "$before" -lt "$total" ] ||
+    e2e_fail "$what: $before of $total answers were in before it: it landed after the run"
+  [ "$felt" -ge 1 ] || e2e_fail "$what: $felt_what: none seen, the fault was not felt"
+  echo "$E2E_NAME: $what landed mid-run ($before of $total answers before it) and was felt ($felt_what: $felt)"
+}
