@@ -155,3 +155,12 @@ e2e_assert_fault_landed() { # what before total felt felt_what
   [ "$felt" -ge 1 ] || e2e_fail "$what: $felt_what: none seen, the fault was not felt"
   echo "$E2E_NAME: $what landed mid-run ($before of $total answers before it) and was felt ($felt_what: $felt)"
 }
+
+# Runs a command and fails unless it exits with STATUS (the tools' exit
+# statuses: 0 every line done, 1 some lines failed, 2 could not run).
+e2e_expect_status() { # status command...
+  local want=$1 got=0
+  shift
+  "$@" || got=$?
+  [ "$got" -eq "$want" ] || e2e_fail "$(basename "$1") exited with status $got, expected $want: $*"
+}

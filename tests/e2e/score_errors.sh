@@ -28,7 +28,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 assert [r["line"] for r in rows] == list(range(1, len(rows) + 1))
 print(" ".join("ok" if "score" in r else r["error"]["code"] for r in rows))' "$1"; }
 
-"$build/bin/xlm-score" --model "$model" --mode clm --quiet --input "$run_dir/bad.tsv" --output "$run_dir/local.jsonl"
+e2e_expect_status 1 "$build/bin/xlm-score" --model "$model" --mode clm --quiet --input "$run_dir/bad.tsv" --output "$run_dir/local.jsonl"
 got=$(codes "$run_dir/local.jsonl")
 [ "$got" = "$expected" ] || { echo "in process: $got, expected $expected"; exit 1; }
 echo "in process: $got"
@@ -56,7 +56,7 @@ fi
 grep -q "causal LM: score it with --mode clm" "$run_dir/err.txt"
 
 e2e_start --model "$model" --stages 2
-"$build/bin/xlm-score" --endpoint "$endpoint" --mode clm --quiet \
+e2e_expect_status 1 "$build/bin/xlm-score" --endpoint "$endpoint" --mode clm --quiet \
   --input "$run_dir/bad.tsv" --output "$run_dir/service.jsonl"
 got=$(codes "$run_dir/service.jsonl")
 [ "$got" = "$expected" ] || { echo "service: $got, expected $expected"; exit 1; }

@@ -24,7 +24,7 @@ long=$(python3 -c 'print(",".join(["7"] * 65))')
   echo 'not json at all'
   echo "$good"
 } > "$run_dir/cases.jsonl"
-"$build/bin/xlm-client" infer --endpoint "$endpoint" < "$run_dir/cases.jsonl" > "$run_dir/out.jsonl"
+e2e_expect_status 1 "$build/bin/xlm-client" infer --endpoint "$endpoint" < "$run_dir/cases.jsonl" > "$run_dir/out.jsonl"
 python3 - "$run_dir/out.jsonl" "$model/cases.jsonl" <<'PY'
 import json, sys
 got = [json.loads(l) for l in open(sys.argv[1])]
@@ -45,6 +45,8 @@ print("service errors: each refused with its reason, the good lines before and a
 PY
 # A model the service does not have: named once the broker's start-up grace
 # (time for pipelines to come back after a restart) is over.
-echo "$good" | "$build/bin/xlm-client" infer --endpoint "$endpoint" --model nope --attempts 30 --attempt-timeout-ms 2000 > "$run_dir/nope.jsonl"
+echo "$good" > "$run_dir/good.jsonl"
+e2e_expect_status 1 "$build/bin/xlm-client" infer --endpoint "$endpoint" --model nope --attempts 30 \
+  --attempt-timeout-ms 2000 < "$run_dir/good.jsonl" > "$run_dir/nope.jsonl"
 grep -q '"code":"unknown_model"' "$run_dir/nope.jsonl" || { cat "$run_dir/nope.jsonl"; exit 1; }
 echo "service errors: unknown model named"
