@@ -32,7 +32,8 @@ static void usage(FILE *out)
 
 
 
-static void run_line(shard_model_t *model, shard_head_t default_head, const char *line, size_t len)
+static void run_line(const shard_model_t *model, shard_state_t *state, shard_head_t default_head,
+                     const char *line, size_t len)
 {
     case_t c;
     shard_outputs_t outputs;
@@ -42,7 +43,7 @@ static void run_line(shard_model_t *model, shard_head_t default_head, const char
     if (!status) {
         if (c.head == SHARD_HEAD_COUNT_)
             c.head = default_head;
-        status = case_run(model, &c, &outputs, &err);
+        status = case_run(model, state, &c, &outputs, &err);
     }
     case_print(stdout, status ? case_error_json(c.name, &err)
                       : case_result_json(c.name, &outputs), c.name);
@@ -87,11 +88,13 @@ int main(int argc, char **argv)
                         "token_cls, qa_simple or qa\n", head_name);
         return 2;
     }
-    shard_set_threads(threads);
     shard_error_t err = {0};
-    shard_model_t *model = shard_model_open(model_dir, NULL, &err);
-    if (!model) {
-        fprintf(stderr, "xlm-infer: %s\n", err.message);
+    shard_model_t *model = shard_model_open(model_dir, &(shard_model_options_t){.threads = threads},
+                                            &err);
+    shard_state_t *state = model ? shard_state_new() : NULL;
+    if (!state) {
+        fprintf(stderr, "xlm-infer: %s\n", model ? "out of memory" : err.message);
+        shard_model_destroy(&model);
         return 1;
     }
     if (head == SHARD_HEAD_COUNT_)
@@ -101,8 +104,9 @@ int main(int argc, char **argv)
     ssize_t len;
     while ((len = getline(&line, &capacity, stdin)) != -1)
         if (!case_line_is_blank(line))
-            run_line(model, head, line, (size_t)len);
+            run_line(model, state, head, line, (size_t)len);
     free(line);
+    shard_state_destroy(&state);
     shard_model_destroy(&model);
     return fflush(stdout) == 0 ? 0 : 1;
 }

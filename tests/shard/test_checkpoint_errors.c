@@ -734,6 +734,7 @@ static void test_config_missing(void **state)
 
 static void test_head_not_in_checkpoint(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     shard_error_t err = {0};
     shard_model_t *model = shard_model_open(source_dir, NULL, &err);
@@ -743,18 +744,19 @@ static void test_head_not_in_checkpoint(void **state)
     shard_inputs_t in = {.batch = 1, .seq = 4, .input_ids = ids};
     shard_outputs_t outputs;
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_forward(model, SHARD_HEAD_QA, &in, &outputs, &err), SHARD_ERR_HEAD);
+    assert_int_equal(shard_forward(model, run_state, SHARD_HEAD_QA, &in, &outputs, &err), SHARD_ERR_HEAD);
     assert_non_null(strstr(err.message, "head qa"));
     assert_non_null(strstr(err.message, "clm-base"));
     assert_non_null(strstr(err.message, "base checkpoint"));
     memset(&err, 0, sizeof err);
-    assert_int_equal(shard_forward(model, SHARD_HEAD_LM, &in, &outputs, &err), SHARD_ERR_HEAD);
+    assert_int_equal(shard_forward(model, run_state, SHARD_HEAD_LM, &in, &outputs, &err), SHARD_ERR_HEAD);
     assert_non_null(strstr(err.message, "head lm"));
     memset(&err, 0, sizeof err);
-    assert_int_equal(shard_forward(model, SHARD_HEAD_COUNT_, &in, &outputs, &err),
+    assert_int_equal(shard_forward(model, run_state, SHARD_HEAD_COUNT_, &in, &outputs, &err),
                      SHARD_ERR_HEAD);
     assert_int_equal(outputs.count, 0);
     shard_model_destroy(&model);
+    shard_state_destroy(&run_state);
 }
 
 static void test_case_line_with_unknown_head(void **state)
@@ -781,6 +783,7 @@ typedef struct {
 /* Runs every clm-base case on the checkpoint folder dir. */
 static void run_cases(const char *dir, golden_runs_t *runs)
 {
+    shard_state_t *run_state = shard_state_new();
     char path[PATH_MAX_LEN];
     size_t size;
     snprintf(path, sizeof path, "%s/cases.jsonl", source_dir);
@@ -795,13 +798,14 @@ static void run_cases(const char *dir, golden_runs_t *runs)
         case_t *c = &runs->cases[runs->count];
         shard_outputs_init(&runs->outputs[runs->count]);
         if (case_parse(line, strlen(line), c, &err) ||
-            case_run(model, c, &runs->outputs[runs->count], &err))
+            case_run(model, run_state, c, &runs->outputs[runs->count], &err))
             fail_msg("%s: %s", dir, err.message);
         runs->count++;
     }
     shard_model_destroy(&model);
     free(text);
     assert_int_equal(runs->count, 10);
+    shard_state_destroy(&run_state);
 }
 
 static void clear_runs(golden_runs_t *runs)
@@ -1003,6 +1007,7 @@ static void test_bf16_known_values(void **state)
 
 static void test_stage_opens_file_with_only_its_tensors(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     /* A stage's own weight file: layer 1 of clm-base and nothing else. It
      * opens as [1,2) and computes what the same stage of the full file
      * computes; as a whole model it names the first tensor it lacks. */
@@ -1026,20 +1031,20 @@ static void test_stage_opens_file_with_only_its_tensors(void **state)
 
     shard_error_t err = {0};
     shard_range_t first = {0, 1, true, false}, middle = {1, 2, false, false};
-    shard_model_t *embed = shard_model_open(source_dir, &first, &err);
-    shard_model_t *full = shard_model_open(source_dir, &middle, &err);
-    shard_model_t *own = shard_model_open(dir, &middle, &err);
+    shard_model_t *embed = shard_model_open(source_dir, &(shard_model_options_t){.range = &first}, &err);
+    shard_model_t *full = shard_model_open(source_dir, &(shard_model_options_t){.range = &middle}, &err);
+    shard_model_t *own = shard_model_open(dir, &(shard_model_options_t){.range = &middle}, &err);
     if (!embed || !full || !own)
         fail_msg("open: %s", err.message);
     const int64_t ids[6] = {0, 35, 96, 100, 394, 1};
     shard_inputs_t in = {.batch = 1, .seq = 6, .input_ids = ids};
     shard_acts_t *a = shard_acts_new(), *b = shard_acts_new();
-    assert_int_equal(shard_embed(embed, &in, a, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(embed, a, &err), SHARD_OK);
-    assert_int_equal(shard_embed(embed, &in, b, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(embed, b, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(full, a, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(own, b, &err), SHARD_OK);
+    assert_int_equal(shard_embed(embed, run_state, &in, a, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(embed, run_state, a, &err), SHARD_OK);
+    assert_int_equal(shard_embed(embed, run_state, &in, b, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(embed, run_state, b, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(full, run_state, a, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(own, run_state, b, &err), SHARD_OK);
     assert_int_equal(a->n_tokens, b->n_tokens);
     assert_memory_equal(a->hidden, b->hidden, (size_t)(a->n_tokens * a->emb_dim) * 4);
     shard_acts_destroy(&a);
@@ -1048,6 +1053,7 @@ static void test_stage_opens_file_with_only_its_tensors(void **state)
     shard_model_destroy(&full);
     shard_model_destroy(&own);
     expect_open_error(dir, SHARD_ERR_FORMAT, "embeddings.weight", "missing", NULL);
+    shard_state_destroy(&run_state);
 }
 
 int main(void)
