@@ -184,11 +184,13 @@ static shard_status_t parse_kind(const cJSON *root, case_t *c, shard_error_t *er
     c->head = SHARD_HEAD_COUNT_;
     if (head && !cJSON_IsNull(head)) {
         c->head = cJSON_IsString(head) ? shard_head_from_name(head->valuestring) : SHARD_HEAD_COUNT_;
-        if (c->head == SHARD_HEAD_COUNT_)
-            return shard_error_set(err, SHARD_ERR_HEAD,
-                                   "unknown head %s (expected base, lm, seq_cls, multiple_choice, "
-                                   "token_cls, qa_simple or qa)",
-                                   cJSON_IsString(head) ? head->valuestring : "(not a string)");
+        if (c->head == SHARD_HEAD_COUNT_) {
+            char names[256];
+            shard_head_names(names, sizeof names);
+            return shard_error_set(err, SHARD_ERR_HEAD, "unknown head %s (expected %s)",
+                                   cJSON_IsString(head) ? head->valuestring : "(not a string)",
+                                   names);
+        }
     }
     c->kind = CASE_HEAD;
     if (kind && !cJSON_IsNull(kind)) {

@@ -84,8 +84,9 @@ int main(int argc, char **argv)
     }
     shard_head_t head = SHARD_HEAD_COUNT_;
     if (head_name && (head = shard_head_from_name(head_name)) == SHARD_HEAD_COUNT_) {
-        fprintf(stderr, "xlm-infer: --head %s: expected base, lm, seq_cls, multiple_choice, "
-                        "token_cls, qa_simple or qa\n", head_name);
+        char names[256];
+        shard_head_names(names, sizeof names);
+        fprintf(stderr, "xlm-infer: --head %s: expected %s\n", head_name, names);
         return 2;
     }
     shard_error_t err = {0};

@@ -123,6 +123,9 @@ shard_status_t shard_bind_vector(shard_binder_t *b, const float **out, bool requ
 /* Binds each head of the head table (heads.c) whose weights the checkpoint
  * holds and sets model->has_head from the table's rows. */
 shard_status_t shard_heads_bind(shard_binder_t *b, shard_model_t *model);
+/* True when name (without "transformer.") is a tensor of some head, bound
+ * or not: a stage without the heads accepts a checkpoint that has them. */
+bool shard_heads_know_tensor(const char *name);
 
 /* ------------------------------------------------------------ kernels */
 

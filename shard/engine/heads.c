@@ -693,21 +693,38 @@ struct head_row {
     const char *tf_architecture;
     shard_status_t (*bind)(shard_binder_t *b, shard_model_t *model, bool *has);
     shard_status_t (*run)(const head_call_t *call);
+    /* Its tensors' names (a name ending in '.' is a prefix), NULL-ended:
+     * what a checkpoint may hold for it. */
+    const char *const *tensors;
 };
 
+static const char *const lm_tensors[] = {"pred_layer.proj.weight", "pred_layer.proj.bias", NULL};
+static const char *const summary_tensors[] = {
+    "sequence_summary.summary.weight", "sequence_summary.summary.bias", "logits_proj.weight",
+    "logits_proj.bias", NULL};
+static const char *const token_cls_tensors[] = {"classifier.weight", "classifier.bias", NULL};
+static const char *const qa_simple_tensors[] = {"qa_outputs.weight", "qa_outputs.bias", NULL};
+/* The SQuAD head's parts are bound by name in bind_qa. */
+static const char *const qa_tensors[] = {"qa_outputs.", NULL};
+static const char *const no_tensors[] = {NULL};
+
 static const struct head_row head_table[SHARD_HEAD_COUNT_] = {
-    [SHARD_HEAD_BASE] = {"base", "XLMModel", "TFXLMModel", bind_base, head_base},
-    [SHARD_HEAD_LM] = {"lm", "XLMWithLMHeadModel", "TFXLMWithLMHeadModel", bind_lm, head_lm},
+    [SHARD_HEAD_BASE] = {"base", "XLMModel", "TFXLMModel", bind_base, head_base, no_tensors},
+    [SHARD_HEAD_LM] = {"lm", "XLMWithLMHeadModel", "TFXLMWithLMHeadModel", bind_lm, head_lm,
+                       lm_tensors},
     [SHARD_HEAD_SEQ_CLS] = {"seq_cls", "XLMForSequenceClassification",
-                            "TFXLMForSequenceClassification", bind_seq_cls, head_seq_cls},
+                            "TFXLMForSequenceClassification", bind_seq_cls, head_seq_cls,
+                            summary_tensors},
     [SHARD_HEAD_MULTIPLE_CHOICE] = {"multiple_choice", "XLMForMultipleChoice",
                                     "TFXLMForMultipleChoice", bind_multiple_choice,
-                                    head_multiple_choice},
+                                    head_multiple_choice, summary_tensors},
     [SHARD_HEAD_TOKEN_CLS] = {"token_cls", "XLMForTokenClassification",
-                              "TFXLMForTokenClassification", bind_token_cls, head_token_cls},
+                              "TFXLMForTokenClassification", bind_token_cls, head_token_cls,
+                              token_cls_tensors},
     [SHARD_HEAD_QA_SIMPLE] = {"qa_simple", "XLMForQuestionAnsweringSimple",
-                              "TFXLMForQuestionAnsweringSimple", bind_qa_simple, head_qa_simple},
-    [SHARD_HEAD_QA] = {"qa", "XLMForQuestionAnswering", NULL, bind_qa, head_qa},
+                              "TFXLMForQuestionAnsweringSimple", bind_qa_simple, head_qa_simple,
+                              qa_simple_tensors},
+    [SHARD_HEAD_QA] = {"qa", "XLMForQuestionAnswering", NULL, bind_qa, head_qa, qa_tensors},
 };
 
 static shard_status_t run_head(shard_head_t head, const head_call_t *call)
@@ -725,6 +742,30 @@ shard_status_t shard_heads_bind(shard_binder_t *b, shard_model_t *model)
         model->has_head[h] = has;
     }
     return SHARD_OK;
+}
+
+bool shard_heads_know_tensor(const char *name)
+{
+    for (int h = 0; h < SHARD_HEAD_COUNT_; h++)
+        for (const char *const *t = head_table[h].tensors; *t; t++) {
+            const size_t len = strlen(*t);
+            if ((*t)[len - 1] == '.' ? strncmp(name, *t, len) == 0 : strcmp(name, *t) == 0)
+                return true;
+        }
+    return false;
+}
+
+void shard_head_names(char *out, size_t size)
+{
+    size_t used = 0;
+    if (size == 0)
+        return;
+    out[0] = '\0';
+    for (int h = 0; h < SHARD_HEAD_COUNT_ && used < size; h++) {
+        const char *sep = h == 0 ? "" : h == SHARD_HEAD_COUNT_ - 1 ? " or " : ", ";
+        int n = snprintf(out + used, size - used, "%s%s", sep, head_table[h].name);
+        used += n > 0 ? (size_t)n : 0;
+    }
 }
 
 const char *shard_head_name(shard_head_t head)

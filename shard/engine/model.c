@@ -274,16 +274,12 @@ static bool is_known_name(const shard_config_t *c, const char *name)
     static const char *const fixed[] = {
         "position_ids", "position_embeddings.weight", "lang_embeddings.weight",
         "embeddings.weight", "layer_norm_emb.weight", "layer_norm_emb.bias",
-        "pred_layer.proj.weight", "pred_layer.proj.bias",
-        "sequence_summary.summary.weight", "sequence_summary.summary.bias",
-        "logits_proj.weight", "logits_proj.bias", "classifier.weight", "classifier.bias",
-        "qa_outputs.weight", "qa_outputs.bias",
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         if (strcmp(name, fixed[i]) == 0)
             return true;
-    if (strncmp(name, "qa_outputs.", 11) == 0)
-        return true; /* the SQuAD head's parts are bound by name above */
+    if (shard_heads_know_tensor(name))
+        return true; /* a head's, named by its row of the head table */
     static const char *const per_layer[] = {"attentions.", "layer_norm1.", "ffns.", "layer_norm2."};
     for (size_t i = 0; i < 4; i++) {
         size_t len = strlen(per_layer[i]);

@@ -45,6 +45,9 @@ typedef enum {
 } shard_head_t;
 
 const char *shard_head_name(shard_head_t head);
+/* Every head's name, "base, lm, ... or qa", into out (truncated to size,
+ * NUL-terminated): for messages that list the choices. */
+void shard_head_names(char *out, size_t size);
 /* Returns SHARD_HEAD_COUNT_ when name is not a head. */
 shard_head_t shard_head_from_name(const char *name);
 /* The head of a HuggingFace class name ("XLMForSequenceClassification");

@@ -585,6 +585,22 @@ static void test_extra_unknown_tensor(void **state)
                       "adapter.scale", NULL);
 }
 
+/* Named like a head's tensor, but no row of the head table has it. */
+static void extra_head_like(cJSON *header, size_t data_size)
+{
+    (void)data_size;
+    cJSON *copy = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(header, "layer_norm1.0.bias"),
+                                  true);
+    cJSON_AddItemToObject(header, "classifier.scale", copy);
+}
+
+static void test_extra_head_like_tensor(void **state)
+{
+    char dir[PATH_MAX_LEN];
+    write_case(*state, "extra_head_like", dir, sizeof dir, extra_head_like);
+    expect_open_error(dir, SHARD_ERR_FORMAT, "unexpected tensor", "classifier.scale", NULL);
+}
+
 static void extra_layer(cJSON *header, size_t data_size)
 {
     (void)data_size;
@@ -769,6 +785,9 @@ static void test_case_line_with_unknown_head(void **state)
     assert_int_equal(case_parse(line, strlen(line), &c, &err), SHARD_ERR_HEAD);
     assert_string_equal(c.name, "x");
     assert_non_null(strstr(err.message, "summarize"));
+    /* The choices come from the head table. */
+    assert_non_null(strstr(err.message, "(expected base, lm, seq_cls, multiple_choice, "
+                                        "token_cls, qa_simple or qa)"));
     case_clear(&c);
 }
 
@@ -1086,6 +1105,7 @@ int main(void)
         cmocka_unit_test(test_config_missing),
         cmocka_unit_test(test_head_not_in_checkpoint),
         cmocka_unit_test(test_case_line_with_unknown_head),
+        cmocka_unit_test(test_extra_head_like_tensor),
         cmocka_unit_test(test_f16_weights),
         cmocka_unit_test(test_bf16_weights),
         cmocka_unit_test(test_f64_weights_are_exact),

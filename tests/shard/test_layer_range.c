@@ -577,6 +577,43 @@ static void test_invalid_ranges(void **state)
     }
 }
 
+/* Stage 0 of a pipeline learns the checkpoint's heads from one probe: the
+ * same heads as the whole model reports, for every golden folder. */
+static void test_probe_heads_matches_whole_model(void **state)
+{
+    (void)state;
+    static const char *const dirs[] = {"clm-base", "clm-lm", "clm-qa", "mlm_multi-multiple_choice",
+                                       "mlm_multi-seq_cls", "mlm_multi-qa_simple",
+                                       "mlm_multi-token_cls"};
+    int heads_seen = 0;
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        char path[1024];
+        golden_path(path, sizeof path, dirs[i]);
+        shard_model_t *model = open_or_fail(dirs[i], NULL);
+        bool has[SHARD_HEAD_COUNT_];
+        shard_error_t err = {0};
+        assert_int_equal(shard_model_probe_heads(path, has, &err), SHARD_OK);
+        for (int h = 0; h < SHARD_HEAD_COUNT_; h++) {
+            if (has[h] != shard_model_has_head(model, (shard_head_t)h))
+                fail_msg("%s: probe says %s %s", dirs[i], shard_head_name((shard_head_t)h),
+                         has[h] ? "present" : "absent");
+            heads_seen += has[h];
+        }
+        assert_true(has[SHARD_HEAD_BASE]);
+        assert_true(has[shard_model_default_head(model)]);
+        shard_model_destroy(&model);
+    }
+    assert_true(heads_seen > (int)(sizeof dirs / sizeof dirs[0])); /* more than base alone */
+    /* A folder that is not a checkpoint: an error naming it, no head. */
+    bool has[SHARD_HEAD_COUNT_];
+    shard_error_t err = {0};
+    assert_int_not_equal(shard_model_probe_heads(XLM_GOLDEN_DIR "/no-such-model", has, &err),
+                         SHARD_OK);
+    assert_non_null(strstr(err.message, "no-such-model"));
+    for (int h = 0; h < SHARD_HEAD_COUNT_; h++)
+        assert_false(has[h]);
+}
+
 static void test_empty_stages_are_valid(void **state)
 {
     (void)state;
@@ -743,6 +780,7 @@ int main(void)
         cmocka_unit_test(test_partial_model_refuses_whole_model_calls),
         cmocka_unit_test(test_invalid_ranges),
         cmocka_unit_test(test_empty_stages_are_valid),
+        cmocka_unit_test(test_probe_heads_matches_whole_model),
         cmocka_unit_test(test_activations_of_another_width_are_refused),
         cmocka_unit_test(test_head_refuses_activations_of_another_batch),
         cmocka_unit_test(test_head_refuses_activations_of_another_width),
