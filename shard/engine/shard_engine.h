@@ -14,6 +14,10 @@
  * Activations are packed: only the positions that influence the result are
  * computed (no work on padding), see shard_acts_t.
  *
+ * Weights apart from state: an opened model is read-only and may be shared
+ * by any number of threads; every compute call also takes the caller's
+ * shard_state_t (what the call computes into), one per thread.
+ *
  * Errors: see shard_common.h.
  */
 #ifndef XLM_SHARD_ENGINE_H
