@@ -182,8 +182,10 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
     }
     shard_error_t err = {0};
     shard_model_t *model = shard_model_open(dir, NULL, &err);
-    if (!model) {
-        fprintf(stderr, "bench-engine: %s\n", err.message);
+    shard_state_t *state = model ? shard_state_new() : NULL;
+    if (!state) {
+        fprintf(stderr, "bench-engine: %s\n", model ? "out of memory" : err.message);
+        shard_model_destroy(&model);
         return 1;
     }
     /* 64 sentences of 8..64 tokens, fixed seed, padded to the longest. */
@@ -206,7 +208,7 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
     shard_inputs_t in = {.batch = ROWS, .seq = SEQ, .input_ids = ids, .attention_mask = mask};
     shard_outputs_t out;
     shard_outputs_init(&out);
-    if (shard_forward(model, SHARD_HEAD_BASE, &in, &out, &err)) { /* warm-up, pages in */
+    if (shard_forward(model, state, SHARD_HEAD_BASE, &in, &out, &err)) { /* warm-up, pages in */
         fprintf(stderr, "bench-engine: %s\n", err.message);
         return 1;
     }
@@ -218,7 +220,7 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
         int reps = 0;
         double start = now(), elapsed;
         do {
-            shard_forward(model, SHARD_HEAD_BASE, &in, &out, &err);
+            shard_forward(model, state, SHARD_HEAD_BASE, &in, &out, &err);
             shard_outputs_clear(&out);
             reps++;
         } while ((elapsed = now() - start) < 1.0);
@@ -234,6 +236,7 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
            s->name, best_tokens, best_engine, best_reference, best_engine / best_reference,
            threads);
     fflush(stdout);
+    shard_state_destroy(&state);
     shard_model_destroy(&model);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd) == 0 ? 0 : 1;

@@ -73,7 +73,8 @@ static int load_pairs(const char *path, shard_tokenizer_t *tok, int64_t max_len,
 }
 
 /* Embeddings + layers of rows copies of one pair, the last ones masked. */
-static double forward_time(shard_model_t *model, shard_acts_t *acts, const pair_t *p, int64_t rows)
+static double forward_time(const shard_model_t *model, shard_state_t *state, shard_acts_t *acts,
+                           const pair_t *p, int64_t rows)
 {
     int64_t *ids = malloc((size_t)(rows * p->len) * sizeof *ids);
     int64_t *langs = malloc((size_t)(rows * p->len) * sizeof *langs);
@@ -84,7 +85,7 @@ static double forward_time(shard_model_t *model, shard_acts_t *acts, const pair_
     shard_inputs_t in = {.batch = rows, .seq = p->len, .input_ids = ids, .langs = langs};
     shard_error_t err = {0};
     double start = now();
-    if (shard_embed(model, &in, acts, &err) || shard_run_layers(model, acts, &err))
+    if (shard_embed(model, state, &in, acts, &err) || shard_run_layers(model, state, acts, &err))
         fprintf(stderr, "bench-score: %s\n", err.message);
     double t = now() - start;
     free(ids);
@@ -92,7 +93,8 @@ static double forward_time(shard_model_t *model, shard_acts_t *acts, const pair_
     return t;
 }
 
-static double score_time(shard_model_t *model, shard_score_mode_t mode, const pair_t *p)
+static double score_time(const shard_model_t *model, shard_state_t *state, shard_score_mode_t mode,
+                         const pair_t *p)
 {
     shard_inputs_t in = {.batch = 1, .seq = p->len, .input_ids = p->ids, .langs = p->langs};
     int64_t from = p->from, to = mode == SHARD_SCORE_CLM ? p->to_clm : p->to_pll;
@@ -100,7 +102,7 @@ static double score_time(shard_model_t *model, shard_score_mode_t mode, const pa
     shard_error_t err = {0};
     shard_outputs_init(&out);
     double start = now();
-    if (shard_score_rows(model, mode, &in, &from, &to, &out, &err))
+    if (shard_score_rows(model, state, mode, &in, &from, &to, &out, &err))
         fprintf(stderr, "bench-score: %s\n", err.message);
     double t = now() - start;
     shard_outputs_clear(&out);
@@ -139,22 +141,23 @@ int main(int argc, char **argv)
     int n = load_pairs(pairs_path, tok, shard_model_config(model)->max_position_embeddings, limit,
                        &pairs);
     shard_acts_t *acts = shard_acts_new();
+    shard_state_t *state = shard_state_new();
     const bool causal = shard_model_config(model)->causal;
     const shard_score_mode_t mode = causal ? SHARD_SCORE_CLM : SHARD_SCORE_MLM_PLL;
     double scored = 0, one_forward_each = 0, copies_forward = 0;
     int64_t targets = 0;
     for (int i = 0; i < n; i++) { /* warm-up pass over a few pairs */
         if (i < 3)
-            score_time(model, mode, &pairs[i]);
+            score_time(model, state, mode, &pairs[i]);
     }
     for (int i = 0; i < n; i++) {
         const pair_t *p = &pairs[i];
         const int64_t k = (causal ? p->to_clm : p->to_pll) - p->from;
         targets += k;
-        scored += score_time(model, mode, p);
-        double single = forward_time(model, acts, p, 1);
+        scored += score_time(model, state, mode, p);
+        double single = forward_time(model, state, acts, p, 1);
         one_forward_each += causal ? single : single * (double)k;
-        copies_forward += causal ? single : forward_time(model, acts, p, k);
+        copies_forward += causal ? single : forward_time(model, state, acts, p, k);
     }
     printf("mode=%s pairs=%d target_tokens=%lld pairs_per_s=%.1f target_tokens_per_s=%.0f "
            "time_per_pair_ms=%.3f vs_forward_passes=%.3f vs_batched_copies=%.3f\n",
@@ -166,6 +169,7 @@ int main(int argc, char **argv)
     }
     free(pairs);
     shard_acts_destroy(&acts);
+    shard_state_destroy(&state);
     shard_tokenizer_destroy(&tok);
     shard_model_destroy(&model);
     return 0;

@@ -184,11 +184,13 @@ static shard_status_t parse_kind(const cJSON *root, case_t *c, shard_error_t *er
     c->head = SHARD_HEAD_COUNT_;
     if (head && !cJSON_IsNull(head)) {
         c->head = cJSON_IsString(head) ? shard_head_from_name(head->valuestring) : SHARD_HEAD_COUNT_;
-        if (c->head == SHARD_HEAD_COUNT_)
-            return shard_error_set(err, SHARD_ERR_HEAD,
-                                   "unknown head %s (expected base, lm, seq_cls, multiple_choice, "
-                                   "token_cls, qa_simple or qa)",
-                                   cJSON_IsString(head) ? head->valuestring : "(not a string)");
+        if (c->head == SHARD_HEAD_COUNT_) {
+            char names[256];
+            shard_head_names(names, sizeof names);
+            return shard_error_set(err, SHARD_ERR_HEAD, "unknown head %s (expected %s)",
+                                   cJSON_IsString(head) ? head->valuestring : "(not a string)",
+                                   names);
+        }
     }
     c->kind = CASE_HEAD;
     if (kind && !cJSON_IsNull(kind)) {
@@ -235,19 +237,19 @@ void case_clear(case_t *c)
     memset(c, 0, sizeof *c);
 }
 
-shard_status_t case_run(shard_model_t *model, const case_t *c,
-                              shard_outputs_t *outputs, shard_error_t *err)
+shard_status_t case_run(const shard_model_t *model, shard_state_t *state, const case_t *c,
+                        shard_outputs_t *outputs, shard_error_t *err)
 {
     switch (c->kind) {
     case CASE_GREEDY:
-        return shard_generate_greedy(model, &c->inputs, c->steps, c->langs_fill, outputs, err);
+        return shard_generate_greedy(model, state, &c->inputs, c->steps, c->langs_fill, outputs, err);
     case CASE_CLM_SCORE: {
         shard_acts_t *acts = shard_acts_new();
         shard_status_t status = acts ? SHARD_OK
                                      : shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
-        if (!status && !(status = shard_embed(model, &c->inputs, acts, err)) &&
-            !(status = shard_run_layers(model, acts, err)))
-            status = shard_head_clm_score(model, acts, &c->inputs, NULL, outputs, err);
+        if (!status && !(status = shard_embed(model, state, &c->inputs, acts, err)) &&
+            !(status = shard_run_layers(model, state, acts, err)))
+            status = shard_head_clm_score(model, state, acts, &c->inputs, NULL, outputs, err);
         shard_acts_destroy(&acts);
         return status;
     }
@@ -263,7 +265,7 @@ shard_status_t case_run(shard_model_t *model, const case_t *c,
     if (c->inputs.n_choices == 0 && head == SHARD_HEAD_MULTIPLE_CHOICE)
         return shard_error_set(err, SHARD_ERR_INPUT,
                                "multiple_choice takes input_ids of [batch][choices][seq]");
-    return shard_forward(model, head, &c->inputs, outputs, err);
+    return shard_forward(model, state, head, &c->inputs, outputs, err);
 }
 
 /* ------------------------------------------------------------ writing */

@@ -51,7 +51,7 @@ bool case_line_is_blank(const char *line);
 void case_print(FILE *out, char *json, const char *name);
 
 /* Runs a parsed case on a whole model (head, clm_score or greedy). */
-shard_status_t case_run(shard_model_t *model, const case_t *c,
-                              shard_outputs_t *outputs, shard_error_t *err);
+shard_status_t case_run(const shard_model_t *model, shard_state_t *state, const case_t *c,
+                        shard_outputs_t *outputs, shard_error_t *err);
 
 #endif /* XLM_TOOLS_CASES_H */

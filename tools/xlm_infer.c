@@ -39,8 +39,8 @@ static void usage(FILE *out)
 
 
 /* The line's error code, or NULL when it ran. */
-static const char *run_line(shard_model_t *model, shard_head_t default_head, const char *line,
-                            size_t len)
+static const char *run_line(const shard_model_t *model, shard_state_t *state,
+                            shard_head_t default_head, const char *line, size_t len)
 {
     case_t c;
     shard_outputs_t outputs;
@@ -50,7 +50,7 @@ static const char *run_line(shard_model_t *model, shard_head_t default_head, con
     if (!status) {
         if (c.head == SHARD_HEAD_COUNT_)
             c.head = default_head;
-        status = case_run(model, &c, &outputs, &err);
+        status = case_run(model, state, &c, &outputs, &err);
     }
     case_print(stdout, status ? case_error_json(c.name, &err)
                       : case_result_json(c.name, &outputs), c.name);
@@ -107,15 +107,18 @@ int main(int argc, char **argv)
     }
     shard_head_t head = SHARD_HEAD_COUNT_;
     if (head_name && (head = shard_head_from_name(head_name)) == SHARD_HEAD_COUNT_) {
-        fprintf(stderr, "xlm-infer: --head %s: expected base, lm, seq_cls, multiple_choice, "
-                        "token_cls, qa_simple or qa\n", head_name);
+        char names[256];
+        shard_head_names(names, sizeof names);
+        fprintf(stderr, "xlm-infer: --head %s: expected %s\n", head_name, names);
         return TOOLS_EXIT_CANNOT_RUN;
     }
-    shard_set_threads(threads);
     shard_error_t err = {0};
-    shard_model_t *model = shard_model_open(model_dir, NULL, &err);
-    if (!model) {
-        fprintf(stderr, "xlm-infer: %s\n", err.message);
+    shard_model_t *model = shard_model_open(model_dir, &(shard_model_options_t){.threads = threads},
+                                            &err);
+    shard_state_t *state = model ? shard_state_new() : NULL;
+    if (!state) {
+        fprintf(stderr, "xlm-infer: %s\n", model ? "out of memory" : err.message);
+        shard_model_destroy(&model);
         return TOOLS_EXIT_CANNOT_RUN;
     }
     if (head == SHARD_HEAD_COUNT_)
@@ -128,7 +131,7 @@ int main(int argc, char **argv)
     while (rc == TOOLS_EXIT_OK && (len = getline(&line, &capacity, stdin)) != -1) {
         if (case_line_is_blank(line))
             continue;
-        tools_tally_add(&tally, run_line(model, head, line, (size_t)len));
+        tools_tally_add(&tally, run_line(model, state, head, line, (size_t)len));
         if (max_errors >= 0 && tally.errors > max_errors) {
             fprintf(stderr, "xlm-infer: stopping: %lld lines failed, more than --max-errors %lld\n",
                     tally.errors, max_errors);
@@ -136,6 +139,7 @@ int main(int argc, char **argv)
         }
     }
     free(line);
+    shard_state_destroy(&state);
     shard_model_destroy(&model);
     tools_tally_print(stderr, "xlm-infer", &tally);
     if (fflush(stdout) != 0)

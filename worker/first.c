@@ -43,17 +43,20 @@ typedef struct {
 
 /* ------------------------------------------------------------ broker */
 
-static bool head_served(const worker_stage_t *st, shard_head_t head)
+/* served[h]: the pipeline runs head h. Stage 0 of several does not hold
+ * the heads: the engine reads the checkpoint's from one open of its head
+ * tensors. A checkpoint that cannot be probed serves no head. */
+static void heads_served(const worker_stage_t *st, bool served[SHARD_HEAD_COUNT_])
 {
-    if (st->n_stages == 1)
-        return shard_model_has_head(st->model, head);
-    /* Stage 0 does not hold the heads: look at the checkpoint's. */
-    shard_range_t probe_range = {0, 0, false, true};
+    if (st->n_stages == 1) {
+        for (int h = 0; h < SHARD_HEAD_COUNT_; h++)
+            served[h] = shard_model_has_head(st->model, (shard_head_t)h);
+        return;
+    }
     shard_error_t err = {0};
-    shard_model_t *probe = shard_model_open(st->options->model_dir, &probe_range, &err);
-    bool has = probe && shard_model_has_head(probe, head);
-    shard_model_destroy(&probe);
-    return has;
+    if (shard_model_probe_heads(st->options->model_dir, served, &err))
+        worker_log(WORKER_LOG_ERROR, "probing the heads of %s: %s", st->options->model_dir,
+                   err.message);
 }
 
 /* Pseudo-log-likelihood needs a masked LM: on a causal checkpoint it is
@@ -90,10 +93,9 @@ static int build_ready(first_t *f)
         f->ready.lang_codes = f->lang_codes;
     }
     /* A task is served when the model has the head its engine call needs
-     * (worker/tasks.c); each head is looked up once. */
+     * (worker/tasks.c); the heads are probed once. */
     bool served[SHARD_HEAD_COUNT_];
-    for (int h = 0; h < SHARD_HEAD_COUNT_; h++)
-        served[h] = head_served(st, (shard_head_t)h);
+    heads_served(st, served);
     size_t n = 0;
     for (int t = 0; t < PROTO_TASK_COUNT_; t++) {
         const worker_task_t *wt = worker_task(t);
@@ -470,7 +472,8 @@ static int run_queued(first_t *f)
     uint64_t start = worker_now_us();
     m->started_us = start;
     int rc = 0;
-    if (shard_embed(st->model, &in, m->acts, &err) || shard_run_layers(st->model, m->acts, &err)) {
+    if (shard_embed(st->model, st->state, &in, m->acts, &err) ||
+        shard_run_layers(st->model, st->state, m->acts, &err)) {
         /* Inputs were checked per request: a failure here is ours. */
         worker_log(WORKER_LOG_ERROR, "micro-batch %llu: %s", (unsigned long long)m->micro_id, err.message);
         for (int i = 0; i < m->n_items; i++) {

@@ -124,7 +124,7 @@ static void micro_clm_run(worker_stage_t *st, worker_micro_t *m, micro_clm_t *cl
     shard_error_t err = {0};
     /* A failure here (e.g. a long row with explicit positions) falls back
      * to each request on its own, which names the problem. */
-    clm->ok = shard_head_clm_score(st->model, m->acts, &in, from, &clm->outputs, &err) == SHARD_OK;
+    clm->ok = shard_head_clm_score(st->model, st->state, m->acts, &in, from, &clm->outputs, &err) == SHARD_OK;
     const shard_tensor_t *t = clm->ok ? shard_outputs_find(&clm->outputs, "token_logprobs") : NULL;
     for (int64_t r = 0, at = 0; t && r < m->batch; r++) {
         clm->offset[r] = at;
@@ -161,7 +161,7 @@ static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, co
             targets[c] = it->copies[c].target;
         }
         /* Copies are laid out row by row, position by position: in order. */
-        if (!status && !(status = shard_head_masked_logprob(st->model, view, mask_pos, targets, &one, err)))
+        if (!status && !(status = shard_head_masked_logprob(st->model, st->state, view, mask_pos, targets, &one, err)))
             memcpy(tokens->f32, one.tensors[0].f32, (size_t)copies * sizeof(float));
         shard_outputs_clear(&one);
         free(mask_pos);
@@ -182,7 +182,7 @@ static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, co
             status = shard_error_set(err, SHARD_ERR_NOMEM, "clm_score: out of memory");
         for (int64_t r = 0; !status && r < it->orig_rows; r++)
             from[r] = score_from(it, r);
-        if (!status && !(status = shard_head_clm_score(st->model, view, in, from, &all, err))) {
+        if (!status && !(status = shard_head_clm_score(st->model, st->state, view, in, from, &all, err))) {
             /* Scores run from score_from to the row's end: keep [from, to). */
             const shard_tensor_t *t = shard_outputs_find(&all, "token_logprobs");
             const float *src = t->f32;
@@ -217,7 +217,7 @@ static shard_status_t run_item(worker_stage_t *st, worker_micro_t *m, const work
             if (!status)
                 scored_texts(st, item, &in, texts);
         } else if (wt && wt->call == WORKER_CALL_HEAD) {
-            status = shard_head(st->model, wt->head, &view, &in, outputs, err);
+            status = shard_head(st->model, st->state, wt->head, &view, &in, outputs, err);
         } else {
             status = shard_error_set(err, SHARD_ERR_HEAD,
                                      "run_item: task %d (%s) is not computed by a head or a "
@@ -234,7 +234,7 @@ int worker_finish_micro(worker_stage_t *st, worker_micro_t *m, int64_t *next_tok
     if (m->kind == MICRO_GENERATE) {
         shard_error_t err = {0};
         *next_token = -1;
-        if (shard_head_next_token(st->model, m->acts, 0, m->seq - 1, next_token, &err)) {
+        if (shard_head_next_token(st->model, st->state, m->acts, 0, m->seq - 1, next_token, &err)) {
             worker_log(WORKER_LOG_ERROR, "generation step failed: %s", err.message);
             *next_token = -1;
         }
@@ -324,7 +324,7 @@ static int handle_packet(worker_stage_t *st, const void *data, size_t size, slot
         return rc;
     }
     uint64_t start = worker_now_us();
-    if (shard_run_layers(st->model, m->acts, &err)) {
+    if (shard_run_layers(st->model, st->state, m->acts, &err)) {
         worker_log(WORKER_LOG_ERROR, "stage %d: %s", st->stage, err.message);
         worker_micro_destroy(&m);
         return -1;
@@ -450,9 +450,14 @@ static int open_stage(worker_stage_t *st)
     for (int s = 0; s < st->stage; s++)
         range.first_layer += counts[s];
     range.last_layer = range.first_layer + counts[st->stage];
-    st->model = shard_model_open(st->options->model_dir, &range, &err);
+    st->model = shard_model_open(st->options->model_dir,
+                                 &(shard_model_options_t){.range = &range}, &err);
     if (!st->model) {
         worker_log(WORKER_LOG_ERROR, "%s", err.message);
+        return -1;
+    }
+    if (!(st->state = shard_state_new())) {
+        worker_log(WORKER_LOG_ERROR, "stage %d: out of memory for the run state", st->stage);
         return -1;
     }
     st->config = shard_model_config(st->model);
@@ -542,6 +547,7 @@ int worker_run(const worker_options_t *options)
     }
     worker_link_destroy(&st.link);
     shard_tokenizer_destroy(&st.tokenizer);
+    shard_state_destroy(&st.state);
     shard_model_destroy(&st.model);
     if (st.zmq_context)
         zmq_ctx_term(st.zmq_context);

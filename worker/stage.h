@@ -30,6 +30,7 @@ typedef struct worker_stage {
     int stage, n_stages, pipeline_index, world_rank;
     MPI_Comm comm; /* this pipeline's ranks, rank = stage */
     shard_model_t *model;
+    shard_state_t *state; /* the engine's run state of this rank's calls */
     const shard_config_t *config;
     shard_tokenizer_t *tokenizer; /* stage 0 */
     void *zmq_context;

@@ -27,9 +27,16 @@ typedef struct {
     shard_norm_t norm2;
 } shard_layer_t;
 
+/* A table of rows looked up by id (word, position, language embeddings). */
+typedef struct {
+    const float *weight; /* [rows][dim] */
+    int64_t rows, dim;
+} shard_embedding_t;
+
 typedef struct {
     shard_linear_t summary;     /* seq_cls, multiple_choice (weight NULL: identity) */
     shard_linear_t logits_proj; /* multiple_choice */
+    bool summary_bound;         /* summary and logits_proj looked up (shared by two heads) */
     shard_linear_t lm_proj;     /* lm: weight tied to the word embeddings if not stored */
     shard_linear_t classifier;  /* token_cls */
     shard_linear_t qa_outputs;  /* qa_simple */
@@ -37,12 +44,7 @@ typedef struct {
     shard_norm_t qa_end_norm;
 } shard_heads_t;
 
-/* Scratch buffers reused across calls (grown on demand). */
-typedef struct {
-    float *buffers[8];
-    size_t sizes[8];
-} shard_scratch_t;
-
+/* The loaded model: read-only once shard_model_open returns. */
 struct shard_model {
     shard_config_t config;
     shard_head_t head; /* the checkpoint's architecture */
@@ -52,26 +54,108 @@ struct shard_model {
     float **owned; /* converted or computed tensors */
     size_t n_owned;
 
-    const float *word_embeddings;     /* [vocab][emb] */
-    const float *position_embeddings; /* [max_pos][emb] */
-    const float *lang_embeddings;     /* [n_langs][emb] or NULL */
+    shard_embedding_t word_embeddings;     /* [vocab][emb] */
+    shard_embedding_t position_embeddings; /* [max_pos][emb] */
+    shard_embedding_t lang_embeddings;     /* [n_langs][emb], weight NULL when unused */
     shard_norm_t norm_emb;
     shard_layer_t *layers; /* [last_layer - first_layer] */
     shard_heads_t heads;
     bool has_head[SHARD_HEAD_COUNT_];
-
-    shard_scratch_t scratch;
-    shard_acts_t *forward_acts; /* reused by shard_forward */
 };
 
-/* Returns scratch buffer slot, at least count floats, or NULL. */
-float *shard_scratch_get(shard_scratch_t *scratch, int slot, size_t count);
-void shard_scratch_free(shard_scratch_t *scratch);
+/* ------------------------------------------------------------ run state */
+
+/* The LM projection of scored positions runs in tiles: PROJECT_POSITIONS
+ * positions against PROJECT_VOCAB vocabulary rows at a time, with an
+ * online log-sum-exp. The weights are read once per tile of positions and
+ * the logits buffer stays at 16 MiB whatever the vocabulary. */
+enum { PROJECT_POSITIONS = 1024, PROJECT_VOCAB = 4096 };
+
+/* A float buffer of a run state, grown on demand (contents not kept). */
+typedef struct {
+    float *data;
+    size_t count;
+} shard_buffer_t;
+
+/* Returns the buffer with room for count floats, or NULL. */
+float *shard_buffer_get(shard_buffer_t *buffer, size_t count);
+/* The same, zero-filled. */
+float *shard_buffer_zeros(shard_buffer_t *buffer, size_t count);
+
+/* Shapes: T packed positions of a batch, B rows, d = emb_dim, h =
+ * hidden_dim, n = the longest packed row, o = a head's outputs, V = vocab,
+ * P = PROJECT_POSITIONS. */
+struct shard_state {
+    /* layers */
+    shard_buffer_t q, k, v; /* [T][d]; q is reused for the out and ffn_out projections */
+    shard_buffer_t ctx;     /* [T][d] attention context */
+    shard_buffer_t ffn;     /* [T][h] */
+    shard_buffer_t scores;  /* [n][n] one attention head of one row */
+    /* heads */
+    shard_buffer_t zero;       /* [d] zeros: the hidden state of positions not computed */
+    shard_buffer_t packed_out; /* [T][o] a positionwise head over the packed positions */
+    shard_buffer_t summary;    /* [B][d] sequence summary states before projection */
+    /* LM projection */
+    shard_buffer_t proj_x;      /* [P][d] hidden states of scored positions */
+    shard_buffer_t proj_logits; /* [P][PROJECT_VOCAB] one tile, or [V] for next_token */
+    /* whole model */
+    shard_acts_t *acts; /* reused by shard_forward, shard_score_rows, generation */
+};
+
+/* The state's reusable activations, created on first use; NULL (err set)
+ * when out of memory. */
+shard_acts_t *shard_state_acts(shard_state_t *state, shard_error_t *err);
+
+/* ------------------------------------------------------------ binding */
+
+/* model.c's binder: looks tensors up by name, checks shapes, converts. */
+typedef struct shard_binder shard_binder_t;
+
+/* Binds a linear layer [out][in] under prefix (".weight", ".bias" when
+ * has_bias); weight stays NULL when absent and not required. */
+shard_status_t shard_bind_linear(shard_binder_t *b, shard_linear_t *linear, bool required,
+                                 bool has_bias, const char *prefix, int64_t out, int64_t in);
+shard_status_t shard_bind_norm(shard_binder_t *b, shard_norm_t *norm, const char *prefix,
+                               int64_t dim);
+/* A vector of count floats; *out stays NULL when absent and not required. */
+shard_status_t shard_bind_vector(shard_binder_t *b, const float **out, bool required,
+                                 const char *name, int64_t count);
+/* Binds each head of the head table (heads.c) whose weights the checkpoint
+ * holds and sets model->has_head from the table's rows. */
+shard_status_t shard_heads_bind(shard_binder_t *b, shard_model_t *model);
+/* True when name (without "transformer.") is a tensor of some head, bound
+ * or not: a stage without the heads accepts a checkpoint that has them. */
+bool shard_heads_know_tensor(const char *name);
 
 /* ------------------------------------------------------------ kernels */
 
+/* The linear/embedding seam: the only code that reads weight memory while
+ * computing. A new weight type (precision) changes these and nothing else. */
+
 /* y[rows][out] = x[rows][in] W^T + b */
 void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, float *y);
+/* y[out] = the layer's output for a zero input: the bias, or zeros. */
+void shard_linear_zero_input(const shard_linear_t *linear, float *y);
+/* Outputs [first, first + count) only (a tile of the LM projection):
+ * y[rows][count] = x[rows][in] W[first:first+count]^T + b[first:first+count]. */
+void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t count,
+                          const float *x, int64_t rows, float *y);
+/* Input columns [first, first + cols) of a layer whose input is a
+ * concatenation (the SQuAD head's [hidden ; start] products):
+ * y[rows][out] = x[rows][cols] W[:, first:first+cols]^T, plus the bias when
+ * with_bias. */
+void shard_linear_columns(const shard_linear_t *linear, int64_t first, int64_t cols,
+                          const float *x, int64_t rows, bool with_bias, float *y);
+/* out[dim] = row id of the table; out[dim] += row id of the table. */
+void shard_embedding_copy(const shard_embedding_t *table, int64_t id, float *out);
+void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out);
+
+/* Attention of one head over n positions whose rows are ld floats apart:
+ * scores[n][n] = scale q[n][dh] k[n][dh]^T; ctx[n][dh] = scores v[n][dh]. */
+void shard_attention_scores(const float *q, const float *k, int64_t n, int64_t dh, int64_t ld,
+                            float scale, float *scores);
+void shard_attention_context(const float *scores, const float *v, int64_t n, int64_t dh,
+                             int64_t ld, float *ctx);
 /* In place over rows of dim. */
 void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *norm, double eps);
 void shard_gelu(float *x, size_t count);

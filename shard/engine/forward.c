@@ -7,7 +7,6 @@
  * trailing padding. */
 #include "engine_internal.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,9 +233,10 @@ static shard_status_t pack_rows(const shard_config_t *c, const shard_inputs_t *i
     return SHARD_OK;
 }
 
-shard_status_t shard_embed(shard_model_t *model, const shard_inputs_t *in, shard_acts_t *acts,
-                           shard_error_t *err)
+shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
+                           const shard_inputs_t *in, shard_acts_t *acts, shard_error_t *err)
 {
+    (void)state; /* the gather needs no work space (yet: other weight types may) */
     const shard_config_t *c = &model->config;
     if (!model->range.embeddings)
         return shard_error_set(err, SHARD_ERR_RANGE,
@@ -248,20 +248,18 @@ shard_status_t shard_embed(shard_model_t *model, const shard_inputs_t *in, shard
         return status;
     const int64_t d = c->emb_dim;
     /* Languages only when given, as the reference adds no default language. */
-    const bool use_langs = in->langs && model->lang_embeddings;
+    const bool use_langs = in->langs && model->lang_embeddings.weight;
     for (int64_t b = 0; b < in->batch; b++)
         for (int64_t t = acts->row_start[b]; t < acts->row_start[b + 1]; t++) {
             const int64_t at = b * in->seq + acts->position[t];
             const int64_t pos = in->position_ids ? in->position_ids[at] : acts->position[t];
             float *h = acts->hidden + t * d;
-            const float *word = model->word_embeddings + in->input_ids[at] * d;
-            const float *position = model->position_embeddings + pos * d;
-            for (int64_t i = 0; i < d; i++)
-                h[i] = word[i] + position[i];
+            shard_embedding_copy(&model->word_embeddings, in->input_ids[at], h);
+            shard_embedding_add(&model->position_embeddings, pos, h);
             if (use_langs)
-                shard_add(h, model->lang_embeddings + in->langs[at] * d, (size_t)d);
+                shard_embedding_add(&model->lang_embeddings, in->langs[at], h);
             if (in->token_type_ids) /* looked up in the word embeddings, as the reference does */
-                shard_add(h, model->word_embeddings + in->token_type_ids[at] * d, (size_t)d);
+                shard_embedding_add(&model->word_embeddings, in->token_type_ids[at], h);
         }
     shard_layer_norm(acts->hidden, acts->n_tokens, d, &model->norm_emb, c->layer_norm_eps);
     for (int64_t t = 0; t < acts->n_tokens; t++)
@@ -280,8 +278,7 @@ static void attend_row(const shard_config_t *c, const float *q, const float *k, 
     const float scale = 1.0f / sqrtf((float)dh);
     for (int64_t h = 0; h < c->n_heads; h++) {
         const int64_t off = h * dh;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)n, (blasint)dh,
-                    scale, q + off, (blasint)d, k + off, (blasint)d, 0.0f, scores, (blasint)n);
+        shard_attention_scores(q + off, k + off, n, dh, d, scale, scores);
         for (int64_t i = 0; i < n; i++) {
             float *row = scores + i * n;
             if (c->causal) {
@@ -291,14 +288,13 @@ static void attend_row(const shard_config_t *c, const float *q, const float *k, 
                 shard_softmax(row, n);
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)n, (blasint)dh,
-                    (blasint)n, 1.0f, scores, (blasint)n, v + off, (blasint)d, 0.0f, ctx + off,
-                    (blasint)d);
+        shard_attention_context(scores, v + off, n, dh, d, ctx + off);
     }
 }
 
-static shard_status_t run_layer(shard_model_t *model, const shard_layer_t *layer,
-                                shard_acts_t *acts, shard_error_t *err)
+static shard_status_t run_layer(const shard_model_t *model, shard_state_t *state,
+                                const shard_layer_t *layer, shard_acts_t *acts,
+                                shard_error_t *err)
 {
     const shard_config_t *c = &model->config;
     const int64_t d = c->emb_dim, T = acts->n_tokens;
@@ -310,12 +306,12 @@ static shard_status_t run_layer(shard_model_t *model, const shard_layer_t *layer
         longest = n > longest ? n : longest;
     }
     size_t td = (size_t)T * (size_t)d;
-    float *q = shard_scratch_get(&model->scratch, 0, td);
-    float *k = shard_scratch_get(&model->scratch, 1, td);
-    float *v = shard_scratch_get(&model->scratch, 2, td);
-    float *ctx = shard_scratch_get(&model->scratch, 3, td);
-    float *ffn = shard_scratch_get(&model->scratch, 4, (size_t)T * (size_t)c->hidden_dim);
-    float *scores = shard_scratch_get(&model->scratch, 5, (size_t)(longest * longest) + 1);
+    float *q = shard_buffer_get(&state->q, td);
+    float *k = shard_buffer_get(&state->k, td);
+    float *v = shard_buffer_get(&state->v, td);
+    float *ctx = shard_buffer_get(&state->ctx, td);
+    float *ffn = shard_buffer_get(&state->ffn, (size_t)T * (size_t)c->hidden_dim);
+    float *scores = shard_buffer_get(&state->scores, (size_t)(longest * longest) + 1);
     if (!q || !k || !v || !ctx || !ffn || !scores)
         return shard_error_set(err, SHARD_ERR_NOMEM, "run_layer: out of memory for %lld positions",
                                (long long)T);
@@ -345,7 +341,8 @@ static shard_status_t run_layer(shard_model_t *model, const shard_layer_t *layer
     return SHARD_OK;
 }
 
-shard_status_t shard_run_layers(shard_model_t *model, shard_acts_t *acts, shard_error_t *err)
+shard_status_t shard_run_layers(const shard_model_t *model, shard_state_t *state,
+                                shard_acts_t *acts, shard_error_t *err)
 {
     if (acts->emb_dim != model->config.emb_dim)
         return shard_error_set(err, SHARD_ERR_INPUT,
@@ -353,7 +350,7 @@ shard_status_t shard_run_layers(shard_model_t *model, shard_acts_t *acts, shard_
                                (long long)acts->emb_dim, (long long)model->config.emb_dim);
     const int64_t n = model->range.last_layer - model->range.first_layer;
     for (int64_t i = 0; i < n; i++) {
-        shard_status_t status = run_layer(model, &model->layers[i], acts, err);
+        shard_status_t status = run_layer(model, state, &model->layers[i], acts, err);
         if (status)
             return status;
     }

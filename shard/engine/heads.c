@@ -1,18 +1,22 @@
 /* heads.c: the task heads on the last stage's activations. */
 #include "engine_internal.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The LM projection of scored positions runs in tiles: PROJECT_POSITIONS
- * positions against PROJECT_VOCAB vocabulary rows at a time, with an
- * online log-sum-exp. The weights are read once per tile of positions and
- * the logits buffer stays at 16 MiB whatever the vocabulary. */
-enum { PROJECT_POSITIONS = 1024, PROJECT_VOCAB = 4096 };
+/* What a head's run function gets (see the head table at the end). */
+typedef struct {
+    const shard_model_t *model;
+    shard_state_t *state;
+    const shard_acts_t *acts;
+    const shard_inputs_t *in;
+    const float *zero; /* [emb_dim] zeros */
+    shard_outputs_t *outputs;
+    shard_error_t *err;
+} head_call_t;
 
-static shard_status_t need_head(shard_model_t *model, shard_head_t head, shard_error_t *err)
+static shard_status_t need_head(const shard_model_t *model, shard_head_t head, shard_error_t *err)
 {
     if (!model->range.heads)
         return shard_error_set(err, SHARD_ERR_RANGE,
@@ -38,23 +42,18 @@ static const float *hidden_or_zero(const shard_acts_t *acts, int64_t b, int64_t 
 
 /* out[b][s][:] = linear(hidden[b][s]) for every padded position. Positions
  * not computed hold zeros, so their output is the bias. */
-static shard_status_t positionwise(shard_model_t *model, const shard_linear_t *linear,
+static shard_status_t positionwise(shard_state_t *state, const shard_linear_t *linear,
                                    const shard_acts_t *acts, float *out, shard_error_t *err)
 {
     /* acts may be a view of some rows: project only their packed positions. */
     const int64_t o = linear->out, t0 = acts->row_start[0];
     const int64_t T = acts->row_start[acts->batch] - t0;
-    float *packed = shard_scratch_get(&model->scratch, 6, (size_t)(T ? T : 1) * (size_t)o);
+    float *packed = shard_buffer_get(&state->packed_out, (size_t)(T ? T : 1) * (size_t)o);
     if (!packed)
         return shard_error_set(err, SHARD_ERR_NOMEM, "head: out of memory");
     shard_linear(linear, acts->hidden + t0 * acts->emb_dim, T, packed);
-    for (int64_t r = 0; r < acts->batch * acts->seq; r++) {
-        float *dst = out + r * o;
-        if (linear->bias)
-            memcpy(dst, linear->bias, (size_t)o * sizeof *dst);
-        else
-            memset(dst, 0, (size_t)o * sizeof *dst);
-    }
+    for (int64_t r = 0; r < acts->batch * acts->seq; r++)
+        shard_linear_zero_input(linear, out + r * o);
     for (int64_t b = 0; b < acts->batch; b++)
         for (int64_t t = acts->row_start[b]; t < acts->row_start[b + 1]; t++)
             if (acts->is_real[t])
@@ -92,13 +91,14 @@ static void summary_state(const shard_config_t *c, const shard_acts_t *acts, int
 }
 
 /* Summary of every row, projected and activated: out [batch][summary.out]. */
-static shard_status_t sequence_summary(shard_model_t *model, const shard_acts_t *acts,
-                                       const float *zero, float *out, shard_error_t *err)
+static shard_status_t sequence_summary(const shard_model_t *model, shard_state_t *state,
+                                       const shard_acts_t *acts, const float *zero, float *out,
+                                       shard_error_t *err)
 {
     const shard_config_t *c = &model->config;
     const shard_linear_t *proj = &model->heads.summary;
     const int64_t d = c->emb_dim;
-    float *states = shard_scratch_get(&model->scratch, 6, (size_t)(acts->batch * d));
+    float *states = shard_buffer_get(&state->summary, (size_t)(acts->batch * d));
     if (!states)
         return shard_error_set(err, SHARD_ERR_NOMEM, "sequence_summary: out of memory");
     for (int64_t b = 0; b < acts->batch; b++)
@@ -111,18 +111,23 @@ static shard_status_t sequence_summary(shard_model_t *model, const shard_acts_t 
     return SHARD_OK;
 }
 
-static shard_status_t head_seq_cls(shard_model_t *model, const shard_acts_t *acts,
-                                   const float *zero, shard_outputs_t *outputs, shard_error_t *err)
+static shard_status_t head_seq_cls(const head_call_t *call)
 {
-    int64_t shape[2] = {acts->batch, model->heads.summary.out};
-    shard_tensor_t *logits = shard_outputs_add(outputs, "logits", SHARD_F32, 2, shape, err);
-    return logits ? sequence_summary(model, acts, zero, logits->f32, err) : err->code;
+    const shard_acts_t *acts = call->acts;
+    int64_t shape[2] = {acts->batch, call->model->heads.summary.out};
+    shard_tensor_t *logits = shard_outputs_add(call->outputs, "logits", SHARD_F32, 2, shape,
+                                               call->err);
+    return logits ? sequence_summary(call->model, call->state, acts, call->zero, logits->f32,
+                                     call->err)
+                  : call->err->code;
 }
 
-static shard_status_t head_multiple_choice(shard_model_t *model, const shard_acts_t *acts,
-                                           const shard_inputs_t *in, const float *zero,
-                                           shard_outputs_t *outputs, shard_error_t *err)
+static shard_status_t head_multiple_choice(const head_call_t *call)
 {
+    const shard_model_t *model = call->model;
+    const shard_acts_t *acts = call->acts;
+    const shard_inputs_t *in = call->in;
+    shard_error_t *err = call->err;
     const int64_t choices = in->n_choices > 0 ? in->n_choices : 1;
     const int64_t labels = model->heads.summary.out;
     float *summary = malloc((size_t)(acts->batch * labels) * sizeof *summary);
@@ -130,38 +135,65 @@ static shard_status_t head_multiple_choice(shard_model_t *model, const shard_act
         return shard_error_set(err, SHARD_ERR_NOMEM, "multiple_choice: out of memory");
     int64_t shape[2] = {acts->batch / choices, choices};
     shard_tensor_t *logits = NULL;
-    if (!sequence_summary(model, acts, zero, summary, err) &&
-        (logits = shard_outputs_add(outputs, "logits", SHARD_F32, 2, shape, err)))
+    if (!sequence_summary(model, call->state, acts, call->zero, summary, err) &&
+        (logits = shard_outputs_add(call->outputs, "logits", SHARD_F32, 2, shape, err)))
         shard_linear(&model->heads.logits_proj, summary, acts->batch, logits->f32);
     free(summary);
     return logits ? SHARD_OK : err->code;
 }
 
-static shard_status_t head_positionwise(shard_model_t *model, shard_head_t head,
-                                        const shard_acts_t *acts, shard_outputs_t *outputs,
-                                        shard_error_t *err)
+/* logits [batch][seq][out] of a linear layer at every position. */
+static shard_status_t head_logits(const head_call_t *call, const shard_linear_t *linear)
 {
-    const shard_linear_t *linear = head == SHARD_HEAD_LM ? &model->heads.lm_proj
-                                   : head == SHARD_HEAD_TOKEN_CLS ? &model->heads.classifier
-                                   : &model->heads.qa_outputs;
+    const shard_acts_t *acts = call->acts;
     int64_t shape[3] = {acts->batch, acts->seq, linear->out};
-    if (head != SHARD_HEAD_QA_SIMPLE) {
-        shard_tensor_t *logits = shard_outputs_add(outputs, "logits", SHARD_F32, 3, shape, err);
-        return logits ? positionwise(model, linear, acts, logits->f32, err) : err->code;
-    }
+    shard_tensor_t *logits = shard_outputs_add(call->outputs, "logits", SHARD_F32, 3, shape,
+                                               call->err);
+    return logits ? positionwise(call->state, linear, acts, logits->f32, call->err)
+                  : call->err->code;
+}
+
+static shard_status_t head_lm(const head_call_t *call)
+{
+    return head_logits(call, &call->model->heads.lm_proj);
+}
+
+static shard_status_t head_token_cls(const head_call_t *call)
+{
+    return head_logits(call, &call->model->heads.classifier);
+}
+
+static shard_status_t head_qa_simple(const head_call_t *call)
+{
+    const shard_acts_t *acts = call->acts;
+    shard_error_t *err = call->err;
+    int64_t shape[2] = {acts->batch, acts->seq};
     float *both = malloc((size_t)(acts->batch * acts->seq * 2) * sizeof *both);
-    shard_tensor_t *start = shard_outputs_add(outputs, "start_logits", SHARD_F32, 2, shape, err);
-    shard_tensor_t *end = start ? shard_outputs_add(outputs, "end_logits", SHARD_F32, 2, shape, err)
+    shard_tensor_t *start = shard_outputs_add(call->outputs, "start_logits", SHARD_F32, 2, shape, err);
+    shard_tensor_t *end = start ? shard_outputs_add(call->outputs, "end_logits", SHARD_F32, 2, shape, err)
                                 : NULL;
     shard_status_t status = !both ? shard_error_set(err, SHARD_ERR_NOMEM, "qa_simple: out of memory")
                             : !end ? err->code
-                                   : positionwise(model, linear, acts, both, err);
+                                   : positionwise(call->state, &call->model->heads.qa_outputs,
+                                                  acts, both, err);
     for (int64_t i = 0; !status && i < acts->batch * acts->seq; i++) {
         start->f32[i] = both[2 * i];
         end->f32[i] = both[2 * i + 1];
     }
     free(both);
     return status;
+}
+
+static shard_status_t head_base(const head_call_t *call)
+{
+    const shard_acts_t *acts = call->acts;
+    int64_t shape[3] = {acts->batch, acts->seq, acts->emb_dim};
+    shard_tensor_t *t = shard_outputs_add(call->outputs, "last_hidden_state", SHARD_F32, 3, shape,
+                                          call->err);
+    if (!t)
+        return call->err->code;
+    shard_acts_unpack(acts, t->f32);
+    return SHARD_OK;
 }
 
 static void full_hidden(const shard_acts_t *acts, int64_t b, float *out)
@@ -204,7 +236,7 @@ typedef struct {
 } qa_buffers_t;
 
 /* The SQuAD head of one row: start top-k, end top-k per start, cls logit. */
-static void qa_row(shard_model_t *model, const shard_acts_t *acts, const shard_inputs_t *in,
+static void qa_row(const shard_model_t *model, const shard_acts_t *acts, const shard_inputs_t *in,
                    int64_t b, qa_buffers_t *buf, float *start_top, int64_t *start_index,
                    float *end_top, int64_t *end_index, float *cls_logit)
 {
@@ -224,14 +256,10 @@ static void qa_row(shard_model_t *model, const shard_acts_t *acts, const shard_i
     /* dense_0 over [hidden_s ; start_state]: the hidden half once per
      * position, the start half once per candidate. */
     const shard_linear_t *d0 = &h->qa_end_dense0;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)S, (blasint)d, (blasint)d, 1.0f,
-                buf->hidden, (blasint)d, d0->weight, (blasint)(2 * d), 0.0f, buf->end_base,
-                (blasint)d);
+    shard_linear_columns(d0, 0, d, buf->hidden, S, false, buf->end_base);
     float *start_part = buf->work, *x = buf->work + d;
     for (int64_t j = 0; j < ks; j++) {
-        memcpy(start_part, d0->bias, (size_t)d * sizeof *start_part);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)d, (blasint)d, 1.0f, d0->weight + d,
-                    (blasint)(2 * d), buf->hidden + start_index[j] * d, 1, 1.0f, start_part, 1);
+        shard_linear_columns(d0, d, d, buf->hidden + start_index[j] * d, 1, true, start_part);
         for (int64_t s = 0; s < S; s++) {
             for (int64_t i = 0; i < d; i++)
                 x[i] = tanhf(buf->end_base[s * d + i] + start_part[i]);
@@ -271,10 +299,13 @@ static void qa_row(shard_model_t *model, const shard_acts_t *acts, const shard_i
     shard_linear(&h->qa_cls_dense1, y, 1, cls_logit);
 }
 
-static shard_status_t head_qa(shard_model_t *model, const shard_acts_t *acts,
-                              const shard_inputs_t *in, shard_outputs_t *outputs,
-                              shard_error_t *err)
+static shard_status_t head_qa(const head_call_t *call)
 {
+    const shard_model_t *model = call->model;
+    const shard_acts_t *acts = call->acts;
+    const shard_inputs_t *in = call->in;
+    shard_outputs_t *outputs = call->outputs;
+    shard_error_t *err = call->err;
     const shard_config_t *c = &model->config;
     const int64_t B = acts->batch, S = acts->seq, d = c->emb_dim;
     const int64_t ks = c->start_n_top, ke = c->end_n_top;
@@ -314,9 +345,15 @@ static shard_status_t head_qa(shard_model_t *model, const shard_acts_t *acts,
     return status;
 }
 
-shard_status_t shard_head(shard_model_t *model, shard_head_t head, const shard_acts_t *acts,
-                          const shard_inputs_t *in, shard_outputs_t *outputs, shard_error_t *err)
+static shard_status_t run_head(shard_head_t head, const head_call_t *call);
+
+shard_status_t shard_head(const shard_model_t *model, shard_state_t *state, shard_head_t head,
+                          const shard_acts_t *acts, const shard_inputs_t *in,
+                          shard_outputs_t *outputs, shard_error_t *err)
 {
+    if ((int)head < 0 || head >= SHARD_HEAD_COUNT_)
+        return shard_error_set(err, SHARD_ERR_HEAD, "shard_head: unknown head %d, expected "
+                               "0..%d", (int)head, SHARD_HEAD_COUNT_ - 1);
     shard_status_t status = need_head(model, head, err);
     if (status)
         return status;
@@ -332,32 +369,11 @@ shard_status_t shard_head(shard_model_t *model, shard_head_t head, const shard_a
     /* The last stage never embedded these inputs: check what the heads read. */
     if ((status = shard_inputs_check(&model->config, in, err)))
         return status;
-    float *zero = calloc((size_t)acts->emb_dim, sizeof *zero);
+    const float *zero = shard_buffer_zeros(&state->zero, (size_t)acts->emb_dim);
     if (!zero)
         return shard_error_set(err, SHARD_ERR_NOMEM, "shard_head: out of memory");
-    switch (head) {
-    case SHARD_HEAD_BASE: {
-        int64_t shape[3] = {acts->batch, acts->seq, acts->emb_dim};
-        shard_tensor_t *t = shard_outputs_add(outputs, "last_hidden_state", SHARD_F32, 3, shape, err);
-        if (t)
-            shard_acts_unpack(acts, t->f32);
-        status = t ? SHARD_OK : err->code;
-        break;
-    }
-    case SHARD_HEAD_SEQ_CLS: status = head_seq_cls(model, acts, zero, outputs, err); break;
-    case SHARD_HEAD_MULTIPLE_CHOICE:
-        status = head_multiple_choice(model, acts, in, zero, outputs, err);
-        break;
-    case SHARD_HEAD_LM:
-    case SHARD_HEAD_TOKEN_CLS:
-    case SHARD_HEAD_QA_SIMPLE: status = head_positionwise(model, head, acts, outputs, err); break;
-    case SHARD_HEAD_QA: status = head_qa(model, acts, in, outputs, err); break;
-    case SHARD_HEAD_COUNT_:
-        status = shard_error_set(err, SHARD_ERR_HEAD, "shard_head: unknown head %d", (int)head);
-        break;
-    }
-    free(zero);
-    return status;
+    const head_call_t call = {model, state, acts, in, zero, outputs, err};
+    return run_head(head, &call);
 }
 
 /* ------------------------------------------------------------ LM scoring */
@@ -367,15 +383,15 @@ typedef struct {
 } scored_t;
 
 /* log p(target) at each scored position, projecting only those positions. */
-static shard_status_t score_positions(shard_model_t *model, const shard_acts_t *acts,
-                                      const scored_t *items, int64_t count, float *logprob,
-                                      shard_error_t *err)
+static shard_status_t score_positions(const shard_model_t *model, shard_state_t *state,
+                                      const shard_acts_t *acts, const scored_t *items,
+                                      int64_t count, float *logprob, shard_error_t *err)
 {
     const shard_linear_t *proj = &model->heads.lm_proj;
     const int64_t d = acts->emb_dim, V = proj->out;
-    float *x = shard_scratch_get(&model->scratch, 6, (size_t)(PROJECT_POSITIONS * d));
-    float *logits = shard_scratch_get(&model->scratch, 7, (size_t)(PROJECT_POSITIONS * PROJECT_VOCAB));
-    float *zero = calloc((size_t)d, sizeof *zero);
+    float *x = shard_buffer_get(&state->proj_x, (size_t)(PROJECT_POSITIONS * d));
+    float *logits = shard_buffer_get(&state->proj_logits, (size_t)(PROJECT_POSITIONS * PROJECT_VOCAB));
+    const float *zero = shard_buffer_zeros(&state->zero, (size_t)d);
     float *max = malloc(PROJECT_POSITIONS * sizeof *max), *target = malloc(PROJECT_POSITIONS * sizeof *target);
     double *sum = malloc(PROJECT_POSITIONS * sizeof *sum);
     shard_status_t status = SHARD_OK;
@@ -393,9 +409,7 @@ static shard_status_t score_positions(shard_model_t *model, const shard_acts_t *
         }
         for (int64_t v0 = 0; v0 < V; v0 += PROJECT_VOCAB) {
             const int64_t vb = V - v0 < PROJECT_VOCAB ? V - v0 : PROJECT_VOCAB;
-            const shard_linear_t tile = {proj->weight + v0 * d, proj->bias ? proj->bias + v0 : NULL,
-                                         d, vb};
-            shard_linear(&tile, x, n, logits);
+            shard_linear_outputs(proj, v0, vb, x, n, logits);
             for (int64_t i = 0; i < n; i++) {
                 const float *row = logits + i * vb;
                 float block_max = row[0];
@@ -415,7 +429,6 @@ static shard_status_t score_positions(shard_model_t *model, const shard_acts_t *
             logprob[first + i] = (float)((double)target[i] - (double)max[i] - log(sum[i]));
     }
 done:
-    free(zero);
     free(max);
     free(target);
     free(sum);
@@ -431,9 +444,10 @@ static int64_t row_length(const shard_config_t *c, const shard_inputs_t *in, int
     return len;
 }
 
-shard_status_t shard_head_clm_score(shard_model_t *model, const shard_acts_t *acts,
-                                    const shard_inputs_t *in, const int64_t *score_from,
-                                    shard_outputs_t *outputs, shard_error_t *err)
+shard_status_t shard_head_clm_score(const shard_model_t *model, shard_state_t *state,
+                                    const shard_acts_t *acts, const shard_inputs_t *in,
+                                    const int64_t *score_from, shard_outputs_t *outputs,
+                                    shard_error_t *err)
 {
     shard_status_t status = need_head(model, SHARD_HEAD_LM, err);
     if (status || (status = shard_inputs_check(&model->config, in, err)))
@@ -461,7 +475,7 @@ shard_status_t shard_head_clm_score(shard_model_t *model, const shard_acts_t *ac
             items[count++] = (scored_t){b, t, in->input_ids[b * S + t + 1]};
         lengths[b] = len > from ? len - from : 0;
     }
-    if ((status = score_positions(model, acts, items, count, logprob, err)))
+    if ((status = score_positions(model, state, acts, items, count, logprob, err)))
         goto done;
     int64_t shape_tokens[2] = {B, 0}, shape_sum[1] = {B};
     shard_tensor_t *tokens = shard_outputs_add(outputs, "token_logprobs", SHARD_F32, 2, shape_tokens, err);
@@ -491,9 +505,10 @@ done:
     return status;
 }
 
-shard_status_t shard_head_masked_logprob(shard_model_t *model, const shard_acts_t *acts,
-                                         const int64_t *mask_pos, const int64_t *target_ids,
-                                         shard_outputs_t *outputs, shard_error_t *err)
+shard_status_t shard_head_masked_logprob(const shard_model_t *model, shard_state_t *state,
+                                         const shard_acts_t *acts, const int64_t *mask_pos,
+                                         const int64_t *target_ids, shard_outputs_t *outputs,
+                                         shard_error_t *err)
 {
     shard_status_t status = need_head(model, SHARD_HEAD_LM, err);
     if (status)
@@ -518,13 +533,14 @@ shard_status_t shard_head_masked_logprob(shard_model_t *model, const shard_acts_
         }
         items[b] = (scored_t){b, mask_pos[b], target_ids[b]};
     }
-    status = score_positions(model, acts, items, B, out->f32, err);
+    status = score_positions(model, state, acts, items, B, out->f32, err);
     free(items);
     return status;
 }
 
-shard_status_t shard_head_next_token(shard_model_t *model, const shard_acts_t *acts, int64_t row,
-                                     int64_t pos, int64_t *token, shard_error_t *err)
+shard_status_t shard_head_next_token(const shard_model_t *model, shard_state_t *state,
+                                     const shard_acts_t *acts, int64_t row, int64_t pos,
+                                     int64_t *token, shard_error_t *err)
 {
     shard_status_t status = need_head(model, SHARD_HEAD_LM, err);
     if (status)
@@ -534,11 +550,10 @@ shard_status_t shard_head_next_token(shard_model_t *model, const shard_acts_t *a
                                "%lld x %lld", (long long)row, (long long)pos,
                                (long long)acts->batch, (long long)acts->seq);
     const shard_linear_t *proj = &model->heads.lm_proj;
-    float *logits = shard_scratch_get(&model->scratch, 7, (size_t)proj->out);
-    float *zero = shard_scratch_get(&model->scratch, 6, (size_t)acts->emb_dim);
+    float *logits = shard_buffer_get(&state->proj_logits, (size_t)proj->out);
+    const float *zero = shard_buffer_zeros(&state->zero, (size_t)acts->emb_dim);
     if (!logits || !zero)
         return shard_error_set(err, SHARD_ERR_NOMEM, "next_token: out of memory");
-    memset(zero, 0, (size_t)acts->emb_dim * sizeof *zero);
     shard_linear(proj, hidden_or_zero(acts, row, pos, zero), 1, logits);
     int64_t best = 0; /* the first maximum, as argmax breaks ties */
     for (int64_t v = 1; v < proj->out; v++)
@@ -548,27 +563,210 @@ shard_status_t shard_head_next_token(shard_model_t *model, const shard_acts_t *a
     return SHARD_OK;
 }
 
+/* ------------------------------------------------------------ binding */
+
+/* Each head's binding looks up its tensors and says whether the checkpoint
+ * holds them (*has); absent optional tensors are not an error. */
+
+static shard_status_t bind_base(shard_binder_t *b, shard_model_t *m, bool *has)
+{
+    (void)b;
+    (void)m;
+    *has = true;
+    return SHARD_OK;
+}
+
+static shard_status_t bind_lm(shard_binder_t *b, shard_model_t *m, bool *has)
+{
+    const shard_config_t *c = &m->config;
+    shard_linear_t *proj = &m->heads.lm_proj;
+    shard_status_t status;
+    if ((status = shard_bind_linear(b, proj, false, false, "pred_layer.proj", c->vocab_size,
+                                    c->emb_dim)) ||
+        (status = shard_bind_vector(b, &proj->bias, false, "pred_layer.proj.bias",
+                                    c->vocab_size)))
+        return status;
+    /* The projection weight is tied to the word embeddings when absent. */
+    if (proj->bias && !proj->weight)
+        proj->weight = m->word_embeddings.weight;
+    *has = proj->bias != NULL;
+    return SHARD_OK;
+}
+
+/* SequenceSummary and logits_proj, shared by seq_cls and multiple_choice:
+ * looked up once, by whichever row comes first. */
+static shard_status_t bind_summary(shard_binder_t *b, shard_model_t *m)
+{
+    const shard_config_t *c = &m->config;
+    shard_heads_t *heads = &m->heads;
+    if (heads->summary_bound)
+        return SHARD_OK;
+    heads->summary_bound = true;
+    shard_status_t status = SHARD_OK;
+    if (!c->summary_use_proj) {
+        heads->summary.in = heads->summary.out = c->emb_dim; /* identity */
+    } else {
+        int64_t out = c->emb_dim;
+        if (c->summary_proj_to_labels && c->num_labels > 0)
+            out = c->num_labels;
+        status = shard_bind_linear(b, &heads->summary, false, true, "sequence_summary.summary",
+                                   out, c->emb_dim);
+    }
+    if (!status)
+        status = shard_bind_linear(b, &heads->logits_proj, false, true, "logits_proj", 1,
+                                   heads->summary.out);
+    return status;
+}
+
+static shard_status_t bind_seq_cls(shard_binder_t *b, shard_model_t *m, bool *has)
+{
+    shard_status_t status = bind_summary(b, m);
+    if (status)
+        return status;
+    const bool use_proj = m->config.summary_use_proj;
+    /* Without a projection the summary alone is a seq_cls head only in a
+     * seq_cls checkpoint, and never in a multiple-choice one. */
+    *has = m->heads.summary.weight != NULL || (!use_proj && m->head == SHARD_HEAD_SEQ_CLS);
+    if (m->heads.logits_proj.weight && !use_proj)
+        *has = false;
+    return SHARD_OK;
+}
+
+static shard_status_t bind_multiple_choice(shard_binder_t *b, shard_model_t *m, bool *has)
+{
+    shard_status_t status = bind_summary(b, m);
+    if (status)
+        return status;
+    const bool summary_ok = m->heads.summary.weight || !m->config.summary_use_proj;
+    *has = summary_ok && m->heads.logits_proj.weight;
+    return SHARD_OK;
+}
+
+static shard_status_t bind_token_cls(shard_binder_t *b, shard_model_t *m, bool *has)
+{
+    shard_status_t status = shard_bind_linear(b, &m->heads.classifier, false, true, "classifier",
+                                              m->config.num_labels, m->config.emb_dim);
+    *has = m->heads.classifier.weight != NULL;
+    return status;
+}
+
+static shard_status_t bind_qa_simple(shard_binder_t *b, shard_model_t *m, bool *has)
+{
+    shard_status_t status = shard_bind_linear(b, &m->heads.qa_outputs, false, true, "qa_outputs",
+                                              2, m->config.emb_dim);
+    *has = m->heads.qa_outputs.weight != NULL;
+    return status;
+}
+
+static shard_status_t bind_qa(shard_binder_t *b, shard_model_t *m, bool *has)
+{
+    shard_heads_t *h = &m->heads;
+    const int64_t d = m->config.emb_dim;
+    shard_status_t status =
+        shard_bind_linear(b, &h->qa_start, false, true, "qa_outputs.start_logits.dense", 1, d);
+    if (status || !h->qa_start.weight)
+        return status;
+    /* The start logits are there: the rest of the SQuAD head must be. */
+    if ((status = shard_bind_linear(b, &h->qa_end_dense0, true, true,
+                                    "qa_outputs.end_logits.dense_0", d, 2 * d)) ||
+        (status = shard_bind_norm(b, &h->qa_end_norm, "qa_outputs.end_logits.LayerNorm", d)) ||
+        (status = shard_bind_linear(b, &h->qa_end_dense1, true, true,
+                                    "qa_outputs.end_logits.dense_1", 1, d)) ||
+        (status = shard_bind_linear(b, &h->qa_cls_dense0, true, true,
+                                    "qa_outputs.answer_class.dense_0", d, 2 * d)) ||
+        (status = shard_bind_linear(b, &h->qa_cls_dense1, true, false,
+                                    "qa_outputs.answer_class.dense_1", 1, d)))
+        return status;
+    *has = true;
+    return SHARD_OK;
+}
+
 /* ------------------------------------------------------------ head table */
 
-/* One row per head: its name on the command line and in results, and the
- * HuggingFace class (PyTorch and TensorFlow) whose checkpoints carry it. */
-static const struct {
+/* One row per head: its name on the command line and in results, the
+ * HuggingFace classes (PyTorch and TensorFlow) whose checkpoints carry it,
+ * how its weights are bound and how it runs. Adding a head is one row and
+ * its two functions. */
+struct head_row {
     const char *name;
     const char *architecture;
     const char *tf_architecture;
-} head_table[SHARD_HEAD_COUNT_] = {
-    [SHARD_HEAD_BASE] = {"base", "XLMModel", "TFXLMModel"},
-    [SHARD_HEAD_LM] = {"lm", "XLMWithLMHeadModel", "TFXLMWithLMHeadModel"},
-    [SHARD_HEAD_SEQ_CLS] = {"seq_cls", "XLMForSequenceClassification",
-                            "TFXLMForSequenceClassification"},
-    [SHARD_HEAD_MULTIPLE_CHOICE] = {"multiple_choice", "XLMForMultipleChoice",
-                                    "TFXLMForMultipleChoice"},
-    [SHARD_HEAD_TOKEN_CLS] = {"token_cls", "XLMForTokenClassification",
-                              "TFXLMForTokenClassification"},
-    [SHARD_HEAD_QA_SIMPLE] = {"qa_simple", "XLMForQuestionAnsweringSimple",
-                              "TFXLMForQuestionAnsweringSimple"},
-    [SHARD_HEAD_QA] = {"qa", "XLMForQuestionAnswering", NULL},
+    shard_status_t (*bind)(shard_binder_t *b, shard_model_t *model, bool *has);
+    shard_status_t (*run)(const head_call_t *call);
+    /* Its tensors' names (a name ending in '.' is a prefix), NULL-ended:
+     * what a checkpoint may hold for it. */
+    const char *const *tensors;
 };
+
+static const char *const lm_tensors[] = {"pred_layer.proj.weight", "pred_layer.proj.bias", NULL};
+static const char *const summary_tensors[] = {
+    "sequence_summary.summary.weight", "sequence_summary.summary.bias", "logits_proj.weight",
+    "logits_proj.bias", NULL};
+static const char *const token_cls_tensors[] = {"classifier.weight", "classifier.bias", NULL};
+static const char *const qa_simple_tensors[] = {"qa_outputs.weight", "qa_outputs.bias", NULL};
+/* The SQuAD head's parts are bound by name in bind_qa. */
+static const char *const qa_tensors[] = {"qa_outputs.", NULL};
+static const char *const no_tensors[] = {NULL};
+
+static const struct head_row head_table[SHARD_HEAD_COUNT_] = {
+    [SHARD_HEAD_BASE] = {"base", "XLMModel", "TFXLMModel", bind_base, head_base, no_tensors},
+    [SHARD_HEAD_LM] = {"lm", "XLMWithLMHeadModel", "TFXLMWithLMHeadModel", bind_lm, head_lm,
+                       lm_tensors},
+    [SHARD_HEAD_SEQ_CLS] = {"seq_cls", "XLMForSequenceClassification",
+                            "TFXLMForSequenceClassification", bind_seq_cls, head_seq_cls,
+                            summary_tensors},
+    [SHARD_HEAD_MULTIPLE_CHOICE] = {"multiple_choice", "XLMForMultipleChoice",
+                                    "TFXLMForMultipleChoice", bind_multiple_choice,
+                                    head_multiple_choice, summary_tensors},
+    [SHARD_HEAD_TOKEN_CLS] = {"token_cls", "XLMForTokenClassification",
+                              "TFXLMForTokenClassification", bind_token_cls, head_token_cls,
+                              token_cls_tensors},
+    [SHARD_HEAD_QA_SIMPLE] = {"qa_simple", "XLMForQuestionAnsweringSimple",
+                              "TFXLMForQuestionAnsweringSimple", bind_qa_simple, head_qa_simple,
+                              qa_simple_tensors},
+    [SHARD_HEAD_QA] = {"qa", "XLMForQuestionAnswering", NULL, bind_qa, head_qa, qa_tensors},
+};
+
+static shard_status_t run_head(shard_head_t head, const head_call_t *call)
+{
+    return head_table[head].run(call);
+}
+
+shard_status_t shard_heads_bind(shard_binder_t *b, shard_model_t *model)
+{
+    for (int h = 0; h < SHARD_HEAD_COUNT_; h++) {
+        bool has = false;
+        shard_status_t status = head_table[h].bind(b, model, &has);
+        if (status)
+            return status;
+        model->has_head[h] = has;
+    }
+    return SHARD_OK;
+}
+
+bool shard_heads_know_tensor(const char *name)
+{
+    for (int h = 0; h < SHARD_HEAD_COUNT_; h++)
+        for (const char *const *t = head_table[h].tensors; *t; t++) {
+            const size_t len = strlen(*t);
+            if ((*t)[len - 1] == '.' ? strncmp(name, *t, len) == 0 : strcmp(name, *t) == 0)
+                return true;
+        }
+    return false;
+}
+
+void shard_head_names(char *out, size_t size)
+{
+    size_t used = 0;
+    if (size == 0)
+        return;
+    out[0] = '\0';
+    for (int h = 0; h < SHARD_HEAD_COUNT_ && used < size; h++) {
+        const char *sep = h == 0 ? "" : h == SHARD_HEAD_COUNT_ - 1 ? " or " : ", ";
+        int n = snprintf(out + used, size - used, "%s%s", sep, head_table[h].name);
+        used += n > 0 ? (size_t)n : 0;
+    }
+}
 
 const char *shard_head_name(shard_head_t head)
 {

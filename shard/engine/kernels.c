@@ -1,5 +1,7 @@
 /* kernels.c: the numeric building blocks. Matrix products go to BLAS; the
- * rest are simple loops over contiguous rows. */
+ * rest are simple loops over contiguous rows. The only file that reads
+ * weight memory while computing (the linear/embedding seam) and the only
+ * BLAS caller. */
 #include "engine_internal.h"
 
 #include <cblas.h>
@@ -23,6 +25,73 @@ void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, fl
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)out,
                 (blasint)in, 1.0f, x, (blasint)in, linear->weight, (blasint)in,
                 linear->bias ? 1.0f : 0.0f, y, (blasint)out);
+}
+
+void shard_linear_zero_input(const shard_linear_t *linear, float *y)
+{
+    if (linear->bias)
+        memcpy(y, linear->bias, (size_t)linear->out * sizeof *y);
+    else
+        memset(y, 0, (size_t)linear->out * sizeof *y);
+}
+
+void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t count,
+                          const float *x, int64_t rows, float *y)
+{
+    /* Rows [first, first + count) of W are themselves a linear layer. */
+    const shard_linear_t tile = {linear->weight + first * linear->in,
+                                 linear->bias ? linear->bias + first : NULL, linear->in, count};
+    shard_linear(&tile, x, rows, y);
+}
+
+void shard_linear_columns(const shard_linear_t *linear, int64_t first, int64_t cols,
+                          const float *x, int64_t rows, bool with_bias, float *y)
+{
+    if (rows <= 0)
+        return;
+    const int64_t out = linear->out;
+    const float *w = linear->weight + first; /* rows of W stay linear->in apart */
+    const bool bias = with_bias && linear->bias;
+    for (int64_t r = 0; bias && r < rows; r++)
+        memcpy(y + r * out, linear->bias, (size_t)out * sizeof *y);
+    if (rows == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)out, (blasint)cols, 1.0f, w,
+                    (blasint)linear->in, x, 1, bias ? 1.0f : 0.0f, y, 1);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)out,
+                (blasint)cols, 1.0f, x, (blasint)cols, w, (blasint)linear->in,
+                bias ? 1.0f : 0.0f, y, (blasint)out);
+}
+
+void shard_embedding_copy(const shard_embedding_t *table, int64_t id, float *out)
+{
+    memcpy(out, table->weight + id * table->dim, (size_t)table->dim * sizeof *out);
+}
+
+void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out)
+{
+    shard_add(out, table->weight + id * table->dim, (size_t)table->dim);
+}
+
+void shard_attention_scores(const float *q, const float *k, int64_t n, int64_t dh, int64_t ld,
+                            float scale, float *scores)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)n, (blasint)dh,
+                scale, q, (blasint)ld, k, (blasint)ld, 0.0f, scores, (blasint)n);
+}
+
+void shard_attention_context(const float *scores, const float *v, int64_t n, int64_t dh,
+                             int64_t ld, float *ctx)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)n, (blasint)dh, (blasint)n,
+                1.0f, scores, (blasint)n, v, (blasint)ld, 0.0f, ctx, (blasint)ld);
+}
+
+void shard_set_threads(int threads)
+{
+    if (threads > 0)
+        openblas_set_num_threads(threads);
 }
 
 /* exp(x) for x <= 0 in float: Cody-Waite reduction and a degree-6

@@ -6,14 +6,13 @@
  * mapped file). Tensors the range does not need are only checked by name. */
 #include "engine_internal.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-typedef struct {
+typedef struct shard_binder {
     shard_model_t *model;
     const char *path; /* the weight file, for messages */
     shard_error_t *err;
@@ -179,6 +178,33 @@ static shard_status_t bind_norm(binder_t *b, shard_norm_t *norm, const char *pre
     return bind(b, &norm->bias, true, name, 1, dim);
 }
 
+/* The binder's calls for the head table (heads.c). */
+shard_status_t shard_bind_linear(shard_binder_t *b, shard_linear_t *linear, bool required,
+                                 bool has_bias, const char *prefix, int64_t out, int64_t in)
+{
+    return bind_linear(b, linear, required, has_bias, prefix, out, in);
+}
+
+shard_status_t shard_bind_norm(shard_binder_t *b, shard_norm_t *norm, const char *prefix,
+                               int64_t dim)
+{
+    return bind_norm(b, norm, prefix, dim);
+}
+
+shard_status_t shard_bind_vector(shard_binder_t *b, const float **out, bool required,
+                                 const char *name, int64_t count)
+{
+    return bind(b, out, required, name, 1, count);
+}
+
+static shard_status_t bind_embedding(binder_t *b, shard_embedding_t *table, bool required,
+                                     const char *name, int64_t rows, int64_t dim)
+{
+    table->rows = rows;
+    table->dim = dim;
+    return bind(b, &table->weight, required, name, 2, rows, dim);
+}
+
 static shard_status_t sinusoidal_positions(binder_t *b, int64_t n_pos, int64_t dim,
                                            const float **out)
 {
@@ -201,15 +227,15 @@ static shard_status_t bind_embeddings(binder_t *b)
 {
     shard_model_t *m = b->model;
     const shard_config_t *c = &m->config;
-    shard_status_t status = bind(b, &m->position_embeddings, !c->sinusoidal_embeddings,
-                                 "position_embeddings.weight", 2, c->max_position_embeddings,
-                                 c->emb_dim);
-    if (!status && !m->position_embeddings)
+    shard_status_t status = bind_embedding(b, &m->position_embeddings, !c->sinusoidal_embeddings,
+                                           "position_embeddings.weight",
+                                           c->max_position_embeddings, c->emb_dim);
+    if (!status && !m->position_embeddings.weight)
         status = sinusoidal_positions(b, c->max_position_embeddings, c->emb_dim,
-                                      &m->position_embeddings);
+                                      &m->position_embeddings.weight);
     if (!status && c->n_langs > 1 && c->use_lang_emb)
-        status = bind(b, &m->lang_embeddings, true, "lang_embeddings.weight", 2, c->n_langs,
-                      c->emb_dim);
+        status = bind_embedding(b, &m->lang_embeddings, true, "lang_embeddings.weight",
+                                c->n_langs, c->emb_dim);
     if (!status)
         status = bind_norm(b, &m->norm_emb, "layer_norm_emb", c->emb_dim);
     return status;
@@ -239,69 +265,6 @@ static shard_status_t bind_layer(binder_t *b, int64_t i, shard_layer_t *layer)
     return bind_norm(b, &layer->norm2, name, d);
 }
 
-static shard_status_t bind_summary(binder_t *b, shard_linear_t *summary)
-{
-    const shard_config_t *c = &b->model->config;
-    int64_t out = c->emb_dim;
-    if (c->summary_use_proj && c->summary_proj_to_labels && c->num_labels > 0)
-        out = c->num_labels;
-    if (!c->summary_use_proj) {
-        summary->in = summary->out = c->emb_dim;
-        return SHARD_OK; /* identity */
-    }
-    return bind_linear(b, summary, false, true, "sequence_summary.summary", out, c->emb_dim);
-}
-
-/* Binds whatever heads the checkpoint holds; has_head records which. */
-static shard_status_t bind_heads(binder_t *b)
-{
-    shard_model_t *m = b->model;
-    const shard_config_t *c = &m->config;
-    shard_heads_t *heads = &m->heads;
-    const int64_t d = c->emb_dim;
-    m->has_head[SHARD_HEAD_BASE] = true;
-
-    /* LM: the projection weight is tied to the word embeddings when absent. */
-    if (bind_linear(b, &heads->lm_proj, false, false, "pred_layer.proj", c->vocab_size, d) ||
-        bind(b, &heads->lm_proj.bias, false, "pred_layer.proj.bias", 1, c->vocab_size))
-        return b->err->code;
-    if (heads->lm_proj.bias) {
-        if (!heads->lm_proj.weight)
-            heads->lm_proj.weight = m->word_embeddings;
-        m->has_head[SHARD_HEAD_LM] = true;
-    }
-
-    if (bind_summary(b, &heads->summary))
-        return b->err->code;
-    bool summary_ok = heads->summary.weight || !c->summary_use_proj;
-    if (bind_linear(b, &heads->logits_proj, false, true, "logits_proj", 1, heads->summary.out))
-        return b->err->code;
-    m->has_head[SHARD_HEAD_SEQ_CLS] = heads->summary.weight != NULL ||
-                                      (!c->summary_use_proj && m->head == SHARD_HEAD_SEQ_CLS);
-    m->has_head[SHARD_HEAD_MULTIPLE_CHOICE] = summary_ok && heads->logits_proj.weight;
-    if (heads->logits_proj.weight && !c->summary_use_proj)
-        m->has_head[SHARD_HEAD_SEQ_CLS] = false;
-
-    if (bind_linear(b, &heads->classifier, false, true, "classifier", c->num_labels, d) ||
-        bind_linear(b, &heads->qa_outputs, false, true, "qa_outputs", 2, d))
-        return b->err->code;
-    m->has_head[SHARD_HEAD_TOKEN_CLS] = heads->classifier.weight != NULL;
-    m->has_head[SHARD_HEAD_QA_SIMPLE] = heads->qa_outputs.weight != NULL;
-
-    if (bind_linear(b, &heads->qa_start, false, true, "qa_outputs.start_logits.dense", 1, d))
-        return b->err->code;
-    if (heads->qa_start.weight) {
-        if (bind_linear(b, &heads->qa_end_dense0, true, true, "qa_outputs.end_logits.dense_0", d, 2 * d) ||
-            bind_norm(b, &heads->qa_end_norm, "qa_outputs.end_logits.LayerNorm", d) ||
-            bind_linear(b, &heads->qa_end_dense1, true, true, "qa_outputs.end_logits.dense_1", 1, d) ||
-            bind_linear(b, &heads->qa_cls_dense0, true, true, "qa_outputs.answer_class.dense_0", d, 2 * d) ||
-            bind_linear(b, &heads->qa_cls_dense1, true, false, "qa_outputs.answer_class.dense_1", 1, d))
-            return b->err->code;
-        m->has_head[SHARD_HEAD_QA] = true;
-    }
-    return SHARD_OK;
-}
-
 /* Names a checkpoint may hold that are not parameters of this range: other
  * layers' tensors and known buffers. Anything else is an error. */
 static bool is_known_name(const shard_config_t *c, const char *name)
@@ -311,16 +274,12 @@ static bool is_known_name(const shard_config_t *c, const char *name)
     static const char *const fixed[] = {
         "position_ids", "position_embeddings.weight", "lang_embeddings.weight",
         "embeddings.weight", "layer_norm_emb.weight", "layer_norm_emb.bias",
-        "pred_layer.proj.weight", "pred_layer.proj.bias",
-        "sequence_summary.summary.weight", "sequence_summary.summary.bias",
-        "logits_proj.weight", "logits_proj.bias", "classifier.weight", "classifier.bias",
-        "qa_outputs.weight", "qa_outputs.bias",
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         if (strcmp(name, fixed[i]) == 0)
             return true;
-    if (strncmp(name, "qa_outputs.", 11) == 0)
-        return true; /* the SQuAD head's parts are bound by name above */
+    if (shard_heads_know_tensor(name))
+        return true; /* a head's, named by its row of the head table */
     static const char *const per_layer[] = {"attentions.", "layer_norm1.", "ffns.", "layer_norm2."};
     for (size_t i = 0; i < 4; i++) {
         size_t len = strlen(per_layer[i]);
@@ -351,7 +310,8 @@ static shard_status_t bind_all(binder_t *b)
     const shard_config_t *c = &m->config;
     /* The word embeddings serve stage 0 and, tied, the LM head. */
     if (m->range.embeddings || m->range.heads)
-        if (bind(b, &m->word_embeddings, true, "embeddings.weight", 2, c->vocab_size, c->emb_dim))
+        if (bind_embedding(b, &m->word_embeddings, true, "embeddings.weight", c->vocab_size,
+                           c->emb_dim))
             return b->err->code;
     if (m->range.embeddings && bind_embeddings(b))
         return b->err->code;
@@ -362,7 +322,7 @@ static shard_status_t bind_all(binder_t *b)
     for (int64_t i = 0; i < n; i++)
         if (bind_layer(b, m->range.first_layer + i, &m->layers[i]))
             return b->err->code;
-    if (m->range.heads && bind_heads(b))
+    if (m->range.heads && shard_heads_bind(b, m))
         return b->err->code;
     return check_unknown_tensors(b);
 }
@@ -409,8 +369,13 @@ static void prefix_function(shard_error_t *err, const char *function)
     snprintf(err->message, sizeof err->message, "%.*s", SHARD_ERROR_MESSAGE_MAX - 1, message);
 }
 
-shard_model_t *shard_model_open(const char *dir, const shard_range_t *range, shard_error_t *err)
+shard_model_t *shard_model_open(const char *dir, const shard_model_options_t *options,
+                                shard_error_t *err)
 {
+    const shard_model_options_t defaults = {0};
+    if (!options)
+        options = &defaults;
+    const shard_range_t *range = options->range;
     char path[4096];
     shard_model_t *model = calloc(1, sizeof *model);
     binder_t binder = {model, path, err, NULL};
@@ -444,6 +409,7 @@ shard_model_t *shard_model_open(const char *dir, const shard_range_t *range, sha
     if (bind_all(&binder))
         goto fail;
     free(binder.used);
+    shard_set_threads(options->threads);
     return model;
 fail:
     free(binder.used);
@@ -462,8 +428,6 @@ void shard_model_destroy(shard_model_t **self_p)
     free(model->owned);
     free(model->layers);
     tensor_file_destroy(&model->file);
-    shard_scratch_free(&model->scratch);
-    shard_acts_destroy(&model->forward_acts);
     free(model);
     *self_p = NULL;
 }
@@ -481,29 +445,18 @@ bool shard_model_has_head(const shard_model_t *model, shard_head_t head)
     return model->has_head[head];
 }
 
-void shard_set_threads(int threads)
+shard_status_t shard_model_probe_heads(const char *dir, bool has[SHARD_HEAD_COUNT_],
+                                       shard_error_t *err)
 {
-    if (threads > 0)
-        openblas_set_num_threads(threads);
-}
-
-float *shard_scratch_get(shard_scratch_t *scratch, int slot, size_t count)
-{
-    if (slot < 0 || slot >= 8)
-        return NULL;
-    if (scratch->sizes[slot] < count) {
-        free(scratch->buffers[slot]);
-        scratch->buffers[slot] = malloc(count * sizeof(float));
-        scratch->sizes[slot] = scratch->buffers[slot] ? count : 0;
-    }
-    return scratch->buffers[slot];
-}
-
-void shard_scratch_free(shard_scratch_t *scratch)
-{
-    for (int i = 0; i < 8; i++) {
-        free(scratch->buffers[i]);
-        scratch->buffers[i] = NULL;
-        scratch->sizes[i] = 0;
-    }
+    /* No layers, no embeddings: the head tensors (and the word embeddings
+     * a tied LM projection shares) are all that is bound. */
+    const shard_range_t heads_only = {0, 0, false, true};
+    shard_model_t *probe = shard_model_open(dir, &(shard_model_options_t){.range = &heads_only},
+                                            err);
+    for (int h = 0; h < SHARD_HEAD_COUNT_; h++)
+        has[h] = probe && shard_model_has_head(probe, (shard_head_t)h);
+    if (!probe)
+        return err ? err->code : SHARD_ERR_IO;
+    shard_model_destroy(&probe);
+    return SHARD_OK;
 }

@@ -14,27 +14,29 @@ static shard_status_t need_whole(const shard_model_t *model, const char *what, s
     return SHARD_OK;
 }
 
-shard_status_t shard_forward(shard_model_t *model, shard_head_t head, const shard_inputs_t *inputs,
-                             shard_outputs_t *outputs, shard_error_t *err)
+shard_status_t shard_forward(const shard_model_t *model, shard_state_t *state, shard_head_t head,
+                             const shard_inputs_t *inputs, shard_outputs_t *outputs,
+                             shard_error_t *err)
 {
     shard_status_t status = need_whole(model, "shard_forward", err);
     if (status)
         return status;
     if (!shard_model_has_head(model, head))
-        return shard_head(model, head, NULL, inputs, outputs, err); /* names the problem */
-    /* The model keeps its activations between calls: no fresh pages to
+        return shard_head(model, state, head, NULL, inputs, outputs, err); /* names the problem */
+    /* The state keeps its activations between calls: no fresh pages to
      * fault in for every batch. */
-    if (!model->forward_acts && !(model->forward_acts = shard_acts_new()))
-        return shard_error_set(err, SHARD_ERR_NOMEM, "shard_forward: out of memory");
-    shard_acts_t *acts = model->forward_acts;
-    if (!(status = shard_embed(model, inputs, acts, err)) &&
-        !(status = shard_run_layers(model, acts, err)))
-        status = shard_head(model, head, acts, inputs, outputs, err);
+    shard_acts_t *acts = shard_state_acts(state, err);
+    if (!acts)
+        return err ? err->code : SHARD_ERR_NOMEM;
+    if (!(status = shard_embed(model, state, inputs, acts, err)) &&
+        !(status = shard_run_layers(model, state, acts, err)))
+        status = shard_head(model, state, head, acts, inputs, outputs, err);
     return status;
 }
 
-shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t *inputs,
-                                     int64_t steps, int64_t lang_fill, shard_outputs_t *outputs,
+shard_status_t shard_generate_greedy(const shard_model_t *model, shard_state_t *state,
+                                     const shard_inputs_t *inputs, int64_t steps,
+                                     int64_t lang_fill, shard_outputs_t *outputs,
                                      shard_error_t *err)
 {
     const shard_config_t *c = &model->config;
@@ -55,7 +57,7 @@ shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t 
     const int64_t total = inputs->seq + steps;
     int64_t *ids = calloc((size_t)total, sizeof *ids);
     int64_t *langs = inputs->langs ? calloc((size_t)total, sizeof *langs) : NULL;
-    shard_acts_t *acts = shard_acts_new();
+    shard_acts_t *acts = shard_state_acts(state, err);
     if (!ids || !acts || (inputs->langs && !langs)) {
         status = shard_error_set(err, SHARD_ERR_NOMEM, "generate: out of memory");
         goto done;
@@ -68,11 +70,11 @@ shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t 
          * attention mask, so the default one applies. */
         shard_inputs_t step = {.batch = 1, .seq = len, .input_ids = ids, .langs = langs,
                                .token_type_ids = NULL, .position_ids = NULL};
-        if ((status = shard_embed(model, &step, acts, err)) ||
-            (status = shard_run_layers(model, acts, err)))
+        if ((status = shard_embed(model, state, &step, acts, err)) ||
+            (status = shard_run_layers(model, state, acts, err)))
             goto done;
         int64_t best = 0;
-        if ((status = shard_head_next_token(model, acts, 0, len - 1, &best, err)))
+        if ((status = shard_head_next_token(model, state, acts, 0, len - 1, &best, err)))
             goto done;
         ids[len] = best;
     }
@@ -89,6 +91,5 @@ shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t 
 done:
     free(ids);
     free(langs);
-    shard_acts_destroy(&acts);
     return status;
 }

@@ -29,26 +29,20 @@ shard_status_t shard_pll_expand(const shard_config_t *c, const int64_t *ids, con
  * memory stays bounded whatever the rows. */
 enum { SCORE_CHUNK_TOKENS = 8192 };
 
-static shard_acts_t *model_acts(shard_model_t *model)
-{
-    if (!model->forward_acts)
-        model->forward_acts = shard_acts_new();
-    return model->forward_acts;
-}
-
 /* clm: every row in one batch (packed: padding costs nothing); row r's
  * scores are the logprobs of positions [from, to). */
-static shard_status_t score_clm(shard_model_t *model, const shard_inputs_t *rows,
+static shard_status_t score_clm(const shard_model_t *model, shard_state_t *state,
+                                const shard_inputs_t *rows,
                                 const int64_t *score_from, const int64_t *score_to,
                                 float **row_out, shard_error_t *err)
 {
     shard_outputs_t out;
     shard_outputs_init(&out);
-    shard_acts_t *acts = model_acts(model);
-    shard_status_t status = acts ? SHARD_OK : shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
-    if (!status && !(status = shard_embed(model, rows, acts, err)) &&
-        !(status = shard_run_layers(model, acts, err)))
-        status = shard_head_clm_score(model, acts, rows, score_from, &out, err);
+    shard_acts_t *acts = shard_state_acts(state, err);
+    shard_status_t status = acts ? SHARD_OK : SHARD_ERR_NOMEM;
+    if (!status && !(status = shard_embed(model, state, rows, acts, err)) &&
+        !(status = shard_run_layers(model, state, acts, err)))
+        status = shard_head_clm_score(model, state, acts, rows, score_from, &out, err);
     if (!status) {
         const shard_tensor_t *t = shard_outputs_find(&out, "token_logprobs");
         const float *at = t->f32;
@@ -76,7 +70,8 @@ typedef struct {
 
 /* One chunk of masked copies: a batch of rows x seq, each copy's mask the
  * row's own, only the masked positions projected. */
-static shard_status_t score_pll_chunk(shard_model_t *model, const shard_inputs_t *rows,
+static shard_status_t score_pll_chunk(const shard_model_t *model, shard_state_t *state,
+                                      const shard_inputs_t *rows,
                                       const int64_t *mask, const pll_copy_t *copies, int64_t n,
                                       float *logprob, shard_error_t *err)
 {
@@ -108,12 +103,12 @@ static shard_status_t score_pll_chunk(shard_model_t *model, const shard_inputs_t
     }
     shard_inputs_t batch = {.batch = n, .seq = seq, .input_ids = ids, .attention_mask = masks,
                             .langs = langs, .token_type_ids = types, .position_ids = positions};
-    shard_acts_t *acts = status ? NULL : model_acts(model);
+    shard_acts_t *acts = status ? NULL : shard_state_acts(state, err);
     if (!status && !acts)
-        status = shard_error_set(err, SHARD_ERR_NOMEM, "pll: out of memory");
-    if (!status && !(status = shard_embed(model, &batch, acts, err)) &&
-        !(status = shard_run_layers(model, acts, err)) &&
-        !(status = shard_head_masked_logprob(model, acts, mask_pos, targets, &out, err)))
+        status = SHARD_ERR_NOMEM;
+    if (!status && !(status = shard_embed(model, state, &batch, acts, err)) &&
+        !(status = shard_run_layers(model, state, acts, err)) &&
+        !(status = shard_head_masked_logprob(model, state, acts, mask_pos, targets, &out, err)))
         memcpy(logprob, out.tensors[0].f32, (size_t)n * sizeof *logprob);
 done:
     shard_outputs_clear(&out);
@@ -127,7 +122,8 @@ done:
     return status;
 }
 
-static shard_status_t score_pll(shard_model_t *model, const shard_inputs_t *rows,
+static shard_status_t score_pll(const shard_model_t *model, shard_state_t *state,
+                                const shard_inputs_t *rows,
                                 const int64_t *score_from, const int64_t *score_to,
                                 float **row_out, shard_error_t *err)
 {
@@ -155,7 +151,7 @@ static shard_status_t score_pll(shard_model_t *model, const shard_inputs_t *rows
             const bool last = r == rows->batch - 1 && pos == score_to[r] - 1;
             if (n < per_chunk && !last)
                 continue;
-            status = score_pll_chunk(model, rows, mask, copies, n, logprob, err);
+            status = score_pll_chunk(model, state, rows, mask, copies, n, logprob, err);
             for (int64_t i = 0; i < n && !status; i++)
                 row_out[copies[i].row][copies[i].pos - score_from[copies[i].row]] = logprob[i];
             n = 0;
@@ -167,7 +163,8 @@ done:
     return status;
 }
 
-shard_status_t shard_score_rows(shard_model_t *model, shard_score_mode_t mode,
+shard_status_t shard_score_rows(const shard_model_t *model, shard_state_t *state,
+                                shard_score_mode_t mode,
                                 const shard_inputs_t *rows, const int64_t *score_from,
                                 const int64_t *score_to, shard_outputs_t *outputs,
                                 shard_error_t *err)
@@ -208,8 +205,9 @@ shard_status_t shard_score_rows(shard_model_t *model, shard_score_mode_t mode,
         tokens->row_lengths[r] = score_to[r] - score_from[r];
         at += tokens->row_lengths[r];
     }
-    status = mode == SHARD_SCORE_CLM ? score_clm(model, rows, score_from, score_to, row_out, err)
-                                     : score_pll(model, rows, score_from, score_to, row_out, err);
+    status = mode == SHARD_SCORE_CLM
+                 ? score_clm(model, state, rows, score_from, score_to, row_out, err)
+                 : score_pll(model, state, rows, score_from, score_to, row_out, err);
     for (int64_t r = 0; r < rows->batch && !status; r++) {
         double sum = 0.0;
         for (int64_t i = 0; i < tokens->row_lengths[r]; i++)

@@ -14,6 +14,10 @@
  * Activations are packed: only the positions that influence the result are
  * computed (no work on padding), see shard_acts_t.
  *
+ * Weights apart from state: an opened model is read-only and may be shared
+ * by any number of threads; every compute call also takes the caller's
+ * shard_state_t (what the call computes into), one per thread.
+ *
  * Errors: see shard_common.h.
  */
 #ifndef XLM_SHARD_ENGINE_H
@@ -45,6 +49,9 @@ typedef enum {
 } shard_head_t;
 
 const char *shard_head_name(shard_head_t head);
+/* Every head's name, "base, lm, ... or qa", into out (truncated to size,
+ * NUL-terminated): for messages that list the choices. */
+void shard_head_names(char *out, size_t size);
 /* Returns SHARD_HEAD_COUNT_ when name is not a head. */
 shard_head_t shard_head_from_name(const char *name);
 /* The head of a HuggingFace class name ("XLMForSequenceClassification");
@@ -66,10 +73,19 @@ typedef struct {
     bool heads;
 } shard_range_t;
 
-/* Opens a checkpoint folder. range NULL means the whole model. Only the
- * tensors of the range are touched (mapped pages of other tensors are never
- * read). */
-shard_model_t *shard_model_open(const char *dir, const shard_range_t *range,
+/* How to open a checkpoint. A zeroed struct (or NULL) is the default: the
+ * whole model, BLAS threads left as they are. Room for the weights'
+ * precision: a new weight type changes the kernels and nothing else. */
+typedef struct {
+    const shard_range_t *range; /* borrowed; NULL: the whole model */
+    int threads;                /* > 0: shard_set_threads(threads) (process-wide) */
+} shard_model_options_t;
+
+/* Opens a checkpoint folder. Only the tensors of the range are touched
+ * (mapped pages of other tensors are never read). The model is read-only
+ * after this: any number of threads may compute with it at once, each with
+ * its own shard_state_t. */
+shard_model_t *shard_model_open(const char *dir, const shard_model_options_t *options,
                                 shard_error_t *err);
 void shard_model_destroy(shard_model_t **self_p);
 
@@ -79,9 +95,27 @@ shard_head_t shard_model_default_head(const shard_model_t *model);
 shard_range_t shard_model_range(const shard_model_t *model);
 /* True when the checkpoint has the weights of this head. */
 bool shard_model_has_head(const shard_model_t *model, shard_head_t head);
+/* Which heads the checkpoint folder has weights for, from one open of its
+ * head tensors alone (no layers, no embeddings beyond the tied LM
+ * projection): has[h] for every head. For a stage that does not hold the
+ * heads itself. */
+shard_status_t shard_model_probe_heads(const char *dir, bool has[SHARD_HEAD_COUNT_],
+                                       shard_error_t *err);
 
 /* Threads used by BLAS and the engine's own loops (process-wide). */
 void shard_set_threads(int threads);
+
+/* ---------------------------------------------------------------- run state */
+
+/* What a compute call writes into besides its outputs: the per-layer
+ * buffers, the heads' and the LM projection's work space, the activations
+ * shard_forward reuses. Grown on demand, kept between calls (no fresh pages
+ * per batch). One state per caller (thread); a state may serve several
+ * models one call at a time. */
+typedef struct shard_state shard_state_t;
+
+shard_state_t *shard_state_new(void);
+void shard_state_destroy(shard_state_t **self_p);
 
 /* ---------------------------------------------------------------- inputs */
 
@@ -142,12 +176,13 @@ void shard_acts_unpack(const shard_acts_t *acts, float *padded);
 
 /* Stage 0: embeddings (words, positions, languages, token types), layer norm,
  * mask. Needs a model with embeddings. */
-shard_status_t shard_embed(shard_model_t *model, const shard_inputs_t *inputs,
-                           shard_acts_t *acts, shard_error_t *err);
+shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
+                           const shard_inputs_t *inputs, shard_acts_t *acts,
+                           shard_error_t *err);
 
 /* Runs the model's layer range over acts in place. */
-shard_status_t shard_run_layers(shard_model_t *model, shard_acts_t *acts,
-                                shard_error_t *err);
+shard_status_t shard_run_layers(const shard_model_t *model, shard_state_t *state,
+                                shard_acts_t *acts, shard_error_t *err);
 
 /* ---------------------------------------------------------------- outputs */
 
@@ -186,7 +221,7 @@ int64_t shard_tensor_numel(const shard_tensor_t *tensor);
 
 /* Last stage: computes a head from the final activations. inputs is the
  * batch the activations came from (p_mask, n_choices and ids are read). */
-shard_status_t shard_head(shard_model_t *model, shard_head_t head,
+shard_status_t shard_head(const shard_model_t *model, shard_state_t *state, shard_head_t head,
                           const shard_acts_t *acts, const shard_inputs_t *inputs,
                           shard_outputs_t *outputs, shard_error_t *err);
 
@@ -197,7 +232,8 @@ shard_status_t shard_head(shard_model_t *model, shard_head_t head,
  * Only the scored positions are projected onto the vocabulary.
  * If score_from is not NULL, row b only scores targets at t+1 >=
  * score_from[b] (the other positions are skipped, not projected). */
-shard_status_t shard_head_clm_score(shard_model_t *model, const shard_acts_t *acts,
+shard_status_t shard_head_clm_score(const shard_model_t *model, shard_state_t *state,
+                                    const shard_acts_t *acts,
                                     const shard_inputs_t *inputs,
                                     const int64_t *score_from,
                                     shard_outputs_t *outputs, shard_error_t *err);
@@ -205,7 +241,7 @@ shard_status_t shard_head_clm_score(shard_model_t *model, const shard_acts_t *ac
 /* Masked-LM pseudo-log-likelihood helper: for each row b, log p(target_ids[b])
  * at position mask_pos[b], projecting only that position. Output
  * "token_logprob" [batch]. */
-shard_status_t shard_head_masked_logprob(shard_model_t *model,
+shard_status_t shard_head_masked_logprob(const shard_model_t *model, shard_state_t *state,
                                          const shard_acts_t *acts,
                                          const int64_t *mask_pos,
                                          const int64_t *target_ids,
@@ -214,7 +250,8 @@ shard_status_t shard_head_masked_logprob(shard_model_t *model,
 
 /* Greedy decoding step: the argmax of the LM logits at position pos of row
  * (the bias alone where that position was not computed). */
-shard_status_t shard_head_next_token(shard_model_t *model, const shard_acts_t *acts,
+shard_status_t shard_head_next_token(const shard_model_t *model, shard_state_t *state,
+                                     const shard_acts_t *acts,
                                      int64_t row, int64_t pos, int64_t *token,
                                      shard_error_t *err);
 
@@ -226,14 +263,15 @@ void shard_default_mask(const shard_config_t *config, const int64_t *ids, int64_
 /* ---------------------------------------------------------------- whole model */
 
 /* Embed + all layers + head, on a model that holds everything. */
-shard_status_t shard_forward(shard_model_t *model, shard_head_t head,
+shard_status_t shard_forward(const shard_model_t *model, shard_state_t *state, shard_head_t head,
                              const shard_inputs_t *inputs, shard_outputs_t *outputs,
                              shard_error_t *err);
 
 /* Greedy generation from one row: steps times, append the argmax of the last
  * position's LM logits (langs extended with lang_fill when langs given).
  * Outputs "generated_ids" [1][len+steps] and "new_ids" [1][steps]. */
-shard_status_t shard_generate_greedy(shard_model_t *model, const shard_inputs_t *inputs,
+shard_status_t shard_generate_greedy(const shard_model_t *model, shard_state_t *state,
+                                     const shard_inputs_t *inputs,
                                      int64_t steps, int64_t lang_fill,
                                      shard_outputs_t *outputs, shard_error_t *err);
 
@@ -264,7 +302,8 @@ typedef enum {
  * the vocabulary). Outputs "token_logprobs" (ragged [rows][n]) and
  * "sum_logprob" [rows] (the float32 values summed in double). A row's scores
  * do not depend on the other rows. */
-shard_status_t shard_score_rows(shard_model_t *model, shard_score_mode_t mode,
+shard_status_t shard_score_rows(const shard_model_t *model, shard_state_t *state,
+                                shard_score_mode_t mode,
                                 const shard_inputs_t *rows, const int64_t *score_from,
                                 const int64_t *score_to, shard_outputs_t *outputs,
                                 shard_error_t *err);

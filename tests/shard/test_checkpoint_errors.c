@@ -585,6 +585,22 @@ static void test_extra_unknown_tensor(void **state)
                       "adapter.scale", NULL);
 }
 
+/* Named like a head's tensor, but no row of the head table has it. */
+static void extra_head_like(cJSON *header, size_t data_size)
+{
+    (void)data_size;
+    cJSON *copy = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(header, "layer_norm1.0.bias"),
+                                  true);
+    cJSON_AddItemToObject(header, "classifier.scale", copy);
+}
+
+static void test_extra_head_like_tensor(void **state)
+{
+    char dir[PATH_MAX_LEN];
+    write_case(*state, "extra_head_like", dir, sizeof dir, extra_head_like);
+    expect_open_error(dir, SHARD_ERR_FORMAT, "unexpected tensor", "classifier.scale", NULL);
+}
+
 static void extra_layer(cJSON *header, size_t data_size)
 {
     (void)data_size;
@@ -734,6 +750,7 @@ static void test_config_missing(void **state)
 
 static void test_head_not_in_checkpoint(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     shard_error_t err = {0};
     shard_model_t *model = shard_model_open(source_dir, NULL, &err);
@@ -743,18 +760,19 @@ static void test_head_not_in_checkpoint(void **state)
     shard_inputs_t in = {.batch = 1, .seq = 4, .input_ids = ids};
     shard_outputs_t outputs;
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_forward(model, SHARD_HEAD_QA, &in, &outputs, &err), SHARD_ERR_HEAD);
+    assert_int_equal(shard_forward(model, run_state, SHARD_HEAD_QA, &in, &outputs, &err), SHARD_ERR_HEAD);
     assert_non_null(strstr(err.message, "head qa"));
     assert_non_null(strstr(err.message, "clm-base"));
     assert_non_null(strstr(err.message, "base checkpoint"));
     memset(&err, 0, sizeof err);
-    assert_int_equal(shard_forward(model, SHARD_HEAD_LM, &in, &outputs, &err), SHARD_ERR_HEAD);
+    assert_int_equal(shard_forward(model, run_state, SHARD_HEAD_LM, &in, &outputs, &err), SHARD_ERR_HEAD);
     assert_non_null(strstr(err.message, "head lm"));
     memset(&err, 0, sizeof err);
-    assert_int_equal(shard_forward(model, SHARD_HEAD_COUNT_, &in, &outputs, &err),
+    assert_int_equal(shard_forward(model, run_state, SHARD_HEAD_COUNT_, &in, &outputs, &err),
                      SHARD_ERR_HEAD);
     assert_int_equal(outputs.count, 0);
     shard_model_destroy(&model);
+    shard_state_destroy(&run_state);
 }
 
 static void test_case_line_with_unknown_head(void **state)
@@ -767,6 +785,9 @@ static void test_case_line_with_unknown_head(void **state)
     assert_int_equal(case_parse(line, strlen(line), &c, &err), SHARD_ERR_HEAD);
     assert_string_equal(c.name, "x");
     assert_non_null(strstr(err.message, "summarize"));
+    /* The choices come from the head table. */
+    assert_non_null(strstr(err.message, "(expected base, lm, seq_cls, multiple_choice, "
+                                        "token_cls, qa_simple or qa)"));
     case_clear(&c);
 }
 
@@ -781,6 +802,7 @@ typedef struct {
 /* Runs every clm-base case on the checkpoint folder dir. */
 static void run_cases(const char *dir, golden_runs_t *runs)
 {
+    shard_state_t *run_state = shard_state_new();
     char path[PATH_MAX_LEN];
     size_t size;
     snprintf(path, sizeof path, "%s/cases.jsonl", source_dir);
@@ -795,13 +817,14 @@ static void run_cases(const char *dir, golden_runs_t *runs)
         case_t *c = &runs->cases[runs->count];
         shard_outputs_init(&runs->outputs[runs->count]);
         if (case_parse(line, strlen(line), c, &err) ||
-            case_run(model, c, &runs->outputs[runs->count], &err))
+            case_run(model, run_state, c, &runs->outputs[runs->count], &err))
             fail_msg("%s: %s", dir, err.message);
         runs->count++;
     }
     shard_model_destroy(&model);
     free(text);
     assert_int_equal(runs->count, 10);
+    shard_state_destroy(&run_state);
 }
 
 static void clear_runs(golden_runs_t *runs)
@@ -1003,6 +1026,7 @@ static void test_bf16_known_values(void **state)
 
 static void test_stage_opens_file_with_only_its_tensors(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     /* A stage's own weight file: layer 1 of clm-base and nothing else. It
      * opens as [1,2) and computes what the same stage of the full file
      * computes; as a whole model it names the first tensor it lacks. */
@@ -1026,20 +1050,20 @@ static void test_stage_opens_file_with_only_its_tensors(void **state)
 
     shard_error_t err = {0};
     shard_range_t first = {0, 1, true, false}, middle = {1, 2, false, false};
-    shard_model_t *embed = shard_model_open(source_dir, &first, &err);
-    shard_model_t *full = shard_model_open(source_dir, &middle, &err);
-    shard_model_t *own = shard_model_open(dir, &middle, &err);
+    shard_model_t *embed = shard_model_open(source_dir, &(shard_model_options_t){.range = &first}, &err);
+    shard_model_t *full = shard_model_open(source_dir, &(shard_model_options_t){.range = &middle}, &err);
+    shard_model_t *own = shard_model_open(dir, &(shard_model_options_t){.range = &middle}, &err);
     if (!embed || !full || !own)
         fail_msg("open: %s", err.message);
     const int64_t ids[6] = {0, 35, 96, 100, 394, 1};
     shard_inputs_t in = {.batch = 1, .seq = 6, .input_ids = ids};
     shard_acts_t *a = shard_acts_new(), *b = shard_acts_new();
-    assert_int_equal(shard_embed(embed, &in, a, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(embed, a, &err), SHARD_OK);
-    assert_int_equal(shard_embed(embed, &in, b, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(embed, b, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(full, a, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(own, b, &err), SHARD_OK);
+    assert_int_equal(shard_embed(embed, run_state, &in, a, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(embed, run_state, a, &err), SHARD_OK);
+    assert_int_equal(shard_embed(embed, run_state, &in, b, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(embed, run_state, b, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(full, run_state, a, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(own, run_state, b, &err), SHARD_OK);
     assert_int_equal(a->n_tokens, b->n_tokens);
     assert_memory_equal(a->hidden, b->hidden, (size_t)(a->n_tokens * a->emb_dim) * 4);
     shard_acts_destroy(&a);
@@ -1048,6 +1072,7 @@ static void test_stage_opens_file_with_only_its_tensors(void **state)
     shard_model_destroy(&full);
     shard_model_destroy(&own);
     expect_open_error(dir, SHARD_ERR_FORMAT, "embeddings.weight", "missing", NULL);
+    shard_state_destroy(&run_state);
 }
 
 int main(void)
@@ -1080,6 +1105,7 @@ int main(void)
         cmocka_unit_test(test_config_missing),
         cmocka_unit_test(test_head_not_in_checkpoint),
         cmocka_unit_test(test_case_line_with_unknown_head),
+        cmocka_unit_test(test_extra_head_like_tensor),
         cmocka_unit_test(test_f16_weights),
         cmocka_unit_test(test_bf16_weights),
         cmocka_unit_test(test_f64_weights_are_exact),

@@ -247,7 +247,8 @@ static long long compare_outputs(const char *where, const shard_outputs_t *got,
 /* ------------------------------------------------------------ in process */
 
 /* Runs one golden line on model; compares; returns the values compared. */
-static long long run_golden_line(shard_model_t *model, const char *dir_name, const char *line,
+static long long run_golden_line(const shard_model_t *model, shard_state_t *run_state,
+                                  const char *dir_name, const char *line,
                                  int line_no)
 {
     char where[512];
@@ -267,7 +268,7 @@ static long long run_golden_line(shard_model_t *model, const char *dir_name, con
     if (status)
         fail_msg("%s: case_parse: %s (%s)", where, err.message, shard_status_str(status));
     assert_string_equal(c.name, cJSON_IsString(name) ? name->valuestring : "");
-    status = case_run(model, &c, &outputs, &err);
+    status = case_run(model, run_state, &c, &outputs, &err);
     if (status)
         fail_msg("%s: case_run: %s (%s)", where, err.message, shard_status_str(status));
     long long values = compare_outputs(where, &outputs,
@@ -286,6 +287,8 @@ static void test_golden_dir(void **state)
     shard_model_t *model = shard_model_open(dir->path, NULL, &err);
     if (!model)
         fail_msg("%s: shard_model_open: %s", dir->name, err.message);
+    shard_state_t *run_state = shard_state_new();
+    assert_non_null(run_state);
     snprintf(path, sizeof path, "%s/cases.jsonl", dir->path);
     char *text = read_text(path);
     assert_non_null(text);
@@ -293,8 +296,10 @@ static void test_golden_dir(void **state)
     int cases = 0;
     long long values = 0;
     while ((line = next_line(&cursor)) != NULL)
-        values += run_golden_line(model, dir->name, line, ++cases);
+        values += run_golden_line(model, run_state, dir->name, line, ++cases);
     free(text);
+    shard_state_destroy(&run_state);
+    assert_null(run_state);
     shard_model_destroy(&model);
     assert_null(model);
     if (cases == 0)
@@ -308,13 +313,14 @@ static void test_golden_dir(void **state)
 /* ------------------------------------------------------------ xlm-infer */
 
 /* The in-process result of a golden line, as a parsed case and outputs. */
-static void run_in_process(shard_model_t *model, const char *line, shard_outputs_t *outputs)
+static void run_in_process(const shard_model_t *model, shard_state_t *run_state, const char *line,
+                           shard_outputs_t *outputs)
 {
     case_t c;
     shard_error_t err = {0};
     shard_outputs_init(outputs);
     if (case_parse(line, strlen(line), &c, &err) ||
-        case_run(model, &c, outputs, &err))
+        case_run(model, run_state, &c, outputs, &err))
         fail_msg("in-process run failed: %s", err.message);
     case_clear(&c);
 }
@@ -380,6 +386,8 @@ static void test_cli_matches_golden(void **state)
         shard_model_t *model = shard_model_open(dir, NULL, &err);
         if (!model)
             fail_msg("%s: %s", dir, err.message);
+        shard_state_t *run_state = shard_state_new();
+        assert_non_null(run_state);
 
         char *cursor = golden_text, *line, *result_line = NULL;
         size_t cap = 0;
@@ -393,7 +401,7 @@ static void test_cli_matches_golden(void **state)
             if (!result || !golden)
                 fail_msg("%s: a line is not JSON: %.200s", where, result_line);
             shard_outputs_t outputs;
-            run_in_process(model, line, &outputs);
+            run_in_process(model, run_state, line, &outputs);
             if (check_cli_line(where, result, golden, &outputs) == 0)
                 fail_msg("%s: no values compared", where);
             shard_outputs_clear(&outputs);
@@ -405,6 +413,7 @@ static void test_cli_matches_golden(void **state)
             fail_msg("xlm-infer %s: more result lines than cases", cli_dirs[d]);
         free(result_line);
         free(golden_text);
+        shard_state_destroy(&run_state);
         shard_model_destroy(&model);
         int rc = pclose(pipe);
         if (rc != 0)

@@ -54,14 +54,14 @@ static void expect_error_v(const char *what, shard_status_t status, const shard_
 
 /* shard_forward and shard_inputs_check both refuse in with SHARD_ERR_INPUT
  * and the fragments, and no output is produced. */
-static void expect_bad_inputs(shard_model_t *model, shard_head_t head, const shard_inputs_t *in,
+static void expect_bad_inputs(const shard_model_t *model, shard_state_t *run_state, shard_head_t head, const shard_inputs_t *in,
                               ...)
 {
     shard_error_t err = {0};
     shard_outputs_t outputs;
     va_list args;
     shard_outputs_init(&outputs);
-    shard_status_t status = shard_forward(model, head, in, &outputs, &err);
+    shard_status_t status = shard_forward(model, run_state, head, in, &outputs, &err);
     va_start(args, in);
     expect_error_v("shard_forward", status, &err, SHARD_ERR_INPUT, args);
     va_end(args);
@@ -75,7 +75,7 @@ static void expect_bad_inputs(shard_model_t *model, shard_head_t head, const sha
 }
 
 /* A JSON case line must fail to parse or to run with SHARD_ERR_INPUT. */
-static void expect_bad_line(shard_model_t *model, const char *line, ...)
+static void expect_bad_line(const shard_model_t *model, shard_state_t *run_state, const char *line, ...)
 {
     case_t c;
     shard_error_t err = {0};
@@ -83,7 +83,7 @@ static void expect_bad_line(shard_model_t *model, const char *line, ...)
     shard_outputs_init(&outputs);
     shard_status_t status = case_parse(line, strlen(line), &c, &err);
     if (!status)
-        status = case_run(model, &c, &outputs, &err);
+        status = case_run(model, run_state, &c, &outputs, &err);
     va_list args;
     va_start(args, line);
     expect_error_v(line, status, &err, SHARD_ERR_INPUT, args);
@@ -113,6 +113,7 @@ static bool close_enough(float got, float want)
 typedef struct {
     shard_model_t *mlm; /* mlm_multi-base: 4 languages, not causal */
     shard_model_t *clm; /* clm-lm: causal, LM head */
+    shard_state_t *run; /* one run state serving both models */
 } fixture_t;
 
 static int setup(void **state)
@@ -120,6 +121,8 @@ static int setup(void **state)
     static fixture_t fixture;
     fixture.mlm = open_model("mlm_multi-base");
     fixture.clm = open_model("clm-lm");
+    fixture.run = shard_state_new();
+    assert_non_null(fixture.run);
     *state = &fixture;
     return 0;
 }
@@ -129,6 +132,7 @@ static int teardown(void **state)
     fixture_t *fixture = *state;
     shard_model_destroy(&fixture->mlm);
     shard_model_destroy(&fixture->clm);
+    shard_state_destroy(&fixture->run);
     return 0;
 }
 
@@ -137,8 +141,8 @@ static void test_id_at_vocab_size(void **state)
     fixture_t *f = *state;
     const int64_t ids[4] = {0, 1044, 35, 1};
     shard_inputs_t in = {.batch = 1, .seq = 4, .input_ids = ids};
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &in, "input_ids[0][1] = 1044", "0..1043", NULL);
-    expect_bad_inputs(f->clm, SHARD_HEAD_LM, &in, "input_ids[0][1] = 1044", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &in, "input_ids[0][1] = 1044", "0..1043", NULL);
+    expect_bad_inputs(f->clm, f->run, SHARD_HEAD_LM, &in, "input_ids[0][1] = 1044", NULL);
 }
 
 static void test_negative_id(void **state)
@@ -146,7 +150,7 @@ static void test_negative_id(void **state)
     fixture_t *f = *state;
     const int64_t ids[2][3] = {{0, 35, 1}, {0, 35, -1}};
     shard_inputs_t in = {.batch = 2, .seq = 3, .input_ids = &ids[0][0]};
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &in, "input_ids[1][2] = -1", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &in, "input_ids[1][2] = -1", NULL);
 }
 
 static void test_sequence_longer_than_position_table(void **state)
@@ -155,14 +159,14 @@ static void test_sequence_longer_than_position_table(void **state)
     int64_t ids[MAX_SEQ + 1];
     fill_ids(ids, MAX_SEQ + 1, 1);
     shard_inputs_t in = {.batch = 1, .seq = MAX_SEQ + 1, .input_ids = ids};
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &in, "sequence length 65",
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &in, "sequence length 65",
                       "max_position_embeddings 64", NULL);
     /* The longest allowed sequence runs. */
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
     in.seq = MAX_SEQ;
-    assert_int_equal(shard_forward(f->mlm, SHARD_HEAD_BASE, &in, &outputs, &err), SHARD_OK);
+    assert_int_equal(shard_forward(f->mlm, f->run, SHARD_HEAD_BASE, &in, &outputs, &err), SHARD_OK);
     shard_outputs_clear(&outputs);
 }
 
@@ -171,13 +175,13 @@ static void test_lang_out_of_range(void **state)
     fixture_t *f = *state;
     const int64_t ids[3] = {0, 35, 1}, langs[3] = {0, 3, 4}, negative[3] = {0, -1, 0};
     shard_inputs_t in = {.batch = 1, .seq = 3, .input_ids = ids, .langs = langs};
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &in, "langs[0][2] = 4", "0..3", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &in, "langs[0][2] = 4", "0..3", NULL);
     in.langs = negative;
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &in, "langs[0][1] = -1", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &in, "langs[0][1] = -1", NULL);
     /* clm has 2 languages: 3 is already too many. */
     const int64_t three[3] = {0, 3, 0};
     in.langs = three;
-    expect_bad_inputs(f->clm, SHARD_HEAD_LM, &in, "langs[0][1] = 3", "0..1", NULL);
+    expect_bad_inputs(f->clm, f->run, SHARD_HEAD_LM, &in, "langs[0][1] = 3", "0..1", NULL);
 }
 
 static void test_attention_mask_value_two(void **state)
@@ -186,8 +190,8 @@ static void test_attention_mask_value_two(void **state)
     const int64_t ids[2][3] = {{0, 35, 1}, {0, 36, 1}}, mask[2][3] = {{1, 1, 1}, {1, 2, 0}};
     shard_inputs_t in = {.batch = 2, .seq = 3, .input_ids = &ids[0][0],
                          .attention_mask = &mask[0][0]};
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &in, "attention_mask[1][1] = 2", "0..1", NULL);
-    expect_bad_inputs(f->clm, SHARD_HEAD_LM, &in, "attention_mask[1][1] = 2", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &in, "attention_mask[1][1] = 2", "0..1", NULL);
+    expect_bad_inputs(f->clm, f->run, SHARD_HEAD_LM, &in, "attention_mask[1][1] = 2", NULL);
 }
 
 static void test_position_id_out_of_range(void **state)
@@ -195,9 +199,9 @@ static void test_position_id_out_of_range(void **state)
     fixture_t *f = *state;
     const int64_t ids[3] = {0, 35, 1}, high[3] = {62, 63, 64}, negative[3] = {-1, 0, 1};
     shard_inputs_t in = {.batch = 1, .seq = 3, .input_ids = ids, .position_ids = high};
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &in, "position_ids[0][2] = 64", "0..63", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &in, "position_ids[0][2] = 64", "0..63", NULL);
     in.position_ids = negative;
-    expect_bad_inputs(f->clm, SHARD_HEAD_LM, &in, "position_ids[0][0] = -1", NULL);
+    expect_bad_inputs(f->clm, f->run, SHARD_HEAD_LM, &in, "position_ids[0][0] = -1", NULL);
 }
 
 static void test_token_type_out_of_range(void **state)
@@ -205,7 +209,7 @@ static void test_token_type_out_of_range(void **state)
     fixture_t *f = *state;
     const int64_t ids[3] = {0, 35, 1}, types[3] = {0, 0, 5000};
     shard_inputs_t in = {.batch = 1, .seq = 3, .input_ids = ids, .token_type_ids = types};
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &in, "token_type_ids[0][2] = 5000", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &in, "token_type_ids[0][2] = 5000", NULL);
 }
 
 static void test_empty_batch(void **state)
@@ -215,38 +219,38 @@ static void test_empty_batch(void **state)
     shard_inputs_t none = {.batch = 0, .seq = 3, .input_ids = ids};
     shard_inputs_t empty_rows = {.batch = 2, .seq = 0, .input_ids = ids};
     shard_inputs_t no_ids = {.batch = 1, .seq = 1, .input_ids = NULL};
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &none, "empty batch", "0 rows", NULL);
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &empty_rows, "empty batch", NULL);
-    expect_bad_inputs(f->mlm, SHARD_HEAD_BASE, &no_ids, "empty batch", NULL);
-    expect_bad_line(f->mlm, "{\"name\": \"bad\", \"inputs\": {\"input_ids\": []}}",
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &none, "empty batch", "0 rows", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &empty_rows, "empty batch", NULL);
+    expect_bad_inputs(f->mlm, f->run, SHARD_HEAD_BASE, &no_ids, "empty batch", NULL);
+    expect_bad_line(f->mlm, f->run, "{\"name\": \"bad\", \"inputs\": {\"input_ids\": []}}",
                     "input_ids", NULL);
-    expect_bad_line(f->mlm, "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[]]}}",
+    expect_bad_line(f->mlm, f->run, "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[]]}}",
                     "empty batch", NULL);
-    expect_bad_line(f->mlm, "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[], []]}}",
+    expect_bad_line(f->mlm, f->run, "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[], []]}}",
                     "empty batch", NULL);
 }
 
 static void test_ragged_rows_in_case_line(void **state)
 {
     fixture_t *f = *state;
-    expect_bad_line(f->mlm,
+    expect_bad_line(f->mlm, f->run,
                     "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[0, 35, 1], [0, 1]]}}",
                     "input_ids", "ragged", "has 2 entries, expected 3", NULL);
-    expect_bad_line(f->mlm,
+    expect_bad_line(f->mlm, f->run,
                     "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[0, 1], [0, 35, 1]]}}",
                     "input_ids", "ragged", "has 3 entries, expected 2", NULL);
-    expect_bad_line(f->mlm,
+    expect_bad_line(f->mlm, f->run,
                     "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[0, 35, 1], [0, 36, 1]], "
                     "\"attention_mask\": [[1, 1, 1], [1, 1]]}}",
                     "attention_mask", NULL);
-    expect_bad_line(f->mlm,
+    expect_bad_line(f->mlm, f->run,
                     "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[0, 35, 1]], "
                     "\"langs\": [[0, 0, 0], [0, 0, 0]]}}",
                     "langs", "shape differs from input_ids", NULL);
-    expect_bad_line(f->mlm,
+    expect_bad_line(f->mlm, f->run,
                     "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[0, 35.5, 1]]}}",
                     "input_ids", "35.5", "not an integer", NULL);
-    expect_bad_line(f->mlm,
+    expect_bad_line(f->mlm, f->run,
                     "{\"name\": \"bad\", \"inputs\": {\"input_ids\": [[0, \"35\", 1]]}}",
                     "input_ids", "not a number", NULL);
 }
@@ -254,12 +258,12 @@ static void test_ragged_rows_in_case_line(void **state)
 static void test_malformed_case_line(void **state)
 {
     fixture_t *f = *state;
-    expect_bad_line(f->mlm, "{\"name\": \"bad\", \"inputs\": {\"input_idz\": [[0, 1]]}}",
+    expect_bad_line(f->mlm, f->run, "{\"name\": \"bad\", \"inputs\": {\"input_idz\": [[0, 1]]}}",
                     "unknown field", "input_idz", NULL);
-    expect_bad_line(f->mlm, "{\"name\": \"bad\", \"inputs\": {\"langs\": [[0, 1]]}}",
+    expect_bad_line(f->mlm, f->run, "{\"name\": \"bad\", \"inputs\": {\"langs\": [[0, 1]]}}",
                     "input_ids is missing", NULL);
-    expect_bad_line(f->mlm, "{\"name\": \"bad\", \"inputs\": [[0, 1]]}", "inputs", NULL);
-    expect_bad_line(f->mlm, "{\"name\": \"bad\", \"kind\": \"beam\", \"inputs\": {}}",
+    expect_bad_line(f->mlm, f->run, "{\"name\": \"bad\", \"inputs\": [[0, 1]]}", "inputs", NULL);
+    expect_bad_line(f->mlm, f->run, "{\"name\": \"bad\", \"kind\": \"beam\", \"inputs\": {}}",
                     "unknown kind", "beam", NULL);
 }
 
@@ -267,32 +271,34 @@ static void test_multiple_choice_shapes(void **state)
 {
     (void)state;
     shard_model_t *mc = open_model("mlm_multi-multiple_choice");
+    shard_state_t *run = shard_state_new();
     const int64_t ids[3][3] = {{0, 35, 1}, {0, 36, 1}, {0, 37, 1}};
     shard_inputs_t in = {.batch = 3, .seq = 3, .n_choices = 2, .input_ids = &ids[0][0]};
-    expect_bad_inputs(mc, SHARD_HEAD_MULTIPLE_CHOICE, &in, "3 rows",
+    expect_bad_inputs(mc, run, SHARD_HEAD_MULTIPLE_CHOICE, &in, "3 rows",
                       "examples of 2 choices", NULL);
     in.n_choices = -1;
-    expect_bad_inputs(mc, SHARD_HEAD_MULTIPLE_CHOICE, &in, "choices", NULL);
+    expect_bad_inputs(mc, run, SHARD_HEAD_MULTIPLE_CHOICE, &in, "choices", NULL);
     /* [batch][choices][seq] for another head, and [batch][seq] for it. */
-    expect_bad_line(mc,
+    expect_bad_line(mc, run,
                     "{\"name\": \"bad\", \"head\": \"seq_cls\", \"inputs\": {\"input_ids\": "
                     "[[[0, 35, 1], [0, 36, 1]]]}}",
                     "only for multiple_choice", "seq_cls", NULL);
-    expect_bad_line(mc,
+    expect_bad_line(mc, run,
                     "{\"name\": \"bad\", \"head\": \"multiple_choice\", \"inputs\": "
                     "{\"input_ids\": [[0, 35, 1], [0, 36, 1]]}}",
                     "multiple_choice takes input_ids of [batch][choices][seq]", NULL);
     /* Ragged choices: the second example has one choice. */
-    expect_bad_line(mc,
+    expect_bad_line(mc, run,
                     "{\"name\": \"bad\", \"head\": \"multiple_choice\", \"inputs\": "
                     "{\"input_ids\": [[[0, 35, 1], [0, 36, 1]], [[0, 37, 1]]]}}",
                     "ragged", "depth 1", NULL);
     /* A mask of [batch][seq] for ids of [batch][choices][seq]. */
-    expect_bad_line(mc,
+    expect_bad_line(mc, run,
                     "{\"name\": \"bad\", \"head\": \"multiple_choice\", \"inputs\": "
                     "{\"input_ids\": [[[0, 35, 1], [0, 36, 1]]], "
                     "\"attention_mask\": [[1, 1, 1], [1, 1, 1]]}}",
                     "attention_mask", "shape differs", NULL);
+    shard_state_destroy(&run);
     shard_model_destroy(&mc);
 }
 
@@ -300,21 +306,23 @@ static void test_p_mask_not_finite(void **state)
 {
     (void)state;
     shard_model_t *qa = open_model("mlm_multi-qa");
+    shard_state_t *run = shard_state_new();
     int64_t ids[2][6];
     fill_ids(&ids[0][0], 12, 7);
     float p_mask[2][6] = {{0, 0, 0, 0, 0, 0}, {0, 1, NAN, 0, 0, 0}};
     shard_inputs_t in = {.batch = 2, .seq = 6, .input_ids = &ids[0][0], .p_mask = &p_mask[0][0]};
-    expect_bad_inputs(qa, SHARD_HEAD_QA, &in, "p_mask[1][2]", "not finite", NULL);
+    expect_bad_inputs(qa, run, SHARD_HEAD_QA, &in, "p_mask[1][2]", "not finite", NULL);
     p_mask[1][2] = 0;
     p_mask[0][5] = -INFINITY;
-    expect_bad_inputs(qa, SHARD_HEAD_QA, &in, "p_mask[0][5]", "not finite", NULL);
+    expect_bad_inputs(qa, run, SHARD_HEAD_QA, &in, "p_mask[0][5]", "not finite", NULL);
     /* Finite again: it runs. */
     p_mask[0][5] = 1;
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_forward(qa, SHARD_HEAD_QA, &in, &outputs, &err), SHARD_OK);
+    assert_int_equal(shard_forward(qa, run, SHARD_HEAD_QA, &in, &outputs, &err), SHARD_OK);
     shard_outputs_clear(&outputs);
+    shard_state_destroy(&run);
     shard_model_destroy(&qa);
 }
 
@@ -322,15 +330,17 @@ static void test_qa_sequence_shorter_than_top_k(void **state)
 {
     (void)state;
     shard_model_t *qa = open_model("mlm_multi-qa"); /* start_n_top 5 */
+    shard_state_t *run = shard_state_new();
     const int64_t ids[4] = {0, 35, 36, 1};
     shard_inputs_t in = {.batch = 1, .seq = 4, .input_ids = ids};
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_forward(qa, SHARD_HEAD_QA, &in, &outputs, &err), SHARD_ERR_INPUT);
+    assert_int_equal(shard_forward(qa, run, SHARD_HEAD_QA, &in, &outputs, &err), SHARD_ERR_INPUT);
     assert_non_null(strstr(err.message, "sequence length 4"));
     assert_non_null(strstr(err.message, "start_n_top 5"));
     assert_int_equal(outputs.count, 0);
+    shard_state_destroy(&run);
     shard_model_destroy(&qa);
 }
 
@@ -343,12 +353,12 @@ static void test_greedy_past_position_table(void **state)
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_generate_greedy(f->clm, &in, 5, 0, &outputs, &err), SHARD_ERR_INPUT);
+    assert_int_equal(shard_generate_greedy(f->clm, f->run, &in, 5, 0, &outputs, &err), SHARD_ERR_INPUT);
     assert_non_null(strstr(err.message, "60 tokens plus 5 steps"));
     assert_non_null(strstr(err.message, "64"));
     assert_int_equal(outputs.count, 0);
     /* Exactly filling the table is fine. */
-    assert_int_equal(shard_generate_greedy(f->clm, &in, 4, 0, &outputs, &err), SHARD_OK);
+    assert_int_equal(shard_generate_greedy(f->clm, f->run, &in, 4, 0, &outputs, &err), SHARD_OK);
     assert_int_equal(shard_outputs_find(&outputs, "new_ids")->shape[1], 4);
     shard_outputs_clear(&outputs);
 }
@@ -380,12 +390,12 @@ static void make_batch(padded_batch_t *batch, uint32_t seed)
 }
 
 /* Output name of a head's per-position tensor. */
-static const shard_tensor_t *run_head(shard_model_t *model, shard_head_t head,
+static const shard_tensor_t *run_head(const shard_model_t *model, shard_state_t *run_state, shard_head_t head,
                                       const shard_inputs_t *in, shard_outputs_t *outputs)
 {
     shard_error_t err = {0};
     shard_outputs_init(outputs);
-    if (shard_forward(model, head, in, outputs, &err))
+    if (shard_forward(model, run_state, head, in, outputs, &err))
         fail_msg("shard_forward: %s", err.message);
     return &outputs->tensors[0];
 }
@@ -411,7 +421,7 @@ static void compare_row(const char *what, const shard_tensor_t *batch, int r,
 
 /* Each row of a padded batch against the same row run alone (no padding)
  * and alone with the batch's trailing padding. */
-static void check_rows_independent(shard_model_t *model, shard_head_t head, bool with_langs,
+static void check_rows_independent(const shard_model_t *model, shard_state_t *run_state, shard_head_t head, bool with_langs,
                                    const char *what)
 {
     padded_batch_t b;
@@ -420,15 +430,15 @@ static void check_rows_independent(shard_model_t *model, shard_head_t head, bool
                                .attention_mask = &b.mask[0][0],
                                .langs = with_langs ? &b.langs[0][0] : NULL};
     shard_outputs_t batch_out, alone_out, padded_out;
-    const shard_tensor_t *in_batch = run_head(model, head, &batch_in, &batch_out);
+    const shard_tensor_t *in_batch = run_head(model, run_state, head, &batch_in, &batch_out);
     for (int r = 0; r < ROWS; r++) {
         shard_inputs_t alone = {.batch = 1, .seq = row_length[r], .input_ids = b.ids[r],
                                 .langs = with_langs ? b.langs[r] : NULL};
         shard_inputs_t padded = {.batch = 1, .seq = WIDTH, .input_ids = b.ids[r],
                                  .attention_mask = b.mask[r],
                                  .langs = with_langs ? b.langs[r] : NULL};
-        const shard_tensor_t *a = run_head(model, head, &alone, &alone_out);
-        const shard_tensor_t *p = run_head(model, head, &padded, &padded_out);
+        const shard_tensor_t *a = run_head(model, run_state, head, &alone, &alone_out);
+        const shard_tensor_t *p = run_head(model, run_state, head, &padded, &padded_out);
         compare_row(what, in_batch, r, a, row_length[r]);
         compare_row(what, p, 0, a, row_length[r]);
         /* Padding positions hold what a padded row holds, whichever row. */
@@ -451,15 +461,15 @@ static void check_rows_independent(shard_model_t *model, shard_head_t head, bool
 static void test_rows_independent_mlm(void **state)
 {
     fixture_t *f = *state;
-    check_rows_independent(f->mlm, SHARD_HEAD_BASE, false, "mlm_multi base");
-    check_rows_independent(f->mlm, SHARD_HEAD_BASE, true, "mlm_multi base with langs");
+    check_rows_independent(f->mlm, f->run, SHARD_HEAD_BASE, false, "mlm_multi base");
+    check_rows_independent(f->mlm, f->run, SHARD_HEAD_BASE, true, "mlm_multi base with langs");
 }
 
 static void test_rows_independent_clm(void **state)
 {
     fixture_t *f = *state;
-    check_rows_independent(f->clm, SHARD_HEAD_BASE, true, "clm base");
-    check_rows_independent(f->clm, SHARD_HEAD_LM, false, "clm lm logits");
+    check_rows_independent(f->clm, f->run, SHARD_HEAD_BASE, true, "clm base");
+    check_rows_independent(f->clm, f->run, SHARD_HEAD_LM, false, "clm lm logits");
 }
 
 static void test_row_order_does_not_matter(void **state)
@@ -480,8 +490,8 @@ static void test_row_order_does_not_matter(void **state)
         in_swapped.input_ids = &swapped.ids[0][0];
         in_swapped.attention_mask = &swapped.mask[0][0];
         shard_outputs_t o1, o2;
-        const shard_tensor_t *t1 = run_head(models[m], SHARD_HEAD_BASE, &in, &o1);
-        const shard_tensor_t *t2 = run_head(models[m], SHARD_HEAD_BASE, &in_swapped, &o2);
+        const shard_tensor_t *t1 = run_head(models[m], f->run, SHARD_HEAD_BASE, &in, &o1);
+        const shard_tensor_t *t2 = run_head(models[m], f->run, SHARD_HEAD_BASE, &in_swapped, &o2);
         const size_t row = (size_t)(WIDTH * t1->shape[2]);
         for (size_t i = 0; i < row; i++) {
             if (!close_enough(t2->f32[2 * row + i], t1->f32[i]) ||
@@ -496,15 +506,15 @@ static void test_row_order_does_not_matter(void **state)
 
 /* Without attention_mask, the mask is 1 on the first k positions, k the
  * number of non-pad ids: the same as giving that mask. */
-static void check_default_mask(shard_model_t *model, shard_head_t head, const int64_t *ids,
+static void check_default_mask(const shard_model_t *model, shard_state_t *run_state, shard_head_t head, const int64_t *ids,
                                const int64_t *mask, int64_t batch, int64_t seq, const char *what)
 {
     shard_inputs_t implicit = {.batch = batch, .seq = seq, .input_ids = ids};
     shard_inputs_t explicit_mask = implicit;
     explicit_mask.attention_mask = mask;
     shard_outputs_t o1, o2;
-    const shard_tensor_t *t1 = run_head(model, head, &implicit, &o1);
-    const shard_tensor_t *t2 = run_head(model, head, &explicit_mask, &o2);
+    const shard_tensor_t *t1 = run_head(model, run_state, head, &implicit, &o1);
+    const shard_tensor_t *t2 = run_head(model, run_state, head, &explicit_mask, &o2);
     const int64_t n = shard_tensor_numel(t1);
     assert_int_equal(shard_tensor_numel(t2), n);
     for (int64_t i = 0; i < n; i++)
@@ -520,11 +530,11 @@ static void test_default_mask_equals_explicit_mask(void **state)
     fixture_t *f = *state;
     padded_batch_t b;
     make_batch(&b, 23);
-    check_default_mask(f->mlm, SHARD_HEAD_BASE, &b.ids[0][0], &b.mask[0][0], ROWS, WIDTH,
+    check_default_mask(f->mlm, f->run, SHARD_HEAD_BASE, &b.ids[0][0], &b.mask[0][0], ROWS, WIDTH,
                        "mlm_multi padded batch");
-    check_default_mask(f->clm, SHARD_HEAD_BASE, &b.ids[0][0], &b.mask[0][0], ROWS, WIDTH,
+    check_default_mask(f->clm, f->run, SHARD_HEAD_BASE, &b.ids[0][0], &b.mask[0][0], ROWS, WIDTH,
                        "clm padded batch");
-    check_default_mask(f->clm, SHARD_HEAD_LM, &b.ids[0][0], &b.mask[0][0], ROWS, WIDTH,
+    check_default_mask(f->clm, f->run, SHARD_HEAD_LM, &b.ids[0][0], &b.mask[0][0], ROWS, WIDTH,
                        "clm lm padded batch");
 }
 
@@ -534,8 +544,8 @@ static void test_default_mask_counts_pad_ids_anywhere(void **state)
      * the end: 4 non-pad ids give the mask 1 1 1 1 0. */
     fixture_t *f = *state;
     const int64_t ids[5] = {0, 35, PAD, 96, 1}, mask[5] = {1, 1, 1, 1, 0};
-    check_default_mask(f->mlm, SHARD_HEAD_BASE, ids, mask, 1, 5, "mlm_multi inner pad");
-    check_default_mask(f->clm, SHARD_HEAD_LM, ids, mask, 1, 5, "clm inner pad");
+    check_default_mask(f->mlm, f->run, SHARD_HEAD_BASE, ids, mask, 1, 5, "mlm_multi inner pad");
+    check_default_mask(f->clm, f->run, SHARD_HEAD_LM, ids, mask, 1, 5, "clm inner pad");
 }
 
 static void test_default_mask_function(void **state)
@@ -566,7 +576,8 @@ static void test_default_mask_function(void **state)
  * hidden states are zero and the other rows are unaffected. */
 static void check_fully_masked(const char *name)
 {
-    shard_model_t *model = open_model(name); /* fresh: nothing cached yet */
+    shard_model_t *model = open_model(name);
+    shard_state_t *run_state = shard_state_new(); /* fresh: nothing cached yet */
     const int64_t ids[2][4] = {{0, 35, 96, 1}, {0, 36, 97, 1}};
     const int64_t none[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
     const int64_t one[2][4] = {{0, 0, 0, 0}, {1, 1, 1, 1}};
@@ -576,7 +587,7 @@ static void check_fully_masked(const char *name)
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
     /* Every row masked: nothing to compute, all zeros. */
-    shard_status_t status = shard_forward(model, SHARD_HEAD_BASE, &in, &outputs, &err);
+    shard_status_t status = shard_forward(model, run_state, SHARD_HEAD_BASE, &in, &outputs, &err);
     if (status)
         fail_msg("%s: a batch of fully masked rows: %s (%s)", name, shard_status_str(status),
                  err.message);
@@ -586,11 +597,12 @@ static void check_fully_masked(const char *name)
     shard_outputs_clear(&outputs);
     /* One row masked next to a real one. */
     in.attention_mask = &one[0][0];
-    assert_int_equal(shard_forward(model, SHARD_HEAD_BASE, &in, &outputs, &err), SHARD_OK);
+    assert_int_equal(shard_forward(model, run_state, SHARD_HEAD_BASE, &in, &outputs, &err), SHARD_OK);
     t = &outputs.tensors[0];
     for (int64_t i = 0; i < t->shape[1] * t->shape[2]; i++)
         assert_true(t->f32[i] == 0.0f);
     shard_outputs_clear(&outputs);
+    shard_state_destroy(&run_state);
     shard_model_destroy(&model);
 }
 

@@ -50,7 +50,7 @@ static shard_model_t *open_or_fail(const char *dir, const shard_range_t *range)
     char path[1024];
     shard_error_t err = {0};
     golden_path(path, sizeof path, dir);
-    shard_model_t *model = shard_model_open(path, range, &err);
+    shard_model_t *model = shard_model_open(path, &(shard_model_options_t){.range = range}, &err);
     if (!model)
         fail_msg("shard_model_open %s: %s", dir, err.message);
     return model;
@@ -118,10 +118,11 @@ static shard_acts_t *ship(const shard_acts_t *from)
 static void run_pipeline(shard_model_t **stages, int n_stages, const case_t *c,
                          shard_outputs_t *outputs)
 {
+    shard_state_t *run_state = shard_state_new();
     shard_error_t err = {0};
     shard_acts_t *acts = shard_acts_new();
     assert_non_null(acts);
-    if (shard_embed(stages[0], &c->inputs, acts, &err))
+    if (shard_embed(stages[0], run_state, &c->inputs, acts, &err))
         fail_msg("%s: shard_embed: %s", c->name, err.message);
     for (int s = 0; s < n_stages; s++) {
         if (s > 0) {
@@ -129,18 +130,19 @@ static void run_pipeline(shard_model_t **stages, int n_stages, const case_t *c,
             shard_acts_destroy(&acts);
             acts = received;
         }
-        if (shard_run_layers(stages[s], acts, &err))
+        if (shard_run_layers(stages[s], run_state, acts, &err))
             fail_msg("%s: stage %d: shard_run_layers: %s", c->name, s, err.message);
     }
     shard_model_t *last = stages[n_stages - 1];
     shard_head_t head = c->head == SHARD_HEAD_COUNT_ ? shard_model_default_head(last) : c->head;
     shard_status_t status =
         c->kind == CASE_CLM_SCORE
-            ? shard_head_clm_score(last, acts, &c->inputs, NULL, outputs, &err)
-            : shard_head(last, head, acts, &c->inputs, outputs, &err);
+            ? shard_head_clm_score(last, run_state, acts, &c->inputs, NULL, outputs, &err)
+            : shard_head(last, run_state, head, acts, &c->inputs, outputs, &err);
     if (status)
         fail_msg("%s: head: %s", c->name, err.message);
     shard_acts_destroy(&acts);
+    shard_state_destroy(&run_state);
 }
 
 /* Same names, types, shapes and bit-identical values. */
@@ -210,6 +212,7 @@ static int check_split(const char *dir, const case_list_t *cases,
 /* Every two-stage cut k in [0, n] and three-stage cut i <= j of one folder. */
 static void check_folder(const char *dir, int *two_stage, int *three_stage)
 {
+    shard_state_t *run_state = shard_state_new();
     static case_list_t cases;
     static shard_outputs_t whole[32];
     load_cases(dir, &cases);
@@ -218,7 +221,7 @@ static void check_folder(const char *dir, int *two_stage, int *three_stage)
     for (int i = 0; i < cases.count; i++) {
         shard_error_t err = {0};
         shard_outputs_init(&whole[i]);
-        if (case_run(model, &cases.cases[i], &whole[i], &err))
+        if (case_run(model, run_state, &cases.cases[i], &whole[i], &err))
             fail_msg("%s %s: whole model: %s", dir, cases.cases[i].name, err.message);
     }
     shard_model_destroy(&model);
@@ -232,6 +235,7 @@ static void check_folder(const char *dir, int *two_stage, int *three_stage)
     for (int i = 0; i < cases.count; i++)
         shard_outputs_clear(&whole[i]);
     clear_cases(&cases);
+    shard_state_destroy(&run_state);
 }
 
 /* ------------------------------------------------------------ equivalence */
@@ -368,6 +372,7 @@ static void assert_outputs_close(const char *where, const shard_outputs_t *got,
 static void run_in_micro_batch(shard_model_t *model, const case_t *c,
                                shard_outputs_t *outputs)
 {
+    shard_state_t *run_state = shard_state_new();
     const shard_config_t *config = shard_model_config(model);
     micro_batch_t m;
     build_micro_batch(config, &c->inputs, &m);
@@ -377,22 +382,25 @@ static void run_in_micro_batch(shard_model_t *model, const case_t *c,
     shard_error_t err = {0};
     shard_acts_t *acts = shard_acts_new(), view;
     assert_non_null(acts);
-    if (shard_embed(model, &in, acts, &err) || shard_run_layers(model, acts, &err) ||
+    if (shard_embed(model, run_state, &in, acts, &err) ||
+        shard_run_layers(model, run_state, acts, &err) ||
         shard_acts_view(acts, VIEW_PRE, c->inputs.batch, c->inputs.seq, &view, &err))
         fail_msg("%s: micro-batch: %s", c->name, err.message);
     shard_head_t head = c->head == SHARD_HEAD_COUNT_ ? shard_head_of_architecture(config->architecture) : c->head;
     shard_status_t status =
         c->kind == CASE_CLM_SCORE
-            ? shard_head_clm_score(model, &view, &c->inputs, NULL, outputs, &err)
-            : shard_head(model, head, &view, &c->inputs, outputs, &err);
+            ? shard_head_clm_score(model, run_state, &view, &c->inputs, NULL, outputs, &err)
+            : shard_head(model, run_state, head, &view, &c->inputs, outputs, &err);
     if (status)
         fail_msg("%s: head on the view: %s", c->name, err.message);
     shard_acts_destroy(&acts);
     free_micro_batch(&m);
+    shard_state_destroy(&run_state);
 }
 
 static void test_head_on_view_matches_request_alone(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     static case_list_t cases;
     int checked = 0;
@@ -410,7 +418,7 @@ static void test_head_on_view_matches_request_alone(void **state)
                          cases.cases[i].name);
                 shard_outputs_init(&alone);
                 shard_outputs_init(&viewed);
-                if (case_run(model, &cases.cases[i], &alone, &err))
+                if (case_run(model, run_state, &cases.cases[i], &alone, &err))
                     fail_msg("%s: %s", where, err.message);
                 run_in_micro_batch(model, &cases.cases[i], &viewed);
                 assert_outputs_close(where, &viewed, &alone);
@@ -423,10 +431,12 @@ static void test_head_on_view_matches_request_alone(void **state)
         }
     /* 123 golden cases but the greedy one. */
     assert_int_equal(checked, 122);
+    shard_state_destroy(&run_state);
 }
 
 static void test_view_refuses_bad_rows_and_lengths(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     shard_model_t *model = open_or_fail("clm-lm", NULL);
     const int64_t ids[2][4] = {{0, 35, 96, 1}, {0, 35, PAD_ID, PAD_ID}};
@@ -435,7 +445,7 @@ static void test_view_refuses_bad_rows_and_lengths(void **state)
                          .attention_mask = &mask[0][0]};
     shard_acts_t *acts = shard_acts_new(), view;
     shard_error_t err = {0};
-    assert_int_equal(shard_embed(model, &in, acts, &err), SHARD_OK);
+    assert_int_equal(shard_embed(model, run_state, &in, acts, &err), SHARD_OK);
     const struct {
         int64_t first, rows, seq;
     } bad[] = {{-1, 1, 4}, {1, 2, 4}, {0, 0, 4}, {2, 1, 4}, {0, 1, 0}};
@@ -456,6 +466,7 @@ static void test_view_refuses_bad_rows_and_lengths(void **state)
     assert_int_equal(view.seq, 2);
     shard_acts_destroy(&acts);
     shard_model_destroy(&model);
+    shard_state_destroy(&run_state);
 }
 
 /* ------------------------------------------------------------ refusals */
@@ -469,23 +480,26 @@ static shard_inputs_t small_inputs(void)
 
 static void test_stage_without_embeddings_refuses_embed(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     shard_range_t range = {1, 3, false, true};
     shard_model_t *stage = open_or_fail("clm-lm", &range);
     shard_acts_t *acts = shard_acts_new();
     shard_inputs_t in = small_inputs();
     shard_error_t err = {0};
-    assert_int_equal(shard_embed(stage, &in, acts, &err), SHARD_ERR_RANGE);
+    assert_int_equal(shard_embed(stage, run_state, &in, acts, &err), SHARD_ERR_RANGE);
     assert_int_equal(err.code, SHARD_ERR_RANGE);
     assert_non_null(strstr(err.message, "shard_embed"));
     assert_non_null(strstr(err.message, "[1, 3)"));
     assert_non_null(strstr(err.message, "without the embeddings"));
     shard_acts_destroy(&acts);
     shard_model_destroy(&stage);
+    shard_state_destroy(&run_state);
 }
 
 static void test_stage_without_heads_refuses_head(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     shard_range_t range = {0, 1, true, false};
     shard_model_t *stage = open_or_fail("clm-lm", &range);
@@ -494,25 +508,27 @@ static void test_stage_without_heads_refuses_head(void **state)
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_embed(stage, &in, acts, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(stage, acts, &err), SHARD_OK);
+    assert_int_equal(shard_embed(stage, run_state, &in, acts, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(stage, run_state, acts, &err), SHARD_OK);
     assert_false(shard_model_has_head(stage, SHARD_HEAD_LM));
 
-    assert_int_equal(shard_head(stage, SHARD_HEAD_LM, acts, &in, &outputs, &err),
+    assert_int_equal(shard_head(stage, run_state, SHARD_HEAD_LM, acts, &in, &outputs, &err),
                      SHARD_ERR_RANGE);
     assert_non_null(strstr(err.message, "lm"));
     assert_non_null(strstr(err.message, "without the heads"));
     memset(&err, 0, sizeof err);
-    assert_int_equal(shard_head_clm_score(stage, acts, &in, NULL, &outputs, &err),
+    assert_int_equal(shard_head_clm_score(stage, run_state, acts, &in, NULL, &outputs, &err),
                      SHARD_ERR_RANGE);
     assert_non_null(strstr(err.message, "without the heads"));
     assert_int_equal(outputs.count, 0);
     shard_acts_destroy(&acts);
     shard_model_destroy(&stage);
+    shard_state_destroy(&run_state);
 }
 
 static void test_partial_model_refuses_whole_model_calls(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     /* Embeddings and heads but only layer 0 of 3: not the whole model. */
     shard_range_t range = {0, 1, true, true};
@@ -521,14 +537,15 @@ static void test_partial_model_refuses_whole_model_calls(void **state)
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_forward(stage, SHARD_HEAD_LM, &in, &outputs, &err), SHARD_ERR_RANGE);
+    assert_int_equal(shard_forward(stage, run_state, SHARD_HEAD_LM, &in, &outputs, &err), SHARD_ERR_RANGE);
     assert_non_null(strstr(err.message, "shard_forward"));
     assert_non_null(strstr(err.message, "[0, 1)"));
     memset(&err, 0, sizeof err);
-    assert_int_equal(shard_generate_greedy(stage, &in, 2, 0, &outputs, &err), SHARD_ERR_RANGE);
+    assert_int_equal(shard_generate_greedy(stage, run_state, &in, 2, 0, &outputs, &err), SHARD_ERR_RANGE);
     assert_non_null(strstr(err.message, "whole model"));
     assert_int_equal(outputs.count, 0);
     shard_model_destroy(&stage);
+    shard_state_destroy(&run_state);
 }
 
 static void test_invalid_ranges(void **state)
@@ -548,7 +565,8 @@ static void test_invalid_ranges(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         shard_error_t err = {0};
-        shard_model_t *model = shard_model_open(path, &bad[i].range, &err);
+        shard_model_t *model = shard_model_open(path, &(shard_model_options_t){.range = &bad[i].range},
+                                                &err);
         if (model)
             fail_msg("range %s was accepted", bad[i].shown);
         assert_int_equal(err.code, SHARD_ERR_RANGE);
@@ -557,6 +575,43 @@ static void test_invalid_ranges(void **state)
             fail_msg("range %s: message \"%s\" does not name the range, the layers and the "
                      "checkpoint", bad[i].shown, err.message);
     }
+}
+
+/* Stage 0 of a pipeline learns the checkpoint's heads from one probe: the
+ * same heads as the whole model reports, for every golden folder. */
+static void test_probe_heads_matches_whole_model(void **state)
+{
+    (void)state;
+    static const char *const dirs[] = {"clm-base", "clm-lm", "clm-qa", "mlm_multi-multiple_choice",
+                                       "mlm_multi-seq_cls", "mlm_multi-qa_simple",
+                                       "mlm_multi-token_cls"};
+    int heads_seen = 0;
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        char path[1024];
+        golden_path(path, sizeof path, dirs[i]);
+        shard_model_t *model = open_or_fail(dirs[i], NULL);
+        bool has[SHARD_HEAD_COUNT_];
+        shard_error_t err = {0};
+        assert_int_equal(shard_model_probe_heads(path, has, &err), SHARD_OK);
+        for (int h = 0; h < SHARD_HEAD_COUNT_; h++) {
+            if (has[h] != shard_model_has_head(model, (shard_head_t)h))
+                fail_msg("%s: probe says %s %s", dirs[i], shard_head_name((shard_head_t)h),
+                         has[h] ? "present" : "absent");
+            heads_seen += has[h];
+        }
+        assert_true(has[SHARD_HEAD_BASE]);
+        assert_true(has[shard_model_default_head(model)]);
+        shard_model_destroy(&model);
+    }
+    assert_true(heads_seen > (int)(sizeof dirs / sizeof dirs[0])); /* more than base alone */
+    /* A folder that is not a checkpoint: an error naming it, no head. */
+    bool has[SHARD_HEAD_COUNT_];
+    shard_error_t err = {0};
+    assert_int_not_equal(shard_model_probe_heads(XLM_GOLDEN_DIR "/no-such-model", has, &err),
+                         SHARD_OK);
+    assert_non_null(strstr(err.message, "no-such-model"));
+    for (int h = 0; h < SHARD_HEAD_COUNT_; h++)
+        assert_false(has[h]);
 }
 
 static void test_empty_stages_are_valid(void **state)
@@ -577,6 +632,7 @@ static void test_empty_stages_are_valid(void **state)
 
 static void test_activations_of_another_width_are_refused(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     /* mlm_multi's activations (emb_dim 64) sent to a clm stage (32). */
     shard_range_t first = {0, 1, true, false}, second = {1, 3, false, true};
@@ -585,18 +641,20 @@ static void test_activations_of_another_width_are_refused(void **state)
     shard_acts_t *acts = shard_acts_new();
     shard_inputs_t in = small_inputs();
     shard_error_t err = {0};
-    assert_int_equal(shard_embed(mlm, &in, acts, &err), SHARD_OK);
-    shard_status_t status = shard_run_layers(clm, acts, &err);
+    assert_int_equal(shard_embed(mlm, run_state, &in, acts, &err), SHARD_OK);
+    shard_status_t status = shard_run_layers(clm, run_state, acts, &err);
     assert_int_equal(status, SHARD_ERR_INPUT);
     assert_non_null(strstr(err.message, "64"));
     assert_non_null(strstr(err.message, "32"));
     shard_acts_destroy(&acts);
     shard_model_destroy(&mlm);
     shard_model_destroy(&clm);
+    shard_state_destroy(&run_state);
 }
 
 static void test_head_refuses_activations_of_another_batch(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     shard_model_t *model = open_or_fail("clm-lm", NULL);
     shard_acts_t *acts = shard_acts_new();
@@ -604,17 +662,18 @@ static void test_head_refuses_activations_of_another_batch(void **state)
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_embed(model, &in, acts, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(model, acts, &err), SHARD_OK);
+    assert_int_equal(shard_embed(model, run_state, &in, acts, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(model, run_state, acts, &err), SHARD_OK);
     shard_inputs_t other = in;
     other.seq = 3;
-    assert_int_equal(shard_head(model, SHARD_HEAD_LM, acts, &other, &outputs, &err),
+    assert_int_equal(shard_head(model, run_state, SHARD_HEAD_LM, acts, &other, &outputs, &err),
                      SHARD_ERR_INPUT);
     assert_non_null(strstr(err.message, "1 x 4"));
     assert_non_null(strstr(err.message, "1 x 3"));
     assert_int_equal(outputs.count, 0);
     shard_acts_destroy(&acts);
     shard_model_destroy(&model);
+    shard_state_destroy(&run_state);
 }
 
 /* The last stage reads the request's inputs (n_choices, ids, p_mask) and
@@ -622,6 +681,7 @@ static void test_head_refuses_activations_of_another_batch(void **state)
  * check them, not index with them. */
 static void test_head_refuses_activations_of_another_width(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     shard_range_t first = {0, 1, true, false};
     shard_model_t *mlm = open_or_fail("mlm_multi-base", &first);
@@ -631,9 +691,9 @@ static void test_head_refuses_activations_of_another_width(void **state)
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    assert_int_equal(shard_embed(mlm, &in, acts, &err), SHARD_OK);
+    assert_int_equal(shard_embed(mlm, run_state, &in, acts, &err), SHARD_OK);
     assert_int_equal(acts->emb_dim, 64);
-    shard_status_t status = shard_head(clm, SHARD_HEAD_LM, acts, &in, &outputs, &err);
+    shard_status_t status = shard_head(clm, run_state, SHARD_HEAD_LM, acts, &in, &outputs, &err);
     if (status != SHARD_ERR_INPUT)
         fail_msg("shard_head on activations of width 64 with emb_dim 32: status %s, %d "
                  "outputs; expected bad_input", shard_status_str(status), outputs.count);
@@ -641,6 +701,7 @@ static void test_head_refuses_activations_of_another_width(void **state)
     shard_acts_destroy(&acts);
     shard_model_destroy(&mlm);
     shard_model_destroy(&clm);
+    shard_state_destroy(&run_state);
 }
 
 /* Three rows with the multiple-choice model, embedded and run. */
@@ -648,17 +709,20 @@ static const int64_t three_rows[3][4] = {{0, 35, 96, 1}, {0, 36, 97, 1}, {0, 37,
 
 static shard_acts_t *run_three_rows(shard_model_t *model)
 {
+    shard_state_t *run_state = shard_state_new();
     shard_inputs_t in = {.batch = 3, .seq = 4, .input_ids = &three_rows[0][0]};
     shard_acts_t *acts = shard_acts_new();
     shard_error_t err = {0};
     assert_non_null(acts);
-    assert_int_equal(shard_embed(model, &in, acts, &err), SHARD_OK);
-    assert_int_equal(shard_run_layers(model, acts, &err), SHARD_OK);
+    assert_int_equal(shard_embed(model, run_state, &in, acts, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(model, run_state, acts, &err), SHARD_OK);
+    shard_state_destroy(&run_state);
     return acts;
 }
 
 static void test_multiple_choice_head_checks_choices(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     /* 3 rows are not examples of 2 choices: the logits are sized [1][2]
      * but the projection writes one value per row, 3. */
@@ -669,7 +733,7 @@ static void test_multiple_choice_head_checks_choices(void **state)
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    shard_status_t status = shard_head(mc, SHARD_HEAD_MULTIPLE_CHOICE, acts, &in, &outputs,
+    shard_status_t status = shard_head(mc, run_state, SHARD_HEAD_MULTIPLE_CHOICE, acts, &in, &outputs,
                                        &err);
     if (status != SHARD_ERR_INPUT)
         fail_msg("multiple_choice head on 3 rows of 2 choices: status %s; expected bad_input",
@@ -677,10 +741,12 @@ static void test_multiple_choice_head_checks_choices(void **state)
     shard_outputs_clear(&outputs);
     shard_acts_destroy(&acts);
     shard_model_destroy(&mc);
+    shard_state_destroy(&run_state);
 }
 
 static void test_clm_score_checks_target_ids(void **state)
 {
+    shard_state_t *run_state = shard_state_new();
     (void)state;
     /* The scorer indexes each position's logits with the next input id. */
     shard_model_t *lm = open_or_fail("clm-lm", NULL);
@@ -692,13 +758,14 @@ static void test_clm_score_checks_target_ids(void **state)
     shard_outputs_t outputs;
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
-    shard_status_t status = shard_head_clm_score(lm, acts, &in, NULL, &outputs, &err);
+    shard_status_t status = shard_head_clm_score(lm, run_state, acts, &in, NULL, &outputs, &err);
     if (status != SHARD_ERR_INPUT)
         fail_msg("clm_score with target id 300000 (vocab 1044): status %s; expected bad_input",
                  shard_status_str(status));
     shard_outputs_clear(&outputs);
     shard_acts_destroy(&acts);
     shard_model_destroy(&lm);
+    shard_state_destroy(&run_state);
 }
 
 int main(void)
@@ -713,6 +780,7 @@ int main(void)
         cmocka_unit_test(test_partial_model_refuses_whole_model_calls),
         cmocka_unit_test(test_invalid_ranges),
         cmocka_unit_test(test_empty_stages_are_valid),
+        cmocka_unit_test(test_probe_heads_matches_whole_model),
         cmocka_unit_test(test_activations_of_another_width_are_refused),
         cmocka_unit_test(test_head_refuses_activations_of_another_batch),
         cmocka_unit_test(test_head_refuses_activations_of_another_width),

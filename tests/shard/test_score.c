@@ -26,7 +26,7 @@ static int64_t *int_array(const cJSON *list, int64_t *n)
 }
 
 /* Every reference pair of pairs_scores.jsonl and shuffled_scores.jsonl. */
-static void check_reference_file(shard_model_t *model, const char *path)
+static void check_reference_file(const shard_model_t *model, shard_state_t *run_state, const char *path)
 {
     FILE *f = fopen(path, "r");
     assert_non_null(f);
@@ -47,7 +47,7 @@ static void check_reference_file(shard_model_t *model, const char *path)
         shard_outputs_t out;
         shard_error_t err = {0};
         shard_outputs_init(&out);
-        assert_int_equal(shard_score_rows(model, SHARD_SCORE_CLM, &rows, &from, &to, &out, &err), SHARD_OK);
+        assert_int_equal(shard_score_rows(model, run_state, SHARD_SCORE_CLM, &rows, &from, &to, &out, &err), SHARD_OK);
         const shard_tensor_t *t = shard_outputs_find(&out, "token_logprobs");
         assert_int_equal(t->row_lengths[0], (int64_t)cJSON_GetObjectItem(o, "n_target_tokens")->valuedouble);
         double score = 0.0;
@@ -79,14 +79,16 @@ static void clm_scores_match_reference(void **state)
     (void)state;
     shard_error_t err = {0};
     shard_model_t *model = shard_model_open(XLM_MODELS_DIR "/tiny-clm-enfr", NULL, &err);
+    shard_state_t *run_state = shard_state_new();
     assert_non_null(model);
-    check_reference_file(model, XLM_MODELS_DIR "/tiny-clm-enfr/examples/pairs_scores.jsonl");
-    check_reference_file(model, XLM_MODELS_DIR "/tiny-clm-enfr/examples/shuffled_scores.jsonl");
+    check_reference_file(model, run_state, XLM_MODELS_DIR "/tiny-clm-enfr/examples/pairs_scores.jsonl");
+    check_reference_file(model, run_state, XLM_MODELS_DIR "/tiny-clm-enfr/examples/shuffled_scores.jsonl");
+    shard_state_destroy(&run_state);
     shard_model_destroy(&model);
 }
 
 /* PLL from full LM logits, one masked copy at a time. */
-static double pll_by_logits(shard_model_t *model, const int64_t *ids, const int64_t *langs,
+static double pll_by_logits(const shard_model_t *model, shard_state_t *run_state, const int64_t *ids, const int64_t *langs,
                             int64_t n, int64_t from, int64_t to, float *per_token)
 {
     const shard_config_t *c = shard_model_config(model);
@@ -99,7 +101,7 @@ static double pll_by_logits(shard_model_t *model, const int64_t *ids, const int6
         shard_outputs_t out;
         shard_error_t err = {0};
         shard_outputs_init(&out);
-        assert_int_equal(shard_forward(model, SHARD_HEAD_LM, &in, &out, &err), SHARD_OK);
+        assert_int_equal(shard_forward(model, run_state, SHARD_HEAD_LM, &in, &out, &err), SHARD_OK);
         const float *logits = out.tensors[0].f32 + i * c->vocab_size;
         double max = logits[0], sum = 0.0;
         for (int64_t v = 1; v < c->vocab_size; v++)
@@ -120,18 +122,19 @@ static void pll_matches_independent_computation(void **state)
     (void)state;
     shard_error_t err = {0};
     shard_model_t *model = shard_model_open(XLM_GOLDEN_DIR "/mlm_multi-lm", NULL, &err);
+    shard_state_t *run_state = shard_state_new();
     assert_non_null(model);
     /* <s> src </s> tgt </s> with two languages, ids from the vocabulary. */
     int64_t ids[] = {0, 170, 182, 27, 50, 188, 1, 57, 156, 385, 35, 321, 52, 1};
     int64_t langs[] = {0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1};
     const int64_t n = 14, from = 7, to = 13;
     float expected[6];
-    double expected_sum = pll_by_logits(model, ids, langs, n, from, to, expected);
+    double expected_sum = pll_by_logits(model, run_state, ids, langs, n, from, to, expected);
     shard_inputs_t rows = {.batch = 1, .seq = n, .input_ids = ids, .langs = langs};
     shard_outputs_t out;
     shard_outputs_init(&out);
     int64_t f = from, t = to;
-    assert_int_equal(shard_score_rows(model, SHARD_SCORE_MLM_PLL, &rows, &f, &t, &out, &err), SHARD_OK);
+    assert_int_equal(shard_score_rows(model, run_state, SHARD_SCORE_MLM_PLL, &rows, &f, &t, &out, &err), SHARD_OK);
     const shard_tensor_t *tokens = shard_outputs_find(&out, "token_logprobs");
     assert_int_equal(tokens->row_lengths[0], 6);
     double sum = 0.0;
@@ -142,6 +145,7 @@ static void pll_matches_independent_computation(void **state)
     assert_true(fabs(sum - expected_sum) < 1e-3);
     assert_true(sum < 0.0);
     shard_outputs_clear(&out);
+    shard_state_destroy(&run_state);
     shard_model_destroy(&model);
 }
 
@@ -150,6 +154,7 @@ static void pll_rows_batched_equal_rows_alone(void **state)
     (void)state;
     shard_error_t err = {0};
     shard_model_t *model = shard_model_open(XLM_GOLDEN_DIR "/mlm_multi-lm", NULL, &err);
+    shard_state_t *run_state = shard_state_new();
     assert_non_null(model);
     /* Two rows of different lengths, padded, with masks. */
     int64_t ids[2 * 9] = {0, 170, 182, 1, 57, 156, 385, 1, 2, 0, 94, 405, 20, 1, 39, 32, 402, 1};
@@ -159,15 +164,16 @@ static void pll_rows_batched_equal_rows_alone(void **state)
     shard_outputs_t a, b;
     shard_outputs_init(&a);
     shard_outputs_init(&b);
-    assert_int_equal(shard_score_rows(model, SHARD_SCORE_MLM_PLL, &both, from, to, &a, &err), SHARD_OK);
+    assert_int_equal(shard_score_rows(model, run_state, SHARD_SCORE_MLM_PLL, &both, from, to, &a, &err), SHARD_OK);
     shard_inputs_t first = {.batch = 1, .seq = 8, .input_ids = ids};
-    assert_int_equal(shard_score_rows(model, SHARD_SCORE_MLM_PLL, &first, from, to, &b, &err), SHARD_OK);
+    assert_int_equal(shard_score_rows(model, run_state, SHARD_SCORE_MLM_PLL, &first, from, to, &b, &err), SHARD_OK);
     assert_int_equal(a.tensors[0].row_lengths[0], 3);
     assert_int_equal(a.tensors[0].row_lengths[1], 3);
     for (int i = 0; i < 3; i++)
         assert_true(fabsf(a.tensors[0].f32[i] - b.tensors[0].f32[i]) <= 1e-5f);
     shard_outputs_clear(&a);
     shard_outputs_clear(&b);
+    shard_state_destroy(&run_state);
     shard_model_destroy(&model);
 }
 
@@ -176,6 +182,7 @@ static void score_of_a_row_ignores_the_other_rows(void **state)
     (void)state;
     shard_error_t err = {0};
     shard_model_t *model = shard_model_open(XLM_MODELS_DIR "/tiny-clm-enfr", NULL, &err);
+    shard_state_t *run_state = shard_state_new();
     assert_non_null(model);
     int64_t ids[2 * 8] = {0, 35, 321, 52, 1, 57, 156, 1, 0, 170, 182, 1, 94, 405, 20, 1};
     int64_t from[2] = {5, 4}, to[2] = {8, 8};
@@ -183,9 +190,9 @@ static void score_of_a_row_ignores_the_other_rows(void **state)
     shard_outputs_t a, b;
     shard_outputs_init(&a);
     shard_outputs_init(&b);
-    assert_int_equal(shard_score_rows(model, SHARD_SCORE_CLM, &both, from, to, &a, &err), SHARD_OK);
+    assert_int_equal(shard_score_rows(model, run_state, SHARD_SCORE_CLM, &both, from, to, &a, &err), SHARD_OK);
     shard_inputs_t second = {.batch = 1, .seq = 8, .input_ids = ids + 8};
-    assert_int_equal(shard_score_rows(model, SHARD_SCORE_CLM, &second, from + 1, to + 1, &b, &err), SHARD_OK);
+    assert_int_equal(shard_score_rows(model, run_state, SHARD_SCORE_CLM, &second, from + 1, to + 1, &b, &err), SHARD_OK);
     /* Equal up to float rounding: BLAS blocks a batch of 16 positions
      * differently from one of 8 (the reference differs by ~1e-6 too). */
     for (int i = 0; i < 4; i++)
@@ -196,9 +203,10 @@ static void score_of_a_row_ignores_the_other_rows(void **state)
     /* Out-of-range score windows are refused. */
     int64_t bad_from = 0, bad_to = 9;
     shard_inputs_t one = {.batch = 1, .seq = 8, .input_ids = ids};
-    assert_int_equal(shard_score_rows(model, SHARD_SCORE_CLM, &one, &bad_from, &bad_to, &a, &err),
+    assert_int_equal(shard_score_rows(model, run_state, SHARD_SCORE_CLM, &one, &bad_from, &bad_to, &a, &err),
                      SHARD_ERR_INPUT);
     shard_outputs_clear(&a);
+    shard_state_destroy(&run_state);
     shard_model_destroy(&model);
 }
 

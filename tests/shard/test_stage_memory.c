@@ -53,7 +53,9 @@ static size_t growth_of(const shard_range_t *range)
 {
     shard_error_t err = {0};
     size_t before = resident_bytes();
-    shard_model_t *model = shard_model_open(model_dir, range, &err);
+    shard_model_t *model = shard_model_open(model_dir, &(shard_model_options_t){.range = range},
+                                            &err);
+    shard_state_t *run_state = shard_state_new();
     if (!model)
         fail_msg("%s", err.message);
     const int64_t d = shard_model_config(model)->emb_dim;
@@ -67,9 +69,10 @@ static size_t growth_of(const shard_range_t *range)
         for (int64_t i = 0; i < d; i++)
             acts->hidden[t * d + i] = (float)((t * 7 + i * 3) % 11) / 11.0f - 0.5f;
     }
-    assert_int_equal(shard_run_layers(model, acts, &err), SHARD_OK);
+    assert_int_equal(shard_run_layers(model, run_state, acts, &err), SHARD_OK);
     size_t growth = resident_bytes() - before;
     shard_acts_destroy(&acts);
+    shard_state_destroy(&run_state);
     shard_model_destroy(&model);
     return growth;
 }

@@ -52,6 +52,8 @@ static void torch_bin_equals_safetensors(void **state)
     shard_model_t *from_torch = shard_model_open(dir, NULL, &err);
     if (!from_torch)
         fail_msg("%s", err.message);
+    shard_state_t *run_state = shard_state_new(); /* one state serving both models */
+    assert_non_null(run_state);
 
     char path[4200];
     snprintf(path, sizeof path, "%s/cases.jsonl", golden);
@@ -67,8 +69,8 @@ static void torch_bin_equals_safetensors(void **state)
         shard_outputs_t a, b;
         shard_outputs_init(&a);
         shard_outputs_init(&b);
-        assert_int_equal(case_run(from_safetensors, &c, &a, &err), SHARD_OK);
-        assert_int_equal(case_run(from_torch, &c, &b, &err), SHARD_OK);
+        assert_int_equal(case_run(from_safetensors, run_state, &c, &a, &err), SHARD_OK);
+        assert_int_equal(case_run(from_torch, run_state, &c, &b, &err), SHARD_OK);
         assert_int_equal(a.count, b.count);
         for (int i = 0; i < a.count; i++) {
             const shard_tensor_t *ta = &a.tensors[i], *tb = &b.tensors[i];
@@ -88,6 +90,7 @@ static void torch_bin_equals_safetensors(void **state)
     free(line);
     fclose(cases);
     assert_int_equal(checked, 9); /* every record of clm-lm, scoring and greedy included */
+    shard_state_destroy(&run_state);
     shard_model_destroy(&from_safetensors);
     shard_model_destroy(&from_torch);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -56,6 +56,16 @@ static void golden_case(const char *dir, case_kind_t kind, case_t *c)
     fail_msg("%s: no case of kind %d", path, (int)kind);
 }
 
+/* One run state for every engine call of this single-threaded test. */
+static shard_state_t *run_state(void)
+{
+    static shard_state_t *state;
+    if (!state)
+        state = shard_state_new();
+    assert_non_null(state);
+    return state;
+}
+
 static shard_model_t *open_model(const char *dir)
 {
     char path[4096];
@@ -69,17 +79,17 @@ static shard_model_t *open_model(const char *dir)
 
 /* ------------------------------------------------------------ through the map */
 
-static shard_status_t forward(shard_model_t *model, const shard_inputs_t *in, shard_acts_t *acts,
+static shard_status_t forward(const shard_model_t *model, const shard_inputs_t *in, shard_acts_t *acts,
                               shard_error_t *err)
 {
-    shard_status_t status = shard_embed(model, in, acts, err);
-    return status ? status : shard_run_layers(model, acts, err);
+    shard_status_t status = shard_embed(model, run_state(), in, acts, err);
+    return status ? status : shard_run_layers(model, run_state(), acts, err);
 }
 
 /* Generation as stage 0 drives it: one pass per token over the sequence so
  * far (default mask, positions 0..len-1), the next token from the last
  * position. Output "new_ids" [1][steps]. */
-static shard_status_t next_tokens(shard_model_t *model, const case_t *c, shard_outputs_t *out,
+static shard_status_t next_tokens(const shard_model_t *model, const case_t *c, shard_outputs_t *out,
                                   shard_error_t *err)
 {
     const int64_t len0 = c->inputs.seq, total = len0 + c->steps;
@@ -100,7 +110,7 @@ static shard_status_t next_tokens(shard_model_t *model, const case_t *c, shard_o
                              .langs = c->inputs.langs ? langs : NULL, .position_ids = pos};
         shard_acts_t *acts = shard_acts_new();
         if (!(status = forward(model, &in, acts, err)))
-            status = shard_head_next_token(model, acts, 0, len - 1, &ids[len], err);
+            status = shard_head_next_token(model, run_state(), acts, 0, len - 1, &ids[len], err);
         t->i64[len - len0] = ids[len];
         shard_acts_destroy(&acts);
     }
@@ -114,7 +124,7 @@ static shard_status_t next_tokens(shard_model_t *model, const case_t *c, shard_o
 /* Pseudo-log-likelihood as the worker computes it: one masked copy of row 0
  * per position in [1, len - 1), the masked position projected. Output
  * "token_logprobs" [copies]. */
-static shard_status_t masked_copies(shard_model_t *model, const case_t *c, shard_outputs_t *out,
+static shard_status_t masked_copies(const shard_model_t *model, const case_t *c, shard_outputs_t *out,
                                     shard_error_t *err)
 {
     const int64_t seq = c->inputs.seq, copies = seq - 2;
@@ -133,7 +143,7 @@ static shard_status_t masked_copies(shard_model_t *model, const case_t *c, shard
                          .langs = langs};
     shard_acts_t *acts = shard_acts_new();
     if (!status && !(status = forward(model, &in, acts, err)))
-        status = shard_head_masked_logprob(model, acts, mask_pos, targets, out, err);
+        status = shard_head_masked_logprob(model, run_state(), acts, mask_pos, targets, out, err);
     shard_acts_destroy(&acts);
     free(ids);
     free(langs);
@@ -145,7 +155,7 @@ static shard_status_t masked_copies(shard_model_t *model, const case_t *c, shard
 
 /* The engine call the map's entry names, dispatched as the last stage
  * (worker/stage.c, run_item) and stage 0 (generation) do. */
-static shard_status_t run_via_map(shard_model_t *model, const worker_task_t *wt, const case_t *c,
+static shard_status_t run_via_map(const shard_model_t *model, const worker_task_t *wt, const case_t *c,
                                   shard_outputs_t *out, shard_error_t *err)
 {
     if (wt->call == WORKER_CALL_NEXT_TOKEN)
@@ -155,9 +165,9 @@ static shard_status_t run_via_map(shard_model_t *model, const worker_task_t *wt,
     shard_acts_t *acts = shard_acts_new();
     shard_status_t status = forward(model, &c->inputs, acts, err);
     if (!status && wt->call == WORKER_CALL_HEAD)
-        status = shard_head(model, wt->head, acts, &c->inputs, out, err);
+        status = shard_head(model, run_state(), wt->head, acts, &c->inputs, out, err);
     else if (!status && wt->call == WORKER_CALL_CLM_SCORE)
-        status = shard_head_clm_score(model, acts, &c->inputs, NULL, out, err);
+        status = shard_head_clm_score(model, run_state(), acts, &c->inputs, NULL, out, err);
     else if (!status)
         status = shard_error_set(err, SHARD_ERR_HEAD, "call %d is not known", (int)wt->call);
     shard_acts_destroy(&acts);
@@ -168,13 +178,13 @@ static shard_status_t run_via_map(shard_model_t *model, const worker_task_t *wt,
 
 /* Row 0's pseudo-log-likelihood over [1, len - 1) on the whole model, as
  * tokens of "token_logprobs". */
-static shard_status_t pll_direct(shard_model_t *model, const case_t *c, shard_outputs_t *out,
+static shard_status_t pll_direct(const shard_model_t *model, const case_t *c, shard_outputs_t *out,
                                  shard_error_t *err)
 {
     shard_inputs_t row = c->inputs;
     row.batch = 1;
     int64_t from[1] = {1}, to[1] = {c->inputs.seq - 1};
-    return shard_score_rows(model, SHARD_SCORE_MLM_PLL, &row, from, to, out, err);
+    return shard_score_rows(model, run_state(), SHARD_SCORE_MLM_PLL, &row, from, to, out, err);
 }
 
 /* What the direct engine call of each non-head task is and where its
@@ -182,14 +192,14 @@ static shard_status_t pll_direct(shard_model_t *model, const case_t *c, shard_ou
 typedef struct {
     const char *task, *dir;
     case_kind_t kind;
-    shard_status_t (*direct)(shard_model_t *, const case_t *, shard_outputs_t *, shard_error_t *);
+    shard_status_t (*direct)(const shard_model_t *, const case_t *, shard_outputs_t *, shard_error_t *);
     const char *output, *mapped; /* compared output: directly, through the map */
 } direct_t;
 
-static shard_status_t case_direct(shard_model_t *model, const case_t *c, shard_outputs_t *out,
+static shard_status_t case_direct(const shard_model_t *model, const case_t *c, shard_outputs_t *out,
                                   shard_error_t *err)
 {
-    return case_run(model, c, out, err);
+    return case_run(model, run_state(), c, out, err);
 }
 
 static const direct_t directs[] = {

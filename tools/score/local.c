@@ -23,6 +23,7 @@ typedef struct {
     score_backend_t base;
     score_options_t options;
     shard_model_t *model;
+    shard_state_t *state; /* the engine's run state for this backend's calls */
     shard_tokenizer_t *tokenizer;
     local_item_t items[LOCAL_BLOCK];
     size_t n_items;
@@ -162,8 +163,8 @@ static int score_batch(local_t *l, local_item_t **items, size_t n)
     shard_outputs_t out;
     shard_error_t err = {0};
     shard_outputs_init(&out);
-    if (shard_score_rows(l->model, l->options.mode == SCORE_MODE_CLM ? SHARD_SCORE_CLM
-                                                                     : SHARD_SCORE_MLM_PLL,
+    if (shard_score_rows(l->model, l->state,
+                         l->options.mode == SCORE_MODE_CLM ? SHARD_SCORE_CLM : SHARD_SCORE_MLM_PLL,
                          &rows, from, to, &out, &err) != SHARD_OK) {
         /* The inputs were checked per pair: this is the engine's failure. */
         for (size_t r = 0; r < n && rc == 0; r++) {
@@ -270,6 +271,7 @@ static void local_destroy(score_backend_t *self)
         score_result_clear(&l->done[(l->done_head + i) % l->done_capacity]);
     free(l->done);
     shard_tokenizer_destroy(&l->tokenizer);
+    shard_state_destroy(&l->state);
     shard_model_destroy(&l->model);
     free(l);
 }
@@ -291,6 +293,10 @@ score_backend_t *score_backend_local(const score_options_t *options, char *error
     snprintf(l->base.model_name, sizeof l->base.model_name, "%s", options->model);
     shard_set_threads(options->threads > 0 ? options->threads : 1);
     l->model = shard_model_open(options->model, NULL, &err);
+    if (l->model && !(l->state = shard_state_new())) {
+        shard_error_set(&err, SHARD_ERR_NOMEM, "out of memory");
+        shard_model_destroy(&l->model);
+    }
     if (l->model)
         l->tokenizer = shard_tokenizer_open(options->model, &err);
     if (l->model && l->tokenizer && !shard_model_has_head(l->model, SHARD_HEAD_LM)) {
