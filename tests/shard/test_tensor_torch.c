@@ -63,11 +63,25 @@ static void write_all(const char *path, const void *data, size_t len)
     assert_int_equal(fclose(f), 0);
 }
 
+/* Opens path and fetches every entry, as a model binding all of them
+ * would: storages are read on demand, so a bad storage shows at fetch. On
+ * failure the file is destroyed and err names the problem. */
+static tensor_file_t *open_loaded(const char *path, shard_error_t *err)
+{
+    tensor_file_t *tf = tensor_file_open_torch(path, err);
+    for (size_t i = 0; tf != NULL && i < tf->count; i++) {
+        const tensor_entry_t *e = NULL;
+        if (tensor_file_fetch(tf, tf->entries[i].name, &e, err) != SHARD_OK)
+            tensor_file_destroy(&tf);
+    }
+    return tf;
+}
+
 /* Opens path, expecting failure with code and a message containing want. */
 static void expect_fail(const char *path, shard_status_t code, const char *want)
 {
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(path, &err);
+    tensor_file_t *tf = open_loaded(path, &err);
     if (tf != NULL || err.code != code || strstr(err.message, want) == NULL)
         print_error("opened=%d code=%d (want %d) message: %s (want '%s')\n",
                     tf != NULL, (int)err.code, (int)code, err.message, want);
@@ -581,7 +595,7 @@ static void test_destroy_and_find_accept_null(void **state)
 static void test_golden_equals_safetensors(void **state)
 {
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(GOLDEN_BIN, &err);
+    tensor_file_t *tf = open_loaded(GOLDEN_BIN, &err);
     if (tf == NULL)
         fail_msg("%s", err.message);
     st_file_t st;
@@ -615,7 +629,7 @@ static void test_golden_equals_safetensors(void **state)
 static void test_golden_shared_storage(void **state)
 {
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(GOLDEN_BIN, &err);
+    tensor_file_t *tf = open_loaded(GOLDEN_BIN, &err);
     assert_non_null(tf);
     const tensor_entry_t *proj = tensor_file_find(tf, "pred_layer.proj.weight");
     const tensor_entry_t *emb = tensor_file_find(tf, "transformer.embeddings.weight");
@@ -665,7 +679,7 @@ static void test_fake_state_dict(void **state)
 {
     fake_t f = fake_default();
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(fake_write(&f, "ok.bin"), &err);
+    tensor_file_t *tf = open_loaded(fake_write(&f, "ok.bin"), &err);
     if (tf == NULL)
         fail_msg("%s", err.message);
     check_fake_entries(tf, &f);
@@ -692,7 +706,7 @@ static void test_fake_variants(void **state)
     f.t[f.count++] = (fake_tensor_t){"f.bytes", "ByteStorage", "5", 70000, 69990, 1,
                                      {10}, {1}};
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(fake_write(&f, "variants.bin"), &err);
+    tensor_file_t *tf = open_loaded(fake_write(&f, "variants.bin"), &err);
     if (tf == NULL)
         fail_msg("%s", err.message);
     check_fake_entries(tf, &f);
@@ -842,7 +856,7 @@ static void test_byteorder(void **state)
     fake_entries(&z, &f);
     zentries_write(&z, tmp_path("le.bin"));
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(tmp_path("le.bin"), &err);
+    tensor_file_t *tf = open_loaded(tmp_path("le.bin"), &err);
     assert_non_null(tf);
     tensor_file_destroy(&tf);
     zentries_set(&z, "archive/byteorder", "middle", 6);
@@ -1001,7 +1015,7 @@ static void test_bad_machine_states(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = pickle_write(cases[i].pkl, cases[i].len, "state.bin");
         shard_error_t err = {0};
-        tensor_file_t *tf = tensor_file_open_torch(path, &err);
+        tensor_file_t *tf = open_loaded(path, &err);
         if (tf != NULL || strstr(err.message, cases[i].want) == NULL)
             fail_msg("case %zu: got '%s', want '%s'", i, err.message, cases[i].want);
         assert_true(err.code == SHARD_ERR_FORMAT || err.code == SHARD_ERR_UNSUPPORTED);
@@ -1019,7 +1033,7 @@ static void test_truncated_pickle(void **state)
     for (size_t cut = 1; cut < len; cut++) {
         const char *path = pickle_write(pkl, cut, "cut.bin");
         shard_error_t err = {0};
-        tensor_file_t *tf = tensor_file_open_torch(path, &err);
+        tensor_file_t *tf = open_loaded(path, &err);
         if (tf != NULL || err.code != SHARD_ERR_FORMAT
             || strstr(err.message, "truncated pickle") == NULL)
             fail_msg("cut at %zu: %s", cut, err.message);
@@ -1053,7 +1067,7 @@ static void test_pickle_mutations(void **state)
             zentries_write(&z, path);
             pkl[pos] = saved;
             shard_error_t err = {0};
-            tensor_file_t *tf = tensor_file_open_torch(path, &err);
+            tensor_file_t *tf = open_loaded(path, &err);
             if (tf == NULL) {
                 assert_true(err.code != SHARD_OK && err.message[0] != '\0');
                 failed++;
