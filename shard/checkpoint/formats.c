@@ -18,6 +18,8 @@ typedef struct {
 static const checkpoint_format_t checkpoint_formats[] = {
     {"model.safetensors", NULL, tensor_file_open_safetensors},
     {"pytorch_model.bin", NULL, tensor_file_open_torch},
+    {"model.safetensors.index.json", NULL, tensor_file_open_sharded},
+    {"pytorch_model.bin.index.json", NULL, tensor_file_open_sharded},
 };
 
 enum { N_FORMATS = sizeof checkpoint_formats / sizeof checkpoint_formats[0] };

@@ -145,6 +145,11 @@ tensor_file_t *tensor_file_open_safetensors(const char *path, shard_error_t *err
  * tensors that share a storage point into the same bytes. */
 tensor_file_t *tensor_file_open_torch(const char *path, shard_error_t *err);
 
+/* Opens a sharded folder by its index (model.safetensors.index.json or
+ * pytorch_model.bin.index.json): names at open, each shard opened when one
+ * of its tensors is fetched. */
+tensor_file_t *tensor_file_open_sharded(const char *index_path, shard_error_t *err);
+
 /* Finds entry name, resolves and loads it (applying the transpose); *out
  * is NULL, with SHARD_OK, when the file has no such entry. */
 shard_status_t tensor_file_fetch(tensor_file_t *file, const char *name,
