@@ -195,7 +195,14 @@ static shard_status_t read_architecture(config_reader_t *r, shard_config_t *c)
         return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                "shard_config_load: %s: architecture name of %zu bytes, expected "
                                "1..%zu", r->path, length, sizeof c->architecture - 1);
-    memcpy(c->architecture, first->valuestring, length + 1);
+    /* HF's TF classes (TFXLMWithLMHeadModel, ...) have the same heads and
+     * weights as their PyTorch twins, whose names the engine knows. */
+    const char *name = first->valuestring;
+    if (strncmp(name, "TFXLM", 5) == 0) {
+        name += 2;
+        length -= 2;
+    }
+    memcpy(c->architecture, name, length + 1);
     return SHARD_OK;
 }
 

@@ -20,6 +20,7 @@ static const checkpoint_format_t checkpoint_formats[] = {
     {"pytorch_model.bin", NULL, tensor_file_open_torch},
     {"model.safetensors.index.json", NULL, tensor_file_open_sharded},
     {"pytorch_model.bin.index.json", NULL, tensor_file_open_sharded},
+    {"tf_model.h5", NULL, tensor_file_open_h5},
 };
 
 enum { N_FORMATS = sizeof checkpoint_formats / sizeof checkpoint_formats[0] };

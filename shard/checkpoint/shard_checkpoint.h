@@ -114,6 +114,9 @@ typedef struct {
     /* dtype, shape and nbytes are known: false only for entries of a
      * sharded folder whose shard has not been opened yet. */
     bool resolved;
+    /* The reader's own index of the entry, kept when translation renames,
+     * drops or moves entries. */
+    size_t slot;
 } tensor_entry_t;
 
 typedef struct tensor_file tensor_file_t;
@@ -149,6 +152,10 @@ tensor_file_t *tensor_file_open_torch(const char *path, shard_error_t *err);
  * pytorch_model.bin.index.json): names at open, each shard opened when one
  * of its tensors is fetched. */
 tensor_file_t *tensor_file_open_sharded(const char *index_path, shard_error_t *err);
+
+/* Opens tf_model.h5 (Keras 2 HDF5 weights of HF's TF classes) with
+ * libhdf5; names and layouts translated to PyTorch's. */
+tensor_file_t *tensor_file_open_h5(const char *path, shard_error_t *err);
 
 /* Finds entry name, resolves and loads it (applying the transpose); *out
  * is NULL, with SHARD_OK, when the file has no such entry. */

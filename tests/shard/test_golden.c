@@ -45,6 +45,8 @@ typedef struct {
 static const golden_family_t golden_families[] = {
     {"", 0, 14, 123, 196253},        /* model.safetensors (and clm-lm's pytorch_model.bin) */
     {"-legacy", 0, 14, 123, 196253}, /* pytorch_model.bin in torch's legacy format */
+    /* tf_model.h5 of HF's TF classes, which have no SQuAD head */
+    {"-tf", ((1u << SHARD_HEAD_COUNT_) - 1) & ~(1u << SHARD_HEAD_QA), 12, 103, 194893},
 };
 enum { N_FAMILIES = sizeof golden_families / sizeof golden_families[0] };
 
