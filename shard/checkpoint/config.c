@@ -1,5 +1,5 @@
 /* config.c: config.json -> shard_config_t, every field type- and range-checked. */
-#include "shard_checkpoint.h"
+#include "checkpoint_internal.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -280,6 +280,14 @@ static shard_status_t read_fields(config_reader_t *r, shard_config_t *c)
                                    (long long)c->vocab_size);
     c->hidden_dim = 4 * c->emb_dim;
     return SHARD_OK;
+}
+
+shard_status_t shard_config_from_json(const cJSON *root, const char *path,
+                                      shard_config_t *config, shard_error_t *err)
+{
+    config_reader_t reader = {root, path, err};
+    set_defaults(config);
+    return read_fields(&reader, config);
 }
 
 shard_status_t shard_config_load(const char *path, shard_config_t *config, shard_error_t *err)

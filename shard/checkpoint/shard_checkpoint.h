@@ -186,6 +186,11 @@ const tensor_entry_t *tensor_file_find(const tensor_file_t *file, const char *na
 tensor_file_t *shard_checkpoint_open_weights(const char *dir, char *path, size_t path_size,
                                              shard_error_t *err);
 
+/* The config of a checkpoint folder: config.json, or, without one, the
+ * params of an original XLM checkpoint's .pth. */
+shard_status_t shard_checkpoint_load_config(const char *dir, shard_config_t *config,
+                                            shard_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

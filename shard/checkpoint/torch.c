@@ -26,8 +26,7 @@
  * (a copy would silently untie them and double their memory), and
  * module.state_dict() only holds contiguous parameters and buffers, so a
  * strided tensor means a hand-made file worth reporting rather than fixing. */
-#include "shard_checkpoint.h"
-#include "unpickle.h"
+#include "checkpoint_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -542,6 +541,11 @@ static shard_status_t tt_make_entries(tensor_file_t *tf, tt_backing_t *b, shard_
     for (size_t i = 0; i < n; i++) {
         const pk_value_t *k = dict->u.dict.pairs[i].key;
         const pk_value_t *v = dict->u.dict.pairs[i].value;
+        if (k->kind == PK_STR && strlen(k->u.str.bytes) != k->u.str.len)
+            return shard_error_set(err, SHARD_ERR_FORMAT,
+                                   "tensor_file_open_torch: %s: state dict key '%s' holds a "
+                                   "NUL at byte %zu", tf->path, k->u.str.bytes,
+                                   strlen(k->u.str.bytes));
         if (k->kind != PK_STR)
             return shard_error_set(err, SHARD_ERR_FORMAT,
                                    "tensor_file_open_torch: %s: state dict key is a %s, "
@@ -735,7 +739,8 @@ static shard_status_t tt_legacy_place(tensor_file_t *tf, tt_backing_t *b, const 
             return shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_torch: %s: storage "
                                    "key %zu is a %s, expected a str", tf->path, i,
                                    pk_kind_name(k));
-        tt_store_t *s = tt_store_of_key(b, k->u.str.bytes);
+        tt_store_t *s = strlen(k->u.str.bytes) == k->u.str.len
+                            ? tt_store_of_key(b, k->u.str.bytes) : NULL;
         if (s == NULL || s->placed)
             return shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_torch: %s: storage "
                                    "key '%s' in the key list %s", tf->path, k->u.str.bytes,
@@ -820,6 +825,22 @@ static tensor_file_t *tt_open_legacy(const char *path, uint8_t *map, size_t size
 done:
     pk_unpickler_free(&u);
     return tf;
+}
+
+shard_status_t torch_legacy_root(const char *path, pk_unpickler_t *u, uint8_t **map,
+                                 size_t *size, const pk_value_t **root, shard_error_t *err)
+{
+    size_t pos = 0;
+    *map = NULL;
+    shard_status_t st = tt_map(path, map, size, err);
+    if (st == SHARD_OK && (*size < 2 || (*map)[0] != 0x80 || (*map)[1] != 0x02))
+        st = shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_torch: %s: not a legacy "
+                             "torch file (no pickle protocol 2 header)", path);
+    if (st == SHARD_OK)
+        st = tt_legacy_preamble(u, *map, *size, &pos);
+    if (st == SHARD_OK)
+        st = tt_legacy_pickle(u, *map, *size, &pos, "pickle 4 (saved object)", root);
+    return st;
 }
 
 /* ---------------------------------------------------------------- open */

@@ -64,7 +64,7 @@ static const char *pk_op_name(unsigned char op)
 
 static const char *const pk_kind_names[PK_KIND_COUNT_] = {
     "None", "bool", "int", "float", "str", "tuple", "list", "dict",
-    "global", "storage", "tensor", "int",
+    "global", "storage", "tensor", "int", "object",
 };
 
 const char *pk_kind_name(const pk_value_t *v)
@@ -141,14 +141,23 @@ static uint64_t pk_le(const uint8_t *p, size_t n)
 
 /* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF) and
  * no NUL, since names become C strings. */
+static bool pk_utf8_check(const uint8_t *s, size_t n, bool nul_ok);
+
 bool pk_utf8_ok(const uint8_t *s, size_t n)
+{
+    return pk_utf8_check(s, n, false);
+}
+
+/* nul_ok: a str value may hold U+0000 (a numpy array's bytes, latin-1
+ * encoded); the names made from strs are checked not to. */
+static bool pk_utf8_check(const uint8_t *s, size_t n, bool nul_ok)
 {
     size_t i = 0;
     while (i < n) {
         uint8_t c = s[i];
         size_t extra;
         uint32_t cp, min;
-        if (c == 0)
+        if (c == 0 && !nul_ok)
             return false;
         if (c < 0x80) {
             i++;
@@ -463,9 +472,9 @@ static shard_status_t pk_op_unicode(pk_unpickler_t *u, size_t len_width)
     st = pk_take(u, (size_t)n, &bytes);
     if (st != SHARD_OK)
         return st;
-    if (!pk_utf8_ok(bytes, (size_t)n))
+    if (!pk_utf8_check(bytes, (size_t)n, true))
         return pk_op_error(u, SHARD_ERR_FORMAT,
-                           "string of %llu bytes is not UTF-8 without NUL",
+                           "string of %llu bytes is not UTF-8",
                            (unsigned long long)n);
     pk_value_t *v = NULL;
     st = pk_push_new(u, PK_STR, &v);
@@ -677,6 +686,17 @@ static bool pk_global_lookup(const char *module, const char *name, pk_value_t *v
         v->u.global.name = "torch._utils._rebuild_parameter";
         return true;
     }
+    /* numpy arrays pickle as _reconstruct(ndarray, shape, dtype) plus a
+     * BUILD with their bytes, encoded by _codecs.encode. */
+    static const char *const inert[][2] = {
+        {"numpy.core.multiarray", "_reconstruct"}, {"numpy", "ndarray"},
+        {"numpy", "dtype"}, {"_codecs", "encode"}};
+    for (size_t i = 0; i < sizeof inert / sizeof inert[0]; i++)
+        if (strcmp(module, inert[i][0]) == 0 && strcmp(name, inert[i][1]) == 0) {
+            v->u.global.which = PK_G_INERT;
+            v->u.global.name = inert[i][1];
+            return true;
+        }
     if (strcmp(module, "torch") != 0)
         return false;
     for (size_t i = 0; i < sizeof pk_storage_types / sizeof pk_storage_types[0]; i++) {
@@ -800,10 +820,11 @@ static shard_status_t pk_check_pid(pk_unpickler_t *u, const pk_value_t *pid)
         return pk_op_error(u, SHARD_ERR_FORMAT,
                            "persistent id key is a %s, expected a str",
                            pk_kind_name(it[2]));
-    if (it[2]->u.str.len == 0 || strchr(it[2]->u.str.bytes, '/') != NULL)
+    if (it[2]->u.str.len == 0 || strchr(it[2]->u.str.bytes, '/') != NULL
+        || strlen(it[2]->u.str.bytes) != it[2]->u.str.len)
         return pk_op_error(u, SHARD_ERR_FORMAT,
                            "persistent id key '%s', expected a non-empty name "
-                           "without '/'", it[2]->u.str.bytes);
+                           "without '/' or NUL", it[2]->u.str.bytes);
     if (it[3]->kind != PK_STR)
         return pk_op_error(u, SHARD_ERR_FORMAT,
                            "persistent id location is a %s, expected a str",
@@ -943,6 +964,7 @@ static shard_status_t pk_op_reduce(pk_unpickler_t *u)
     case PK_G_REBUILD_TENSOR_V2: st = pk_rebuild_tensor(u, args, &result); break;
     case PK_G_REBUILD_PARAMETER: st = pk_rebuild_parameter(u, args, &result); break;
     case PK_G_STORAGE_TYPE: break; /* refused above */
+    case PK_G_INERT: st = pk_new(u, PK_OBJECT, &result); break;
     }
     return st != SHARD_OK ? st : pk_push(u, result);
 }
@@ -958,6 +980,9 @@ static shard_status_t pk_op_build(pk_unpickler_t *u)
         st = pk_top(u, &obj);
     if (st != SHARD_OK)
         return st;
+    /* An opaque object's state (a numpy array's bytes) is not looked at. */
+    if (obj->kind == PK_OBJECT)
+        return SHARD_OK;
     if (obj->kind != PK_DICT || (state->kind != PK_DICT && state->kind != PK_NONE))
         return pk_op_error(u, SHARD_ERR_FORMAT,
                            "builds a %s from a %s, expected a dict from a dict",
@@ -1066,3 +1091,15 @@ shard_status_t pk_load(pk_unpickler_t *u, const char *stream, const uint8_t *buf
     return SHARD_OK;
 }
 
+
+const pk_value_t *pk_dict_get(const pk_value_t *dict, const char *key)
+{
+    if (dict == NULL || dict->kind != PK_DICT)
+        return NULL;
+    for (size_t i = 0; i < dict->u.dict.count; i++) {
+        const pk_value_t *k = dict->u.dict.pairs[i].key;
+        if (k->kind == PK_STR && k->u.str.len == strlen(key) && strcmp(k->u.str.bytes, key) == 0)
+            return dict->u.dict.pairs[i].value;
+    }
+    return NULL;
+}

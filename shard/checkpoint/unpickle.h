@@ -3,7 +3,8 @@
  *
  * It knows the opcodes of protocols 2 to 5 a torch file uses and only the
  * globals a state dict names (collections.OrderedDict, torch's rebuild
- * functions, torch.<Type>Storage); anything else is refused with the opcode
+ * functions, torch.<Type>Storage) plus the inert numpy ones of an original
+ * XLM checkpoint's parameters; anything else is refused with the opcode
  * or global and its byte offset in the stream. Persistent ids
  * ('storage', type, key, location, numel[, None]) register storages in a
  * table the caller reads after the run; no storage bytes are touched here.
@@ -23,7 +24,7 @@
 
 typedef enum {
     PK_NONE = 0, PK_BOOL, PK_INT, PK_FLOAT, PK_STR, PK_TUPLE, PK_LIST,
-    PK_DICT, PK_GLOBAL, PK_STORAGE, PK_TENSOR, PK_BIGINT, PK_KIND_COUNT_
+    PK_DICT, PK_GLOBAL, PK_STORAGE, PK_TENSOR, PK_BIGINT, PK_OBJECT, PK_KIND_COUNT_
 } pk_kind_t;
 
 /* The globals a torch pickle may name. */
@@ -32,6 +33,10 @@ typedef enum {
     PK_G_REBUILD_TENSOR_V2,
     PK_G_REBUILD_PARAMETER,
     PK_G_STORAGE_TYPE, /* torch.<Type>Storage; dtype says which */
+    /* Inert: numpy arrays and their parts, which original XLM checkpoints
+     * hold among their training parameters. Calling one gives an opaque
+     * object whose contents are never looked at; nothing is executed. */
+    PK_G_INERT,
 } pk_global_t;
 
 typedef struct {
@@ -54,7 +59,8 @@ struct pk_value {
         bool b;
         int64_t i;
         double f;
-        struct { /* str: NUL-terminated UTF-8 without NUL; bigint: the
+        struct { /* str: NUL-terminated UTF-8 (NUL inside possible: check
+                  * len before using it as a name); bigint: the
                   * little-endian two's complement bytes of LONG1 */
             char *bytes;
             size_t len;
@@ -127,6 +133,9 @@ shard_status_t pk_load(pk_unpickler_t *u, const char *stream, const uint8_t *buf
                        bool trailing, const pk_value_t **result, size_t *consumed);
 
 const char *pk_kind_name(const pk_value_t *v);
+
+/* Value of str key in a dict value, or NULL (also when dict is not one). */
+const pk_value_t *pk_dict_get(const pk_value_t *dict, const char *key);
 
 /* Strict UTF-8 without NUL (names become C strings). */
 bool pk_utf8_ok(const uint8_t *s, size_t n);

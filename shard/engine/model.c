@@ -412,8 +412,7 @@ shard_model_t *shard_model_open(const char *dir, const shard_range_t *range, sha
         return NULL;
     }
     snprintf(model->dir, sizeof model->dir, "%s", dir);
-    if (shard_path_join(path, sizeof path, dir, "config.json", err) ||
-        shard_config_load(path, &model->config, err))
+    if (shard_checkpoint_load_config(dir, &model->config, err))
         goto fail;
     model->head = shard_head_of_architecture(model->config.architecture);
     if (model->head == SHARD_HEAD_COUNT_) {

@@ -47,6 +47,8 @@ static const golden_family_t golden_families[] = {
     {"-legacy", 0, 14, 123, 196253}, /* pytorch_model.bin in torch's legacy format */
     /* tf_model.h5 of HF's TF classes, which have no SQuAD head */
     {"-tf", ((1u << SHARD_HEAD_COUNT_) - 1) & ~(1u << SHARD_HEAD_QA), 12, 103, 194893},
+    /* original XLM checkpoints (model.pth, codes, vocab; no config.json) */
+    {"-xlmorig", (1u << SHARD_HEAD_BASE) | (1u << SHARD_HEAD_LM), 4, 35, 190020},
 };
 enum { N_FAMILIES = sizeof golden_families / sizeof golden_families[0] };
 

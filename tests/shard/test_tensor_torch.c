@@ -992,7 +992,8 @@ static void test_bad_machine_states(void **state)
         {PKL("\x80\x02]K\x01K\x02s."), "sets an item of a list"},
         {PKL("\x80\x02}K\x01" "a."), "appends to a dict"},
         {PKL("\x80\x02}\x8c\x02\xc3\x28."), "not UTF-8"},
-        {PKL("\x80\x02}\x8c\x01\x00."), "not UTF-8 without NUL"},
+        /* A NUL is a valid str (numpy bytes in .pth files) but not a name. */
+        {PKL("\x80\x02}\x8c\x03" "a\x00" "bK\x01s."), "state dict key 'a' holds a NUL at byte 1"},
         {PKL("\x80\x02\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09."),
          "integer of 9 bytes"},
         {PKL("\x80\x02" "ccollections\nOrderedDict\n" "K\x01\x85R."),
