@@ -20,6 +20,11 @@ shard_status_t tensor_file_sharded_parse(tensor_file_t *tf, const char *text, si
 shard_status_t shard_config_from_json(const cJSON *root, const char *path,
                                       shard_config_t *config, shard_error_t *err);
 
+/* Refuses control bytes JSON does not allow (outside strings: anything
+ * below 0x20 but tab, newline, CR; inside: any), naming the key. */
+shard_status_t shard_config_check_bytes(const char *text, size_t size, const char *path,
+                                        shard_error_t *err);
+
 /* Maps a legacy torch file and runs its pickles up to the saved object
  * (*root, in u's arena). *map and *size get the mapping, which the caller
  * unmaps after pk_unpickler_free. */

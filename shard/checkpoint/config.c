@@ -13,13 +13,25 @@ typedef struct {
     shard_error_t *err;
 } config_reader_t;
 
+/* A null where a number or bool belongs is an error, as Python's
+ * XLMConfig would fail on it: falling back to the default would run a
+ * different model than the file describes. */
+static shard_status_t refuse_null(config_reader_t *r, const char *key, const char *expected)
+{
+    return shard_error_set(r->err, SHARD_ERR_CONFIG,
+                           "shard_config_load: %s: \"%s\" is null, expected %s", r->path, key,
+                           expected);
+}
+
 /* Reads an integer key, or leaves *out at its default when absent. */
 static shard_status_t read_int(config_reader_t *r, const char *key, int64_t lo,
                                int64_t hi, int64_t *out)
 {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->root, key);
-    if (!item || cJSON_IsNull(item))
+    if (!item)
         return SHARD_OK;
+    if (cJSON_IsNull(item))
+        return refuse_null(r, key, "an integer");
     /* Range first, in double: casting an out-of-range double is undefined. */
     const double number = cJSON_IsNumber(item) ? item->valuedouble : 0.5;
     if (!cJSON_IsNumber(item) || number != floor(number))
@@ -36,8 +48,10 @@ static shard_status_t read_int(config_reader_t *r, const char *key, int64_t lo,
 static shard_status_t read_bool(config_reader_t *r, const char *key, bool *out)
 {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->root, key);
-    if (!item || cJSON_IsNull(item))
+    if (!item)
         return SHARD_OK;
+    if (cJSON_IsNull(item))
+        return refuse_null(r, key, "true or false");
     if (!cJSON_IsBool(item))
         return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                "shard_config_load: %s: \"%s\" must be true or false", r->path, key);
@@ -49,8 +63,10 @@ static shard_status_t read_double(config_reader_t *r, const char *key, double lo
                                   double hi, double *out)
 {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->root, key);
-    if (!item || cJSON_IsNull(item))
+    if (!item)
         return SHARD_OK;
+    if (cJSON_IsNull(item))
+        return refuse_null(r, key, "a number");
     if (!cJSON_IsNumber(item) || !(item->valuedouble >= lo && item->valuedouble <= hi))
         return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                "shard_config_load: %s: \"%s\" must be a number in [%g, %g]",
@@ -290,6 +306,50 @@ shard_status_t shard_config_from_json(const cJSON *root, const char *path,
     return read_fields(&reader, config);
 }
 
+/* JSON allows only space, tab, newline and carriage return between
+ * tokens, and no raw control byte inside a string; cJSON skips every byte
+ * below 0x21 as whitespace, so "1e-1\x0f" would read as 0.1. This scan
+ * refuses them as Python's json does, naming the key whose value (or name)
+ * holds the byte: the last string followed by ':' before it. */
+shard_status_t shard_config_check_bytes(const char *text, size_t size, const char *path,
+                                        shard_error_t *err)
+{
+    bool in_string = false, escaped = false;
+    size_t str_start = 0, str_len = 0, key_start = 0, key_len = 0;
+    bool have_key = false, have_str = false;
+    for (size_t i = 0; i < size; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 0x20 && (in_string || (c != ' ' && c != '\t' && c != '\n' && c != '\r'))) {
+            return shard_error_set(err, SHARD_ERR_CONFIG,
+                                   "shard_config_load: %s: control byte 0x%02x at offset %zu "
+                                   "%s\"%.*s\"%s", path, c, i,
+                                   have_key ? "in the value of " : "(after ",
+                                   have_key ? (int)key_len : (int)(have_str ? str_len : 0),
+                                   text + (have_key ? key_start : str_start),
+                                   have_key ? "" : ")");
+        }
+        if (in_string) {
+            if (escaped)
+                escaped = false;
+            else if (c == '\\')
+                escaped = true;
+            else if (c == '"') {
+                in_string = false;
+                str_len = i - str_start;
+                have_str = true;
+            }
+        } else if (c == '"') {
+            in_string = true;
+            str_start = i + 1;
+        } else if (c == ':' && have_str) {
+            key_start = str_start;
+            key_len = str_len;
+            have_key = true;
+        }
+    }
+    return SHARD_OK;
+}
+
 shard_status_t shard_config_load(const char *path, shard_config_t *config, shard_error_t *err)
 {
     size_t size = 0;
@@ -297,6 +357,11 @@ shard_status_t shard_config_load(const char *path, shard_config_t *config, shard
     shard_status_t status = shard_read_file(path, 1 << 24, &text, &size, err);
     if (status)
         return status;
+    status = shard_config_check_bytes(text, size, path, err);
+    if (status) {
+        free(text);
+        return status;
+    }
     cJSON *root = cJSON_ParseWithLength(text, size);
     if (!root || !cJSON_IsObject(root)) {
         const char *where = cJSON_GetErrorPtr();
