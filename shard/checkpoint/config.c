@@ -151,10 +151,13 @@ static shard_status_t read_langs(config_reader_t *r, shard_config_t *c)
             return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                    "shard_config_load: %s: lang2id must be an object", r->path);
         cJSON_ArrayForEach(item, lang2id) {
-            if (!cJSON_IsNumber(item))
+            /* Range in double first: casting an out-of-range double is
+             * undefined (found by fuzz_config). */
+            if (!cJSON_IsNumber(item) || item->valuedouble != floor(item->valuedouble)
+                || !(fabs(item->valuedouble) <= (double)SHARD_MAX_LANGS))
                 return shard_error_set(r->err, SHARD_ERR_CONFIG,
-                                       "shard_config_load: %s: lang2id[\"%s\"] must be an integer",
-                                       r->path, item->string);
+                                       "shard_config_load: %s: lang2id[\"%s\"] must be an "
+                                       "integer language id", r->path, item->string);
             if (set_lang_name(r, c, (int64_t)item->valuedouble, item->string))
                 return r->err->code;
         }

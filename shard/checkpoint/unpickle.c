@@ -510,7 +510,8 @@ static shard_status_t pk_op_seq_from_mark(pk_unpickler_t *u, pk_kind_t kind)
         return st;
     pk_value_t *seq = NULL;
     st = pk_new(u, kind, &seq);
-    if (st == SHARD_OK)
+    /* An empty run may sit on a stack never allocated: no pointer into it. */
+    if (st == SHARD_OK && u->depth > start)
         st = pk_seq_fill(u, seq, u->stack + start, u->depth - start);
     if (st != SHARD_OK)
         return st;

@@ -703,6 +703,29 @@ static void test_config_control_byte(void **state)
     expect_open_error(dir, SHARD_ERR_CONFIG, "config.json", NULL);
 }
 
+/* A language id far outside any range (fuzz_config found the cast of
+ * 1e100 to an integer undefined). */
+static void test_config_lang_id_huge(void **state)
+{
+    char dir[PATH_MAX_LEN], path[PATH_MAX_LEN + 32];
+    write_case(*state, "config_lang_id", dir, sizeof dir, NULL);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    size_t size = 0;
+    char *text = (char *)read_bytes(path, &size);
+    cJSON *root = cJSON_ParseWithLength(text, size);
+    assert_non_null(root);
+    cJSON_DeleteItemFromObject(root, "lang2id");
+    cJSON *langs = cJSON_AddObjectToObject(root, "lang2id");
+    cJSON_AddNumberToObject(langs, "en", 1e100);
+    char *out = cJSON_Print(root);
+    write_text(path, out);
+    free(out);
+    cJSON_Delete(root);
+    free(text);
+    expect_open_error(dir, SHARD_ERR_CONFIG, "config.json", "lang2id[\"en\"]",
+                      "integer language id", NULL);
+}
+
 static void test_config_special_index_outside_vocab(void **state)
 {
     char dir[PATH_MAX_LEN];
@@ -1102,6 +1125,7 @@ int main(void)
         cmocka_unit_test(test_config_bool_of_wrong_type),
         cmocka_unit_test(test_config_not_an_integer),
         cmocka_unit_test(test_config_null_value),
+        cmocka_unit_test(test_config_lang_id_huge),
         cmocka_unit_test(test_config_control_byte),
         cmocka_unit_test(test_config_special_index_outside_vocab),
         cmocka_unit_test(test_config_value_out_of_range),
