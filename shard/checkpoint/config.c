@@ -390,3 +390,70 @@ int64_t shard_config_lang_id(const shard_config_t *config, const char *code)
             return i;
     return -1;
 }
+
+/* Names of the summary enums in config.json's spelling; indexed by value. */
+static const char *const summary_type_names[SHARD_SUMMARY_COUNT_] = {
+    [SHARD_SUMMARY_FIRST] = "first", [SHARD_SUMMARY_LAST] = "last",
+    [SHARD_SUMMARY_MEAN] = "mean", [SHARD_SUMMARY_CLS_INDEX] = "cls_index"};
+static const char *const activation_names[SHARD_ACT_COUNT_] = {
+    [SHARD_ACT_NONE] = "linear", [SHARD_ACT_TANH] = "tanh", [SHARD_ACT_RELU] = "relu",
+    [SHARD_ACT_GELU] = "gelu", [SHARD_ACT_SIGMOID] = "sigmoid"};
+
+static bool add_config_fields(cJSON *j, const shard_config_t *c)
+{
+    const struct { const char *key; int64_t value; } ints[] = {
+        {"vocab_size", c->vocab_size}, {"emb_dim", c->emb_dim}, {"n_layers", c->n_layers},
+        {"n_heads", c->n_heads}, {"n_langs", c->n_langs},
+        {"max_position_embeddings", c->max_position_embeddings}, {"pad_index", c->pad_index},
+        {"eos_index", c->eos_index}, {"bos_index", c->bos_index}, {"unk_index", c->unk_index},
+        {"mask_index", c->mask_index}, {"start_n_top", c->start_n_top},
+        {"end_n_top", c->end_n_top}, {"num_labels", c->num_labels}};
+    const struct { const char *key; bool value; } bools[] = {
+        {"use_lang_emb", c->use_lang_emb}, {"causal", c->causal},
+        {"gelu_activation", c->gelu_activation},
+        {"sinusoidal_embeddings", c->sinusoidal_embeddings}, {"asm", false},
+        {"summary_use_proj", c->summary_use_proj},
+        {"summary_proj_to_labels", c->summary_proj_to_labels}};
+    bool ok = true;
+    for (size_t i = 0; ok && i < sizeof ints / sizeof ints[0]; i++)
+        ok = cJSON_AddNumberToObject(j, ints[i].key, (double)ints[i].value) != NULL;
+    for (size_t i = 0; ok && i < sizeof bools / sizeof bools[0]; i++)
+        ok = cJSON_AddBoolToObject(j, bools[i].key, bools[i].value) != NULL;
+    ok = ok && cJSON_AddNumberToObject(j, "layer_norm_eps", c->layer_norm_eps)
+         && cJSON_AddStringToObject(j, "summary_type", summary_type_names[c->summary_type])
+         && cJSON_AddStringToObject(j, "summary_activation",
+                                    activation_names[c->summary_activation]);
+    cJSON *archs = ok && c->architecture[0] ? cJSON_AddArrayToObject(j, "architectures") : NULL;
+    if (archs != NULL)
+        ok = cJSON_AddItemToArray(archs, cJSON_CreateString(c->architecture));
+    cJSON *l2i = ok ? cJSON_AddObjectToObject(j, "lang2id") : NULL;
+    cJSON *i2l = l2i ? cJSON_AddObjectToObject(j, "id2lang") : NULL;
+    ok = i2l != NULL;
+    for (int64_t i = 0; ok && i < c->n_langs; i++) {
+        char id[32];
+        if (c->lang_names[i][0] == '\0')
+            continue;
+        snprintf(id, sizeof id, "%lld", (long long)i);
+        ok = cJSON_AddNumberToObject(l2i, c->lang_names[i], (double)i)
+             && cJSON_AddStringToObject(i2l, id, c->lang_names[i]);
+    }
+    return ok;
+}
+
+shard_status_t shard_config_save(const shard_config_t *config, const char *path,
+                                 shard_error_t *err)
+{
+    cJSON *j = cJSON_CreateObject();
+    char *text = j != NULL && add_config_fields(j, config) ? cJSON_Print(j) : NULL;
+    cJSON_Delete(j);
+    if (text == NULL)
+        return shard_error_set(err, SHARD_ERR_NOMEM, "shard_config_save: out of memory");
+    FILE *f = fopen(path, "w");
+    bool ok = f != NULL && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    if (f != NULL && fclose(f) != 0)
+        ok = false;
+    free(text);
+    if (!ok)
+        return shard_error_set(err, SHARD_ERR_IO, "shard_config_save: cannot write %s", path);
+    return SHARD_OK;
+}

@@ -73,6 +73,10 @@ typedef struct {
 /* Parses a config.json file. */
 shard_status_t shard_config_load(const char *path, shard_config_t *config,
                                  shard_error_t *err);
+/* Writes config as a config.json that shard_config_load reads back to the
+ * same values (HF's XLMConfig keys). */
+shard_status_t shard_config_save(const shard_config_t *config, const char *path,
+                                 shard_error_t *err);
 /* Language id of a code, or -1. */
 int64_t shard_config_lang_id(const shard_config_t *config, const char *code);
 

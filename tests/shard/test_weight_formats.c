@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cases.h"
+#include "shard_checkpoint.h"
 
 static void copy_file(const char *from_dir, const char *to_dir, const char *name)
 {
@@ -198,12 +199,57 @@ static void sharded_bad_folders(void **state)
     remove_dir(dir);
 }
 
+/* xlm-convert of one folder of each format: the safetensors folder it
+ * writes gives the same outputs bit for bit, its float32 tensors are
+ * aligned in the mapping (so they are used in place), and an original XLM
+ * folder's fastBPE files become its HF twin's vocab.json. */
+static void convert_equals_original(void **state)
+{
+    (void)state;
+    static const struct { const char *name; int cases; } dirs[] = {
+        {"clm-lm-tf", 9}, {"mlm_multi-qa-legacy", 10}, {"mlm_multi-lm-xlmorig", 6}, {"clm-lm", 9}};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        char src[2048], out[2048], cmd[12000], path[4200];
+        snprintf(src, sizeof src, "%s/%s", XLM_GOLDEN_DIR, dirs[i].name);
+        snprintf(out, sizeof out, "%s/convert-%d-%s", XLM_TEST_TMP, (int)getpid(), dirs[i].name);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' && '%s/xlm-convert' --model '%s' --output '%s'",
+                 out, XLM_BIN_DIR, src, out);
+        assert_int_equal(system(cmd), 0);
+        print_message("%s converted\n", dirs[i].name);
+        assert_int_equal(compare_models(src, out), dirs[i].cases);
+        shard_error_t err = {0};
+        snprintf(path, sizeof path, "%s/model.safetensors", out);
+        tensor_file_t *tf = tensor_file_open_safetensors(path, &err);
+        if (!tf)
+            fail_msg("%s", err.message);
+        for (size_t e = 0; e < tf->count; e++)
+            if (tf->entries[e].dtype == TENSOR_F32)
+                assert_int_equal((uintptr_t)tf->entries[e].data % sizeof(float), 0);
+        tensor_file_destroy(&tf);
+        remove_dir(out);
+    }
+    /* The vocabulary written from fastBPE's vocab is the HF twin's. */
+    char out[2048], cmd[12000], a_path[4200], b_path[4200];
+    snprintf(out, sizeof out, "%s/convert-%d-vocab", XLM_TEST_TMP, (int)getpid());
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && '%s/xlm-convert' --model '%s/mlm_multi-base-xlmorig' "
+             "--output '%s'", out, XLM_BIN_DIR, XLM_GOLDEN_DIR, out);
+    assert_int_equal(system(cmd), 0);
+    snprintf(a_path, sizeof a_path, "%s/vocab.json", out);
+    snprintf(b_path, sizeof b_path, "%s/mlm_multi-base/vocab.json", XLM_GOLDEN_DIR);
+    snprintf(cmd, sizeof cmd, "python3 -c 'import json,sys; "
+             "sys.exit(json.load(open(sys.argv[1])) != json.load(open(sys.argv[2])))' '%s' '%s'",
+             a_path, b_path);
+    assert_int_equal(system(cmd), 0);
+    remove_dir(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(torch_bin_equals_safetensors),
         cmocka_unit_test(every_format_equals_safetensors),
         cmocka_unit_test(sharded_bad_folders),
+        cmocka_unit_test(convert_equals_original),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
