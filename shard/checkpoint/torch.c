@@ -851,13 +851,14 @@ tensor_file_t *tensor_file_open_torch(const char *path, shard_error_t *err)
         shard_error_set(err, SHARD_ERR_INPUT, "tensor_file_open_torch: path is NULL");
         return NULL;
     }
-    /* A zip archive starts with a local file header; a legacy file with
-     * pickle's PROTO opcode. Anything else gets the zip reader's message. */
+    /* A zip archive starts with a local file header ("PK"); a legacy file
+     * with pickle's PROTO opcode (0x80). Anything else gets the zip
+     * reader's message. */
     uint8_t *map = NULL;
     size_t size = 0;
     if (tt_map(path, &map, &size, err) != SHARD_OK)
         return tt_open_zip(path, err);
-    if (size >= 2 && map[0] == 0x80 && map[1] == 0x02)
+    if (size >= 1 && map[0] == 0x80)
         return tt_open_legacy(path, map, size, err);
     munmap(map, size);
     return tt_open_zip(path, err);

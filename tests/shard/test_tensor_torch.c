@@ -1091,6 +1091,89 @@ static void test_pickle_mutations(void **state)
     zentries_clear(&z);
 }
 
+/* ---------------------------------------------------------------- legacy files */
+
+#define LEGACY_BIN XLM_GOLDEN_DIR "/clm-base-legacy/pytorch_model.bin"
+
+/* Offset just after the five pickles of a legacy file, where the first
+ * storage's element count is: 8 bytes before the storage the reader maps
+ * lowest, found in the file by its first bytes. */
+static size_t legacy_data_start(const char *path, const uint8_t *bytes, size_t len)
+{
+    shard_error_t err = {0};
+    tensor_file_t *tf = open_loaded(path, &err);
+    assert_non_null(tf);
+    const tensor_entry_t *lowest = NULL;
+    for (size_t i = 0; i < tf->count; i++)
+        if (tf->entries[i].nbytes >= 16
+            && (lowest == NULL || (const uint8_t *)tf->entries[i].data < (const uint8_t *)lowest->data))
+            lowest = &tf->entries[i];
+    assert_non_null(lowest);
+    const uint8_t *at = NULL;
+    for (size_t i = 0; at == NULL && i + 16 <= len; i++)
+        if (memcmp(bytes + i, lowest->data, 16) == 0)
+            at = bytes + i;
+    assert_non_null(at);
+    size_t offset = (size_t)(at - bytes) - 8;
+    tensor_file_destroy(&tf);
+    return offset;
+}
+
+static void test_legacy_golden(void **state)
+{
+    (void)state;
+    shard_error_t err = {0};
+    tensor_file_t *tf = open_loaded(LEGACY_BIN, &err);
+    if (tf == NULL)
+        fail_msg("%s", err.message);
+    /* Layer 0's q, k and v weights are views into one storage. */
+    const tensor_entry_t *q = tensor_file_find(tf, "attentions.0.q_lin.weight");
+    const tensor_entry_t *k = tensor_file_find(tf, "attentions.0.k_lin.weight");
+    assert_non_null(q);
+    assert_non_null(k);
+    assert_ptr_equal((const uint8_t *)k->data, (const uint8_t *)q->data + 32 * 32 * 4);
+    tensor_file_destroy(&tf);
+}
+
+static void test_legacy_bad_files(void **state)
+{
+    (void)state;
+    size_t len = 0;
+    uint8_t *bytes = read_all(LEGACY_BIN, &len);
+    size_t data = legacy_data_start(LEGACY_BIN, bytes, len);
+    const char *path = tmp_path("legacy.bin");
+    /* Truncated anywhere: inside the pickles, at a count, inside data. */
+    const size_t cuts[] = {1, 3, 20, data - 3, data, data + 4, data + 100, len - 1};
+    const char *want[] = {"truncated", "truncated", "truncated", "truncated",
+                          "truncated: storage", "truncated: storage", "runs past the end",
+                          "runs past the end"};
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        write_all(path, bytes, cuts[i]);
+        expect_fail(path, SHARD_ERR_FORMAT, want[i]);
+    }
+    /* The first storage's count says one element more than its pid. */
+    uint8_t *bad = malloc(len);
+    memcpy(bad, bytes, len);
+    bad[data] ^= 1;
+    write_all(path, bad, len);
+    expect_fail(path, SHARD_ERR_FORMAT, "elements in the file, its persistent id says");
+    /* A key in the key list that no tensor names: the last digit of the
+     * last key changed (the list ends "...<digit>q/e.": BINPUT, APPENDS,
+     * STOP). */
+    memcpy(bad, bytes, len);
+    assert_true(bad[data - 5] >= '0' && bad[data - 5] <= '9');
+    bad[data - 5] = bad[data - 5] == '9' ? '8' : '9';
+    write_all(path, bad, len);
+    expect_fail(path, SHARD_ERR_FORMAT, "in the key list is named by no tensor");
+    /* The magic number off by one bit. */
+    memcpy(bad, bytes, len);
+    bad[4] ^= 1;
+    write_all(path, bad, len);
+    expect_fail(path, SHARD_ERR_FORMAT, "expected torch's magic number");
+    free(bad);
+    free(bytes);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1107,6 +1190,8 @@ int main(void)
         cmocka_unit_test(test_storage_key_missing),
         cmocka_unit_test(test_storage_too_small),
         cmocka_unit_test(test_storage_crc),
+        cmocka_unit_test(test_legacy_golden),
+        cmocka_unit_test(test_legacy_bad_files),
         cmocka_unit_test(test_storage_inconsistent),
         cmocka_unit_test(test_byteorder),
         cmocka_unit_test(test_non_contiguous),
