@@ -2,7 +2,8 @@
  * golden clm-lm-tf/tf_model.h5 with libhdf5: every one is an error naming
  * the file, the tensor and the value, never a crash; and the forms Keras
  * may write (split weight_names0/1 lists, fixed-length strings) load and
- * give the golden outputs. */
+ * give the golden outputs. A stage of an 8-layer tf_model.h5 holds only its
+ * share of the weights. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "shard_checkpoint.h"
@@ -189,6 +191,171 @@ static void test_split_and_fixed_strings(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---------------------------------------------------------------- stage memory */
+
+/* TF's name of a PyTorch weight of an LM checkpoint without the
+ * "transformer." prefix (modeling_tf_pytorch_utils.py's rules backwards);
+ * *group the top-level layer; *transpose for Dense kernels. */
+static void tf_name(const char *torch, char *out, size_t size, const char **group, bool *transpose)
+{
+    char path[512] = "", copy[512];
+    snprintf(copy, sizeof copy, "%s", torch);
+    char *parts[16] = {copy};
+    int n = 0;
+    for (char *p = strtok(copy, "."); p && n < 16; p = strtok(NULL, "."))
+        parts[n++] = p;
+    assert_true(n > 0);
+    const char *last = parts[n - 1], *parent = n > 1 ? parts[n - 2] : "";
+    bool norm = strncmp(parts[0], "layer_norm", 10) == 0;
+    *transpose = false;
+    size_t used = 0;
+    for (int i = 0; i < n - 1; i++) {
+        bool index = parts[i][0] >= '0' && parts[i][0] <= '9';
+        used += (size_t)snprintf(path + used, sizeof path - used, "%s%s",
+                                 i == 0 ? "" : index ? "_._" : "/", parts[i]);
+    }
+    if (strcmp(last, "bias") == 0)
+        last = norm ? "beta" : "bias";
+    else if (norm)
+        last = "gamma";
+    else if (strcmp(parent, "position_embeddings") == 0 || strcmp(parent, "lang_embeddings") == 0)
+        last = "embeddings";
+    else if (strcmp(parent, "embeddings") != 0) {
+        last = "kernel";
+        *transpose = true;
+    }
+    if (strncmp(torch, "pred_layer.proj.", 16) == 0) {
+        *group = "pred_layer_._proj";
+        snprintf(out, size, "tfxlm_with_lm_head_model/pred_layer_._proj/%s:0", last);
+    } else {
+        *group = "transformer";
+        snprintf(out, size, "tfxlm_with_lm_head_model/transformer/%s/%s:0", path, last);
+    }
+}
+
+/* Writes the weights of safetensors folder src as dst/tf_model.h5 in the
+ * layout of HF's TF classes. */
+static void write_keras_h5(const char *src, const char *dst)
+{
+    char path[4200];
+    shard_error_t err = {0};
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    tensor_file_t *tf = tensor_file_open_safetensors(path, &err);
+    assert_non_null(tf);
+    snprintf(path, sizeof path, "%s/tf_model.h5", dst);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    const char *groups[] = {"transformer", "pred_layer_._proj"};
+    hid_t g[2];
+    char **names[2];
+    size_t n_names[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        g[i] = H5Gcreate2(f, groups[i], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        names[i] = calloc(tf->count, sizeof *names[i]);
+    }
+    for (size_t i = 0; i < tf->count; i++) {
+        const tensor_entry_t *e = &tf->entries[i];
+        char name[600];
+        const char *group = NULL;
+        bool transpose = false;
+        tf_name(e->name, name, sizeof name, &group, &transpose);
+        int k = strcmp(group, "transformer") == 0 ? 0 : 1;
+        names[k][n_names[k]++] = strdup(name);
+        hsize_t dims[2] = {(hsize_t)e->shape[0], e->ndim > 1 ? (hsize_t)e->shape[1] : 1};
+        const float *data = e->data;
+        float *t = NULL;
+        if (transpose) {
+            dims[0] = (hsize_t)e->shape[1];
+            dims[1] = (hsize_t)e->shape[0];
+            t = malloc(e->nbytes);
+            for (int64_t r = 0; r < e->shape[0]; r++)
+                for (int64_t c = 0; c < e->shape[1]; c++)
+                    t[c * e->shape[0] + r] = data[r * e->shape[1] + c];
+            data = t;
+        }
+        hid_t space = H5Screate_simple(e->ndim, dims, NULL);
+        hid_t d = H5Dcreate2(g[k], name, H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+        assert_true(d >= 0);
+        assert_true(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0);
+        H5Dclose(d);
+        H5Sclose(space);
+        free(t);
+    }
+    for (int i = 0; i < 2; i++) {
+        write_strings(g[i], "weight_names", (const char *const *)names[i], n_names[i], 0);
+        for (size_t j = 0; j < n_names[i]; j++)
+            free(names[i][j]);
+        free(names[i]);
+        H5Gclose(g[i]);
+    }
+    write_strings(f, "layer_names", groups, 2, 0);
+    H5Pclose(lcpl);
+    H5Fclose(f);
+    tensor_file_destroy(&tf);
+}
+
+static size_t resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, resident = 0;
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%lu %lu", &size, &resident), 2);
+    fclose(f);
+    return resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Resident growth of opening a range, measured in a forked child so that
+ * memory the allocator kept from an earlier open cannot hide it. */
+static size_t growth_of(const char *model_dir, const shard_range_t *range)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        shard_error_t err = {0};
+        size_t before = resident_bytes();
+        shard_model_t *model = shard_model_open(model_dir, range, &err);
+        size_t growth = model ? resident_bytes() - before : 0;
+        ssize_t w = write(fds[1], &growth, sizeof growth);
+        _exit(model && w == (ssize_t)sizeof growth ? 0 : 1);
+    }
+    close(fds[1]);
+    size_t growth = 0;
+    assert_int_equal(read(fds[0], &growth, sizeof growth), (ssize_t)sizeof growth);
+    close(fds[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    return growth;
+}
+
+/* An 8-layer checkpoint as tf_model.h5 alone: the stage [3, 4) reads
+ * about an eighth of what the whole model does (as test_stage_memory
+ * checks for the other formats). */
+static void test_stage_holds_its_share(void **state)
+{
+    (void)state;
+    char base[1024], h5dir[1024], cmd[16000];
+    snprintf(base, sizeof base, "%s/h5-%d-stage-src", XLM_TEST_TMP, (int)getpid());
+    snprintf(h5dir, sizeof h5dir, "%s/h5-%d-stage", XLM_TEST_TMP, (int)getpid());
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s' && python3 '%s/tests/tools/make_checkpoint.py' '%s' "
+             "'%s/tiny-clm-enfr' --emb 256 --layers 8 --heads 4 --causal && mkdir -p '%s' && "
+             "cp '%s'/*.json '%s'/merges.txt '%s'/", base, h5dir, XLM_SOURCE_DIR, base,
+             XLM_MODELS_DIR, h5dir, base, base, h5dir);
+    assert_int_equal(system(cmd), 0);
+    write_keras_h5(base, h5dir);
+    shard_range_t stage = {3, 4, false, false}, whole = {0, 8, false, false};
+    size_t one = growth_of(h5dir, &stage), all = growth_of(h5dir, &whole);
+    print_message("tf_model.h5: resident growth: stage [3, 4) %zu KiB, layers [0, 8) %zu KiB\n",
+                  one / 1024, all / 1024);
+    assert_true(all >= 7 * (size_t)3 * 1024 * 1024);
+    assert_true(one <= all / 4);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", base, h5dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -197,6 +364,7 @@ int main(void)
         cmocka_unit_test(test_missing_weight),
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_split_and_fixed_strings),
+        cmocka_unit_test(test_stage_holds_its_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
