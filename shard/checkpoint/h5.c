@@ -91,6 +91,11 @@ static shard_status_t read_string_attr(const char *path, hid_t obj, const char *
         if (raw == NULL || H5Aread(attr, mem, raw) < 0) {
             st = shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: cannot read "
                                  "attribute %s", path, where);
+            /* A read that fails part way has converted some strings
+             * already (found by fuzz_h5): they are libhdf5's to free. */
+            for (hssize_t i = 0; raw != NULL && i < n; i++)
+                if (raw[i] != NULL)
+                    H5free_memory(raw[i]);
         } else {
             for (hssize_t i = 0; i < n && st == SHARD_OK; i++) {
                 names->items[names->count] = strdup(raw[i] != NULL ? raw[i] : "");
