@@ -423,9 +423,8 @@ static int open_stage(worker_stage_t *st)
 {
     shard_error_t err = {0};
     shard_config_t config;
-    char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", st->options->model_dir);
-    if (shard_config_load(path, &config, &err)) {
+    /* config.json, or an original XLM checkpoint's params. */
+    if (shard_checkpoint_load_config(st->options->model_dir, &config, &err)) {
         worker_log(WORKER_LOG_ERROR, "%s", err.message);
         return -1;
     }

@@ -1,5 +1,5 @@
 /* config.c: config.json -> shard_config_t, every field type- and range-checked. */
-#include "shard_checkpoint.h"
+#include "checkpoint_internal.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -13,13 +13,25 @@ typedef struct {
     shard_error_t *err;
 } config_reader_t;
 
+/* A null where a number or bool belongs is an error, as Python's
+ * XLMConfig would fail on it: falling back to the default would run a
+ * different model than the file describes. */
+static shard_status_t refuse_null(config_reader_t *r, const char *key, const char *expected)
+{
+    return shard_error_set(r->err, SHARD_ERR_CONFIG,
+                           "shard_config_load: %s: \"%s\" is null, expected %s", r->path, key,
+                           expected);
+}
+
 /* Reads an integer key, or leaves *out at its default when absent. */
 static shard_status_t read_int(config_reader_t *r, const char *key, int64_t lo,
                                int64_t hi, int64_t *out)
 {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->root, key);
-    if (!item || cJSON_IsNull(item))
+    if (!item)
         return SHARD_OK;
+    if (cJSON_IsNull(item))
+        return refuse_null(r, key, "an integer");
     /* Range first, in double: casting an out-of-range double is undefined. */
     const double number = cJSON_IsNumber(item) ? item->valuedouble : 0.5;
     if (!cJSON_IsNumber(item) || number != floor(number))
@@ -36,8 +48,10 @@ static shard_status_t read_int(config_reader_t *r, const char *key, int64_t lo,
 static shard_status_t read_bool(config_reader_t *r, const char *key, bool *out)
 {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->root, key);
-    if (!item || cJSON_IsNull(item))
+    if (!item)
         return SHARD_OK;
+    if (cJSON_IsNull(item))
+        return refuse_null(r, key, "true or false");
     if (!cJSON_IsBool(item))
         return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                "shard_config_load: %s: \"%s\" must be true or false", r->path, key);
@@ -49,8 +63,10 @@ static shard_status_t read_double(config_reader_t *r, const char *key, double lo
                                   double hi, double *out)
 {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->root, key);
-    if (!item || cJSON_IsNull(item))
+    if (!item)
         return SHARD_OK;
+    if (cJSON_IsNull(item))
+        return refuse_null(r, key, "a number");
     if (!cJSON_IsNumber(item) || !(item->valuedouble >= lo && item->valuedouble <= hi))
         return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                "shard_config_load: %s: \"%s\" must be a number in [%g, %g]",
@@ -135,10 +151,13 @@ static shard_status_t read_langs(config_reader_t *r, shard_config_t *c)
             return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                    "shard_config_load: %s: lang2id must be an object", r->path);
         cJSON_ArrayForEach(item, lang2id) {
-            if (!cJSON_IsNumber(item))
+            /* Range in double first: casting an out-of-range double is
+             * undefined (found by fuzz_config). */
+            if (!cJSON_IsNumber(item) || item->valuedouble != floor(item->valuedouble)
+                || !(fabs(item->valuedouble) <= (double)SHARD_MAX_LANGS))
                 return shard_error_set(r->err, SHARD_ERR_CONFIG,
-                                       "shard_config_load: %s: lang2id[\"%s\"] must be an integer",
-                                       r->path, item->string);
+                                       "shard_config_load: %s: lang2id[\"%s\"] must be an "
+                                       "integer language id", r->path, item->string);
             if (set_lang_name(r, c, (int64_t)item->valuedouble, item->string))
                 return r->err->code;
         }
@@ -195,7 +214,14 @@ static shard_status_t read_architecture(config_reader_t *r, shard_config_t *c)
         return shard_error_set(r->err, SHARD_ERR_CONFIG,
                                "shard_config_load: %s: architecture name of %zu bytes, expected "
                                "1..%zu", r->path, length, sizeof c->architecture - 1);
-    memcpy(c->architecture, first->valuestring, length + 1);
+    /* HF's TF classes (TFXLMWithLMHeadModel, ...) have the same heads and
+     * weights as their PyTorch twins, whose names the engine knows. */
+    const char *name = first->valuestring;
+    if (strncmp(name, "TFXLM", 5) == 0) {
+        name += 2;
+        length -= 2;
+    }
+    memcpy(c->architecture, name, length + 1);
     return SHARD_OK;
 }
 
@@ -275,6 +301,58 @@ static shard_status_t read_fields(config_reader_t *r, shard_config_t *c)
     return SHARD_OK;
 }
 
+shard_status_t shard_config_from_json(const cJSON *root, const char *path,
+                                      shard_config_t *config, shard_error_t *err)
+{
+    config_reader_t reader = {root, path, err};
+    set_defaults(config);
+    return read_fields(&reader, config);
+}
+
+/* JSON allows only space, tab, newline and carriage return between
+ * tokens, and no raw control byte inside a string; cJSON skips every byte
+ * below 0x21 as whitespace, so "1e-1\x0f" would read as 0.1. This scan
+ * refuses them as Python's json does, naming the key whose value (or name)
+ * holds the byte: the last string followed by ':' before it. */
+shard_status_t shard_config_check_bytes(const char *text, size_t size, const char *path,
+                                        shard_error_t *err)
+{
+    bool in_string = false, escaped = false;
+    size_t str_start = 0, str_len = 0, key_start = 0, key_len = 0;
+    bool have_key = false, have_str = false;
+    for (size_t i = 0; i < size; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 0x20 && (in_string || (c != ' ' && c != '\t' && c != '\n' && c != '\r'))) {
+            return shard_error_set(err, SHARD_ERR_CONFIG,
+                                   "shard_config_load: %s: control byte 0x%02x at offset %zu "
+                                   "%s\"%.*s\"%s", path, c, i,
+                                   have_key ? "in the value of " : "(after ",
+                                   have_key ? (int)key_len : (int)(have_str ? str_len : 0),
+                                   text + (have_key ? key_start : str_start),
+                                   have_key ? "" : ")");
+        }
+        if (in_string) {
+            if (escaped)
+                escaped = false;
+            else if (c == '\\')
+                escaped = true;
+            else if (c == '"') {
+                in_string = false;
+                str_len = i - str_start;
+                have_str = true;
+            }
+        } else if (c == '"') {
+            in_string = true;
+            str_start = i + 1;
+        } else if (c == ':' && have_str) {
+            key_start = str_start;
+            key_len = str_len;
+            have_key = true;
+        }
+    }
+    return SHARD_OK;
+}
+
 shard_status_t shard_config_load(const char *path, shard_config_t *config, shard_error_t *err)
 {
     size_t size = 0;
@@ -282,6 +360,11 @@ shard_status_t shard_config_load(const char *path, shard_config_t *config, shard
     shard_status_t status = shard_read_file(path, 1 << 24, &text, &size, err);
     if (status)
         return status;
+    status = shard_config_check_bytes(text, size, path, err);
+    if (status) {
+        free(text);
+        return status;
+    }
     cJSON *root = cJSON_ParseWithLength(text, size);
     if (!root || !cJSON_IsObject(root)) {
         const char *where = cJSON_GetErrorPtr();
@@ -306,4 +389,71 @@ int64_t shard_config_lang_id(const shard_config_t *config, const char *code)
         if (strcmp(config->lang_names[i], code) == 0)
             return i;
     return -1;
+}
+
+/* Names of the summary enums in config.json's spelling; indexed by value. */
+static const char *const summary_type_names[SHARD_SUMMARY_COUNT_] = {
+    [SHARD_SUMMARY_FIRST] = "first", [SHARD_SUMMARY_LAST] = "last",
+    [SHARD_SUMMARY_MEAN] = "mean", [SHARD_SUMMARY_CLS_INDEX] = "cls_index"};
+static const char *const activation_names[SHARD_ACT_COUNT_] = {
+    [SHARD_ACT_NONE] = "linear", [SHARD_ACT_TANH] = "tanh", [SHARD_ACT_RELU] = "relu",
+    [SHARD_ACT_GELU] = "gelu", [SHARD_ACT_SIGMOID] = "sigmoid"};
+
+static bool add_config_fields(cJSON *j, const shard_config_t *c)
+{
+    const struct { const char *key; int64_t value; } ints[] = {
+        {"vocab_size", c->vocab_size}, {"emb_dim", c->emb_dim}, {"n_layers", c->n_layers},
+        {"n_heads", c->n_heads}, {"n_langs", c->n_langs},
+        {"max_position_embeddings", c->max_position_embeddings}, {"pad_index", c->pad_index},
+        {"eos_index", c->eos_index}, {"bos_index", c->bos_index}, {"unk_index", c->unk_index},
+        {"mask_index", c->mask_index}, {"start_n_top", c->start_n_top},
+        {"end_n_top", c->end_n_top}, {"num_labels", c->num_labels}};
+    const struct { const char *key; bool value; } bools[] = {
+        {"use_lang_emb", c->use_lang_emb}, {"causal", c->causal},
+        {"gelu_activation", c->gelu_activation},
+        {"sinusoidal_embeddings", c->sinusoidal_embeddings}, {"asm", false},
+        {"summary_use_proj", c->summary_use_proj},
+        {"summary_proj_to_labels", c->summary_proj_to_labels}};
+    bool ok = true;
+    for (size_t i = 0; ok && i < sizeof ints / sizeof ints[0]; i++)
+        ok = cJSON_AddNumberToObject(j, ints[i].key, (double)ints[i].value) != NULL;
+    for (size_t i = 0; ok && i < sizeof bools / sizeof bools[0]; i++)
+        ok = cJSON_AddBoolToObject(j, bools[i].key, bools[i].value) != NULL;
+    ok = ok && cJSON_AddNumberToObject(j, "layer_norm_eps", c->layer_norm_eps)
+         && cJSON_AddStringToObject(j, "summary_type", summary_type_names[c->summary_type])
+         && cJSON_AddStringToObject(j, "summary_activation",
+                                    activation_names[c->summary_activation]);
+    cJSON *archs = ok && c->architecture[0] ? cJSON_AddArrayToObject(j, "architectures") : NULL;
+    if (archs != NULL)
+        ok = cJSON_AddItemToArray(archs, cJSON_CreateString(c->architecture));
+    cJSON *l2i = ok ? cJSON_AddObjectToObject(j, "lang2id") : NULL;
+    cJSON *i2l = l2i ? cJSON_AddObjectToObject(j, "id2lang") : NULL;
+    ok = i2l != NULL;
+    for (int64_t i = 0; ok && i < c->n_langs; i++) {
+        char id[32];
+        if (c->lang_names[i][0] == '\0')
+            continue;
+        snprintf(id, sizeof id, "%lld", (long long)i);
+        ok = cJSON_AddNumberToObject(l2i, c->lang_names[i], (double)i)
+             && cJSON_AddStringToObject(i2l, id, c->lang_names[i]);
+    }
+    return ok;
+}
+
+shard_status_t shard_config_save(const shard_config_t *config, const char *path,
+                                 shard_error_t *err)
+{
+    cJSON *j = cJSON_CreateObject();
+    char *text = j != NULL && add_config_fields(j, config) ? cJSON_Print(j) : NULL;
+    cJSON_Delete(j);
+    if (text == NULL)
+        return shard_error_set(err, SHARD_ERR_NOMEM, "shard_config_save: out of memory");
+    FILE *f = fopen(path, "w");
+    bool ok = f != NULL && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    if (f != NULL && fclose(f) != 0)
+        ok = false;
+    free(text);
+    if (!ok)
+        return shard_error_set(err, SHARD_ERR_IO, "shard_config_save: cannot write %s", path);
+    return SHARD_OK;
 }

@@ -97,6 +97,7 @@ static shard_status_t parse_entry(const char *path, const cJSON *item, const cha
     if (!entry->name)
         return shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
     entry->data = data + (size_t)b;
+    entry->resolved = true;
     entry->nbytes = nbytes;
     return SHARD_OK;
 }

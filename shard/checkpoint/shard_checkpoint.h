@@ -73,6 +73,10 @@ typedef struct {
 /* Parses a config.json file. */
 shard_status_t shard_config_load(const char *path, shard_config_t *config,
                                  shard_error_t *err);
+/* Writes config as a config.json that shard_config_load reads back to the
+ * same values (HF's XLMConfig keys). */
+shard_status_t shard_config_save(const shard_config_t *config, const char *path,
+                                 shard_error_t *err);
 /* Language id of a code, or -1. */
 int64_t shard_config_lang_id(const shard_config_t *config, const char *code);
 
@@ -96,15 +100,27 @@ size_t tensor_dtype_size(tensor_dtype_t dtype);
 
 enum { TENSOR_MAX_DIMS = 8 };
 
-/* One tensor: a borrowed view of contiguous row-major data owned by the
- * tensor file (a mapped region or a buffer it allocated). */
+/* One tensor as the engine names and lays it out (after the reader's
+ * translation hook). Readers list entries at open and load bytes on demand:
+ * data is NULL until tensor_file_fetch has loaded the entry, so a pipeline
+ * stage reads or maps only the tensors it fetches. Loaded data is a
+ * borrowed view of contiguous row-major bytes owned by the tensor file. */
 typedef struct {
     char *name;
     tensor_dtype_t dtype;
     int ndim;
     int64_t shape[TENSOR_MAX_DIMS];
-    const void *data; /* NULL never: every entry's bytes were checked */
+    const void *data; /* NULL until loaded; then never NULL */
     size_t nbytes;    /* = numel * dtype size, checked */
+    /* The file stores the 2-d transpose of shape (TF's [in, out] kernels);
+     * fetch hands out the transposed copy. */
+    bool transpose;
+    /* dtype, shape and nbytes are known: false only for entries of a
+     * sharded folder whose shard has not been opened yet. */
+    bool resolved;
+    /* The reader's own index of the entry, kept when translation renames,
+     * drops or moves entries. */
+    size_t slot;
 } tensor_entry_t;
 
 typedef struct tensor_file tensor_file_t;
@@ -113,25 +129,71 @@ struct tensor_file {
     char *path;
     size_t count;
     tensor_entry_t *entries;
+    /* Reader hooks, each optional. resolve fills dtype and shape of entry
+     * index (opening what holds it); load sets its data. */
+    shard_status_t (*resolve)(tensor_file_t *self, size_t index, shard_error_t *err);
+    shard_status_t (*load)(tensor_file_t *self, size_t index, shard_error_t *err);
     /* Reader-specific teardown of what backs the entries' data. */
     void (*release)(tensor_file_t *self);
     void *backing;
     size_t backing_size;
+    void **copies; /* transposed copies made by fetch, owned */
+    size_t n_copies;
 };
 
 /* Opens model.safetensors: mmap, header checked (JSON, dtypes, shapes,
- * offsets inside the data block, no overlaps needed). */
+ * offsets inside the data block, no overlaps needed). Data is set at open
+ * (a view into the mapping; untouched pages are never read). */
 tensor_file_t *tensor_file_open_safetensors(const char *path, shard_error_t *err);
 
-/* Opens pytorch_model.bin (torch zip archive holding a pickled state dict).
- * Tensors that share a storage point into the same bytes. */
+/* Opens pytorch_model.bin or a .pth: torch's zip archive (torch >= 1.6) or
+ * its legacy stream of pickles (chosen by the file's first bytes). Storages
+ * are read (zip) or mapped (legacy) when a tensor of theirs is fetched;
+ * tensors that share a storage point into the same bytes. */
 tensor_file_t *tensor_file_open_torch(const char *path, shard_error_t *err);
+
+/* Opens a sharded folder by its index (model.safetensors.index.json or
+ * pytorch_model.bin.index.json): names at open, each shard opened when one
+ * of its tensors is fetched. */
+tensor_file_t *tensor_file_open_sharded(const char *index_path, shard_error_t *err);
+
+/* Opens tf_model.h5 (Keras 2 HDF5 weights of HF's TF classes) with
+ * libhdf5; names and layouts translated to PyTorch's. */
+tensor_file_t *tensor_file_open_h5(const char *path, shard_error_t *err);
+
+/* Finds entry name, resolves and loads it (applying the transpose); *out
+ * is NULL, with SHARD_OK, when the file has no such entry. */
+shard_status_t tensor_file_fetch(tensor_file_t *file, const char *name,
+                                 const tensor_entry_t **out, shard_error_t *err);
+
+/* The name/layout translation hook: gives the engine's name of a stored
+ * tensor and whether the stored layout is the 2-d transpose of the
+ * engine's; false drops the entry (a duplicate or a non-weight). */
+typedef bool (*tensor_translate_fn)(const char *stored, char *name, size_t name_size,
+                                    bool *transpose);
+
+/* Renames every entry with fn and flips the shape of the transposed ones. */
+shard_status_t tensor_file_translate(tensor_file_t *file, tensor_translate_fn fn,
+                                     shard_error_t *err);
 
 /* Frees entries and calls release; accepts NULL. */
 void tensor_file_destroy(tensor_file_t **self_p);
 
-/* Finds an entry by exact name, or NULL. */
+/* Finds an entry by exact name, or NULL; its data may not be loaded yet. */
 const tensor_entry_t *tensor_file_find(const tensor_file_t *file, const char *name);
+
+/* ---------------------------------------------------------------- checkpoint folders */
+
+/* Opens the weights of a checkpoint folder: the first row of the format
+ * table (formats.c) whose file name is present and whose probe accepts it.
+ * path gets the file opened, for messages. */
+tensor_file_t *shard_checkpoint_open_weights(const char *dir, char *path, size_t path_size,
+                                             shard_error_t *err);
+
+/* The config of a checkpoint folder: config.json, or, without one, the
+ * params of an original XLM checkpoint's .pth. */
+shard_status_t shard_checkpoint_load_config(const char *dir, shard_config_t *config,
+                                            shard_error_t *err);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,7 @@
  * whatever backs the data. */
 #include "shard_checkpoint.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,9 @@ void tensor_file_destroy(tensor_file_t **self_p)
             free(self->entries[i].name);
         free(self->entries);
     }
+    for (size_t i = 0; i < self->n_copies; i++)
+        free(self->copies[i]);
+    free(self->copies);
     /* release runs after the entries are gone but before path, so a reader
      * may still name the file in a message from its teardown. */
     if (self->release != NULL)
@@ -66,4 +70,98 @@ const tensor_entry_t *tensor_file_find(const tensor_file_t *file, const char *na
             return &file->entries[i];
     }
     return NULL;
+}
+
+/* Rows and columns swapped into a new buffer the file owns: the engine
+ * wants [out, in] where TF stores [in, out]. */
+static shard_status_t transpose_entry(tensor_file_t *file, tensor_entry_t *e, shard_error_t *err)
+{
+    size_t elem = tensor_dtype_size(e->dtype);
+    size_t rows = (size_t)e->shape[0], cols = (size_t)e->shape[1];
+    void **copies = realloc(file->copies, (file->n_copies + 1) * sizeof *copies);
+    uint8_t *out = malloc(e->nbytes > 0 ? e->nbytes : 1);
+    if (copies != NULL)
+        file->copies = copies;
+    if (copies == NULL || out == NULL) {
+        free(out);
+        return shard_error_set(err, SHARD_ERR_NOMEM,
+                               "tensor_file_fetch: %s: out of memory transposing %s",
+                               file->path, e->name);
+    }
+    /* Stored as [cols][rows]; element (r, c) of the result is (c, r) there. */
+    const uint8_t *in = e->data;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++)
+            memcpy(out + (r * cols + c) * elem, in + (c * rows + r) * elem, elem);
+    file->copies[file->n_copies++] = out;
+    e->data = out;
+    e->transpose = false; /* done once; a second fetch sees the copy */
+    return SHARD_OK;
+}
+
+shard_status_t tensor_file_fetch(tensor_file_t *file, const char *name,
+                                 const tensor_entry_t **out, shard_error_t *err)
+{
+    *out = NULL;
+    tensor_entry_t *e = (tensor_entry_t *)tensor_file_find(file, name);
+    if (e == NULL)
+        return SHARD_OK;
+    size_t index = (size_t)(e - file->entries);
+    shard_status_t st = SHARD_OK;
+    if (!e->resolved && file->resolve != NULL)
+        st = file->resolve(file, index, err);
+    if (st == SHARD_OK && !e->resolved)
+        st = shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_fetch: %s: tensor %s has "
+                             "no dtype or shape", file->path, name);
+    if (st == SHARD_OK && e->data == NULL && file->load != NULL)
+        st = file->load(file, index, err);
+    if (st == SHARD_OK && e->data == NULL)
+        st = shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_fetch: %s: tensor %s has "
+                             "no data", file->path, name);
+    if (st == SHARD_OK && e->transpose)
+        st = transpose_entry(file, e, err);
+    if (st == SHARD_OK)
+        *out = e;
+    return st;
+}
+
+shard_status_t tensor_file_translate(tensor_file_t *file, tensor_translate_fn fn,
+                                     shard_error_t *err)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < file->count; i++) {
+        tensor_entry_t e = file->entries[i];
+        char name[512];
+        bool transpose = false;
+        if (!fn(e.name, name, sizeof name, &transpose)) {
+            free(e.name);
+            continue;
+        }
+        char *renamed = NULL;
+        shard_status_t st = SHARD_OK;
+        if (transpose && e.resolved && e.ndim != 2)
+            st = shard_error_set(err, SHARD_ERR_FORMAT,
+                                 "tensor_file_translate: %s: tensor %s has %d dimensions, "
+                                 "a kernel to transpose needs 2", file->path, e.name, e.ndim);
+        else if ((renamed = strdup(name)) == NULL)
+            st = shard_error_set(err, SHARD_ERR_NOMEM, "tensor_file_translate: out of memory");
+        if (st != SHARD_OK) {
+            /* Keeps the entries not yet renamed so destroy frees their names. */
+            memmove(&file->entries[kept], &file->entries[i],
+                    (file->count - i) * sizeof file->entries[0]);
+            file->count = kept + (file->count - i);
+            return st;
+        }
+        free(e.name);
+        e.name = renamed;
+        if (transpose) {
+            int64_t rows = e.shape[0];
+            e.shape[0] = e.shape[1];
+            e.shape[1] = rows;
+            e.transpose = !e.transpose;
+        }
+        file->entries[kept++] = e;
+    }
+    file->count = kept;
+    return SHARD_OK;
 }

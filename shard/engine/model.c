@@ -10,7 +10,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 typedef struct shard_binder {
     shard_model_t *model;
@@ -94,18 +93,20 @@ static shard_status_t as_float32(binder_t *b, const tensor_entry_t *entry, size_
     return own_buffer(b->model, buffer, b->err);
 }
 
-static const tensor_entry_t *find_entry(binder_t *b, const char *name)
+/* Fetches name, or "transformer." name; *entry NULL when neither is there.
+ * Fetching loads the bytes: a stage reads only its own tensors. */
+static shard_status_t find_entry(binder_t *b, const char *name, const tensor_entry_t **entry)
 {
-    const tensor_file_t *file = b->model->file;
+    tensor_file_t *file = b->model->file;
     char prefixed[400];
-    const tensor_entry_t *entry = tensor_file_find(file, name);
-    if (!entry) {
+    shard_status_t status = tensor_file_fetch(file, name, entry, b->err);
+    if (!status && !*entry) {
         snprintf(prefixed, sizeof prefixed, "transformer.%s", name);
-        entry = tensor_file_find(file, prefixed);
+        status = tensor_file_fetch(file, prefixed, entry, b->err);
     }
-    if (entry)
-        b->used[entry - file->entries] = true;
-    return entry;
+    if (*entry)
+        b->used[*entry - file->entries] = true;
+    return status;
 }
 
 static void format_shape(char *out, size_t size, int ndim, const int64_t *shape)
@@ -133,7 +134,10 @@ static shard_status_t bind(binder_t *b, const float **out, bool required, const 
     }
     va_end(args);
     *out = NULL;
-    const tensor_entry_t *entry = find_entry(b, name);
+    const tensor_entry_t *entry = NULL;
+    shard_status_t status = find_entry(b, name, &entry);
+    if (status)
+        return status;
     if (!entry) {
         if (!required)
             return SHARD_OK;
@@ -330,18 +334,7 @@ static shard_status_t bind_all(binder_t *b)
 static tensor_file_t *open_weights(const char *dir, char *path, size_t path_size,
                                    shard_error_t *err)
 {
-    struct stat st;
-    if (shard_path_join(path, path_size, dir, "model.safetensors", err))
-        return NULL;
-    if (stat(path, &st) == 0)
-        return tensor_file_open_safetensors(path, err);
-    if (shard_path_join(path, path_size, dir, "pytorch_model.bin", err))
-        return NULL;
-    if (stat(path, &st) == 0)
-        return tensor_file_open_torch(path, err);
-    shard_error_set(err, SHARD_ERR_IO,
-                    "%s: no model.safetensors or pytorch_model.bin in the checkpoint folder", dir);
-    return NULL;
+    return shard_checkpoint_open_weights(dir, path, path_size, err);
 }
 
 static shard_status_t check_range(const shard_config_t *c, const shard_range_t *r,
@@ -384,8 +377,7 @@ shard_model_t *shard_model_open(const char *dir, const shard_model_options_t *op
         return NULL;
     }
     snprintf(model->dir, sizeof model->dir, "%s", dir);
-    if (shard_path_join(path, sizeof path, dir, "config.json", err) ||
-        shard_config_load(path, &model->config, err))
+    if (shard_checkpoint_load_config(dir, &model->config, err))
         goto fail;
     model->head = shard_head_of_architecture(model->config.architecture);
     if (model->head == SHARD_HEAD_COUNT_) {

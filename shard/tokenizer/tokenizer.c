@@ -113,10 +113,74 @@ static bool json_bool(const cJSON *obj, const char *key, bool dflt)
 
 /* ---------------------------------------------------------------- vocabulary */
 
+/* Ids 0-13 of an original XLM dictionary, before the units of `vocab`. */
+static const char *const fastbpe_specials[] = {
+    "<s>", "</s>", "<pad>", "<unk>", "<special0>", "<special1>", "<special2>",
+    "<special3>", "<special4>", "<special5>", "<special6>", "<special7>",
+    "<special8>", "<special9>"};
+
+/* One `vocab` unit in vocab.json's spelling: fastBPE writes a word-final
+ * unit plainly and a word-internal one with "@@"; HF writes "x</w>" and
+ * "x" (HF's conversion script does the same). */
+static cJSON *fastbpe_unit(cJSON *root, const char *unit, size_t len, int64_t id)
+{
+    char name[1024];
+    if (len >= 2 && unit[len - 2] == '@' && unit[len - 1] == '@')
+        snprintf(name, sizeof name, "%.*s", (int)(len - 2), unit);
+    else
+        snprintf(name, sizeof name, "%.*s</w>", (int)len, unit);
+    return cJSON_AddNumberToObject(root, name, (double)id);
+}
+
+/* An original XLM checkpoint's fastBPE `vocab` (one "unit count" a line,
+ * ids from 14 in file order) as a vocab.json object; NULL root when the
+ * folder has no `vocab` either. */
+static shard_status_t fastbpe_vocab(const char *dir, cJSON **root, shard_error_t *err)
+{
+    char *data;
+    size_t len;
+    *root = NULL;
+    shard_status_t st = read_file(dir, "vocab", false, &data, &len, err);
+    if (st || !data)
+        return st;
+    shard_tok_text_t check = {0};
+    st = shard_tok_utf8_decode(data, len, 0, &check, err);
+    shard_tok_text_free(&check);
+    *root = st ? NULL : cJSON_CreateObject();
+    int64_t id = 0;
+    for (size_t i = 0; *root && !st && i < sizeof fastbpe_specials / sizeof *fastbpe_specials; i++)
+        if (!cJSON_AddNumberToObject(*root, fastbpe_specials[i], (double)id++))
+            st = shard_error_set(err, SHARD_ERR_NOMEM, "shard_tokenizer_open: out of memory");
+    size_t line = 1;
+    for (char *p = data; *root && !st && p < data + len; line++) {
+        char *end = memchr(p, '\n', (size_t)(data + len - p));
+        size_t n = end ? (size_t)(end - p) : (size_t)(data + len - p);
+        char *space = memchr(p, ' ', n);
+        size_t unit = space ? (size_t)(space - p) : 0;
+        if (unit == 0 || unit >= 1000)
+            st = shard_error_set(err, SHARD_ERR_FORMAT, "shard_tokenizer_open: %s/vocab line %zu: "
+                                 "expected \"unit count\" with a unit of 1 to 999 bytes", dir, line);
+        else if (!fastbpe_unit(*root, p, unit, id++))
+            st = shard_error_set(err, SHARD_ERR_NOMEM, "shard_tokenizer_open: out of memory");
+        p += n + 1;
+    }
+    free(data);
+    if (st || !*root) {
+        cJSON_Delete(*root);
+        *root = NULL;
+        return st ? st : shard_error_set(err, SHARD_ERR_NOMEM, "shard_tokenizer_open: out of memory");
+    }
+    return SHARD_OK;
+}
+
 static shard_status_t load_vocab(shard_tokenizer_t *tok, const char *dir, shard_error_t *err)
 {
     cJSON *root;
-    shard_status_t st = read_json(dir, "vocab.json", true, &root, err);
+    shard_status_t st = read_json(dir, "vocab.json", false, &root, err);
+    if (!st && !root)
+        st = fastbpe_vocab(dir, &root, err);
+    if (!st && !root) /* neither: vocab.json's message */
+        st = read_json(dir, "vocab.json", true, &root, err);
     if (st)
         return st;
     if (!cJSON_IsObject(root)) {
@@ -176,7 +240,17 @@ static shard_status_t load_merges(shard_tokenizer_t *tok, const char *dir, shard
 {
     char *data;
     size_t len;
-    shard_status_t st = read_file(dir, "merges.txt", true, &data, &len, err);
+    /* fastBPE's codes are merges.txt under another name. */
+    const char *name = "merges.txt";
+    shard_status_t st = read_file(dir, name, false, &data, &len, err);
+    if (!st && !data) {
+        name = "codes";
+        st = read_file(dir, name, false, &data, &len, err);
+    }
+    if (!st && !data) {
+        name = "merges.txt";
+        st = read_file(dir, name, true, &data, &len, err);
+    }
     if (st)
         return st;
     shard_tok_text_t check = {0};
@@ -185,8 +259,8 @@ static shard_status_t load_merges(shard_tokenizer_t *tok, const char *dir, shard
     shard_tok_text_free(&check);
     if (st) {
         free(data);
-        return shard_error_set(err, SHARD_ERR_FORMAT, "shard_tokenizer_open: %s/merges.txt: %s",
-                               dir, err ? err->message : "invalid UTF-8");
+        return shard_error_set(err, SHARD_ERR_FORMAT, "shard_tokenizer_open: %s/%s: %s",
+                               dir, name, err ? err->message : "invalid UTF-8");
     }
     tok->bpe = shard_tok_bpe_new(data, len, err);
     free(data);

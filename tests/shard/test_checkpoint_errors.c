@@ -689,6 +689,59 @@ static void test_config_not_an_integer(void **state)
     }
 }
 
+/* A null where a number or bool belongs names the key instead of running
+ * with the default ("n_heads": null once ran with 16 heads). */
+static void test_config_null_value(void **state)
+{
+    static const struct { const char *key, *want; } cases[] = {
+        {"n_heads", "an integer"}, {"layer_norm_eps", "a number"}, {"causal", "true or false"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dir[PATH_MAX_LEN], key[64];
+        config_case(*state, "config_null", dir, sizeof dir, cases[i].key, "null");
+        snprintf(key, sizeof key, "\"%s\" is null", cases[i].key);
+        expect_open_error(dir, SHARD_ERR_CONFIG, "config.json", key, cases[i].want, NULL);
+    }
+}
+
+/* Control bytes are not JSON whitespace: "1e-1\x0f" is not 0.1. */
+static void test_config_control_byte(void **state)
+{
+    static const char *const values[] = {"1e-1\x0f", "\x01" "1e-12", "1e-12\x7f"};
+    for (size_t i = 0; i < 2; i++) {
+        char dir[PATH_MAX_LEN];
+        config_case(*state, "config_control", dir, sizeof dir, "layer_norm_eps", values[i]);
+        expect_open_error(dir, SHARD_ERR_CONFIG, "config.json", "control byte",
+                          "in the value of \"layer_norm_eps\"", NULL);
+    }
+    /* DEL is not a control byte for JSON, but it is no number either. */
+    char dir[PATH_MAX_LEN];
+    config_case(*state, "config_control", dir, sizeof dir, "layer_norm_eps", values[2]);
+    expect_open_error(dir, SHARD_ERR_CONFIG, "config.json", NULL);
+}
+
+/* A language id far outside any range (fuzz_config found the cast of
+ * 1e100 to an integer undefined). */
+static void test_config_lang_id_huge(void **state)
+{
+    char dir[PATH_MAX_LEN], path[PATH_MAX_LEN + 32];
+    write_case(*state, "config_lang_id", dir, sizeof dir, NULL);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    size_t size = 0;
+    char *text = (char *)read_bytes(path, &size);
+    cJSON *root = cJSON_ParseWithLength(text, size);
+    assert_non_null(root);
+    cJSON_DeleteItemFromObject(root, "lang2id");
+    cJSON *langs = cJSON_AddObjectToObject(root, "lang2id");
+    cJSON_AddNumberToObject(langs, "en", 1e100);
+    char *out = cJSON_Print(root);
+    write_text(path, out);
+    free(out);
+    cJSON_Delete(root);
+    free(text);
+    expect_open_error(dir, SHARD_ERR_CONFIG, "config.json", "lang2id[\"en\"]",
+                      "integer language id", NULL);
+}
+
 static void test_config_special_index_outside_vocab(void **state)
 {
     char dir[PATH_MAX_LEN];
@@ -1096,6 +1149,9 @@ int main(void)
         cmocka_unit_test(test_config_wrong_type),
         cmocka_unit_test(test_config_bool_of_wrong_type),
         cmocka_unit_test(test_config_not_an_integer),
+        cmocka_unit_test(test_config_null_value),
+        cmocka_unit_test(test_config_lang_id_huge),
+        cmocka_unit_test(test_config_control_byte),
         cmocka_unit_test(test_config_special_index_outside_vocab),
         cmocka_unit_test(test_config_value_out_of_range),
         cmocka_unit_test(test_config_emb_dim_not_divisible),

@@ -1,7 +1,10 @@
 /* test_stage_memory.c: a pipeline stage's resident memory is its share of
- * the weights. A checkpoint of 8 layers is opened whole and as the stage
- * [3, 4) alone; after the same layer work, the stage has brought in about
- * an eighth of the weight pages the whole model did. */
+ * the weights, in every weight format. A checkpoint of 8 layers is written
+ * as model.safetensors and rewritten (tests/tools/rewrite_checkpoint.py) as
+ * a zip and a legacy pytorch_model.bin and as sharded folders of both; each
+ * is opened whole and as the stage [3, 4) alone, and after the same layer
+ * work the stage has brought in about an eighth of the weight pages the
+ * whole model did. A sharded stage opens only the shards of its tensors. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +21,16 @@
 
 static char model_dir[4096];
 
+/* The formats, as rewrite_checkpoint.py names them ("" = the safetensors
+ * folder itself), each in model_dir/<name>. */
+static const char *const formats[] = {"", "torch", "torch-legacy", "sharded", "sharded-torch"};
+enum { N_FORMATS = sizeof formats / sizeof formats[0] };
+
+static void format_dir(char *out, size_t size, const char *format)
+{
+    snprintf(out, size, "%s/%s", model_dir, format[0] ? format : "safetensors");
+}
+
 static size_t resident_bytes(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -32,12 +45,22 @@ static int setup(void **state)
 {
     (void)state;
     snprintf(model_dir, sizeof model_dir, "%s/stage-memory-%d", XLM_TEST_TMP, (int)getpid());
-    char cmd[12000];
+    char cmd[12000], dir[4200], base[4200];
+    format_dir(base, sizeof base, "");
     snprintf(cmd, sizeof cmd,
              "mkdir -p '%s' && python3 '%s/tests/tools/make_checkpoint.py' '%s' '%s/tiny-clm-enfr' "
              "--emb 256 --layers 8 --heads 4 --causal",
-             XLM_TEST_TMP, XLM_SOURCE_DIR, model_dir, XLM_MODELS_DIR);
-    return system(cmd) == 0 ? 0 : -1;
+             XLM_TEST_TMP, XLM_SOURCE_DIR, base, XLM_MODELS_DIR);
+    if (system(cmd) != 0)
+        return -1;
+    for (size_t f = 1; f < N_FORMATS; f++) {
+        format_dir(dir, sizeof dir, formats[f]);
+        snprintf(cmd, sizeof cmd, "python3 '%s/tests/tools/rewrite_checkpoint.py' '%s' '%s' "
+                 "--to %s --shards 8", XLM_SOURCE_DIR, base, dir, formats[f]);
+        if (system(cmd) != 0)
+            return -1;
+    }
+    return 0;
 }
 
 static int teardown(void **state)
@@ -49,12 +72,11 @@ static int teardown(void **state)
 }
 
 /* Resident growth of opening a range and running its layers over 64 tokens. */
-static size_t growth_of(const shard_range_t *range)
+static size_t growth_of(const char *dir, const shard_range_t *range)
 {
     shard_error_t err = {0};
     size_t before = resident_bytes();
-    shard_model_t *model = shard_model_open(model_dir, &(shard_model_options_t){.range = range},
-                                            &err);
+    shard_model_t *model = shard_model_open(dir, &(shard_model_options_t){.range = range}, &err);
     shard_state_t *run_state = shard_state_new();
     if (!model)
         fail_msg("%s", err.message);
@@ -77,27 +99,70 @@ static size_t growth_of(const shard_range_t *range)
     return growth;
 }
 
-static void stage_holds_its_share(void **state)
+static void stage_holds_its_share(const char *format)
 {
-    (void)state;
+    char dir[4200];
+    format_dir(dir, sizeof dir, format);
     /* A first run pays for BLAS's buffers, which both measurements share. */
     shard_range_t warm = {7, 8, false, false};
-    growth_of(&warm);
+    growth_of(dir, &warm);
     shard_range_t stage = {3, 4, false, false};
     shard_range_t whole = {0, 8, false, false};
-    size_t one = growth_of(&stage);
-    size_t all = growth_of(&whole);
+    size_t one = growth_of(dir, &stage);
+    size_t all = growth_of(dir, &whole);
     /* One layer of emb 256: 786,432 float32 values, 3 MiB. */
-    print_message("resident growth: stage [3, 4) %zu KiB, layers [0, 8) %zu KiB\n", one / 1024,
-                  all / 1024);
+    print_message("%s: resident growth: stage [3, 4) %zu KiB, layers [0, 8) %zu KiB\n",
+                  format[0] ? format : "safetensors", one / 1024, all / 1024);
     assert_true(all >= 7 * (size_t)3 * 1024 * 1024);
     assert_true(one <= all / 4);
+}
+
+static void safetensors_stage(void **state) { (void)state; stage_holds_its_share(""); }
+static void torch_stage(void **state) { (void)state; stage_holds_its_share("torch"); }
+static void legacy_stage(void **state) { (void)state; stage_holds_its_share("torch-legacy"); }
+static void sharded_stage(void **state) { (void)state; stage_holds_its_share("sharded"); }
+static void sharded_torch_stage(void **state)
+{
+    (void)state;
+    stage_holds_its_share("sharded-torch");
+}
+
+/* The shard holding layer 0's first tensors is overwritten with garbage: the
+ * stage [3, 4) never opens it and loads; the whole model names the file. */
+static void sharded_stage_opens_its_shards(void **state)
+{
+    (void)state;
+    for (size_t f = 3; f < N_FORMATS; f++) {
+        char dir[4200], cmd[13000];
+        format_dir(dir, sizeof dir, formats[f]);
+        const char *shard = f == 3 ? "model-00002-of-00008.safetensors"
+                                   : "pytorch_model-00002-of-00008.bin";
+        snprintf(cmd, sizeof cmd, "cp -r '%s' '%s-bad' && printf garbage > '%s-bad/%s'", dir, dir,
+                 dir, shard);
+        assert_int_equal(system(cmd), 0);
+        strcat(dir, "-bad");
+        shard_error_t err = {0};
+        shard_range_t stage = {6, 7, false, false};
+        shard_model_t *model = shard_model_open(dir, &(shard_model_options_t){.range = &stage}, &err);
+        if (!model)
+            fail_msg("%s: %s", dir, err.message);
+        shard_model_destroy(&model);
+        model = shard_model_open(dir, NULL, &err);
+        assert_null(model);
+        print_message("%s: whole model: %s\n", formats[f], err.message);
+        assert_non_null(strstr(err.message, shard));
+    }
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(stage_holds_its_share),
+        cmocka_unit_test(safetensors_stage),
+        cmocka_unit_test(torch_stage),
+        cmocka_unit_test(legacy_stage),
+        cmocka_unit_test(sharded_stage),
+        cmocka_unit_test(sharded_torch_stage),
+        cmocka_unit_test(sharded_stage_opens_its_shards),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -63,11 +63,25 @@ static void write_all(const char *path, const void *data, size_t len)
     assert_int_equal(fclose(f), 0);
 }
 
+/* Opens path and fetches every entry, as a model binding all of them
+ * would: storages are read on demand, so a bad storage shows at fetch. On
+ * failure the file is destroyed and err names the problem. */
+static tensor_file_t *open_loaded(const char *path, shard_error_t *err)
+{
+    tensor_file_t *tf = tensor_file_open_torch(path, err);
+    for (size_t i = 0; tf != NULL && i < tf->count; i++) {
+        const tensor_entry_t *e = NULL;
+        if (tensor_file_fetch(tf, tf->entries[i].name, &e, err) != SHARD_OK)
+            tensor_file_destroy(&tf);
+    }
+    return tf;
+}
+
 /* Opens path, expecting failure with code and a message containing want. */
 static void expect_fail(const char *path, shard_status_t code, const char *want)
 {
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(path, &err);
+    tensor_file_t *tf = open_loaded(path, &err);
     if (tf != NULL || err.code != code || strstr(err.message, want) == NULL)
         print_error("opened=%d code=%d (want %d) message: %s (want '%s')\n",
                     tf != NULL, (int)err.code, (int)code, err.message, want);
@@ -581,7 +595,7 @@ static void test_destroy_and_find_accept_null(void **state)
 static void test_golden_equals_safetensors(void **state)
 {
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(GOLDEN_BIN, &err);
+    tensor_file_t *tf = open_loaded(GOLDEN_BIN, &err);
     if (tf == NULL)
         fail_msg("%s", err.message);
     st_file_t st;
@@ -615,7 +629,7 @@ static void test_golden_equals_safetensors(void **state)
 static void test_golden_shared_storage(void **state)
 {
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(GOLDEN_BIN, &err);
+    tensor_file_t *tf = open_loaded(GOLDEN_BIN, &err);
     assert_non_null(tf);
     const tensor_entry_t *proj = tensor_file_find(tf, "pred_layer.proj.weight");
     const tensor_entry_t *emb = tensor_file_find(tf, "transformer.embeddings.weight");
@@ -665,7 +679,7 @@ static void test_fake_state_dict(void **state)
 {
     fake_t f = fake_default();
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(fake_write(&f, "ok.bin"), &err);
+    tensor_file_t *tf = open_loaded(fake_write(&f, "ok.bin"), &err);
     if (tf == NULL)
         fail_msg("%s", err.message);
     check_fake_entries(tf, &f);
@@ -692,7 +706,7 @@ static void test_fake_variants(void **state)
     f.t[f.count++] = (fake_tensor_t){"f.bytes", "ByteStorage", "5", 70000, 69990, 1,
                                      {10}, {1}};
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(fake_write(&f, "variants.bin"), &err);
+    tensor_file_t *tf = open_loaded(fake_write(&f, "variants.bin"), &err);
     if (tf == NULL)
         fail_msg("%s", err.message);
     check_fake_entries(tf, &f);
@@ -842,7 +856,7 @@ static void test_byteorder(void **state)
     fake_entries(&z, &f);
     zentries_write(&z, tmp_path("le.bin"));
     shard_error_t err = {0};
-    tensor_file_t *tf = tensor_file_open_torch(tmp_path("le.bin"), &err);
+    tensor_file_t *tf = open_loaded(tmp_path("le.bin"), &err);
     assert_non_null(tf);
     tensor_file_destroy(&tf);
     zentries_set(&z, "archive/byteorder", "middle", 6);
@@ -978,7 +992,8 @@ static void test_bad_machine_states(void **state)
         {PKL("\x80\x02]K\x01K\x02s."), "sets an item of a list"},
         {PKL("\x80\x02}K\x01" "a."), "appends to a dict"},
         {PKL("\x80\x02}\x8c\x02\xc3\x28."), "not UTF-8"},
-        {PKL("\x80\x02}\x8c\x01\x00."), "not UTF-8 without NUL"},
+        /* A NUL is a valid str (numpy bytes in .pth files) but not a name. */
+        {PKL("\x80\x02}\x8c\x03" "a\x00" "bK\x01s."), "state dict key 'a' holds a NUL at byte 1"},
         {PKL("\x80\x02\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09."),
          "integer of 9 bytes"},
         {PKL("\x80\x02" "ccollections\nOrderedDict\n" "K\x01\x85R."),
@@ -1001,7 +1016,7 @@ static void test_bad_machine_states(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = pickle_write(cases[i].pkl, cases[i].len, "state.bin");
         shard_error_t err = {0};
-        tensor_file_t *tf = tensor_file_open_torch(path, &err);
+        tensor_file_t *tf = open_loaded(path, &err);
         if (tf != NULL || strstr(err.message, cases[i].want) == NULL)
             fail_msg("case %zu: got '%s', want '%s'", i, err.message, cases[i].want);
         assert_true(err.code == SHARD_ERR_FORMAT || err.code == SHARD_ERR_UNSUPPORTED);
@@ -1019,7 +1034,7 @@ static void test_truncated_pickle(void **state)
     for (size_t cut = 1; cut < len; cut++) {
         const char *path = pickle_write(pkl, cut, "cut.bin");
         shard_error_t err = {0};
-        tensor_file_t *tf = tensor_file_open_torch(path, &err);
+        tensor_file_t *tf = open_loaded(path, &err);
         if (tf != NULL || err.code != SHARD_ERR_FORMAT
             || strstr(err.message, "truncated pickle") == NULL)
             fail_msg("cut at %zu: %s", cut, err.message);
@@ -1053,7 +1068,7 @@ static void test_pickle_mutations(void **state)
             zentries_write(&z, path);
             pkl[pos] = saved;
             shard_error_t err = {0};
-            tensor_file_t *tf = tensor_file_open_torch(path, &err);
+            tensor_file_t *tf = open_loaded(path, &err);
             if (tf == NULL) {
                 assert_true(err.code != SHARD_OK && err.message[0] != '\0');
                 failed++;
@@ -1076,6 +1091,89 @@ static void test_pickle_mutations(void **state)
     zentries_clear(&z);
 }
 
+/* ---------------------------------------------------------------- legacy files */
+
+#define LEGACY_BIN XLM_GOLDEN_DIR "/clm-base-legacy/pytorch_model.bin"
+
+/* Offset just after the five pickles of a legacy file, where the first
+ * storage's element count is: 8 bytes before the storage the reader maps
+ * lowest, found in the file by its first bytes. */
+static size_t legacy_data_start(const char *path, const uint8_t *bytes, size_t len)
+{
+    shard_error_t err = {0};
+    tensor_file_t *tf = open_loaded(path, &err);
+    assert_non_null(tf);
+    const tensor_entry_t *lowest = NULL;
+    for (size_t i = 0; i < tf->count; i++)
+        if (tf->entries[i].nbytes >= 16
+            && (lowest == NULL || (const uint8_t *)tf->entries[i].data < (const uint8_t *)lowest->data))
+            lowest = &tf->entries[i];
+    assert_non_null(lowest);
+    const uint8_t *at = NULL;
+    for (size_t i = 0; at == NULL && i + 16 <= len; i++)
+        if (memcmp(bytes + i, lowest->data, 16) == 0)
+            at = bytes + i;
+    assert_non_null(at);
+    size_t offset = (size_t)(at - bytes) - 8;
+    tensor_file_destroy(&tf);
+    return offset;
+}
+
+static void test_legacy_golden(void **state)
+{
+    (void)state;
+    shard_error_t err = {0};
+    tensor_file_t *tf = open_loaded(LEGACY_BIN, &err);
+    if (tf == NULL)
+        fail_msg("%s", err.message);
+    /* Layer 0's q, k and v weights are views into one storage. */
+    const tensor_entry_t *q = tensor_file_find(tf, "attentions.0.q_lin.weight");
+    const tensor_entry_t *k = tensor_file_find(tf, "attentions.0.k_lin.weight");
+    assert_non_null(q);
+    assert_non_null(k);
+    assert_ptr_equal((const uint8_t *)k->data, (const uint8_t *)q->data + 32 * 32 * 4);
+    tensor_file_destroy(&tf);
+}
+
+static void test_legacy_bad_files(void **state)
+{
+    (void)state;
+    size_t len = 0;
+    uint8_t *bytes = read_all(LEGACY_BIN, &len);
+    size_t data = legacy_data_start(LEGACY_BIN, bytes, len);
+    const char *path = tmp_path("legacy.bin");
+    /* Truncated anywhere: inside the pickles, at a count, inside data. */
+    const size_t cuts[] = {1, 3, 20, data - 3, data, data + 4, data + 100, len - 1};
+    const char *want[] = {"truncated", "truncated", "truncated", "truncated",
+                          "truncated: storage", "truncated: storage", "runs past the end",
+                          "runs past the end"};
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        write_all(path, bytes, cuts[i]);
+        expect_fail(path, SHARD_ERR_FORMAT, want[i]);
+    }
+    /* The first storage's count says one element more than its pid. */
+    uint8_t *bad = malloc(len);
+    memcpy(bad, bytes, len);
+    bad[data] ^= 1;
+    write_all(path, bad, len);
+    expect_fail(path, SHARD_ERR_FORMAT, "elements in the file, its persistent id says");
+    /* A key in the key list that no tensor names: the last digit of the
+     * last key changed (the list ends "...<digit>q/e.": BINPUT, APPENDS,
+     * STOP). */
+    memcpy(bad, bytes, len);
+    assert_true(bad[data - 5] >= '0' && bad[data - 5] <= '9');
+    bad[data - 5] = bad[data - 5] == '9' ? '8' : '9';
+    write_all(path, bad, len);
+    expect_fail(path, SHARD_ERR_FORMAT, "in the key list is named by no tensor");
+    /* The magic number off by one bit. */
+    memcpy(bad, bytes, len);
+    bad[4] ^= 1;
+    write_all(path, bad, len);
+    expect_fail(path, SHARD_ERR_FORMAT, "expected torch's magic number");
+    free(bad);
+    free(bytes);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1092,6 +1190,8 @@ int main(void)
         cmocka_unit_test(test_storage_key_missing),
         cmocka_unit_test(test_storage_too_small),
         cmocka_unit_test(test_storage_crc),
+        cmocka_unit_test(test_legacy_golden),
+        cmocka_unit_test(test_legacy_bad_files),
         cmocka_unit_test(test_storage_inconsistent),
         cmocka_unit_test(test_byteorder),
         cmocka_unit_test(test_non_contiguous),

@@ -84,6 +84,48 @@ static void check_ids(const int64_t *got, size_t n, const cJSON *want)
 
 /* ---------------------------------------------------------------- golden */
 
+/* An original XLM checkpoint folder (fastBPE vocab and codes, no
+ * vocab.json or merges.txt) tokenizes every golden text to the same ids as
+ * its HF twin (HF mode: the language rules need the config's languages,
+ * which such a folder keeps in model.pth). */
+static void test_fastbpe_files(void **state)
+{
+    (void)state;
+    shard_error_t err = {0};
+    shard_tokenizer_t *orig = shard_tokenizer_open(MODEL "-xlmorig", &err);
+    if (!orig)
+        fail_msg("%s", err.message);
+    assert_int_equal(shard_tokenizer_vocab_size(orig), shard_tokenizer_vocab_size(tok));
+    assert_int_equal(shard_tokenizer_token_to_id(orig, "re"), shard_tokenizer_token_to_id(tok, "re"));
+    assert_int_equal(shard_tokenizer_token_to_id(orig, "de</w>"),
+                     shard_tokenizer_token_to_id(tok, "de</w>"));
+    size_t len;
+    char *data = read_all(MODEL "/tokenizer_cases.jsonl", &len);
+    assert_non_null(data);
+    size_t cases = 0;
+    for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *g = cJSON_Parse(line);
+        const char *text = cJSON_GetObjectItem(g, "text")->valuestring;
+        shard_tokenizer_segment_t a = {text, strlen(text), "en"};
+        shard_encoding_t x, y;
+        shard_encoding_init(&x);
+        shard_encoding_init(&y);
+        assert_int_equal(shard_tokenizer_encode(tok, SHARD_TOKENIZER_MODE_HF, &a, NULL, true, &x,
+                                                &err), SHARD_OK);
+        assert_int_equal(shard_tokenizer_encode(orig, SHARD_TOKENIZER_MODE_HF, &a, NULL, true, &y,
+                                                &err), SHARD_OK);
+        assert_int_equal(x.length, y.length);
+        assert_memory_equal(x.input_ids, y.input_ids, x.length * sizeof *x.input_ids);
+        shard_encoding_clear(&x);
+        shard_encoding_clear(&y);
+        cJSON_Delete(g);
+        cases++;
+    }
+    free(data);
+    assert_true(cases >= 100);
+    shard_tokenizer_destroy(&orig);
+}
+
 static void test_golden_cases(void **state)
 {
     (void)state;
@@ -679,6 +721,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_cases),
+        cmocka_unit_test(test_fastbpe_files),
         cmocka_unit_test(test_bundled_model_examples),
         cmocka_unit_test(test_special_tokens_in_text),
         cmocka_unit_test(test_hard_characters),

@@ -1,0 +1,371 @@
+/* test_h5.c: tf_model.h5 files that are bad in one way each, made from the
+ * golden clm-lm-tf/tf_model.h5 with libhdf5: every one is an error naming
+ * the file, the tensor and the value, never a crash; and the forms Keras
+ * may write (split weight_names0/1 lists, fixed-length strings) load and
+ * give the golden outputs. A stage of an 8-layer tf_model.h5 holds only its
+ * share of the weights. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "shard_checkpoint.h"
+#include "shard_engine.h"
+
+#define GOLDEN XLM_GOLDEN_DIR "/clm-lm-tf"
+#define LAYER "transformer"
+#define Q_KERNEL "tfxlm_with_lm_head_model/transformer/attentions_._0/q_lin/kernel:0"
+
+static char dir[1024];
+
+/* A fresh copy of the golden folder; returns the path of its tf_model.h5. */
+static const char *fresh_copy(const char *name)
+{
+    static char h5[4300];
+    char cmd[16000];
+    snprintf(dir, sizeof dir, "%s/h5-%d-%s", XLM_TEST_TMP, (int)getpid(), name);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s' && cp '%s'/* '%s'/ && chmod -R u+w '%s'",
+             dir, dir, GOLDEN, dir, dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(h5, sizeof h5, "%s/tf_model.h5", dir);
+    return h5;
+}
+
+static void expect_open_fails(const char *const *want, size_t n)
+{
+    shard_error_t err = {0};
+    shard_model_t *model = shard_model_open(dir, NULL, &err);
+    assert_null(model);
+    print_message("%s\n", err.message);
+    assert_int_not_equal(err.code, SHARD_OK);
+    for (size_t i = 0; i < n; i++)
+        if (!strstr(err.message, want[i]))
+            fail_msg("message \"%s\" does not name \"%s\"", err.message, want[i]);
+}
+
+/* Replaces dataset path of group LAYER with one of type and dims. */
+static void replace_dataset(const char *h5, hid_t type, int ndim, const hsize_t *dims)
+{
+    hid_t f = H5Fopen(h5, H5F_ACC_RDWR, H5P_DEFAULT);
+    assert_true(f >= 0);
+    hid_t g = H5Gopen2(f, LAYER, H5P_DEFAULT);
+    assert_true(H5Ldelete(g, Q_KERNEL, H5P_DEFAULT) >= 0);
+    if (type >= 0) {
+        hid_t space = H5Screate_simple(ndim, dims, NULL);
+        hid_t d = H5Dcreate2(g, Q_KERNEL, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        assert_true(d >= 0);
+        size_t n = 1;
+        for (int i = 0; i < ndim; i++)
+            n *= dims[i];
+        double *zeros = calloc(n, sizeof *zeros);
+        assert_true(H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros) >= 0);
+        free(zeros);
+        H5Dclose(d);
+        H5Sclose(space);
+    }
+    H5Gclose(g);
+    H5Fclose(f);
+}
+
+static void test_wrong_type(void **state)
+{
+    (void)state;
+    hsize_t dims[2] = {32, 32};
+    replace_dataset(fresh_copy("type"), H5T_IEEE_F64LE, 2, dims);
+    const char *want[] = {"tf_model.h5", Q_KERNEL, "8-byte elements, expected float32"};
+    expect_open_fails(want, 3);
+}
+
+static void test_wrong_shape(void **state)
+{
+    (void)state;
+    hsize_t dims[2] = {32, 31};
+    replace_dataset(fresh_copy("shape"), H5T_IEEE_F32LE, 2, dims);
+    /* Named after translation: the engine's name and layout. */
+    const char *want[] = {"tf_model.h5", "attentions.0.q_lin.weight", "[31, 32]",
+                          "expected [32, 32]"};
+    expect_open_fails(want, 4);
+}
+
+static void test_missing_weight(void **state)
+{
+    (void)state;
+    replace_dataset(fresh_copy("missing"), -1, 0, NULL);
+    const char *want[] = {"tf_model.h5", Q_KERNEL, "no dataset"};
+    expect_open_fails(want, 3);
+}
+
+static void test_truncated(void **state)
+{
+    (void)state;
+    const char *h5 = fresh_copy("truncated");
+    static const long sizes[] = {0, 7, 600, 4096, 100000};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        assert_int_equal(truncate(h5, sizes[i]), 0);
+        const char *want[] = {"tf_model.h5"};
+        expect_open_fails(want, 1);
+    }
+}
+
+/* Rewrites attribute name of obj as the strings of list (fixed-length
+ * strings of width bytes, or variable-length when width is 0). */
+static void write_strings(hid_t obj, const char *name, const char *const *list, size_t n,
+                          size_t width)
+{
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, width ? width : H5T_VARIABLE);
+    hsize_t dims[1] = {n};
+    hid_t space = H5Screate_simple(1, dims, NULL);
+    if (H5Aexists(obj, name) > 0)
+        H5Adelete(obj, name);
+    hid_t a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(a >= 0);
+    if (width) {
+        char *buf = calloc(n, width);
+        for (size_t i = 0; i < n; i++)
+            strncpy(buf + i * width, list[i], width);
+        assert_true(H5Awrite(a, type, buf) >= 0);
+        free(buf);
+    } else {
+        assert_true(H5Awrite(a, type, list) >= 0);
+    }
+    H5Aclose(a);
+    H5Sclose(space);
+    H5Tclose(type);
+}
+
+/* The strings of attribute name of obj (variable-length), malloc'd. */
+static char **read_strings(hid_t obj, const char *name, size_t *n)
+{
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t space = H5Aget_space(a);
+    *n = (size_t)H5Sget_simple_extent_npoints(space);
+    char **list = calloc(*n, sizeof *list);
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, H5T_VARIABLE);
+    assert_true(H5Aread(a, type, list) >= 0);
+    H5Tclose(type);
+    H5Sclose(space);
+    H5Aclose(a);
+    return list;
+}
+
+/* weight_names split in two, layer_names as fixed-length strings: the same
+ * outputs as the golden folder. */
+static void test_split_and_fixed_strings(void **state)
+{
+    (void)state;
+    const char *h5 = fresh_copy("split");
+    hid_t f = H5Fopen(h5, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t g = H5Gopen2(f, LAYER, H5P_DEFAULT);
+    size_t n = 0, n_layers = 0;
+    char **names = read_strings(g, "weight_names", &n);
+    assert_true(n > 10);
+    H5Adelete(g, "weight_names");
+    write_strings(g, "weight_names0", (const char *const *)names, n / 2, 0);
+    write_strings(g, "weight_names1", (const char *const *)names + n / 2, n - n / 2, 0);
+    char **layers = read_strings(f, "layer_names", &n_layers);
+    write_strings(f, "layer_names", (const char *const *)layers, n_layers, 40);
+    H5Gclose(g);
+    H5Fclose(f);
+    /* Freed by libhdf5's allocator: they came from H5Aread. */
+    for (size_t i = 0; i < n; i++)
+        H5free_memory(names[i]);
+    for (size_t i = 0; i < n_layers; i++)
+        H5free_memory(layers[i]);
+    free(names);
+    free(layers);
+    char cmd[16000];
+    snprintf(cmd, sizeof cmd, "'%s/xlm-infer' --model '%s' < '%s/cases.jsonl' > '%s/out.jsonl' && "
+             "python3 '%s/tests/tools/compare_golden.py' '%s/cases.jsonl' '%s/out.jsonl' split",
+             XLM_BIN_DIR, dir, dir, dir, XLM_SOURCE_DIR, dir, dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---------------------------------------------------------------- stage memory */
+
+/* TF's name of a PyTorch weight of an LM checkpoint without the
+ * "transformer." prefix (modeling_tf_pytorch_utils.py's rules backwards);
+ * *group the top-level layer; *transpose for Dense kernels. */
+static void tf_name(const char *torch, char *out, size_t size, const char **group, bool *transpose)
+{
+    char path[512] = "", copy[512];
+    snprintf(copy, sizeof copy, "%s", torch);
+    char *parts[16] = {copy};
+    int n = 0;
+    for (char *p = strtok(copy, "."); p && n < 16; p = strtok(NULL, "."))
+        parts[n++] = p;
+    assert_true(n > 0);
+    const char *last = parts[n - 1], *parent = n > 1 ? parts[n - 2] : "";
+    bool norm = strncmp(parts[0], "layer_norm", 10) == 0;
+    *transpose = false;
+    size_t used = 0;
+    for (int i = 0; i < n - 1; i++) {
+        bool index = parts[i][0] >= '0' && parts[i][0] <= '9';
+        used += (size_t)snprintf(path + used, sizeof path - used, "%s%s",
+                                 i == 0 ? "" : index ? "_._" : "/", parts[i]);
+    }
+    if (strcmp(last, "bias") == 0)
+        last = norm ? "beta" : "bias";
+    else if (norm)
+        last = "gamma";
+    else if (strcmp(parent, "position_embeddings") == 0 || strcmp(parent, "lang_embeddings") == 0)
+        last = "embeddings";
+    else if (strcmp(parent, "embeddings") != 0) {
+        last = "kernel";
+        *transpose = true;
+    }
+    if (strncmp(torch, "pred_layer.proj.", 16) == 0) {
+        *group = "pred_layer_._proj";
+        snprintf(out, size, "tfxlm_with_lm_head_model/pred_layer_._proj/%s:0", last);
+    } else {
+        *group = "transformer";
+        snprintf(out, size, "tfxlm_with_lm_head_model/transformer/%s/%s:0", path, last);
+    }
+}
+
+/* Writes the weights of safetensors folder src as dst/tf_model.h5 in the
+ * layout of HF's TF classes. */
+static void write_keras_h5(const char *src, const char *dst)
+{
+    char path[4200];
+    shard_error_t err = {0};
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    tensor_file_t *tf = tensor_file_open_safetensors(path, &err);
+    assert_non_null(tf);
+    snprintf(path, sizeof path, "%s/tf_model.h5", dst);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    const char *groups[] = {"transformer", "pred_layer_._proj"};
+    hid_t g[2];
+    char **names[2];
+    size_t n_names[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        g[i] = H5Gcreate2(f, groups[i], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        names[i] = calloc(tf->count, sizeof *names[i]);
+    }
+    for (size_t i = 0; i < tf->count; i++) {
+        const tensor_entry_t *e = &tf->entries[i];
+        char name[600];
+        const char *group = NULL;
+        bool transpose = false;
+        tf_name(e->name, name, sizeof name, &group, &transpose);
+        int k = strcmp(group, "transformer") == 0 ? 0 : 1;
+        names[k][n_names[k]++] = strdup(name);
+        hsize_t dims[2] = {(hsize_t)e->shape[0], e->ndim > 1 ? (hsize_t)e->shape[1] : 1};
+        const float *data = e->data;
+        float *t = NULL;
+        if (transpose) {
+            dims[0] = (hsize_t)e->shape[1];
+            dims[1] = (hsize_t)e->shape[0];
+            t = malloc(e->nbytes);
+            for (int64_t r = 0; r < e->shape[0]; r++)
+                for (int64_t c = 0; c < e->shape[1]; c++)
+                    t[c * e->shape[0] + r] = data[r * e->shape[1] + c];
+            data = t;
+        }
+        hid_t space = H5Screate_simple(e->ndim, dims, NULL);
+        hid_t d = H5Dcreate2(g[k], name, H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+        assert_true(d >= 0);
+        assert_true(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0);
+        H5Dclose(d);
+        H5Sclose(space);
+        free(t);
+    }
+    for (int i = 0; i < 2; i++) {
+        write_strings(g[i], "weight_names", (const char *const *)names[i], n_names[i], 0);
+        for (size_t j = 0; j < n_names[i]; j++)
+            free(names[i][j]);
+        free(names[i]);
+        H5Gclose(g[i]);
+    }
+    write_strings(f, "layer_names", groups, 2, 0);
+    H5Pclose(lcpl);
+    H5Fclose(f);
+    tensor_file_destroy(&tf);
+}
+
+static size_t resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, resident = 0;
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%lu %lu", &size, &resident), 2);
+    fclose(f);
+    return resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Resident growth of opening a range, measured in a forked child so that
+ * memory the allocator kept from an earlier open cannot hide it. */
+static size_t growth_of(const char *model_dir, const shard_range_t *range)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        shard_error_t err = {0};
+        size_t before = resident_bytes();
+        shard_model_t *model =
+            shard_model_open(model_dir, &(shard_model_options_t){.range = range}, &err);
+        size_t growth = model ? resident_bytes() - before : 0;
+        ssize_t w = write(fds[1], &growth, sizeof growth);
+        _exit(model && w == (ssize_t)sizeof growth ? 0 : 1);
+    }
+    close(fds[1]);
+    size_t growth = 0;
+    assert_int_equal(read(fds[0], &growth, sizeof growth), (ssize_t)sizeof growth);
+    close(fds[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    return growth;
+}
+
+/* An 8-layer checkpoint as tf_model.h5 alone: the stage [3, 4) reads
+ * about an eighth of what the whole model does (as test_stage_memory
+ * checks for the other formats). */
+static void test_stage_holds_its_share(void **state)
+{
+    (void)state;
+    char base[1024], h5dir[1024], cmd[16000];
+    snprintf(base, sizeof base, "%s/h5-%d-stage-src", XLM_TEST_TMP, (int)getpid());
+    snprintf(h5dir, sizeof h5dir, "%s/h5-%d-stage", XLM_TEST_TMP, (int)getpid());
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s' && python3 '%s/tests/tools/make_checkpoint.py' '%s' "
+             "'%s/tiny-clm-enfr' --emb 256 --layers 8 --heads 4 --causal && mkdir -p '%s' && "
+             "cp '%s'/*.json '%s'/merges.txt '%s'/", base, h5dir, XLM_SOURCE_DIR, base,
+             XLM_MODELS_DIR, h5dir, base, base, h5dir);
+    assert_int_equal(system(cmd), 0);
+    write_keras_h5(base, h5dir);
+    shard_range_t stage = {3, 4, false, false}, whole = {0, 8, false, false};
+    size_t one = growth_of(h5dir, &stage), all = growth_of(h5dir, &whole);
+    print_message("tf_model.h5: resident growth: stage [3, 4) %zu KiB, layers [0, 8) %zu KiB\n",
+                  one / 1024, all / 1024);
+    assert_true(all >= 7 * (size_t)3 * 1024 * 1024);
+    assert_true(one <= all / 4);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", base, h5dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_wrong_type),
+        cmocka_unit_test(test_wrong_shape),
+        cmocka_unit_test(test_missing_weight),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_split_and_fixed_strings),
+        cmocka_unit_test(test_stage_holds_its_share),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
