@@ -222,6 +222,31 @@ static void test_moses_nonbreaking_prefixes(void **state)
     CHECK_STAGE(ST_MOSES, "en", "lost. attempting", "lost. attempting");
 }
 
+/* The lists bundled beyond the first eleven languages (sacremoses ships
+ * them): one prefix of each, missing from the English list, keeps its
+ * period in its language and is split from it under the English rules. */
+static void test_moses_prefix_lists_of_more_languages(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *lang, *prefix, *next;
+    } cases[] = {
+        {"ca", "Sra", "Puig"},      {"cs", "MUDr", "Novák"},  {"el", "Άθαν", "Παπαδόπουλος"},
+        {"fi", "dipl", "Insinööri"}, {"ga", "Uacht", "Éireann"}, {"hu", "Szt", "István"},
+        {"is", "afs", "Jón"},       {"lv", "Inž", "Bērziņš"},  {"sk", "Mgr", "Novák"},
+        {"sl", "itd", "Potem"},     {"ta", "திரு", "ராமன்"},     {"yue", "Ū", "Wong"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[128], kept[128], split[128];
+        snprintf(text, sizeof text, "x %s. %s", cases[i].prefix, cases[i].next);
+        snprintf(kept, sizeof kept, "x %s. %s", cases[i].prefix, cases[i].next);
+        snprintf(split, sizeof split, "x %s . %s", cases[i].prefix, cases[i].next);
+        print_message("%s: %s\n", cases[i].lang, text);
+        CHECK_STAGE(ST_MOSES, cases[i].lang, text, kept);
+        CHECK_STAGE(ST_MOSES, "en", text, split);
+    }
+}
+
 static void test_moses_dots_commas(void **state)
 {
     (void)state;
@@ -416,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_moses_english),
         cmocka_unit_test(test_moses_french_apostrophes),
         cmocka_unit_test(test_moses_nonbreaking_prefixes),
+        cmocka_unit_test(test_moses_prefix_lists_of_more_languages),
         cmocka_unit_test(test_moses_dots_commas),
         cmocka_unit_test(test_bpe_merges),
         cmocka_unit_test(test_bpe_heap_equals_direct),
