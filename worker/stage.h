@@ -6,13 +6,6 @@
 
 #include <signal.h>
 
-/* Where the segments of a tokenised text row are: the first at
- * [offset_a, offset_a + length_a), the second (offset_b < 0 when none) at
- * [offset_b, offset_b + length_b); length: the row's tokens. */
-typedef struct {
-    int64_t offset_a, length_a, offset_b, length_b, length;
-} worker_segments_t;
-
 /* A request of a Batch made ready for a micro-batch (stage 0). */
 typedef struct {
     worker_item_t item;
@@ -22,7 +15,7 @@ typedef struct {
     int64_t steps, lang_fill; /* generate */
     /* text rows: where each row's segments are, for the default scored
      * positions; NULL for token rows */
-    worker_segments_t *segments;
+    shard_score_layout_t *segments;
 } worker_prepared_t;
 
 typedef struct worker_stage {
