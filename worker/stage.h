@@ -51,6 +51,14 @@ proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
                               const Xlm__Request *req, char *message, size_t message_size);
 void worker_prepared_clear(worker_prepared_t *p);
 
+/* The batcher (first.c): whether p alone fits a micro-batch of budget
+ * tokens (its unmasked tokens, and its padded ones within
+ * PROTO_PADDED_FACTOR x budget); and the end of the micro-batch that starts
+ * at preps[first] of n: the requests after it of its signature (langs and
+ * token types given or not), not generations, while both counts still fit. */
+bool worker_fits_budget(const worker_prepared_t *p, uint64_t budget);
+size_t worker_group_end(const worker_prepared_t *preps, size_t first, size_t n, uint64_t budget);
+
 /* The last stage's work on a micro-batch that went through every layer:
  * heads and replies (or, for a generation step, the next token). */
 int worker_finish_micro(worker_stage_t *st, worker_micro_t *micro, int64_t *next_token);
