@@ -243,16 +243,8 @@ shard_status_t case_run(const shard_model_t *model, shard_state_t *state, const 
     switch (c->kind) {
     case CASE_GREEDY:
         return shard_generate_greedy(model, state, &c->inputs, c->steps, c->langs_fill, outputs, err);
-    case CASE_CLM_SCORE: {
-        shard_acts_t *acts = shard_acts_new();
-        shard_status_t status = acts ? SHARD_OK
-                                     : shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
-        if (!status && !(status = shard_embed(model, state, &c->inputs, acts, err)) &&
-            !(status = shard_run_layers(model, state, acts, err)))
-            status = shard_head_clm_score(model, state, acts, &c->inputs, NULL, outputs, err);
-        shard_acts_destroy(&acts);
-        return status;
-    }
+    case CASE_CLM_SCORE: /* every token after the first: the reference's clm_score */
+        return shard_score_rows(model, state, SHARD_SCORE_CLM, &c->inputs, NULL, NULL, outputs, err);
     case CASE_HEAD:
     case CASE_KIND_COUNT_:
         break;

@@ -169,6 +169,31 @@ static bool same_signature(const worker_prepared_t *a, const worker_prepared_t *
     return (a->langs != NULL) == (b->langs != NULL) && (a->types != NULL) == (b->types != NULL);
 }
 
+bool worker_fits_budget(const worker_prepared_t *p, uint64_t budget)
+{
+    return (uint64_t)p->tokens <= budget &&
+           (uint64_t)(p->item.rows * p->item.seq) <= PROTO_PADDED_FACTOR * budget;
+}
+
+size_t worker_group_end(const worker_prepared_t *preps, size_t first, size_t n, uint64_t budget)
+{
+    size_t end = first + 1;
+    int64_t rows = preps[first].item.rows, seq = preps[first].item.seq;
+    int64_t tokens = preps[first].tokens;
+    while (end < n && preps[end].item.task != PROTO_TASK_GENERATE &&
+           same_signature(&preps[first], &preps[end])) {
+        const int64_t longer = preps[end].item.seq > seq ? preps[end].item.seq : seq;
+        if ((uint64_t)(tokens + preps[end].tokens) > budget ||
+            (uint64_t)((rows + preps[end].item.rows) * longer) > PROTO_PADDED_FACTOR * budget)
+            break;
+        rows += preps[end].item.rows;
+        tokens += preps[end].tokens;
+        seq = longer;
+        end++;
+    }
+    return end;
+}
+
 /* Micro-batch of prepared requests [first, end) (same signature). */
 static worker_micro_t *build_micro(first_t *f, worker_prepared_t *preps, size_t first, size_t end)
 {
@@ -342,8 +367,7 @@ static void handle_batch(first_t *f, const Xlm__Batch *batch, uint8_t **frames, 
         /* Requests of one signature share a micro-batch while its tokens
          * fit the stages' budget (padded positions: PROTO_PADDED_FACTOR x). */
         const uint64_t budget = f->st->batch_tokens;
-        if ((uint64_t)preps[first].tokens > budget ||
-            (uint64_t)(preps[first].item.rows * preps[first].item.seq) > PROTO_PADDED_FACTOR * budget) {
+        if (!worker_fits_budget(&preps[first], budget)) {
             char message[PROTO_ERROR_MAX];
             snprintf(message, sizeof message, "%lld rows of up to %lld tokens exceed the worker's "
                      "%llu tokens per micro-batch", (long long)preps[first].item.rows,
@@ -353,20 +377,7 @@ static void handle_batch(first_t *f, const Xlm__Batch *batch, uint8_t **frames, 
             first++;
             continue;
         }
-        size_t end = first + 1;
-        int64_t rows = preps[first].item.rows, seq = preps[first].item.seq;
-        int64_t tokens = preps[first].tokens;
-        while (end < n_prepared && preps[end].item.task != PROTO_TASK_GENERATE &&
-               same_signature(&preps[first], &preps[end])) {
-            const int64_t longer = preps[end].item.seq > seq ? preps[end].item.seq : seq;
-            if ((uint64_t)(tokens + preps[end].tokens) > budget ||
-                (uint64_t)((rows + preps[end].item.rows) * longer) > PROTO_PADDED_FACTOR * budget)
-                break;
-            rows += preps[end].item.rows;
-            tokens += preps[end].tokens;
-            seq = longer;
-            end++;
-        }
+        const size_t end = worker_group_end(preps, first, n_prepared, budget);
         worker_micro_t *m = build_micro(f, preps, first, end);
         if (m) {
             enqueue(f, m);

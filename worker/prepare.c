@@ -162,7 +162,7 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
         status = PROTO_STATUS_INTERNAL;
     }
     for (size_t r = 0; status == PROTO_STATUS_OK && r < text->n_rows; r++) {
-        p->segments[r] = (worker_segments_t){
+        p->segments[r] = (shard_score_layout_t){
             .offset_a = (int64_t)rows[r].offset_a, .length_a = (int64_t)rows[r].length_a,
             .offset_b = rows[r].has_pair ? (int64_t)rows[r].offset_b : -1,
             .length_b = rows[r].has_pair ? (int64_t)rows[r].length_b : 0,
@@ -226,34 +226,12 @@ static int64_t row_length(const worker_prepared_t *p, int64_t r)
     return len;
 }
 
-/* Default scored positions of a row: see xlm.proto's score_to. */
-static void default_window(const worker_prepared_t *p, int64_t r, bool pll, int64_t *from, int64_t *to)
-{
-    if (p->segments) {
-        const worker_segments_t *seg = &p->segments[r];
-        if (seg->offset_b >= 0) { /* the second segment */
-            *from = seg->offset_b;
-            *to = pll ? seg->offset_b + seg->length_b : seg->length;
-        } else {
-            *from = pll ? seg->offset_a : 1;
-            *to = pll ? seg->offset_a + seg->length_a : seg->length;
-        }
-        return;
-    }
-    const int64_t len = row_length(p, r);
-    *from = 1;
-    *to = pll ? len - 1 : len;
-}
-
 /* Masked copies replace the rows: one per scored position. */
 static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st, char *message,
                                  size_t message_size)
 {
-    const int64_t rows = p->item.orig_rows, seq = p->item.seq;
-    const worker_window_t *windows = p->item.windows;
-    int64_t copies = 0;
-    for (int64_t r = 0; r < rows; r++)
-        copies += windows[r].to - windows[r].from;
+    const int64_t seq = p->item.seq;
+    const int64_t copies = shard_pll_count(p->item.windows, p->item.orig_rows);
     if (copies == 0) {
         snprintf(message, message_size, "mlm_pll: no position to score");
         return PROTO_STATUS_BAD_REQUEST;
@@ -265,49 +243,32 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
                  (unsigned long long)st->batch_tokens);
         return PROTO_STATUS_TOO_LARGE;
     }
-    worker_prepared_t e = *p;
-    const size_t cells = (size_t)(copies * seq);
-    e.ids = malloc(cells * sizeof *e.ids);
-    e.mask = malloc(cells * sizeof *e.mask);
-    e.positions = malloc(cells * sizeof *e.positions);
-    e.langs = p->langs ? malloc(cells * sizeof *e.langs) : NULL;
-    e.types = p->types ? malloc(cells * sizeof *e.types) : NULL;
+    const shard_inputs_t rows = {.batch = p->item.orig_rows, .seq = seq, .input_ids = p->ids,
+                                 .attention_mask = p->mask, .langs = p->langs,
+                                 .token_type_ids = p->types, .position_ids = p->positions};
     worker_pll_copy_t *copy = calloc((size_t)copies, sizeof *copy);
-    if (!e.ids || !e.mask || !e.positions || (p->langs && !e.langs) || (p->types && !e.types) ||
-        !copy) {
+    shard_inputs_t batch = {0};
+    shard_error_t err = {0};
+    shard_status_t status = copy ? shard_pll_list(&rows, p->item.windows, copy, &err)
+                                 : shard_error_set(&err, SHARD_ERR_NOMEM, "out of memory");
+    if (!status)
+        status = shard_pll_batch(st->config, &rows, copy, copies, &batch, &err);
+    if (status) {
         free(copy);
-        free(e.ids);
-        free(e.mask);
-        free(e.positions);
-        free(e.langs);
-        free(e.types);
-        snprintf(message, message_size, "out of memory");
-        return PROTO_STATUS_INTERNAL;
+        snprintf(message, message_size, "mlm_pll: %s", err.message);
+        return worker_status_of(status);
     }
-    int64_t c = 0;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t pos = windows[r].from; pos < windows[r].to; pos++, c++) {
-            const size_t src = (size_t)(r * seq), dst = (size_t)(c * seq);
-            shard_error_t err = {0};
-            shard_pll_expand(st->config, p->ids + src, p->langs ? p->langs + src : NULL, seq, pos, 1,
-                             e.ids + dst, e.langs ? e.langs + dst : NULL, &copy[c].pos,
-                             &copy[c].target, &err);
-            copy[c].row = r;
-            memcpy(e.mask + dst, p->mask + src, (size_t)seq * sizeof *e.mask);
-            memcpy(e.positions + dst, p->positions + src, (size_t)seq * sizeof *e.positions);
-            if (e.types)
-                memcpy(e.types + dst, p->types + src, (size_t)seq * sizeof *e.types);
-        }
     free(p->ids);
     free(p->mask);
     free(p->positions);
     free(p->langs);
     free(p->types);
-    p->ids = e.ids;
-    p->mask = e.mask;
-    p->positions = e.positions;
-    p->langs = e.langs;
-    p->types = e.types;
+    /* The batch's arrays are malloc'd: the prepared request owns them now. */
+    p->ids = (int64_t *)batch.input_ids;
+    p->mask = (int64_t *)batch.attention_mask;
+    p->positions = (int64_t *)batch.position_ids;
+    p->langs = (int64_t *)batch.langs;
+    p->types = (int64_t *)batch.token_type_ids;
     p->item.rows = copies;
     p->item.copies = copy;
     p->item.n_copies = copies;
@@ -326,21 +287,24 @@ static proto_status_t prepare_scoring(worker_prepared_t *p, const worker_stage_t
         snprintf(message, message_size, "out of memory");
         return PROTO_STATUS_INTERNAL;
     }
+    const shard_score_mode_t mode = pll ? SHARD_SCORE_MLM_PLL : SHARD_SCORE_CLM;
     for (int64_t r = 0; r < rows; r++) {
-        int64_t from, to;
-        default_window(p, r, pll, &from, &to);
-        if (req->n_score_from)
-            from = req->score_from[r];
-        if (req->n_score_to)
-            to = req->score_to[r];
         const int64_t len = row_length(p, r);
-        if (from < (pll ? 0 : 1) || to < from || to > len) {
+        /* Text rows: the tokenizer's segments; token rows: <s> ... </s>. */
+        const shard_score_layout_t layout = p->segments ? p->segments[r] : shard_score_layout_of_row(len);
+        shard_score_window_t w = shard_score_window(mode, &layout);
+        if (req->n_score_from)
+            w.from = req->score_from[r];
+        if (req->n_score_to)
+            w.to = req->score_to[r];
+        const int64_t from = w.from, to = w.to;
+        if (!shard_score_window_fits(mode, w, len)) {
             snprintf(message, message_size, "row %lld: scored positions [%lld, %lld) are not "
                      "inside its %lld tokens%s", (long long)r, (long long)from, (long long)to,
                      (long long)len, pll ? "" : " (clm_score starts at 1 or later)");
             return PROTO_STATUS_BAD_REQUEST;
         }
-        p->item.windows[r] = (worker_window_t){from, to};
+        p->item.windows[r] = w;
     }
     return pll ? expand_pll(p, st, message, message_size) : PROTO_STATUS_OK;
 }

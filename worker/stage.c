@@ -19,45 +19,6 @@ volatile sig_atomic_t worker_stopping = 0;
 static int64_t score_from(const worker_item_t *it, int64_t r) { return it->windows[r].from; }
 static int64_t score_to(const worker_item_t *it, int64_t r) { return it->windows[r].to; }
 
-/* "token_logprobs" (ragged [orig_rows][to - from]) and "sum_logprob". */
-static shard_status_t add_score_outputs(const worker_item_t *it, shard_outputs_t *outputs,
-                                        shard_tensor_t **tokens_out, shard_tensor_t **sums_out,
-                                        shard_error_t *err)
-{
-    int64_t total = 0, longest = 0;
-    for (int64_t r = 0; r < it->orig_rows; r++) {
-        const int64_t n = score_to(it, r) - score_from(it, r);
-        total += n;
-        longest = n > longest ? n : longest;
-    }
-    int64_t rows[1] = {it->orig_rows};
-    shard_tensor_t *tokens = shard_outputs_add(outputs, "token_logprobs", SHARD_F32, 1, &total, err);
-    shard_tensor_t *sums = tokens ? shard_outputs_add(outputs, "sum_logprob", SHARD_F32, 1, rows, err) : NULL;
-    if (!sums)
-        return err->code;
-    tokens->row_lengths = calloc((size_t)(it->orig_rows ? it->orig_rows : 1), sizeof(int64_t));
-    if (!tokens->row_lengths)
-        return shard_error_set(err, SHARD_ERR_NOMEM, "scores: out of memory");
-    tokens->ndim = 2;
-    tokens->shape[0] = it->orig_rows;
-    tokens->shape[1] = longest;
-    for (int64_t r = 0; r < it->orig_rows; r++)
-        tokens->row_lengths[r] = score_to(it, r) - score_from(it, r);
-    *tokens_out = tokens;
-    *sums_out = sums;
-    return SHARD_OK;
-}
-
-static void sum_rows(shard_tensor_t *tokens, shard_tensor_t *sums)
-{
-    for (int64_t r = 0, at = 0; r < tokens->shape[0]; r++) {
-        double sum = 0.0; /* float32 values, summed in double */
-        for (int64_t i = 0; i < tokens->row_lengths[r]; i++)
-            sum += tokens->f32[at++];
-        sums->f32[r] = (float)sum;
-    }
-}
-
 /* The scored tokens as text, when the request asked and a tokenizer is here. */
 static void scored_texts(worker_stage_t *st, const worker_item_t *it, const shard_inputs_t *in,
                          worker_texts_t *texts)
@@ -94,8 +55,7 @@ static void scored_texts(worker_stage_t *st, const worker_item_t *it, const shar
 /* clm_score of every row of a micro-batch at once: one pass of the
  * vocabulary projection for all its requests instead of one each. */
 typedef struct {
-    shard_outputs_t outputs;
-    int64_t *offset; /* [batch]: where each row's scores start */
+    shard_outputs_t outputs; /* token_logprobs of every row of the micro-batch */
     bool ok;
 } micro_clm_t;
 
@@ -107,11 +67,8 @@ static void micro_clm_run(worker_stage_t *st, worker_micro_t *m, micro_clm_t *cl
     for (int i = 0; i < m->n_items; i++)
         any |= m->items[i].task == PROTO_TASK_CLM_SCORE;
     int64_t *from = any ? malloc((size_t)m->batch * sizeof *from) : NULL;
-    clm->offset = from ? malloc((size_t)m->batch * sizeof *clm->offset) : NULL;
-    if (!clm->offset) {
-        free(from);
+    if (!from)
         return;
-    }
     for (int64_t r = 0; r < m->batch; r++)
         from[r] = m->seq; /* rows of other requests: nothing scored */
     for (int i = 0; i < m->n_items; i++) {
@@ -125,55 +82,38 @@ static void micro_clm_run(worker_stage_t *st, worker_micro_t *m, micro_clm_t *cl
     /* A failure here (e.g. a long row with explicit positions) falls back
      * to each request on its own, which names the problem. */
     clm->ok = shard_head_clm_score(st->model, st->state, m->acts, &in, from, &clm->outputs, &err) == SHARD_OK;
-    const shard_tensor_t *t = clm->ok ? shard_outputs_find(&clm->outputs, "token_logprobs") : NULL;
-    for (int64_t r = 0, at = 0; t && r < m->batch; r++) {
-        clm->offset[r] = at;
-        at += t->row_lengths[r];
-    }
     free(from);
 }
 
 static void micro_clm_clear(micro_clm_t *clm)
 {
     shard_outputs_clear(&clm->outputs);
-    free(clm->offset);
     memset(clm, 0, sizeof *clm);
 }
 
+/* The scores of one request, by the engine's pieces that xlm-score in
+ * process runs too: its windows' outputs, the copies' or the clm head's
+ * log-probs gathered into them, the rows summed. */
 static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, const shard_acts_t *view,
                                  const shard_inputs_t *in, const micro_clm_t *clm,
                                  shard_outputs_t *outputs, shard_error_t *err)
 {
     shard_tensor_t *tokens = NULL, *sums = NULL;
-    shard_status_t status = add_score_outputs(it, outputs, &tokens, &sums, err);
+    shard_status_t status = shard_score_outputs_add(outputs, it->windows, it->orig_rows, &tokens,
+                                                    &sums, err);
     if (status)
         return status;
     if (it->task == PROTO_TASK_MLM_PLL) {
-        const int64_t copies = it->rows;
-        int64_t *mask_pos = malloc((size_t)copies * sizeof *mask_pos);
-        int64_t *targets = malloc((size_t)copies * sizeof *targets);
-        shard_outputs_t one;
-        shard_outputs_init(&one);
-        if (!mask_pos || !targets)
-            status = shard_error_set(err, SHARD_ERR_NOMEM, "mlm_pll: out of memory");
-        for (int64_t c = 0; !status && c < copies; c++) {
-            mask_pos[c] = it->copies[c].pos;
-            targets[c] = it->copies[c].target;
-        }
-        /* Copies are laid out row by row, position by position: in order. */
-        if (!status && !(status = shard_head_masked_logprob(st->model, st->state, view, mask_pos, targets, &one, err)))
-            memcpy(tokens->f32, one.tensors[0].f32, (size_t)copies * sizeof(float));
-        shard_outputs_clear(&one);
-        free(mask_pos);
-        free(targets);
+        float *logprob = malloc((size_t)(it->n_copies ? it->n_copies : 1) * sizeof *logprob);
+        status = logprob ? shard_pll_logprob(st->model, st->state, view, it->copies, it->n_copies,
+                                             logprob, err)
+                         : shard_error_set(err, SHARD_ERR_NOMEM, "mlm_pll: out of memory");
+        if (!status)
+            status = shard_pll_gather(it->copies, it->n_copies, logprob, it->windows, tokens, err);
+        free(logprob);
     } else if (clm && clm->ok) {
-        const shard_tensor_t *t = shard_outputs_find(&clm->outputs, "token_logprobs");
-        float *dst = tokens->f32;
-        for (int64_t r = 0; r < it->orig_rows; r++) {
-            memcpy(dst, t->f32 + clm->offset[it->row0 + r],
-                   (size_t)tokens->row_lengths[r] * sizeof *dst);
-            dst += tokens->row_lengths[r];
-        }
+        status = shard_clm_gather(shard_outputs_find(&clm->outputs, "token_logprobs"), it->row0,
+                                  it->windows, tokens, err);
     } else {
         shard_outputs_t all;
         shard_outputs_init(&all);
@@ -182,22 +122,14 @@ static shard_status_t score_item(worker_stage_t *st, const worker_item_t *it, co
             status = shard_error_set(err, SHARD_ERR_NOMEM, "clm_score: out of memory");
         for (int64_t r = 0; !status && r < it->orig_rows; r++)
             from[r] = score_from(it, r);
-        if (!status && !(status = shard_head_clm_score(st->model, st->state, view, in, from, &all, err))) {
-            /* Scores run from score_from to the row's end: keep [from, to). */
-            const shard_tensor_t *t = shard_outputs_find(&all, "token_logprobs");
-            const float *src = t->f32;
-            float *dst = tokens->f32;
-            for (int64_t r = 0; r < it->orig_rows; r++) {
-                memcpy(dst, src, (size_t)tokens->row_lengths[r] * sizeof *dst);
-                dst += tokens->row_lengths[r];
-                src += t->row_lengths[r];
-            }
-        }
+        if (!status && !(status = shard_head_clm_score(st->model, st->state, view, in, from, &all, err)))
+            status = shard_clm_gather(shard_outputs_find(&all, "token_logprobs"), 0, it->windows,
+                                      tokens, err);
         free(from);
         shard_outputs_clear(&all);
     }
     if (!status)
-        sum_rows(tokens, sums);
+        shard_score_sum_rows(tokens, sums);
     return status;
 }
 

@@ -6,13 +6,6 @@
 
 #include <signal.h>
 
-/* Where the segments of a tokenised text row are: the first at
- * [offset_a, offset_a + length_a), the second (offset_b < 0 when none) at
- * [offset_b, offset_b + length_b); length: the row's tokens. */
-typedef struct {
-    int64_t offset_a, length_a, offset_b, length_b, length;
-} worker_segments_t;
-
 /* A request of a Batch made ready for a micro-batch (stage 0). */
 typedef struct {
     worker_item_t item;
@@ -22,7 +15,7 @@ typedef struct {
     int64_t steps, lang_fill; /* generate */
     /* text rows: where each row's segments are, for the default scored
      * positions; NULL for token rows */
-    worker_segments_t *segments;
+    shard_score_layout_t *segments;
 } worker_prepared_t;
 
 typedef struct worker_stage {
@@ -57,6 +50,14 @@ int worker_send_next(worker_stage_t *st, slot_t *slots, int *next_slot, worker_m
 proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
                               const Xlm__Request *req, char *message, size_t message_size);
 void worker_prepared_clear(worker_prepared_t *p);
+
+/* The batcher (first.c): whether p alone fits a micro-batch of budget
+ * tokens (its unmasked tokens, and its padded ones within
+ * PROTO_PADDED_FACTOR x budget); and the end of the micro-batch that starts
+ * at preps[first] of n: the requests after it of its signature (langs and
+ * token types given or not), not generations, while both counts still fit. */
+bool worker_fits_budget(const worker_prepared_t *p, uint64_t budget);
+size_t worker_group_end(const worker_prepared_t *preps, size_t first, size_t n, uint64_t budget);
 
 /* The last stage's work on a micro-batch that went through every layer:
  * heads and replies (or, for a generation step, the next token). */

@@ -53,16 +53,11 @@ typedef enum {
     MICRO_SHUTDOWN = 3  /* drained: the stages behind stop after it */
 } micro_kind_t;
 
-/* Scored positions [from, to) of one row of a clm_score / mlm_pll request. */
-typedef struct {
-    int64_t from, to;
-} worker_window_t;
-
-/* One masked copy of mlm_pll: the request row it copies, the masked
- * position and the id the mask hides (the scored target). */
-typedef struct {
-    int64_t row, pos, target;
-} worker_pll_copy_t;
+/* Scored positions [from, to) of one row of a clm_score / mlm_pll request,
+ * and one masked copy of mlm_pll: the engine's, so that the service and
+ * xlm-score in process window and expand rows with the same code. */
+typedef shard_score_window_t worker_window_t;
+typedef shard_pll_copy_t worker_pll_copy_t;
 
 /* One request inside a micro-batch: rows [row0, row0 + rows) padded to its
  * own seq (heads see it exactly as if it had run alone). */

@@ -102,6 +102,10 @@ struct shard_state {
     shard_acts_t *acts; /* reused by shard_forward, shard_score_rows, generation */
 };
 
+/* Unmasked positions of row b (its mask's ones, or its ids that are not
+ * pad_index without a mask): the length the LM scores see. */
+int64_t shard_row_unmasked(const shard_config_t *c, const shard_inputs_t *in, int64_t b);
+
 /* The state's reusable activations, created on first use; NULL (err set)
  * when out of memory. */
 shard_acts_t *shard_state_acts(shard_state_t *state, shard_error_t *err);

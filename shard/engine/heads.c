@@ -435,7 +435,7 @@ done:
     return status;
 }
 
-static int64_t row_length(const shard_config_t *c, const shard_inputs_t *in, int64_t b)
+int64_t shard_row_unmasked(const shard_config_t *c, const shard_inputs_t *in, int64_t b)
 {
     int64_t len = 0;
     for (int64_t s = 0; s < in->seq; s++)
@@ -467,7 +467,7 @@ shard_status_t shard_head_clm_score(const shard_model_t *model, shard_state_t *s
         goto done;
     }
     for (int64_t b = 0; b < B; b++) {
-        const int64_t len = row_length(&model->config, in, b);
+        const int64_t len = shard_row_unmasked(&model->config, in, b);
         int64_t from = score_from ? score_from[b] : 1;
         if (from < 1)
             from = 1;
@@ -489,10 +489,8 @@ shard_status_t shard_head_clm_score(const shard_model_t *model, shard_state_t *s
     tokens->row_lengths = lengths;
     int64_t longest = 0;
     for (int64_t b = 0, i = 0; b < B; b++) {
-        double sum = 0.0;
-        for (int64_t j = 0; j < lengths[b]; j++)
-            sum += logprob[i++];
-        sums->f32[b] = (float)sum;
+        sums->f32[b] = (float)shard_score_sum(logprob + i, lengths[b]);
+        i += lengths[b];
         longest = lengths[b] > longest ? lengths[b] : longest;
     }
     tokens->shape[1] = longest;

@@ -301,12 +301,108 @@ typedef enum {
  * the row (copies run together, only the masked position projected onto
  * the vocabulary). Outputs "token_logprobs" (ragged [rows][n]) and
  * "sum_logprob" [rows] (the float32 values summed in double). A row's scores
- * do not depend on the other rows. */
+ * do not depend on the other rows. score_from and score_to NULL: every token
+ * after the first (clm: [1, n), mlm-pll: [1, n - 1), n the row's unmasked
+ * positions), as the reference's clm_score cases. */
 shard_status_t shard_score_rows(const shard_model_t *model, shard_state_t *state,
                                 shard_score_mode_t mode,
                                 const shard_inputs_t *rows, const int64_t *score_from,
                                 const int64_t *score_to, shard_outputs_t *outputs,
                                 shard_error_t *err);
+
+/* ---------------------------------------------------------------- scoring pieces
+ *
+ * What every scorer does the same way: xlm-score in process (through
+ * shard_score_rows) and the worker's stages (stage 0 prepares rows and
+ * copies, the last stage gathers the scores) call these, so that both give
+ * the same numbers for the same pair. */
+
+/* Scored positions [from, to) of one row. */
+typedef struct {
+    int64_t from, to;
+} shard_score_window_t;
+
+/* Where the segments of an encoded row are (the tokenizer's encoding as
+ * plain numbers): the first at [offset_a, offset_a + length_a), the second
+ * at [offset_b, offset_b + length_b) (offset_b < 0 when there is none);
+ * length: the row's tokens, specials included. */
+typedef struct {
+    int64_t offset_a, length_a, offset_b, length_b, length;
+} shard_score_layout_t;
+
+/* The layout of a row of token ids given as such: one segment between its
+ * first token (<s>) and its last (</s>). */
+shard_score_layout_t shard_score_layout_of_row(int64_t length);
+
+/* The default window of a row: the second segment when there is one (the
+ * target of a source-target pair), else the first (a target alone,
+ * --no-source). clm scores the segment's tokens and the final </s> (to =
+ * length; never from position 0, which has no context); mlm-pll the
+ * segment's tokens only. */
+shard_score_window_t shard_score_window(shard_score_mode_t mode, const shard_score_layout_t *layout);
+
+/* True when w lies in a row of length tokens: to <= length, from <= to and
+ * from >= 1 for clm (position 0 has no context), >= 0 for mlm-pll. */
+bool shard_score_window_fits(shard_score_mode_t mode, shard_score_window_t w, int64_t length);
+
+/* One masked copy of mlm-pll: the row it copies, the masked position and
+ * the id the mask hides (the scored target). */
+typedef struct {
+    int64_t row, pos, target;
+} shard_pll_copy_t;
+
+/* Masked copies of rows' windows: one per scored position. */
+int64_t shard_pll_count(const shard_score_window_t *windows, int64_t rows);
+
+/* Lists the copies of rows' windows (shard_pll_count of them) in order, row
+ * by row, position by position: the order of the ragged token_logprobs. */
+shard_status_t shard_pll_list(const shard_inputs_t *rows, const shard_score_window_t *windows,
+                              shard_pll_copy_t *copies, shard_error_t *err);
+
+/* The batch of copies[0, n) of rows: copy i is row copies[i].row with
+ * copies[i].pos replaced by mask_index, its attention mask (the default one
+ * from pad ids when rows has none), langs, token types and positions the
+ * row's own. Allocates out's arrays (attention_mask always, the others where
+ * rows has them); free them with shard_pll_batch_free. */
+shard_status_t shard_pll_batch(const shard_config_t *config, const shard_inputs_t *rows,
+                               const shard_pll_copy_t *copies, int64_t n, shard_inputs_t *out,
+                               shard_error_t *err);
+void shard_pll_batch_free(shard_inputs_t *batch);
+
+/* logprob[i] = log p(copies[i].target | copy i) from the activations of the
+ * copies' batch (acts row i is copy i): only the masked positions are
+ * projected onto the vocabulary. */
+shard_status_t shard_pll_logprob(const shard_model_t *model, shard_state_t *state,
+                                 const shard_acts_t *acts, const shard_pll_copy_t *copies,
+                                 int64_t n, float *logprob, shard_error_t *err);
+
+/* Puts the log-probs of copies[0, n) in their rows' places in tokens, the
+ * ragged token_logprobs of windows (from shard_score_outputs_add). */
+shard_status_t shard_pll_gather(const shard_pll_copy_t *copies, int64_t n, const float *logprob,
+                                const shard_score_window_t *windows, shard_tensor_t *tokens,
+                                shard_error_t *err);
+
+/* Keeps the windows of rows [row0, row0 + rows) of head, the ragged
+ * token_logprobs of shard_head_clm_score (row b from its score_from to its
+ * end), in tokens (ragged by windows); an error when a window runs past what
+ * the head scored. */
+shard_status_t shard_clm_gather(const shard_tensor_t *head, int64_t row0,
+                                const shard_score_window_t *windows, shard_tensor_t *tokens,
+                                shard_error_t *err);
+
+/* Adds "token_logprobs" (ragged [rows][to - from] of windows, zeroed) and
+ * "sum_logprob" [rows] to outputs; *tokens and *sums point at them. */
+shard_status_t shard_score_outputs_add(shard_outputs_t *outputs,
+                                       const shard_score_window_t *windows, int64_t rows,
+                                       shard_tensor_t **tokens, shard_tensor_t **sums,
+                                       shard_error_t *err);
+
+/* The sum of n float32 scores, in double: one rounding, whatever n. */
+double shard_score_sum(const float *scores, int64_t n);
+
+/* sums->f32[r] = shard_score_sum of row r of the ragged tokens (rounded to
+ * float32). */
+void shard_score_sum_rows(const shard_tensor_t *tokens, shard_tensor_t *sums);
 
 #ifdef __cplusplus
 }

@@ -63,6 +63,11 @@ static const char *wire_code(shard_status_t status)
     }
 }
 
+static shard_score_mode_t engine_mode(const local_t *l)
+{
+    return l->options.mode == SCORE_MODE_CLM ? SHARD_SCORE_CLM : SHARD_SCORE_MLM_PLL;
+}
+
 /* Tokenises a pair into <s> src </s> tgt </s> (or <s> tgt </s>) and the
  * positions to score. */
 static void prepare(local_t *l, local_item_t *it, score_result_t *error)
@@ -85,18 +90,21 @@ static void prepare(local_t *l, local_item_t *it, score_result_t *error)
         score_result_error(error, it->pair.line, wire_code(status), "%s", err.message);
         return;
     }
-    const int64_t first = (int64_t)(l->options.no_source ? it->enc.offset_a : it->enc.offset_b);
-    const int64_t count = (int64_t)(l->options.no_source ? it->enc.length_a : it->enc.length_b);
-    it->from = first;
-    /* clm scores the target tokens and the final </s>; pll the target tokens. */
-    it->to = l->options.mode == SCORE_MODE_CLM ? (int64_t)it->enc.length : first + count;
+    /* The service's window of the same encoding (the engine's rule). */
+    const shard_score_window_t w = shard_score_window(engine_mode(l), &(shard_score_layout_t){
+        .offset_a = (int64_t)it->enc.offset_a, .length_a = (int64_t)it->enc.length_a,
+        .offset_b = it->enc.has_pair ? (int64_t)it->enc.offset_b : -1,
+        .length_b = it->enc.has_pair ? (int64_t)it->enc.length_b : 0,
+        .length = (int64_t)it->enc.length});
+    it->from = w.from;
+    it->to = w.to;
     if ((int64_t)it->enc.length > c->max_position_embeddings) {
         score_result_error(error, it->pair.line, "too_large",
                            "the pair is %zu tokens, the model takes at most %lld",
                            it->enc.length, (long long)c->max_position_embeddings);
         return;
     }
-    if (l->options.mode == SCORE_MODE_MLM_PLL && count == 0) {
+    if (l->options.mode == SCORE_MODE_MLM_PLL && w.to == w.from) {
         score_result_error(error, it->pair.line, "bad_request", "the target has no tokens to score");
         return;
     }
@@ -118,10 +126,7 @@ static void fill_result(local_t *l, const local_item_t *it, const shard_tensor_t
     r->n_target_tokens = it->to - it->from;
     r->n_tokens = (int64_t)it->enc.length;
     r->tokens_bytes = (int64_t)(strlen(it->pair.src) + strlen(it->pair.tgt));
-    double sum = 0.0;
-    for (int64_t i = 0; i < r->n_target_tokens; i++)
-        sum += tokens->f32[offset + i];
-    r->score = sum;
+    r->score = shard_score_sum(tokens->f32 + offset, r->n_target_tokens);
     if (!l->options.token_scores)
         return;
     r->token_scores = malloc((size_t)(r->n_target_tokens ? r->n_target_tokens : 1) * sizeof(float));
@@ -163,9 +168,7 @@ static int score_batch(local_t *l, local_item_t **items, size_t n)
     shard_outputs_t out;
     shard_error_t err = {0};
     shard_outputs_init(&out);
-    if (shard_score_rows(l->model, l->state,
-                         l->options.mode == SCORE_MODE_CLM ? SHARD_SCORE_CLM : SHARD_SCORE_MLM_PLL,
-                         &rows, from, to, &out, &err) != SHARD_OK) {
+    if (shard_score_rows(l->model, l->state, engine_mode(l), &rows, from, to, &out, &err) != SHARD_OK) {
         /* The inputs were checked per pair: this is the engine's failure. */
         for (size_t r = 0; r < n && rc == 0; r++) {
             score_result_t res = {0};

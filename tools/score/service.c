@@ -4,6 +4,7 @@
  * flight and retries with the same id. */
 #include "score.h"
 #include "service_check.h"
+#include "shard_engine.h"
 #include "xlmclient.h"
 
 #include <stdlib.h>
@@ -123,10 +124,7 @@ static void fill(service_t *s, const xlm_result_t *res, const inflight_t *f, sco
     }
     r->ok = true;
     r->n_target_tokens = scores->row_lengths[0];
-    double sum = 0.0;
-    for (int64_t i = 0; i < r->n_target_tokens; i++)
-        sum += scores->f32[i];
-    r->score = sum;
+    r->score = shard_score_sum(scores->f32, r->n_target_tokens); /* as in process */
     const xlm_timings_t *t = xlm_result_timings(res);
     r->n_tokens = t && t->batch_requests ? (int64_t)(t->batch_tokens / t->batch_requests) : r->n_target_tokens;
     if (!s->options.token_scores)
