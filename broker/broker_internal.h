@@ -147,6 +147,7 @@ struct broker_pipeline {
     uint8_t identity[BROKER_IDENTITY_MAX]; /* stage 0's socket, from Ready */
     size_t identity_len;
     broker_model_t *model;
+    uint64_t instance;          /* the worker process's, from Ready (0: not said) */
     uint32_t n_stages;
     uint32_t credit;
     uint64_t max_batch_tokens;

@@ -103,6 +103,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     memcpy(p->identity, identity, identity_len);
     p->identity_len = identity_len;
     p->model = m;
+    p->instance = ready->instance;
     p->n_stages = ready->n_stages;
     p->credit = ready->credit;
     p->max_batch_tokens = ready->max_batch_tokens;

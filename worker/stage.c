@@ -483,16 +483,56 @@ static int open_stage(worker_stage_t *st)
     return 0;
 }
 
-static void pipeline_name(worker_stage_t *st)
+/* The job's id, the same on every rank: Slurm's job (and step) when
+ * Slurm launched it, else world rank 0's process id. Two jobs on one host
+ * then never share pipeline ids. */
+static int job_id(char *out, size_t size)
 {
-    char host[128] = "localhost";
+    const char *slurm = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID");
+    if (slurm && *slurm) {
+        snprintf(out, size, "%.40s%s%.20s", slurm, step && *step ? "." : "", step ? step : "");
+        return 0;
+    }
+    long long pid = (long long)getpid();
+    if (WORKER_MPI(MPI_Bcast(&pid, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD)))
+        return -1;
+    snprintf(out, size, "%lld", pid);
+    return 0;
+}
+
+/* A random 64-bit number, never 0 (0 means "not said" on the wire). */
+static uint64_t random_instance(void)
+{
+    uint64_t value = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        if (fread(&value, sizeof value, 1, f) != 1)
+            value = 0;
+        fclose(f);
+    }
+    if (!value) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        value = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40);
+    }
+    return value ? value : 1;
+}
+
+/* model@host/jJOB/pINDEX, or PREFIX/pINDEX when the operator chose one. */
+static int pipeline_name(worker_stage_t *st)
+{
+    char host[128] = "localhost", job[64];
     gethostname(host, sizeof host - 1);
+    if (job_id(job, sizeof job))
+        return -1;
+    st->instance = random_instance();
     if (st->options->pipeline_prefix)
         snprintf(st->pipeline_id, sizeof st->pipeline_id, "%.110s/p%d",
                  st->options->pipeline_prefix, st->pipeline_index);
     else
-        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%.60s@%.50s/p%d", st->options->name,
-                 host, st->pipeline_index);
+        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%.60s@%.50s/j%.40s/p%d",
+                 st->options->name, host, job, st->pipeline_index);
+    return 0;
 }
 
 int worker_run(const worker_options_t *options)
@@ -527,7 +567,8 @@ int worker_run(const worker_options_t *options)
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
     shard_set_threads(options->threads > 0 ? options->threads : 1);
-    pipeline_name(&st);
+    if (pipeline_name(&st))
+        return 1;
     st.zmq_context = zmq_ctx_new();
     if (!st.zmq_context || open_stage(&st) != 0) {
         rc = 1;

@@ -35,6 +35,7 @@ typedef struct worker_stage {
     void *zmq_context;
     worker_link_t *link; /* stage 0 and the last stage */
     char pipeline_id[256];
+    uint64_t instance; /* random, never 0: tells a reconnection from a duplicate id */
     size_t packet_capacity;
     uint64_t batch_tokens; /* positions a micro-batch may hold */
     uint64_t micro_counter;

@@ -22,7 +22,7 @@ typedef struct {
     const char *model_dir;   /* checkpoint folder */
     const char *broker;      /* broker backend endpoint, e.g. tcp://127.0.0.1:5556 */
     char name[WORKER_NAME_MAX]; /* served model name; default: the folder's name */
-    const char *pipeline_prefix; /* pipeline ids are PREFIX/pN; default NAME@HOST */
+    const char *pipeline_prefix; /* pipeline ids are PREFIX/pN; default NAME@HOST/jJOB */
     int n_stages;
     int64_t layer_counts[WORKER_MAX_STAGES]; /* explicit layer map, or all 0: balanced */
     bool has_layer_map;
