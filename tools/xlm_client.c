@@ -478,7 +478,7 @@ int main(int argc, char **argv)
         usage_main(stdout);
         return 0;
     }
-    fprintf(stderr, "xlm-client: unknown command '%s'\n", command);
-    usage_main(stderr);
+    fprintf(stderr, "xlm-client: unknown %s '%s'; see --help\n",
+            command[0] == '-' ? "option" : "command (infer or stats)", command);
     return 2;
 }

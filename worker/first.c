@@ -663,7 +663,7 @@ int worker_run_first(worker_stage_t *st)
     if (rc == 0)
         beat.started = pthread_create(&beat.thread, NULL, beat_main, &beat) == 0;
     while (rc == 0) {
-        if (worker_stopping && f.accepting) {
+        if (atomic_load(st->stop) && f.accepting) {
             worker_log(WORKER_LOG_INFO, "stopping: draining %s", f.head || f.jobs ? "work in flight" : "nothing");
             send_disconnect(&f, "worker stopping");
             f.accepting = false;

@@ -10,8 +10,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-volatile sig_atomic_t worker_stopping = 0;
-
 
 /* ------------------------------------------------------------ last stage */
 
@@ -368,7 +366,7 @@ int worker_run_next(worker_stage_t *st)
         if (!done) {
             /* Stopping is driven by stage 0's shutdown packet; this is the
              * fallback when stage 0 is gone. */
-            if (worker_stopping && !stop_seen_us)
+            if (atomic_load(st->stop) && !stop_seen_us)
                 stop_seen_us = worker_now_us();
             if (stop_seen_us && worker_now_us() - stop_seen_us > 30u * 1000000u) {
                 worker_log(WORKER_LOG_WARN, "stage %d: no shutdown from stage 0 in 30 s", st->stage);
@@ -412,12 +410,6 @@ int worker_run_next(worker_stage_t *st)
 }
 
 /* ------------------------------------------------------------ set-up */
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    worker_stopping = 1;
-}
 
 static int open_stage(worker_stage_t *st)
 {
@@ -535,9 +527,9 @@ static int pipeline_name(worker_stage_t *st)
     return 0;
 }
 
-int worker_run(const worker_options_t *options)
+int worker_run(const worker_options_t *options, const atomic_int *stop)
 {
-    worker_stage_t st = {.options = options, .comm = MPI_COMM_NULL};
+    worker_stage_t st = {.options = options, .stop = stop, .comm = MPI_COMM_NULL};
     int world_size = 0, rc = 0, app_rank = 0, *appnum = NULL, has_appnum = 0;
     MPI_Comm app = MPI_COMM_NULL;
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -562,10 +554,6 @@ int worker_run(const worker_options_t *options)
         return 1;
     MPI_Comm_free(&app);
     MPI_Comm_set_errhandler(st.comm, MPI_ERRORS_RETURN);
-    struct sigaction action = {0};
-    action.sa_handler = on_signal;
-    sigaction(SIGTERM, &action, NULL);
-    sigaction(SIGINT, &action, NULL);
     shard_set_threads(options->threads > 0 ? options->threads : 1);
     if (pipeline_name(&st))
         return 1;
