@@ -53,15 +53,23 @@ void broker_worker_send_simple(broker_t *b, const uint8_t *identity, size_t iden
     worker_send_header(b, identity, identity_len, msg, false);
 }
 
-static void send_disconnect(broker_t *b, const uint8_t *identity, size_t identity_len,
-                            const char *pipeline, const char *reason)
+static void send_disconnect_refused(broker_t *b, const uint8_t *identity, size_t identity_len,
+                                    const char *pipeline, const char *reason, bool refused)
 {
     Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
     Xlm__Disconnect disconnect = XLM__DISCONNECT__INIT;
     disconnect.reason = (char *)reason;
+    disconnect.refused = refused;
     msg.body_case = XLM__WORKER_MESSAGE__BODY_DISCONNECT;
     msg.disconnect = &disconnect;
     broker_worker_send_simple(b, identity, identity_len, pipeline, &msg);
+}
+
+/* "Register again": the worker answers with Ready. */
+static void send_disconnect(broker_t *b, const uint8_t *identity, size_t identity_len,
+                            const char *pipeline, const char *reason)
+{
+    send_disconnect_refused(b, identity, identity_len, pipeline, reason, false);
 }
 
 void broker_pipeline_cancel(broker_t *b, broker_pipeline_t *p, uint64_t ticket)
@@ -199,7 +207,21 @@ static void on_ready(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage 
     Xlm__WorkerMessage *msg = *msg_p;
     const Xlm__Ready *ready = msg->ready;
     broker_pipeline_t *old = broker_map_get(b->pipelines, msg->pipeline, strlen(msg->pipeline));
-    if (old) /* a restart: what it held is lost on its side */
+    if (old && old->instance && ready->instance && old->instance != ready->instance) {
+        /* Another process claims a live pipeline's id: taking it would
+         * evict the live one, which would claim it back when it hears
+         * nothing (the eviction loop). Refused; the worker stops. */
+        broker_log(b, BROKER_LOG_ERROR, "pipeline '%s' of model '%s' refused: that id is served by "
+                   "another live pipeline (instance %016llx, this one %016llx); each worker job "
+                   "needs its own ids (the default model@host/jJOB/pINDEX, or --pipeline-prefix)",
+                   msg->pipeline, ready->model, (unsigned long long)old->instance,
+                   (unsigned long long)ready->instance);
+        send_disconnect_refused(b, zmq_msg_data((zmq_msg_t *)identity),
+                                zmq_msg_size((zmq_msg_t *)identity), msg->pipeline,
+                                "pipeline id already served by another live pipeline", true);
+        return;
+    }
+    if (old) /* a reconnection (or an older worker's restart): what it held is lost on its side */
         broker_pipeline_remove(b, old, "registered again");
     if (b->stopping) {
         send_disconnect(b, zmq_msg_data((zmq_msg_t *)identity), zmq_msg_size((zmq_msg_t *)identity),

@@ -26,6 +26,7 @@ void broker_config_defaults(broker_config_t *c)
     c->dedup_bytes = (size_t)256 << 20;
     c->drain_ms = 5000;
     c->startup_grace_ms = 6000;
+    c->model_grace_ms = 30000;
     c->batch_scan = 64;
     c->batch_max_requests = 256;
     c->log_level = BROKER_LOG_INFO;
@@ -212,6 +213,7 @@ static void on_timers(broker_t *b, int64_t now)
     expire_deadlines(b, now);
     if (now >= b->next_heartbeat_us) {
         broker_heartbeat(b, now);
+        broker_models_expire(b, now);
         broker_done_expire(b, now);
         /* Half an interval: a heartbeat is never more than 1.5 intervals late. */
         b->next_heartbeat_us = now + (int64_t)b->config.heartbeat_ms * 500;

@@ -68,6 +68,9 @@ typedef struct {
     uint32_t startup_grace_ms;   /* after start, an unknown model is UNAVAILABLE (its
                                     pipelines may not have registered again after a
                                     broker restart), not UNKNOWN_MODEL: 6000 */
+    uint32_t model_grace_ms;     /* a model whose last pipeline died and none came back
+                                    within this long is unregistered: its queue and later
+                                    requests get UNAVAILABLE "no live pipeline since T": 30000 */
     size_t batch_scan;           /* queued requests looked at past the head: 64 */
     size_t batch_max_requests;   /* requests per micro-batch: 256 */
     broker_log_level_t log_level;/* BROKER_LOG_INFO */

@@ -20,7 +20,8 @@
 #include "broker.h"
 #include "proto.h"
 
-enum { BROKER_IDENTITY_MAX = 255, BROKER_ENDPOINT_MAX = 256 };
+enum { BROKER_IDENTITY_MAX = 255, BROKER_ENDPOINT_MAX = 256, BROKER_TIME_MAX = 32,
+       BROKER_GONE_MAX = 64 };
 
 /* ------------------------------------------------------------ lists */
 
@@ -139,7 +140,16 @@ struct broker_model {
     uint64_t done, failed, rejected, expired, cancelled, requeued;
     broker_stage_stats_t *stages;
     size_t n_stages;
+    int64_t dead_since_us;      /* when its last pipeline went; 0 while it has one */
+    char dead_since[BROKER_TIME_MAX]; /* the same, as UTC ISO 8601 for messages */
 };
+
+/* A model unregistered after model_grace_ms without a live pipeline:
+ * remembered so that its requests hear why, not "not served". */
+typedef struct {
+    char name[PROTO_NAME_MAX + 1];
+    char since[BROKER_TIME_MAX];
+} broker_gone_t;
 
 struct broker_pipeline {
     broker_link_t link;         /* model->pipelines */
@@ -147,6 +157,7 @@ struct broker_pipeline {
     uint8_t identity[BROKER_IDENTITY_MAX]; /* stage 0's socket, from Ready */
     size_t identity_len;
     broker_model_t *model;
+    uint64_t instance;          /* the worker process's, from Ready (0: not said) */
     uint32_t n_stages;
     uint32_t credit;
     uint64_t max_batch_tokens;
@@ -172,6 +183,8 @@ struct broker {
 
     broker_link_t models;
     size_t n_models;
+    broker_gone_t gone[BROKER_GONE_MAX]; /* unregistered models, oldest first */
+    size_t n_gone;
     broker_map_t *tickets;      /* ticket -> broker_req_t */
     broker_map_t *ids;          /* client id -> pending broker_req_t */
     broker_map_t *pipelines;    /* pipeline id -> broker_pipeline_t */
@@ -199,6 +212,8 @@ struct broker {
 /* ------------------------------------------------------------ shared helpers */
 
 int64_t broker_now_us(void);
+/* The wall-clock time now as 2026-01-31T12:00:00.000Z. */
+void broker_iso_time(char out[BROKER_TIME_MAX]);
 void broker_log(const broker_t *b, broker_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -206,6 +221,13 @@ void broker_log(const broker_t *b, broker_log_level_t level, const char *fmt, ..
 broker_model_t *broker_model_find(const broker_t *b, const char *name);
 broker_model_t *broker_model_get_or_add(broker_t *b, const char *name);
 void broker_models_destroy(broker_t *b);
+/* Unregisters the models without a pipeline for longer than model_grace_ms:
+ * their queued requests get UNAVAILABLE, their names go to b->gone. */
+void broker_models_expire(broker_t *b, int64_t now);
+/* The record of an unregistered model, NULL when none. */
+const broker_gone_t *broker_gone_find(const broker_t *b, const char *name);
+/* The only model with a live pipeline, else the only model, else NULL. */
+broker_model_t *broker_model_default(const broker_t *b);
 void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, size_t n);
 broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const char *id,
                                        const uint8_t *identity, size_t identity_len,

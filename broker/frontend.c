@@ -86,17 +86,25 @@ static broker_model_t *resolve_model(broker_t *b, const zmq_msg_t *client, const
 {
     const uint8_t *cid = zmq_msg_data((zmq_msg_t *)client);
     size_t clen = zmq_msg_size((zmq_msg_t *)client);
+    const broker_gone_t *gone = broker_gone_find(b, rq->model);
+    if (gone) {
+        broker_client_status(b, cid, clen, rq->id, PROTO_STATUS_UNAVAILABLE,
+                             "model '%s': no live pipeline since %s", rq->model, gone->since);
+        return NULL;
+    }
     if (b->n_models == 0) {
         broker_client_status(b, cid, clen, rq->id, PROTO_STATUS_UNAVAILABLE,
                              "no worker has registered yet; retry with the same id");
         return NULL;
     }
     if (rq->model[0] == '\0') {
-        if (b->n_models == 1)
-            return BROKER_CONTAINER(b->models.next, broker_model_t, link);
-        broker_client_status(b, cid, clen, rq->id, PROTO_STATUS_UNKNOWN_MODEL,
-                             "no model named, and %zu models are served", b->n_models);
-        return NULL;
+        /* A model that lost its pipelines does not make the choice
+         * ambiguous: the one that is served is meant. */
+        broker_model_t *only = broker_model_default(b);
+        if (!only)
+            broker_client_status(b, cid, clen, rq->id, PROTO_STATUS_UNKNOWN_MODEL,
+                                 "no model named, and %zu models are served; name one", b->n_models);
+        return only;
     }
     broker_model_t *m = broker_model_find(b, rq->model);
     if (!m && broker_now_us() - b->started_us < (int64_t)b->config.startup_grace_ms * 1000)

@@ -41,18 +41,23 @@ int64_t broker_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-void broker_log(const broker_t *b, broker_log_level_t level, const char *fmt, ...)
+void broker_iso_time(char out[BROKER_TIME_MAX])
 {
-    if (b && level < b->config.log_level)
-        return;
-    char line[1024];
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ xlm-broker [%s] ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, level_names[level]);
+    size_t n = strftime(out, BROKER_TIME_MAX - 6, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, BROKER_TIME_MAX - n, ".%03dZ", (int)(ts.tv_nsec / 1000000) % 1000);
+}
+
+void broker_log(const broker_t *b, broker_log_level_t level, const char *fmt, ...)
+{
+    if (b && level < b->config.log_level)
+        return;
+    char line[1024], now[BROKER_TIME_MAX];
+    broker_iso_time(now);
+    int n = snprintf(line, sizeof line, "%s xlm-broker [%s] ", now, level_names[level]);
     va_list args;
     va_start(args, fmt);
     vsnprintf(line + n, sizeof line - (size_t)n, fmt, args);

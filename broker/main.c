@@ -5,6 +5,7 @@
  * SIGTERM or SIGINT: graceful stop (see broker_run). Exit status 0 after a
  * clean stop, 1 when the broker fails, 2 on a bad command line. */
 #include "broker.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -43,14 +44,17 @@ static void usage(FILE *out)
             "  --drain-ms N               time to finish held requests on stop [%u]\n"
             "  --startup-grace-ms N       after start, unknown models are UNAVAILABLE, not\n"
             "                             UNKNOWN_MODEL (pipelines registering again) [%u]\n"
+            "  --model-grace-ms N         a model without a live pipeline this long is\n"
+            "                             unregistered (UNAVAILABLE \"no live pipeline since T\") [%u]\n"
             "  --batch-scan N             queued requests looked at per micro-batch [%zu]\n"
             "  --batch-max-requests N     requests per micro-batch [%zu]\n"
             "  --spin-us N                after traffic, poll without sleeping this long: the\n"
             "                             round trip skips a wake-up; 0 never spins [%u]\n"
-            "  --log-level LEVEL          debug, info, warn or error [info]\n",
+            "  --log-level LEVEL          debug, info, warn or error [info]\n"
+            "  --version                  the project's and the wire protocol's versions\n",
             d.heartbeat_ms, d.liveness, d.queue_max, d.queue_bytes, d.max_message_bytes,
             d.default_deadline_ms, d.max_deadline_ms, d.dedup_ms, d.dedup_max, d.dedup_bytes,
-            d.drain_ms, d.startup_grace_ms, d.batch_scan, d.batch_max_requests, d.spin_us);
+            d.drain_ms, d.startup_grace_ms, d.model_grace_ms, d.batch_scan, d.batch_max_requests, d.spin_us);
 }
 
 /* Parses a whole decimal number in [min, max]. */
@@ -71,7 +75,8 @@ static int parse_u64(const char *opt, const char *text, uint64_t min, uint64_t m
 enum {
     OPT_FRONTEND = 256, OPT_BACKEND, OPT_HEARTBEAT, OPT_LIVENESS, OPT_QUEUE_MAX, OPT_QUEUE_BYTES,
     OPT_SPIN, OPT_MAX_MESSAGE, OPT_DEFAULT_DEADLINE, OPT_MAX_DEADLINE, OPT_DEDUP_MS, OPT_DEDUP_MAX,
-    OPT_DEDUP_BYTES, OPT_DRAIN, OPT_GRACE, OPT_BATCH_SCAN, OPT_BATCH_MAX, OPT_LOG_LEVEL, OPT_HELP
+    OPT_DEDUP_BYTES, OPT_DRAIN, OPT_GRACE, OPT_MODEL_GRACE, OPT_BATCH_SCAN, OPT_BATCH_MAX, OPT_LOG_LEVEL,
+    OPT_HELP, OPT_VERSION
 };
 
 static const struct option options[] = {
@@ -90,10 +95,12 @@ static const struct option options[] = {
     {"dedup-bytes", required_argument, NULL, OPT_DEDUP_BYTES},
     {"drain-ms", required_argument, NULL, OPT_DRAIN},
     {"startup-grace-ms", required_argument, NULL, OPT_GRACE},
+    {"model-grace-ms", required_argument, NULL, OPT_MODEL_GRACE},
     {"batch-scan", required_argument, NULL, OPT_BATCH_SCAN},
     {"batch-max-requests", required_argument, NULL, OPT_BATCH_MAX},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"help", no_argument, NULL, OPT_HELP},
+    {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
 };
 
@@ -125,6 +132,7 @@ static int apply_option(broker_config_t *c, int opt, const char *name, const cha
     case OPT_DEDUP_BYTES: if (parse_u64(name, arg, 0, big, &v)) return -1; c->dedup_bytes = v; return 0;
     case OPT_DRAIN: if (parse_u64(name, arg, 0, u32, &v)) return -1; c->drain_ms = (uint32_t)v; return 0;
     case OPT_GRACE: if (parse_u64(name, arg, 0, u32, &v)) return -1; c->startup_grace_ms = (uint32_t)v; return 0;
+    case OPT_MODEL_GRACE: if (parse_u64(name, arg, 0, u32, &v)) return -1; c->model_grace_ms = (uint32_t)v; return 0;
     case OPT_BATCH_SCAN: if (parse_u64(name, arg, 0, 65536, &v)) return -1; c->batch_scan = v; return 0;
     case OPT_BATCH_MAX: if (parse_u64(name, arg, 1, 65536, &v)) return -1; c->batch_max_requests = v; return 0;
     default: return -1;
@@ -136,19 +144,26 @@ int main(int argc, char **argv)
     broker_config_t config;
     broker_config_defaults(&config);
     int opt, index;
-    while ((opt = getopt_long(argc, argv, "", options, &index)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":", options, &index)) != -1) {
         if (opt == OPT_HELP) {
             usage(stdout);
             return 0;
         }
-        if (opt == '?' || apply_option(&config, opt, options[index].name, optarg) != 0) {
-            usage(stderr);
+        if (opt == OPT_VERSION) {
+            tools_print_version(stdout, "xlm-broker");
+            return 0;
+        }
+        if (opt == '?' || opt == ':') {
+            tools_bad_option(stderr, "xlm-broker", argv, opt);
             return 2;
         }
+        if (apply_option(&config, opt, options[index].name, optarg) != 0)
+            return 2; /* apply_option said why */
     }
     if (optind < argc || !config.frontend || !config.backend) {
-        fprintf(stderr, "xlm-broker: --frontend and --backend are required, and nothing else\n");
-        usage(stderr);
+        fprintf(stderr, "xlm-broker: %s; see --help\n", optind < argc
+                ? "unexpected argument" : "--frontend and --backend are required");
         return 2;
     }
 

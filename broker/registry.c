@@ -31,8 +31,40 @@ broker_model_t *broker_model_get_or_add(broker_t *b, const char *name)
     broker_list_init(&m->pipelines);
     broker_list_push_back(&b->models, &m->link);
     b->n_models++;
+    for (size_t i = 0; i < b->n_gone; i++) /* back: no longer gone */
+        if (strcmp(b->gone[i].name, name) == 0) {
+            memmove(&b->gone[i], &b->gone[i + 1], (b->n_gone - i - 1) * sizeof b->gone[0]);
+            b->n_gone--;
+            break;
+        }
     broker_log(b, BROKER_LOG_INFO, "model '%s' added", name);
     return m;
+}
+
+const broker_gone_t *broker_gone_find(const broker_t *b, const char *name)
+{
+    for (size_t i = 0; i < b->n_gone; i++)
+        if (strcmp(b->gone[i].name, name) == 0)
+            return &b->gone[i];
+    return NULL;
+}
+
+broker_model_t *broker_model_default(const broker_t *b)
+{
+    broker_model_t *live = NULL;
+    size_t n_live = 0;
+    for (broker_link_t *l = b->models.next; l != &b->models; l = l->next) {
+        broker_model_t *m = BROKER_CONTAINER(l, broker_model_t, link);
+        if (m->n_pipelines > 0) {
+            live = m;
+            n_live++;
+        }
+    }
+    if (n_live == 1)
+        return live;
+    if (n_live == 0 && b->n_models == 1)
+        return BROKER_CONTAINER(b->models.next, broker_model_t, link);
+    return NULL;
 }
 
 /* Frees a request's storage only (no list, no map). */
@@ -40,6 +72,47 @@ static void req_free(broker_req_t *r)
 {
     zmq_msg_close(&r->body);
     free(r);
+}
+
+static void remember_gone(broker_t *b, const broker_model_t *m)
+{
+    if (b->n_gone == BROKER_GONE_MAX) { /* forget the oldest */
+        memmove(&b->gone[0], &b->gone[1], (BROKER_GONE_MAX - 1) * sizeof b->gone[0]);
+        b->n_gone--;
+    }
+    broker_gone_t *g = &b->gone[b->n_gone++];
+    snprintf(g->name, sizeof g->name, "%s", m->name);
+    snprintf(g->since, sizeof g->since, "%s", m->dead_since);
+}
+
+static void model_unregister(broker_t *b, broker_model_t *m)
+{
+    size_t failed = m->queue_len;
+    while (!broker_list_empty(&m->queue)) {
+        broker_req_t *r = BROKER_CONTAINER(m->queue.next, broker_req_t, link);
+        broker_req_fail(b, r, PROTO_STATUS_UNAVAILABLE, "model '%s': no live pipeline since %s",
+                        m->name, m->dead_since);
+    }
+    broker_log(b, BROKER_LOG_WARN, "model '%s' unregistered: no live pipeline since %s "
+               "(--model-grace-ms %u); %zu queued requests answered UNAVAILABLE", m->name,
+               m->dead_since, b->config.model_grace_ms, failed);
+    remember_gone(b, m);
+    broker_list_remove(&m->link);
+    b->n_models--;
+    proto_worker_free(&m->ready);
+    free(m->stages);
+    free(m);
+}
+
+void broker_models_expire(broker_t *b, int64_t now)
+{
+    const int64_t grace_us = (int64_t)b->config.model_grace_ms * 1000;
+    for (broker_link_t *l = b->models.next, *next; l != &b->models; l = next) {
+        next = l->next; /* the model may be freed */
+        broker_model_t *m = BROKER_CONTAINER(l, broker_model_t, link);
+        if (m->n_pipelines == 0 && m->dead_since_us && now - m->dead_since_us > grace_us)
+            model_unregister(b, m);
+    }
 }
 
 void broker_models_destroy(broker_t *b)
@@ -103,6 +176,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     memcpy(p->identity, identity, identity_len);
     p->identity_len = identity_len;
     p->model = m;
+    p->instance = ready->instance;
     p->n_stages = ready->n_stages;
     p->credit = ready->credit;
     p->max_batch_tokens = ready->max_batch_tokens;
@@ -121,6 +195,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     p->heartbeat_sent_us = now;
     broker_list_push_back(&m->pipelines, &p->link);
     m->n_pipelines++;
+    m->dead_since_us = 0;
     if (p->max_batch_tokens > m->max_batch_tokens)
         m->max_batch_tokens = p->max_batch_tokens;
     return p;
@@ -145,6 +220,10 @@ void broker_pipeline_remove(broker_t *b, broker_pipeline_t *p, const char *why)
     broker_map_remove(b->pipelines, p->id, strlen(p->id));
     broker_list_remove(&p->link);
     m->n_pipelines--;
+    if (m->n_pipelines == 0) {
+        m->dead_since_us = broker_now_us();
+        broker_iso_time(m->dead_since);
+    }
     broker_log(b, requeued ? BROKER_LOG_WARN : BROKER_LOG_INFO,
                "pipeline '%s' of model '%s' removed (%s); %zu requests queued again",
                p->id, m->name, why, requeued);

@@ -86,6 +86,13 @@ void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len)
     size_t n = b->n_models ? b->n_models : 1;
     model_parts_t *parts = calloc(n, sizeof *parts);
     Xlm__ModelStats **models = calloc(n, sizeof *models);
+    Xlm__GoneModel gone[BROKER_GONE_MAX], *gone_p[BROKER_GONE_MAX];
+    for (size_t g = 0; g < b->n_gone; g++) {
+        xlm__gone_model__init(&gone[g]);
+        gone[g].name = (char *)b->gone[g].name;
+        gone[g].since = (char *)b->gone[g].since;
+        gone_p[g] = &gone[g];
+    }
     uint8_t *data = NULL;
     size_t size = 0, i = 0;
     bool ok = parts && models;
@@ -104,6 +111,8 @@ void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len)
         stats.late_replies = b->late_replies;
         stats.cache_entries = (uint32_t)b->done_count;
         stats.cache_bytes = b->done_bytes;
+        stats.n_models_gone = b->n_gone;
+        stats.models_gone = gone_p;
         msg.body_case = XLM__SERVICE_MESSAGE__BODY_STATS;
         msg.stats = &stats;
         proto_error_t err;

@@ -478,7 +478,8 @@ int main(int argc, char **argv)
         usage_main(stdout);
         return 0;
     }
-    fprintf(stderr, "xlm-client: unknown command '%s'\n", command);
-    usage_main(stderr);
+    fprintf(stderr, "xlm-client: unknown %s '%s'%s; see --help\n",
+            command[0] == '-' ? "option" : "command", command,
+            command[0] == '-' ? "" : " (infer or stats)");
     return 2;
 }

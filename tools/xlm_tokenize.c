@@ -6,6 +6,7 @@
  * "message"}} when that line cannot be tokenised (the next lines go on).
  * Exit status: 0 when every line was read (even with error lines), 1 on a
  * usage or model error, 2 on an output error. */
+#include "cli.h"
 #include "shard_tokenizer.h"
 
 #include <cjson/cJSON.h>
@@ -36,6 +37,7 @@ static void usage(FILE *f)
           "                 always apply, exactly as HuggingFace does. Chinese, Thai and\n"
           "                 Japanese text must be pre-segmented (words separated by\n"
           "                 spaces) in this mode.\n"
+          "  --version      the project's and the wire protocol's versions\n"
           "  --help         this text\n",
           f);
 }
@@ -154,19 +156,22 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            tools_print_version(stdout, "xlm-tokenize");
+            return 0;
         } else if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
             model = argv[++i];
         } else if (strcmp(argv[i], "--lang-rules") == 0) {
             mode = SHARD_TOKENIZER_MODE_LANG_RULES;
         } else {
-            fprintf(stderr, "xlm-tokenize: unknown or incomplete option '%s'\n", argv[i]);
-            usage(stderr);
+            fprintf(stderr, "xlm-tokenize: %s '%s'; see --help\n",
+                    strcmp(argv[i], "--model") == 0 ? "option needs a value:" : "unknown option",
+                    argv[i]);
             return 1;
         }
     }
     if (!model) {
-        fputs("xlm-tokenize: --model DIR is required\n", stderr);
-        usage(stderr);
+        fputs("xlm-tokenize: --model DIR is required; see --help\n", stderr);
         return 1;
     }
     shard_error_t err = {0};

@@ -39,6 +39,7 @@ typedef struct {
     uint64_t last_sent_us, last_recv_us;
     uint64_t last_work_us; /* last feedback or compute: paces idle polling */
     bool accepting;
+    bool refused; /* the broker will not take this pipeline: stop */
 } first_t;
 
 /* ------------------------------------------------------------ broker */
@@ -80,6 +81,7 @@ static int build_ready(first_t *f)
     f->ready.max_position_embeddings = c->max_position_embeddings;
     f->ready.n_langs = c->n_langs;
     f->ready.heartbeat_ms = st->options->heartbeat_ms;
+    f->ready.instance = st->instance;
     bool named = false;
     for (int64_t i = 0; i < c->n_langs; i++)
         named |= c->lang_names[i][0] != '\0';
@@ -402,6 +404,15 @@ static void handle_message(first_t *f, Xlm__WorkerMessage *msg, uint8_t **frames
         handle_batch(f, msg->batch, frames, sizes, n_frames);
         break;
     case XLM__WORKER_MESSAGE__BODY_DISCONNECT:
+        if (msg->disconnect->refused) {
+            /* Registering again would be refused again (or evict a live
+             * pipeline): a start-up failure the operator must fix. */
+            worker_log(WORKER_LOG_ERROR, "the broker refused pipeline %s: %s; give each worker "
+                       "job its own ids (--pipeline-prefix)", f->st->pipeline_id,
+                       msg->disconnect->reason);
+            f->refused = true;
+            break;
+        }
         worker_log(WORKER_LOG_WARN, "the broker asked to re-register: %s", msg->disconnect->reason);
         if (f->accepting)
             send_ready(f);
@@ -585,6 +596,8 @@ static int one_round(first_t *f)
             timeout_ms = 100; /* look at signals now and then */
     }
     drain_socket(f, timeout_ms);
+    if (f->refused)
+        return -1;
     const uint64_t after = worker_now_us();
     if (f->accepting && after - f->last_recv_us > (uint64_t)o->liveness * beat_us) {
         worker_log(WORKER_LOG_WARN, "the broker has been silent for %llu ms: reconnecting",
@@ -664,7 +677,7 @@ int worker_run_first(worker_stage_t *st)
     if (rc == 0)
         beat.started = pthread_create(&beat.thread, NULL, beat_main, &beat) == 0;
     while (rc == 0) {
-        if (worker_stopping && f.accepting) {
+        if (atomic_load(st->stop) && f.accepting) {
             worker_log(WORKER_LOG_INFO, "stopping: draining %s", f.head || f.jobs ? "work in flight" : "nothing");
             send_disconnect(&f, "worker stopping");
             f.accepting = false;

@@ -2,10 +2,24 @@
 #include "worker_internal.h"
 
 #include <stdarg.h>
+#include <string.h>
 #include <time.h>
 
+/* Set once by worker_log_init from what worker_run was given. */
 static int log_rank = -1;
 static worker_log_level_t log_level = WORKER_LOG_INFO;
+
+static const char *const level_names[WORKER_LOG_COUNT_] = {
+    [WORKER_LOG_ERROR] = "error", [WORKER_LOG_WARN] = "warn",
+    [WORKER_LOG_INFO] = "info", [WORKER_LOG_DEBUG] = "debug"};
+
+worker_log_level_t worker_log_level_from_name(const char *name)
+{
+    for (int l = 0; name && l < WORKER_LOG_COUNT_; l++)
+        if (strcmp(name, level_names[l]) == 0)
+            return (worker_log_level_t)l;
+    return WORKER_LOG_COUNT_;
+}
 
 void worker_log_init(int world_rank, worker_log_level_t level)
 {
@@ -15,7 +29,6 @@ void worker_log_init(int world_rank, worker_log_level_t level)
 
 void worker_log(worker_log_level_t level, const char *fmt, ...)
 {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
     if (level > log_level)
         return;
     char line[1024];
@@ -27,8 +40,11 @@ void worker_log(worker_log_level_t level, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
-    fprintf(stderr, "%02d:%02d:%02d.%03ld xlm-worker[%d] %s: %s\n", tm.tm_hour, tm.tm_min,
-            tm.tm_sec, ts.tv_nsec / 1000000, log_rank, names[level], line);
+    char when[32];
+    size_t n = strftime(when, sizeof when - 6, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(when + n, sizeof when - n, ".%03dZ", (int)(ts.tv_nsec / 1000000) % 1000);
+    /* The broker's layout: time, program, [level], then the rank. */
+    fprintf(stderr, "%s xlm-worker [%s] rank %d: %s\n", when, level_names[level], log_rank, line);
 }
 
 uint64_t worker_now_us(void)

@@ -1,9 +1,20 @@
 /* xlm-worker: one rank of the MPI pipeline job (run it with mpirun). */
+#include "cli.h"
 #include "worker_internal.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The program's, not the library's: worker_run only reads it. */
+static atomic_int stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    atomic_store(&stop_requested, 1);
+}
 
 static void usage(FILE *out)
 {
@@ -24,12 +35,15 @@ static void usage(FILE *out)
           "  --max-batch-tokens T    padded tokens per micro-batch (default 4096)\n"
           "  --heartbeat-ms MS       heartbeat interval (default 500)\n"
           "  --liveness K            missed heartbeats before the broker is presumed gone (default 6)\n"
-          "  --pipeline-prefix P     pipeline ids are P/pI (default NAME@HOST)\n"
+          "  --pipeline-prefix P     pipeline ids are P/pI (default NAME@HOST/jJOB, JOB: Slurm's\n"
+          "                          job id, else rank 0's pid); unique per job\n"
           "  --lang-rules            tokenise with each segment's language rules\n"
           "  --projected-share F     LM checkpoints: share of positions projected onto the\n"
           "                          vocabulary, for balancing stages (default 0.5, scoring;\n"
           "                          1 for full lm logits)\n"
-          "  --verbose               debug logging\n",
+          "  --log-level LEVEL       debug, info, warn or error (default info)\n"
+          "  --verbose               the same as --log-level debug\n"
+          "  --version               the project's and the wire protocol's versions\n",
           out);
 }
 
@@ -75,7 +89,8 @@ static void default_name(worker_options_t *o)
     snprintf(o->name, sizeof o->name, "%.*s", (int)(len - start), dir + start);
 }
 
-static int parse(int argc, char **argv, worker_options_t *o, bool *verbose)
+/* 0 parsed, 1 done (help, version), -1 bad command line (said why). */
+static int parse(int argc, char **argv, worker_options_t *o)
 {
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'}, {"broker", required_argument, NULL, 'b'},
@@ -85,10 +100,12 @@ static int parse(int argc, char **argv, worker_options_t *o, bool *verbose)
         {"heartbeat-ms", required_argument, NULL, 'H'}, {"liveness", required_argument, NULL, 'l'},
         {"pipeline-prefix", required_argument, NULL, 'P'}, {"lang-rules", no_argument, NULL, 'R'},
         {"projected-share", required_argument, NULL, 'S'},
+        {"log-level", required_argument, NULL, 'g'}, {"version", no_argument, NULL, 'V'},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt, map_stages = -1;
     uint64_t value;
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
         switch (opt) {
         case 'm': o->model_dir = optarg; break;
         case 'b': o->broker = optarg; break;
@@ -117,14 +134,21 @@ static int parse(int argc, char **argv, worker_options_t *o, bool *verbose)
             }
             break;
         }
-        case 'v': *verbose = true; break;
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case 'v': o->log_level = WORKER_LOG_DEBUG; break;
+        case 'g':
+            if ((o->log_level = worker_log_level_from_name(optarg)) == WORKER_LOG_COUNT_) {
+                fprintf(stderr, "xlm-worker: --log-level '%s', expected debug, info, warn or error\n", optarg);
+                return -1;
+            }
+            break;
+        case 'h': usage(stdout); return 1;
+        case 'V': tools_print_version(stdout, "xlm-worker"); return 1;
+        default: tools_bad_option(stderr, "xlm-worker", argv, opt); return -1;
         }
     }
     if (!o->model_dir || !o->broker || optind != argc) {
-        fprintf(stderr, "xlm-worker: %s\n", optind != argc ? "unexpected argument" : "--model and --broker are required");
-        usage(stderr);
+        fprintf(stderr, "xlm-worker: %s; see --help\n",
+                optind != argc ? "unexpected argument" : "--model and --broker are required");
         return -1;
     }
     if (map_stages >= 0 && map_stages != o->n_stages) {
@@ -145,15 +169,22 @@ void worker_options_default(worker_options_t *o)
     o->heartbeat_ms = 500;
     o->liveness = 6;
     o->projected_share = 0.5;
+    o->log_level = WORKER_LOG_INFO;
 }
 
 int main(int argc, char **argv)
 {
     worker_options_t options;
-    bool verbose = false;
     worker_options_default(&options);
-    if (parse(argc, argv, &options, &verbose))
-        return 2;
+    int parsed = parse(argc, argv, &options);
+    if (parsed)
+        return parsed > 0 ? 0 : 2;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
     int provided = 0;
     /* FUNNELED: stage 0 has a heartbeat thread, which never calls MPI. */
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
@@ -162,8 +193,8 @@ int main(int argc, char **argv)
     }
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    worker_log_init(rank, verbose ? WORKER_LOG_DEBUG : WORKER_LOG_INFO);
-    int rc = worker_run(&options);
+    worker_log_init(rank, options.log_level);
+    int rc = worker_run(&options, &stop_requested);
     if (rc != 0) {
         /* One rank failing ends the job: the launcher restarts it and the
          * broker re-queues what this pipeline held. */

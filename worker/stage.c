@@ -10,8 +10,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-volatile sig_atomic_t worker_stopping = 0;
-
 
 /* ------------------------------------------------------------ last stage */
 
@@ -300,7 +298,7 @@ int worker_run_next(worker_stage_t *st)
         if (!done) {
             /* Stopping is driven by stage 0's shutdown packet; this is the
              * fallback when stage 0 is gone. */
-            if (worker_stopping && !stop_seen_us)
+            if (atomic_load(st->stop) && !stop_seen_us)
                 stop_seen_us = worker_now_us();
             if (stop_seen_us && worker_now_us() - stop_seen_us > 30u * 1000000u) {
                 worker_log(WORKER_LOG_WARN, "stage %d: no shutdown from stage 0 in 30 s", st->stage);
@@ -344,12 +342,6 @@ int worker_run_next(worker_stage_t *st)
 }
 
 /* ------------------------------------------------------------ set-up */
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    worker_stopping = 1;
-}
 
 static int open_stage(worker_stage_t *st)
 {
@@ -419,21 +411,61 @@ static int open_stage(worker_stage_t *st)
     return 0;
 }
 
-static void pipeline_name(worker_stage_t *st)
+/* The job's id, the same on every rank: Slurm's job (and step) when
+ * Slurm launched it, else world rank 0's process id. Two jobs on one host
+ * then never share pipeline ids. */
+static int job_id(char *out, size_t size)
 {
-    char host[128] = "localhost";
+    const char *slurm = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID");
+    if (slurm && *slurm) {
+        snprintf(out, size, "%.40s%s%.20s", slurm, step && *step ? "." : "", step ? step : "");
+        return 0;
+    }
+    long long pid = (long long)getpid();
+    if (WORKER_MPI(MPI_Bcast(&pid, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD)))
+        return -1;
+    snprintf(out, size, "%lld", pid);
+    return 0;
+}
+
+/* A random 64-bit number, never 0 (0 means "not said" on the wire). */
+static uint64_t random_instance(void)
+{
+    uint64_t value = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        if (fread(&value, sizeof value, 1, f) != 1)
+            value = 0;
+        fclose(f);
+    }
+    if (!value) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        value = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40);
+    }
+    return value ? value : 1;
+}
+
+/* model@host/jJOB/pINDEX, or PREFIX/pINDEX when the operator chose one. */
+static int pipeline_name(worker_stage_t *st)
+{
+    char host[128] = "localhost", job[64];
     gethostname(host, sizeof host - 1);
+    if (job_id(job, sizeof job))
+        return -1;
+    st->instance = random_instance();
     if (st->options->pipeline_prefix)
         snprintf(st->pipeline_id, sizeof st->pipeline_id, "%.110s/p%d",
                  st->options->pipeline_prefix, st->pipeline_index);
     else
-        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%.60s@%.50s/p%d", st->options->name,
-                 host, st->pipeline_index);
+        snprintf(st->pipeline_id, sizeof st->pipeline_id, "%.60s@%.50s/j%.40s/p%d",
+                 st->options->name, host, job, st->pipeline_index);
+    return 0;
 }
 
-int worker_run(const worker_options_t *options)
+int worker_run(const worker_options_t *options, const atomic_int *stop)
 {
-    worker_stage_t st = {.options = options, .comm = MPI_COMM_NULL};
+    worker_stage_t st = {.options = options, .stop = stop, .comm = MPI_COMM_NULL};
     int world_size = 0, rc = 0, app_rank = 0, *appnum = NULL, has_appnum = 0;
     MPI_Comm app = MPI_COMM_NULL;
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -458,12 +490,9 @@ int worker_run(const worker_options_t *options)
         return 1;
     MPI_Comm_free(&app);
     MPI_Comm_set_errhandler(st.comm, MPI_ERRORS_RETURN);
-    struct sigaction action = {0};
-    action.sa_handler = on_signal;
-    sigaction(SIGTERM, &action, NULL);
-    sigaction(SIGINT, &action, NULL);
     shard_set_threads(options->threads > 0 ? options->threads : 1);
-    pipeline_name(&st);
+    if (pipeline_name(&st))
+        return 1;
     st.zmq_context = zmq_ctx_new();
     if (!st.zmq_context || open_stage(&st) != 0) {
         rc = 1;

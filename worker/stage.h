@@ -20,6 +20,7 @@ typedef struct {
 
 typedef struct worker_stage {
     const worker_options_t *options;
+    const atomic_int *stop; /* the caller's: non-zero asks to drain and stop (borrowed) */
     int stage, n_stages, pipeline_index, world_rank;
     MPI_Comm comm; /* this pipeline's ranks, rank = stage */
     shard_model_t *model;
@@ -29,6 +30,7 @@ typedef struct worker_stage {
     void *zmq_context;
     worker_link_t *link; /* stage 0 and the last stage */
     char pipeline_id[256];
+    uint64_t instance; /* random, never 0: tells a reconnection from a duplicate id */
     size_t packet_capacity;
     uint64_t batch_tokens; /* positions a micro-batch may hold */
     uint64_t micro_counter;
@@ -42,7 +44,6 @@ typedef struct {
 
 enum { TAG_ACTIVATIONS = 1, TAG_FEEDBACK = 2 };
 
-extern volatile sig_atomic_t worker_stopping;
 
 void worker_idle_pause(uint64_t idle_since_us);
 int worker_send_next(worker_stage_t *st, slot_t *slots, int *next_slot, worker_micro_t *m);

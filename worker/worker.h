@@ -9,6 +9,7 @@
 #ifndef XLM_WORKER_H
 #define XLM_WORKER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,11 +19,17 @@
 
 enum { WORKER_MAX_STAGES = 64, WORKER_NAME_MAX = 128 };
 
+typedef enum { WORKER_LOG_ERROR = 0, WORKER_LOG_WARN, WORKER_LOG_INFO, WORKER_LOG_DEBUG,
+               WORKER_LOG_COUNT_ } worker_log_level_t;
+
+/* "error", "warn", "info", "debug"; WORKER_LOG_COUNT_ when unknown. */
+worker_log_level_t worker_log_level_from_name(const char *name);
+
 typedef struct {
     const char *model_dir;   /* checkpoint folder */
     const char *broker;      /* broker backend endpoint, e.g. tcp://127.0.0.1:5556 */
     char name[WORKER_NAME_MAX]; /* served model name; default: the folder's name */
-    const char *pipeline_prefix; /* pipeline ids are PREFIX/pN; default NAME@HOST */
+    const char *pipeline_prefix; /* pipeline ids are PREFIX/pN; default NAME@HOST/jJOB */
     int n_stages;
     int64_t layer_counts[WORKER_MAX_STAGES]; /* explicit layer map, or all 0: balanced */
     bool has_layer_map;
@@ -34,6 +41,7 @@ typedef struct {
     bool lang_rules;         /* tokenizer: per-language rules (see xlm-tokenize) */
     double projected_share;  /* LM checkpoints: positions projected onto the vocabulary,
                                 for balancing the stages (default 0.5: scoring) */
+    worker_log_level_t log_level; /* lines under it are skipped (default info) */
 } worker_options_t;
 
 void worker_options_default(worker_options_t *options);
@@ -46,8 +54,10 @@ void worker_options_default(worker_options_t *options);
 shard_status_t worker_plan_layers(const shard_config_t *config, int n_stages,
                                   double projected_share, int64_t *counts, shard_error_t *err);
 
-/* Runs this rank until SIGTERM/SIGINT (drained) or a fatal error. Needs
- * MPI initialised. Returns 0, or 1 after logging the error. */
-int worker_run(const worker_options_t *options);
+/* Runs this rank until *stop becomes non-zero (the caller sets it, e.g.
+ * from its SIGTERM handler: the pipeline drains, then stops) or a fatal
+ * error. Installs no signal handler. Needs MPI initialised. Returns 0, or 1
+ * after logging the error. */
+int worker_run(const worker_options_t *options, const atomic_int *stop);
 
 #endif

@@ -10,8 +10,6 @@
 
 /* ------------------------------------------------------------ logging */
 
-typedef enum { WORKER_LOG_ERROR = 0, WORKER_LOG_WARN, WORKER_LOG_INFO, WORKER_LOG_DEBUG } worker_log_level_t;
-
 void worker_log_init(int world_rank, worker_log_level_t level);
 void worker_log(worker_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
