@@ -56,7 +56,7 @@ case $fault in
     # The rank of the last stage of pipeline 0 (it sends the replies): by
     # its MPI rank, and its own log says it owns that stage.
     rank=$((stages - 1))
-    grep -q "xlm-worker\[$rank\] info: pipeline 0 stage $((stages - 1))/$stages:" "$run_dir/workers.log" ||
+    grep -q "xlm-worker \[info\] rank $rank: pipeline 0 stage $((stages - 1))/$stages:" "$run_dir/workers.log" ||
       e2e_fail "no log line of rank $rank owning stage $((stages - 1)) of pipeline 0"
     victim=$(e2e_worker_pid "$rank") || e2e_fail "no xlm-worker process of rank $rank"
     before=$(done_count)
@@ -84,7 +84,7 @@ case $fault in
   worker)
     requeued=$(e2e_stat requests_requeued 0)
     logged=$(grep -cE "removed \(.*\); [1-9][0-9]* requests queued again" "$run_dir/broker.log" || true)
-    restarts=$(grep -c "supervisor: mpirun exited, restarting" "$run_dir/workers.log" || true)
+    restarts=$(grep -c "supervisor: mpirun exited.*, restarting" "$run_dir/workers.log" || true)
     after=$(( $(done_count) - before ))
     echo "faults: broker re-queued $requeued requests ($logged log lines), $restarts mpirun restarts, $after answers after the kill"
     e2e_assert_fault_landed "kill -9 of rank $rank" "$before" "$total" "$requeued" "requests re-queued by the broker"
