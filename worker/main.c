@@ -20,6 +20,8 @@ static void usage(FILE *out)
           "  --name NAME             served model name (default: the folder's name)\n"
           "  --layer-map A,B,...     layers per stage, overriding the compute balance\n"
           "  --threads N             BLAS threads per rank (default 1)\n"
+          "  --precision P           fp32 (default), bf16 or int8: the stages' weights and\n"
+          "                          products (how they run is logged by each stage)\n"
           "  --credit C              micro-batches a pipeline holds (default stages + 1)\n"
           "  --max-batch-tokens T    padded tokens per micro-batch (default 4096)\n"
           "  --heartbeat-ms MS       heartbeat interval (default 500)\n"
@@ -85,6 +87,7 @@ static int parse(int argc, char **argv, worker_options_t *o, bool *verbose)
         {"heartbeat-ms", required_argument, NULL, 'H'}, {"liveness", required_argument, NULL, 'l'},
         {"pipeline-prefix", required_argument, NULL, 'P'}, {"lang-rules", no_argument, NULL, 'R'},
         {"projected-share", required_argument, NULL, 'S'},
+        {"precision", required_argument, NULL, 'p'},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt, map_stages = -1;
     uint64_t value;
@@ -117,6 +120,12 @@ static int parse(int argc, char **argv, worker_options_t *o, bool *verbose)
             }
             break;
         }
+        case 'p':
+            if ((o->precision = (int)shard_precision_parse(optarg, NULL)) == SHARD_PRECISION_COUNT_) {
+                fprintf(stderr, "xlm-worker: --precision %s: expected fp32, bf16 or int8\n", optarg);
+                return -1;
+            }
+            break;
         case 'v': *verbose = true; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
