@@ -170,6 +170,46 @@ static double sgemm_gflops(int64_t n)
     return 2.0 * (double)n * (double)n * (double)n * reps / elapsed / 1e9;
 }
 
+typedef struct {
+    double tokens_per_s, gflops, sgemm_gflops;
+} measure_t;
+
+/* The best of 5 rounds of one model, alternating with the same-run sgemm
+ * reference: this machine's speed drifts (shared cores, frequency). */
+static int measure(const shard_model_t *model, shard_state_t *state, const shard_inputs_t *in,
+                   double flops, int64_t real_tokens, measure_t *m)
+{
+    shard_error_t err = {0};
+    shard_outputs_t out;
+    shard_outputs_init(&out);
+    if (shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err)) { /* warm-up, pages in */
+        fprintf(stderr, "bench-engine: %s\n", err.message);
+        return 1;
+    }
+    shard_outputs_clear(&out);
+    *m = (measure_t){0};
+    for (int round = 0; round < 5; round++) {
+        int reps = 0;
+        double start = now(), elapsed;
+        do {
+            shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err);
+            shard_outputs_clear(&out);
+            reps++;
+        } while ((elapsed = now() - start) < 1.0);
+        double engine = flops * reps / elapsed / 1e9;
+        if (engine > m->gflops) {
+            m->gflops = engine;
+            m->tokens_per_s = (double)real_tokens * reps / elapsed;
+        }
+        double reference = sgemm_gflops(2048);
+        m->sgemm_gflops = reference > m->sgemm_gflops ? reference : m->sgemm_gflops;
+    }
+    return 0;
+}
+
+/* One line per precision: shape=NAME threads=N precision=P tokens_per_s=…
+ * gflops=… vs_fp32=… ratio=… weight_bytes=… (vs_fp32: tokens/s over fp32's
+ * in this run; ratio: GFLOP/s over the same-run sgemm). */
 static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
 {
     char dir[4000];
@@ -178,14 +218,6 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
     if (system(cmd) != 0 || write_checkpoint(dir, s, false, false) != 0) {
         fprintf(stderr, "bench-engine: cannot write a checkpoint in %s\n", dir);
-        return 1;
-    }
-    shard_error_t err = {0};
-    shard_model_t *model = shard_model_open(dir, NULL, &err);
-    shard_state_t *state = model ? shard_state_new() : NULL;
-    if (!state) {
-        fprintf(stderr, "bench-engine: %s\n", model ? "out of memory" : err.message);
-        shard_model_destroy(&model);
         return 1;
     }
     /* 64 sentences of 8..64 tokens, fixed seed, padded to the longest. */
@@ -205,41 +237,36 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
             mask[r * SEQ + t] = t < len;
         }
     }
-    shard_inputs_t in = {.batch = ROWS, .seq = SEQ, .input_ids = ids, .attention_mask = mask};
-    shard_outputs_t out;
-    shard_outputs_init(&out);
-    if (shard_forward(model, state, SHARD_HEAD_BASE, &in, &out, &err)) { /* warm-up, pages in */
-        fprintf(stderr, "bench-engine: %s\n", err.message);
-        return 1;
-    }
-    shard_outputs_clear(&out);
-    /* This machine's speed drifts (shared cores, frequency): alternate the
-     * engine and the reference in rounds and compare the best of each. */
-    double best_engine = 0.0, best_reference = 0.0, best_tokens = 0.0;
-    for (int round = 0; round < 5; round++) {
-        int reps = 0;
-        double start = now(), elapsed;
-        do {
-            shard_forward(model, state, SHARD_HEAD_BASE, &in, &out, &err);
-            shard_outputs_clear(&out);
-            reps++;
-        } while ((elapsed = now() - start) < 1.0);
-        double engine = flops * reps / elapsed / 1e9;
-        if (engine > best_engine) {
-            best_engine = engine;
-            best_tokens = (double)real_tokens * reps / elapsed;
+    const shard_inputs_t in = {.batch = ROWS, .seq = SEQ, .input_ids = ids, .attention_mask = mask};
+    double fp32_tokens = 0.0;
+    int rc = 0;
+    for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc; p++) {
+        shard_error_t err = {0};
+        shard_model_t *model = shard_model_open(
+            dir, &(shard_model_options_t){.precision = (shard_precision_t)p}, &err);
+        shard_state_t *state = model ? shard_state_new() : NULL;
+        measure_t m;
+        if (!state) {
+            fprintf(stderr, "bench-engine: %s\n", model ? "out of memory" : err.message);
+            rc = 1;
+        } else if (!(rc = measure(model, state, &in, flops, real_tokens, &m))) {
+            if (p == SHARD_PRECISION_FP32)
+                fp32_tokens = m.tokens_per_s;
+            printf("shape=%s threads=%d precision=%s tokens_per_s=%.0f gflops=%.1f vs_fp32=%.3f "
+                   "ratio=%.3f weight_bytes=%zu\n",
+                   s->name, threads, shard_precision_name((shard_precision_t)p), m.tokens_per_s,
+                   m.gflops, m.tokens_per_s / fp32_tokens, m.gflops / m.sgemm_gflops,
+                   shard_model_weight_bytes(model));
+            if (p != SHARD_PRECISION_FP32)
+                printf("#   %s: %s\n", shard_precision_name((shard_precision_t)p),
+                       shard_model_precision_note(model));
+            fflush(stdout);
         }
-        double reference = sgemm_gflops(2048);
-        best_reference = reference > best_reference ? reference : best_reference;
+        shard_state_destroy(&state);
+        shard_model_destroy(&model);
     }
-    printf("shape=%s tokens_per_s=%.0f gflops=%.1f sgemm_gflops=%.1f ratio=%.3f threads=%d\n",
-           s->name, best_tokens, best_engine, best_reference, best_engine / best_reference,
-           threads);
-    fflush(stdout);
-    shard_state_destroy(&state);
-    shard_model_destroy(&model);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : 1;
+    return system(cmd) == 0 ? rc : 1;
 }
 
 int main(int argc, char **argv)

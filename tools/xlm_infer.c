@@ -9,7 +9,8 @@
 
 static void usage(FILE *out)
 {
-    fputs("usage: xlm-infer --model DIR [--head HEAD] [--threads N] < cases.jsonl > results.jsonl\n"
+    fputs("usage: xlm-infer --model DIR [--head HEAD] [--threads N] [--precision P]\n"
+          "                 < cases.jsonl > results.jsonl\n"
           "\n"
           "Runs an XLM checkpoint folder (config.json, model.safetensors or pytorch_model.bin)\n"
           "over one JSON object per input line:\n"
@@ -27,6 +28,8 @@ static void usage(FILE *out)
           "  --head HEAD    head for lines that name none: base, lm, seq_cls, multiple_choice,\n"
           "                 token_cls, qa_simple, qa (default: the checkpoint's architecture)\n"
           "  --threads N    BLAS threads (default: OpenBLAS's choice)\n"
+          "  --precision P  fp32 (default), bf16 or int8: the linear layers' weights and\n"
+          "                 products (how they run on this CPU is printed on stderr)\n"
           "  --max-errors N stop once more than N lines failed (default: no limit)\n"
           "  --version      the program's and the wire protocol's versions\n"
           "  --help         this text\n"
@@ -65,12 +68,13 @@ int main(int argc, char **argv)
         {"model", required_argument, NULL, 'm'}, {"head", required_argument, NULL, 'H'},
         {"threads", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
         {"max-errors", required_argument, NULL, 'X'}, {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
+        {"precision", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *head_name = NULL;
     int threads = 0, opt;
+    shard_precision_t precision = SHARD_PRECISION_FP32;
     long long max_errors = -1;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":m:H:t:h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":m:H:t:P:h", options, NULL)) != -1) {
         switch (opt) {
         case 'm': model_dir = optarg; break;
         case 'H': head_name = optarg; break;
@@ -89,6 +93,14 @@ int main(int argc, char **argv)
             max_errors = strtoll(optarg, &end, 10);
             if (!*optarg || *end || max_errors < 0) {
                 fprintf(stderr, "xlm-infer: --max-errors %s: expected an integer >= 0\n", optarg);
+                return TOOLS_EXIT_CANNOT_RUN;
+            }
+            break;
+        }
+        case 'P': {
+            shard_error_t perr = {0};
+            if ((precision = shard_precision_parse(optarg, &perr)) == SHARD_PRECISION_COUNT_) {
+                fprintf(stderr, "xlm-infer: --precision %s: expected fp32, bf16 or int8\n", optarg);
                 return TOOLS_EXIT_CANNOT_RUN;
             }
             break;
@@ -113,8 +125,11 @@ int main(int argc, char **argv)
         return TOOLS_EXIT_CANNOT_RUN;
     }
     shard_error_t err = {0};
-    shard_model_t *model = shard_model_open(model_dir, &(shard_model_options_t){.threads = threads},
-                                            &err);
+    shard_model_t *model = shard_model_open(
+        model_dir, &(shard_model_options_t){.threads = threads, .precision = precision}, &err);
+    if (model && precision != SHARD_PRECISION_FP32)
+        fprintf(stderr, "xlm-infer: precision %s: %s\n", shard_precision_name(precision),
+                shard_model_precision_note(model));
     shard_state_t *state = model ? shard_state_new() : NULL;
     if (!state) {
         fprintf(stderr, "xlm-infer: %s\n", model ? "out of memory" : err.message);

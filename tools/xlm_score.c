@@ -1,5 +1,6 @@
 /* xlm-score: batch translation scoring, through the service or in process. */
 #include "score.h"
+#include "shard_engine.h" /* shard_precision_parse */
 
 #include "cli.h"
 
@@ -45,6 +46,7 @@ static void usage(FILE *out)
           "  --lang-rules          in process: tokenise with each language's rules (the\n"
           "                        service uses the mode its workers were started with)\n"
           "  --threads N           in process: BLAS threads (default 1)\n"
+          "  --precision P         in process: fp32 (default), bf16 or int8 products\n"
           "  --window N            through the service: requests in flight (default 512)\n"
           "  --attempt-timeout-ms MS, --attempts N   through the service: when to send a\n"
           "                        request again (default 20000 ms, 60 sends)\n"
@@ -112,6 +114,7 @@ static int parse(int argc, char **argv, cli_options_t *o)
         {"no-source", no_argument, NULL, 'N'}, {"token-scores", no_argument, NULL, 'T'},
         {"summary", required_argument, NULL, 'S'}, {"lang-rules", no_argument, NULL, 'R'},
         {"threads", required_argument, NULL, 'j'}, {"window", required_argument, NULL, 'w'},
+        {"precision", required_argument, NULL, 'p'},
         {"attempt-timeout-ms", required_argument, NULL, 'a'}, {"attempts", required_argument, NULL, 'A'},
         {"deadline-ms", required_argument, NULL, 'D'},
         {"connect-timeout-ms", required_argument, NULL, 'C'},
@@ -120,7 +123,7 @@ static int parse(int argc, char **argv, cli_options_t *o)
         {"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt;
     long value;
-    bool mode_given = false;
+    bool mode_given = false, precision_given = false;
     o->max_errors = -1;
     opterr = 0; /* one line of our own instead of getopt's and the whole help */
     while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
@@ -157,6 +160,14 @@ static int parse(int argc, char **argv, cli_options_t *o)
         case 'S': o->summary = optarg; break;
         case 'R': o->score.lang_rules = true; break;
         case 'j': if (parse_int("--threads", optarg, 1, 1024, &value)) return -1; o->score.threads = (int)value; break;
+        case 'p':
+            if ((o->score.precision = (int)shard_precision_parse(optarg, NULL)) ==
+                SHARD_PRECISION_COUNT_) {
+                fprintf(stderr, "xlm-score: --precision %s: expected fp32, bf16 or int8\n", optarg);
+                return -1;
+            }
+            precision_given = true;
+            break;
         case 'w': if (parse_int("--window", optarg, 1, 65536, &value)) return -1; o->score.window = (size_t)value; break;
         case 'a': if (parse_int("--attempt-timeout-ms", optarg, 1, 3600000, &value)) return -1; o->score.timeout_ms = (uint32_t)value; break;
         case 'A': if (parse_int("--attempts", optarg, 1, 1000, &value)) return -1; o->score.attempts = (uint32_t)value; break;
@@ -178,6 +189,11 @@ static int parse(int argc, char **argv, cli_options_t *o)
             fprintf(stderr, "xlm-score: %s is required; see --help\n", missing);
         else
             fprintf(stderr, "xlm-score: unexpected argument '%s'; see --help\n", argv[optind]);
+        return -1;
+    }
+    if (precision_given && o->score.endpoint) {
+        fprintf(stderr, "xlm-score: --precision is for --model DIR in process; through the "
+                        "service the workers' --precision holds\n");
         return -1;
     }
     if (o->retry_errors && strcmp(o->output, "-") == 0) {

@@ -31,6 +31,8 @@ static void usage(FILE *out)
           "  --name NAME             served model name (default: the folder's name)\n"
           "  --layer-map A,B,...     layers per stage, overriding the compute balance\n"
           "  --threads N             BLAS threads per rank (default 1)\n"
+          "  --precision P           fp32 (default), bf16 or int8: the stages' weights and\n"
+          "                          products (how they run is logged by each stage)\n"
           "  --credit C              micro-batches a pipeline holds (default stages + 1)\n"
           "  --max-batch-tokens T    padded tokens per micro-batch (default 4096)\n"
           "  --heartbeat-ms MS       heartbeat interval (default 500)\n"
@@ -101,6 +103,7 @@ static int parse(int argc, char **argv, worker_options_t *o)
         {"pipeline-prefix", required_argument, NULL, 'P'}, {"lang-rules", no_argument, NULL, 'R'},
         {"projected-share", required_argument, NULL, 'S'},
         {"log-level", required_argument, NULL, 'g'}, {"version", no_argument, NULL, 'V'},
+        {"precision", required_argument, NULL, 'p'},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt, map_stages = -1;
     uint64_t value;
@@ -134,6 +137,12 @@ static int parse(int argc, char **argv, worker_options_t *o)
             }
             break;
         }
+        case 'p':
+            if ((o->precision = (int)shard_precision_parse(optarg, NULL)) == SHARD_PRECISION_COUNT_) {
+                fprintf(stderr, "xlm-worker: --precision %s: expected fp32, bf16 or int8\n", optarg);
+                return -1;
+            }
+            break;
         case 'v': o->log_level = WORKER_LOG_DEBUG; break;
         case 'g':
             if ((o->log_level = worker_log_level_from_name(optarg)) == WORKER_LOG_COUNT_) {

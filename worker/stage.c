@@ -373,8 +373,15 @@ static int open_stage(worker_stage_t *st)
     for (int s = 0; s < st->stage; s++)
         range.first_layer += counts[s];
     range.last_layer = range.first_layer + counts[st->stage];
-    st->model = shard_model_open(st->options->model_dir,
-                                 &(shard_model_options_t){.range = &range}, &err);
+    st->model = shard_model_open(
+        st->options->model_dir,
+        &(shard_model_options_t){.range = &range,
+                                 .precision = (shard_precision_t)st->options->precision},
+        &err);
+    if (st->model && st->options->precision != SHARD_PRECISION_FP32)
+        worker_log(WORKER_LOG_INFO, "stage %d: precision %s: %s", st->stage,
+                   shard_precision_name((shard_precision_t)st->options->precision),
+                   shard_model_precision_note(st->model));
     if (!st->model) {
         worker_log(WORKER_LOG_ERROR, "%s", err.message);
         return -1;

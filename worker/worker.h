@@ -34,6 +34,7 @@ typedef struct {
     int64_t layer_counts[WORKER_MAX_STAGES]; /* explicit layer map, or all 0: balanced */
     bool has_layer_map;
     int threads;             /* BLAS threads per rank; 0: 1 */
+    int precision;           /* a shard_precision_t: fp32 (0), bf16, int8 */
     uint32_t credit;         /* micro-batches a pipeline holds; 0: n_stages + 1 */
     uint64_t max_batch_tokens; /* padded tokens per micro-batch */
     uint32_t heartbeat_ms;

@@ -6,15 +6,27 @@
 #include "shard_engine.h"
 
 #include <stdio.h>
+#include <string.h>
 
 /* ------------------------------------------------------------ weights */
 
-/* y = x W^T + b, W stored [out][in] as in torch.nn.Linear. */
+/* y = x W^T + b, W stored [out][in] as in torch.nn.Linear. One of weight,
+ * bf16 and i8 holds W, as type says; the kernels dispatch on type. */
 typedef struct {
-    const float *weight; /* [out][in] */
-    const float *bias;   /* [out] or NULL */
+    const float *weight; /* [out][in] fp32, or NULL */
+    const float *bias;   /* [out] or NULL (always fp32) */
     int64_t in, out;
+    shard_precision_t type; /* SHARD_PRECISION_FP32 (zero) in a positional initialiser */
+    const uint16_t *bf16;   /* [out][in] bf16 bits */
+    const int8_t *i8;       /* [out][in] W[o][i] = i8[o][i] * scale[o] */
+    const float *scale;     /* [out] symmetric per-output-channel scales */
 } shard_linear_t;
+
+/* True when the layer's weight is bound, whatever its type. */
+static inline bool shard_linear_bound(const shard_linear_t *linear)
+{
+    return linear->weight || linear->bf16 || linear->i8;
+}
 
 typedef struct {
     const float *weight, *bias; /* [dim] */
@@ -51,8 +63,11 @@ struct shard_model {
     shard_range_t range;
     char dir[4096];
     tensor_file_t *file;
-    float **owned; /* converted or computed tensors */
+    void **owned; /* converted, computed or quantised tensors */
     size_t n_owned;
+    shard_precision_t precision; /* of the linear layers (model->heads included) */
+    size_t weight_bytes;         /* of the linear layers, as held for compute */
+    char precision_note[160];    /* how the products run (shard_model_precision_note) */
 
     shard_embedding_t word_embeddings;     /* [vocab][emb] */
     shard_embedding_t position_embeddings; /* [max_pos][emb] */
@@ -119,6 +134,9 @@ typedef struct shard_binder shard_binder_t;
  * has_bias); weight stays NULL when absent and not required. */
 shard_status_t shard_bind_linear(shard_binder_t *b, shard_linear_t *linear, bool required,
                                  bool has_bias, const char *prefix, int64_t out, int64_t in);
+/* Binds a linear layer whose weight is an fp32 table already bound (the LM
+ * projection tied to the word embeddings), in the model's precision. */
+shard_status_t shard_bind_tied(shard_binder_t *b, shard_linear_t *linear, const float *weight);
 shard_status_t shard_bind_norm(shard_binder_t *b, shard_norm_t *norm, const char *prefix,
                                int64_t dim);
 /* A vector of count floats; *out stays NULL when absent and not required. */
@@ -150,6 +168,43 @@ void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t c
  * with_bias. */
 void shard_linear_columns(const shard_linear_t *linear, int64_t first, int64_t cols,
                           const float *x, int64_t rows, bool with_bias, float *y);
+/* Reduced-precision products (kernels_int8.c, kernels_bf16.c), for the
+ * sub-matrix W[o0:o0+no, c0:c0+nc] of a layer of that type:
+ * y[rows][no] = x[rows][nc] W[o0:o0+no, c0:c0+nc]^T (+ b[o0:o0+no] when
+ * bias). */
+void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int64_t c0,
+                       int64_t nc, const float *x, int64_t rows, bool bias, float *y);
+void shard_linear_bf16(const shard_linear_t *linear, int64_t o0, int64_t no, int64_t c0,
+                       int64_t nc, const float *x, int64_t rows, bool bias, float *y);
+/* Makes ready (at load) what products of a layer of this type with
+ * K = in and N = out need (oneDNN primitives, cached per shape); the
+ * seam's products then cannot fail but for memory. */
+shard_status_t shard_int8_prepare(int64_t k, int64_t n, int64_t ldw, shard_error_t *err);
+shard_status_t shard_bf16_prepare(int64_t k, int64_t n, int64_t ldw, shard_error_t *err);
+/* The largest |q| of an int8 weight on this CPU: 127 with VNNI, 63
+ * without (kernels_int8.c says why). */
+int shard_int8_weight_max(void);
+/* True when bf16 products run on the CPU's bf16 instructions (oneDNN,
+ * AVX512_BF16 or newer); false: bf16 weights, fp32 products. */
+bool shard_bf16_native(void);
+/* fp32 -> bf16, rounding to nearest even (NaN kept a NaN). */
+static inline uint16_t shard_float_to_bf16(float value)
+{
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((bits >> 16) | 0x40);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+static inline float shard_bf16_to_float(uint16_t value)
+{
+    const uint32_t bits = (uint32_t)value << 16;
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
 /* out[dim] = row id of the table; out[dim] += row id of the table. */
 void shard_embedding_copy(const shard_embedding_t *table, int64_t id, float *out);
 void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out);

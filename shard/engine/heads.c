@@ -103,7 +103,7 @@ static shard_status_t sequence_summary(const shard_model_t *model, shard_state_t
         return shard_error_set(err, SHARD_ERR_NOMEM, "sequence_summary: out of memory");
     for (int64_t b = 0; b < acts->batch; b++)
         summary_state(c, acts, b, zero, states + b * d);
-    if (proj->weight)
+    if (shard_linear_bound(proj))
         shard_linear(proj, states, acts->batch, out);
     else
         memcpy(out, states, (size_t)(acts->batch * d) * sizeof *out);
@@ -585,8 +585,9 @@ static shard_status_t bind_lm(shard_binder_t *b, shard_model_t *m, bool *has)
                                     c->vocab_size)))
         return status;
     /* The projection weight is tied to the word embeddings when absent. */
-    if (proj->bias && !proj->weight)
-        proj->weight = m->word_embeddings.weight;
+    if (proj->bias && !shard_linear_bound(proj) &&
+        (status = shard_bind_tied(b, proj, m->word_embeddings.weight)))
+        return status;
     *has = proj->bias != NULL;
     return SHARD_OK;
 }
@@ -624,8 +625,8 @@ static shard_status_t bind_seq_cls(shard_binder_t *b, shard_model_t *m, bool *ha
     const bool use_proj = m->config.summary_use_proj;
     /* Without a projection the summary alone is a seq_cls head only in a
      * seq_cls checkpoint, and never in a multiple-choice one. */
-    *has = m->heads.summary.weight != NULL || (!use_proj && m->head == SHARD_HEAD_SEQ_CLS);
-    if (m->heads.logits_proj.weight && !use_proj)
+    *has = shard_linear_bound(&m->heads.summary) || (!use_proj && m->head == SHARD_HEAD_SEQ_CLS);
+    if (shard_linear_bound(&m->heads.logits_proj) && !use_proj)
         *has = false;
     return SHARD_OK;
 }
@@ -635,8 +636,8 @@ static shard_status_t bind_multiple_choice(shard_binder_t *b, shard_model_t *m, 
     shard_status_t status = bind_summary(b, m);
     if (status)
         return status;
-    const bool summary_ok = m->heads.summary.weight || !m->config.summary_use_proj;
-    *has = summary_ok && m->heads.logits_proj.weight;
+    const bool summary_ok = shard_linear_bound(&m->heads.summary) || !m->config.summary_use_proj;
+    *has = summary_ok && shard_linear_bound(&m->heads.logits_proj);
     return SHARD_OK;
 }
 
@@ -644,7 +645,7 @@ static shard_status_t bind_token_cls(shard_binder_t *b, shard_model_t *m, bool *
 {
     shard_status_t status = shard_bind_linear(b, &m->heads.classifier, false, true, "classifier",
                                               m->config.num_labels, m->config.emb_dim);
-    *has = m->heads.classifier.weight != NULL;
+    *has = shard_linear_bound(&m->heads.classifier);
     return status;
 }
 
@@ -652,7 +653,7 @@ static shard_status_t bind_qa_simple(shard_binder_t *b, shard_model_t *m, bool *
 {
     shard_status_t status = shard_bind_linear(b, &m->heads.qa_outputs, false, true, "qa_outputs",
                                               2, m->config.emb_dim);
-    *has = m->heads.qa_outputs.weight != NULL;
+    *has = shard_linear_bound(&m->heads.qa_outputs);
     return status;
 }
 
@@ -662,7 +663,7 @@ static shard_status_t bind_qa(shard_binder_t *b, shard_model_t *m, bool *has)
     const int64_t d = m->config.emb_dim;
     shard_status_t status =
         shard_bind_linear(b, &h->qa_start, false, true, "qa_outputs.start_logits.dense", 1, d);
-    if (status || !h->qa_start.weight)
+    if (status || !shard_linear_bound(&h->qa_start))
         return status;
     /* The start logits are there: the rest of the SQuAD head must be. */
     if ((status = shard_bind_linear(b, &h->qa_end_dense0, true, true,

@@ -6,12 +6,21 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, float *y)
 {
     if (rows <= 0)
         return;
+    if (linear->type == SHARD_PRECISION_INT8) {
+        shard_linear_int8(linear, 0, linear->out, 0, linear->in, x, rows, true, y);
+        return;
+    }
+    if (linear->type == SHARD_PRECISION_BF16) {
+        shard_linear_bf16(linear, 0, linear->out, 0, linear->in, x, rows, true, y);
+        return;
+    }
     const int64_t in = linear->in, out = linear->out;
     if (linear->bias) {
         for (int64_t r = 0; r < rows; r++)
@@ -38,9 +47,20 @@ void shard_linear_zero_input(const shard_linear_t *linear, float *y)
 void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t count,
                           const float *x, int64_t rows, float *y)
 {
+    if (linear->type == SHARD_PRECISION_INT8) {
+        if (rows > 0)
+            shard_linear_int8(linear, first, count, 0, linear->in, x, rows, true, y);
+        return;
+    }
+    if (linear->type == SHARD_PRECISION_BF16) {
+        if (rows > 0)
+            shard_linear_bf16(linear, first, count, 0, linear->in, x, rows, true, y);
+        return;
+    }
     /* Rows [first, first + count) of W are themselves a linear layer. */
-    const shard_linear_t tile = {linear->weight + first * linear->in,
-                                 linear->bias ? linear->bias + first : NULL, linear->in, count};
+    const shard_linear_t tile = {.weight = linear->weight + first * linear->in,
+                                 .bias = linear->bias ? linear->bias + first : NULL,
+                                 .in = linear->in, .out = count};
     shard_linear(&tile, x, rows, y);
 }
 
@@ -49,6 +69,14 @@ void shard_linear_columns(const shard_linear_t *linear, int64_t first, int64_t c
 {
     if (rows <= 0)
         return;
+    if (linear->type == SHARD_PRECISION_INT8) {
+        shard_linear_int8(linear, 0, linear->out, first, cols, x, rows, with_bias, y);
+        return;
+    }
+    if (linear->type == SHARD_PRECISION_BF16) {
+        shard_linear_bf16(linear, 0, linear->out, first, cols, x, rows, with_bias, y);
+        return;
+    }
     const int64_t out = linear->out;
     const float *w = linear->weight + first; /* rows of W stay linear->in apart */
     const bool bias = with_bias && linear->bias;
@@ -90,8 +118,10 @@ void shard_attention_context(const float *scores, const float *v, int64_t n, int
 
 void shard_set_threads(int threads)
 {
-    if (threads > 0)
+    if (threads > 0) {
         openblas_set_num_threads(threads);
+        omp_set_num_threads(threads); /* oneDNN's runtime (reduced precisions) */
+    }
 }
 
 /* exp(x) for x <= 0 in float: Cody-Waite reduction and a degree-6

@@ -4,6 +4,7 @@
  * "transformer." prefix), its shape checked against the config and its dtype
  * converted to float32 when it is not already (F32 stays a view into the
  * mapped file). Tensors the range does not need are only checked by name. */
+#include "dnnl_matmul.h"
 #include "engine_internal.h"
 
 #include <math.h>
@@ -18,9 +19,9 @@ typedef struct shard_binder {
     bool *used; /* [file->count]: entries claimed by a parameter name */
 } binder_t;
 
-static shard_status_t own_buffer(shard_model_t *model, float *buffer, shard_error_t *err)
+static shard_status_t own_buffer(shard_model_t *model, void *buffer, shard_error_t *err)
 {
-    float **grown = realloc(model->owned, (model->n_owned + 1) * sizeof *grown);
+    void **grown = realloc(model->owned, (model->n_owned + 1) * sizeof *grown);
     if (!grown) {
         free(buffer);
         return shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
@@ -119,22 +120,13 @@ static void format_shape(char *out, size_t size, int ndim, const int64_t *shape)
         snprintf(out + used, size - used, "]");
 }
 
-/* Binds a parameter of the expected shape; *out stays NULL when the tensor is
- * absent and optional. */
-static shard_status_t bind(binder_t *b, const float **out, bool required, const char *name,
-                           int ndim, ...)
+/* Finds a parameter and checks it has the expected shape; *entry stays NULL
+ * when the tensor is absent and optional. */
+static shard_status_t lookup(binder_t *b, const tensor_entry_t **entry_out, bool required,
+                             const char *name, int ndim, const int64_t *expected)
 {
-    int64_t expected[TENSOR_MAX_DIMS];
-    va_list args;
-    va_start(args, ndim);
-    size_t numel = 1;
-    for (int d = 0; d < ndim; d++) {
-        expected[d] = va_arg(args, int64_t);
-        numel *= (size_t)expected[d];
-    }
-    va_end(args);
-    *out = NULL;
     const tensor_entry_t *entry = NULL;
+    *entry_out = NULL;
     shard_status_t status = find_entry(b, name, &entry);
     if (status)
         return status;
@@ -154,7 +146,173 @@ static shard_status_t bind(binder_t *b, const float **out, bool required, const 
                                "%s: tensor %s has shape %s, expected %s from config.json",
                                b->path, entry->name, got, want);
     }
+    *entry_out = entry;
+    return SHARD_OK;
+}
+
+/* Binds a parameter of the expected shape as float32; *out stays NULL when
+ * the tensor is absent and optional. */
+static shard_status_t bind(binder_t *b, const float **out, bool required, const char *name,
+                           int ndim, ...)
+{
+    int64_t expected[TENSOR_MAX_DIMS];
+    va_list args;
+    va_start(args, ndim);
+    size_t numel = 1;
+    for (int d = 0; d < ndim; d++) {
+        expected[d] = va_arg(args, int64_t);
+        numel *= (size_t)expected[d];
+    }
+    va_end(args);
+    *out = NULL;
+    const tensor_entry_t *entry = NULL;
+    shard_status_t status = lookup(b, &entry, required, name, ndim, expected);
+    if (status || !entry)
+        return status;
     return as_float32(b, entry, numel, out);
+}
+
+/* Element i of a weight, as float: from the checkpoint's bytes in any
+ * float dtype (no converted copy of the whole tensor), or from a float32
+ * array (a tied weight). */
+typedef struct {
+    const tensor_entry_t *entry;
+    const float *f32;
+} weight_source_t;
+
+static float source_at(const weight_source_t *src, size_t i)
+{
+    if (src->f32)
+        return src->f32[i];
+    const unsigned char *bytes = src->entry->data;
+    switch (src->entry->dtype) {
+    case TENSOR_F32: {
+        float f;
+        memcpy(&f, bytes + 4 * i, 4);
+        return f;
+    }
+    case TENSOR_F64: {
+        double d;
+        memcpy(&d, bytes + 8 * i, 8);
+        return (float)d;
+    }
+    case TENSOR_F16: {
+        uint16_t h;
+        memcpy(&h, bytes + 2 * i, 2);
+        return half_to_float(h);
+    }
+    default: { /* TENSOR_BF16: checked by the caller */
+        uint16_t h;
+        memcpy(&h, bytes + 2 * i, 2);
+        return shard_bf16_to_float(h);
+    }
+    }
+}
+
+static shard_status_t check_float_dtype(binder_t *b, const tensor_entry_t *entry)
+{
+    const tensor_dtype_t t = entry->dtype;
+    if (t == TENSOR_F32 || t == TENSOR_F64 || t == TENSOR_F16 || t == TENSOR_BF16)
+        return SHARD_OK;
+    return shard_error_set(b->err, SHARD_ERR_FORMAT,
+                           "%s: tensor %s has dtype %s, expected F32, F16, BF16 or F64", b->path,
+                           entry->name, tensor_dtype_name(t));
+}
+
+/* Symmetric per-output-channel int8: W[o][i] ~ q[o][i] * scale[o],
+ * scale[o] = max_i |W[o][i]| / qmax (127, or 63 where the CPU's int8
+ * kernel would saturate: shard_int8_weight_max). */
+static shard_status_t quantise_int8(binder_t *b, shard_linear_t *l, const weight_source_t *src)
+{
+    const size_t out = (size_t)l->out, in = (size_t)l->in;
+    int8_t *q = malloc(out * in > 0 ? out * in : 1);
+    float *scale = malloc((out ? out : 1) * sizeof *scale);
+    if (!q || !scale) {
+        free(q);
+        free(scale);
+        return shard_error_set(b->err, SHARD_ERR_NOMEM, "out of memory quantising a weight");
+    }
+    const float qmax = (float)shard_int8_weight_max();
+    for (size_t o = 0; o < out; o++) {
+        float amax = 0.0f;
+        for (size_t i = 0; i < in; i++)
+            amax = fmaxf(amax, fabsf(source_at(src, o * in + i)));
+        scale[o] = amax > 0.0f ? amax / qmax : 1.0f;
+        for (size_t i = 0; i < in; i++)
+            q[o * in + i] = (int8_t)lrintf(source_at(src, o * in + i) / scale[o]);
+    }
+    l->i8 = q;
+    l->scale = scale;
+    if (own_buffer(b->model, q, b->err)) {
+        free(scale);
+        return b->err->code;
+    }
+    b->model->weight_bytes += out * in + out * sizeof *scale;
+    return own_buffer(b->model, scale, b->err);
+}
+
+/* bf16: the checkpoint's own bytes when they are bf16 (a view), else
+ * rounded element by element. */
+static shard_status_t to_bf16(binder_t *b, shard_linear_t *l, const weight_source_t *src)
+{
+    const size_t numel = (size_t)l->out * (size_t)l->in;
+    b->model->weight_bytes += numel * sizeof(uint16_t);
+    if (src->entry && src->entry->dtype == TENSOR_BF16 &&
+        (uintptr_t)src->entry->data % sizeof(uint16_t) == 0) {
+        l->bf16 = src->entry->data;
+        return SHARD_OK;
+    }
+    uint16_t *w = malloc((numel ? numel : 1) * sizeof *w);
+    if (!w)
+        return shard_error_set(b->err, SHARD_ERR_NOMEM, "out of memory converting a weight");
+    for (size_t i = 0; i < numel; i++)
+        w[i] = shard_float_to_bf16(source_at(src, i));
+    l->bf16 = w;
+    return own_buffer(b->model, w, b->err);
+}
+
+/* Gives l (in, out set) its weight in the model's precision, and makes the
+ * kernels ready for its shape. */
+static shard_status_t reduce_linear(binder_t *b, shard_linear_t *l, const weight_source_t *src)
+{
+    shard_precision_t p = b->model->precision;
+    l->type = p;
+    l->weight = NULL;
+    shard_status_t status = p == SHARD_PRECISION_INT8 ? quantise_int8(b, l, src)
+                                                      : to_bf16(b, l, src);
+    if (!status)
+        status = p == SHARD_PRECISION_INT8 ? shard_int8_prepare(l->in, l->out, l->in, b->err)
+                                           : shard_bf16_prepare(l->in, l->out, l->in, b->err);
+    return status;
+}
+
+shard_status_t shard_bind_tied(shard_binder_t *b, shard_linear_t *linear, const float *weight)
+{
+    if (b->model->precision == SHARD_PRECISION_FP32) {
+        linear->weight = weight;
+        b->model->weight_bytes += (size_t)linear->out * (size_t)linear->in * sizeof(float);
+        return SHARD_OK;
+    }
+    const weight_source_t src = {NULL, weight};
+    return reduce_linear(b, linear, &src);
+}
+
+static shard_status_t bind_linear_weight(binder_t *b, shard_linear_t *linear, bool required,
+                                         const char *name)
+{
+    const int64_t shape[2] = {linear->out, linear->in};
+    const tensor_entry_t *entry = NULL;
+    shard_status_t status = lookup(b, &entry, required, name, 2, shape);
+    if (status || !entry)
+        return status;
+    if (b->model->precision == SHARD_PRECISION_FP32) {
+        b->model->weight_bytes += (size_t)linear->out * (size_t)linear->in * sizeof(float);
+        return as_float32(b, entry, (size_t)linear->out * (size_t)linear->in, &linear->weight);
+    }
+    if ((status = check_float_dtype(b, entry)))
+        return status;
+    const weight_source_t src = {entry, NULL};
+    return reduce_linear(b, linear, &src);
 }
 
 static shard_status_t bind_linear(binder_t *b, shard_linear_t *linear, bool required,
@@ -164,8 +322,8 @@ static shard_status_t bind_linear(binder_t *b, shard_linear_t *linear, bool requ
     linear->in = in;
     linear->out = out;
     snprintf(name, sizeof name, "%s.weight", prefix);
-    shard_status_t status = bind(b, &linear->weight, required, name, 2, out, in);
-    if (status || !linear->weight || !has_bias)
+    shard_status_t status = bind_linear_weight(b, linear, required, name);
+    if (status || !shard_linear_bound(linear) || !has_bias)
         return status;
     snprintf(name, sizeof name, "%s.bias", prefix);
     return bind(b, &linear->bias, true, name, 1, out);
@@ -362,6 +520,26 @@ static void prefix_function(shard_error_t *err, const char *function)
     snprintf(err->message, sizeof err->message, "%.*s", SHARD_ERROR_MESSAGE_MAX - 1, message);
 }
 
+static void set_precision_note(shard_model_t *model)
+{
+    const char *note = "fp32 weights, fp32 products (OpenBLAS sgemm)";
+    char buf[sizeof model->precision_note];
+    if (model->precision == SHARD_PRECISION_BF16)
+        note = shard_bf16_native() ? "bf16 weights, bf16 products, fp32 accumulation (oneDNN)"
+                                   : "bf16 weights, fp32 products: this CPU has no AVX512_BF16";
+    if (model->precision == SHARD_PRECISION_INT8) {
+        shard_error_t err = {0};
+        const shard_matmul_t *mm = shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, 64, 64, 64, &err);
+        snprintf(buf, sizeof buf,
+                 "int8 weights (|q| <= %d%s), int8 products, int32 accumulation (oneDNN %s)",
+                 shard_int8_weight_max(),
+                 shard_int8_weight_max() < 127 ? ": this CPU has no AVX512_VNNI" : "",
+                 mm ? shard_matmul_impl(mm) : "unavailable");
+        note = buf;
+    }
+    snprintf(model->precision_note, sizeof model->precision_note, "%s", note);
+}
+
 shard_model_t *shard_model_open(const char *dir, const shard_model_options_t *options,
                                 shard_error_t *err)
 {
@@ -377,6 +555,13 @@ shard_model_t *shard_model_open(const char *dir, const shard_model_options_t *op
         return NULL;
     }
     snprintf(model->dir, sizeof model->dir, "%s", dir);
+    if ((unsigned)options->precision >= SHARD_PRECISION_COUNT_) {
+        shard_error_set(err, SHARD_ERR_INPUT,
+                        "shard_model_open: precision %d: expected fp32, bf16 or int8",
+                        (int)options->precision);
+        goto fail;
+    }
+    model->precision = options->precision;
     if (shard_checkpoint_load_config(dir, &model->config, err))
         goto fail;
     model->head = shard_head_of_architecture(model->config.architecture);
@@ -402,6 +587,7 @@ shard_model_t *shard_model_open(const char *dir, const shard_model_options_t *op
         goto fail;
     free(binder.used);
     shard_set_threads(options->threads);
+    set_precision_note(model);
     return model;
 fail:
     free(binder.used);
@@ -429,6 +615,32 @@ const shard_config_t *shard_model_config(const shard_model_t *model) { return &m
 shard_head_t shard_model_default_head(const shard_model_t *model) { return model->head; }
 
 shard_range_t shard_model_range(const shard_model_t *model) { return model->range; }
+
+shard_precision_t shard_model_precision(const shard_model_t *model) { return model->precision; }
+
+size_t shard_model_weight_bytes(const shard_model_t *model) { return model->weight_bytes; }
+
+const char *shard_model_precision_note(const shard_model_t *model)
+{
+    return model->precision_note;
+}
+
+static const char *const precision_names[SHARD_PRECISION_COUNT_] = {"fp32", "bf16", "int8"};
+
+const char *shard_precision_name(shard_precision_t precision)
+{
+    return (unsigned)precision < SHARD_PRECISION_COUNT_ ? precision_names[precision] : NULL;
+}
+
+shard_precision_t shard_precision_parse(const char *name, shard_error_t *err)
+{
+    for (int p = 0; p < SHARD_PRECISION_COUNT_; p++)
+        if (name && strcmp(name, precision_names[p]) == 0)
+            return (shard_precision_t)p;
+    shard_error_set(err, SHARD_ERR_INPUT, "shard_precision_parse: precision \"%s\": expected "
+                    "fp32, bf16 or int8", name ? name : "(null)");
+    return SHARD_PRECISION_COUNT_;
+}
 
 bool shard_model_has_head(const shard_model_t *model, shard_head_t head)
 {

@@ -73,12 +73,29 @@ typedef struct {
     bool heads;
 } shard_range_t;
 
+/* The precision of the matrix products (and of the linear weights held).
+ * Layer norm, softmax, GELU, residuals and log-softmax are fp32 in all. */
+typedef enum {
+    SHARD_PRECISION_FP32 = 0, /* the default: fp32 weights, sgemm */
+    SHARD_PRECISION_BF16,     /* bf16 weights; bf16 products, fp32 accumulation
+                                 (or fp32 products of bf16 weights, logged) */
+    SHARD_PRECISION_INT8,     /* int8 weights per output channel, int8
+                                 activations per token, int32 accumulation */
+    SHARD_PRECISION_COUNT_
+} shard_precision_t;
+
+/* "fp32", "bf16", "int8"; NULL for a value out of range. */
+const char *shard_precision_name(shard_precision_t precision);
+/* The precision named by name, or SHARD_PRECISION_COUNT_ (err set, naming
+ * the value and the names expected). */
+shard_precision_t shard_precision_parse(const char *name, shard_error_t *err);
+
 /* How to open a checkpoint. A zeroed struct (or NULL) is the default: the
- * whole model, BLAS threads left as they are. Room for the weights'
- * precision: a new weight type changes the kernels and nothing else. */
+ * whole model in fp32, BLAS threads left as they are. */
 typedef struct {
-    const shard_range_t *range; /* borrowed; NULL: the whole model */
-    int threads;                /* > 0: shard_set_threads(threads) (process-wide) */
+    const shard_range_t *range;  /* borrowed; NULL: the whole model */
+    int threads;                 /* > 0: shard_set_threads(threads) (process-wide) */
+    shard_precision_t precision; /* of the linear layers' weights and products */
 } shard_model_options_t;
 
 /* Opens a checkpoint folder. Only the tensors of the range are touched
@@ -93,6 +110,13 @@ const shard_config_t *shard_model_config(const shard_model_t *model);
 /* The head of the checkpoint's architecture (what runs when none is named). */
 shard_head_t shard_model_default_head(const shard_model_t *model);
 shard_range_t shard_model_range(const shard_model_t *model);
+shard_precision_t shard_model_precision(const shard_model_t *model);
+/* Bytes of linear-layer weights the model holds or maps for compute. */
+size_t shard_model_weight_bytes(const shard_model_t *model);
+/* How the model's products run, for logs: e.g. "int8 weights, int8 products
+ * (oneDNN gemm:jit)" or "bf16 weights, fp32 products: this CPU has no
+ * AVX512_BF16". */
+const char *shard_model_precision_note(const shard_model_t *model);
 /* True when the checkpoint has the weights of this head. */
 bool shard_model_has_head(const shard_model_t *model, shard_head_t head);
 /* Which heads the checkpoint folder has weights for, from one open of its

@@ -40,7 +40,7 @@ static const float linear_xw[3][3] = {{-1, -1, -1}, {3, 8, 13}, {6, 12, 18}};
 static void test_linear_one_row_with_bias(void **state)
 {
     (void)state;
-    shard_linear_t lin = {linear_w, linear_b, 2, 3};
+    shard_linear_t lin = {.weight = linear_w, .bias = linear_b, .in = 2, .out = 3};
     float y[3] = {99, 99, 99};
     shard_linear(&lin, linear_x[1], 1, y);
     for (int o = 0; o < 3; o++)
@@ -50,7 +50,7 @@ static void test_linear_one_row_with_bias(void **state)
 static void test_linear_one_row_without_bias(void **state)
 {
     (void)state;
-    shard_linear_t lin = {linear_w, NULL, 2, 3};
+    shard_linear_t lin = {.weight = linear_w, .bias = NULL, .in = 2, .out = 3};
     /* Whatever y held before must be overwritten, not accumulated. */
     float y[3] = {1e30f, -7, 123};
     shard_linear(&lin, linear_x[0], 1, y);
@@ -61,7 +61,7 @@ static void test_linear_one_row_without_bias(void **state)
 static void test_linear_many_rows_with_bias(void **state)
 {
     (void)state;
-    shard_linear_t lin = {linear_w, linear_b, 2, 3};
+    shard_linear_t lin = {.weight = linear_w, .bias = linear_b, .in = 2, .out = 3};
     float y[3][3];
     memset(y, 0x7f, sizeof y);
     shard_linear(&lin, &linear_x[0][0], 3, &y[0][0]);
@@ -73,7 +73,7 @@ static void test_linear_many_rows_with_bias(void **state)
 static void test_linear_many_rows_without_bias(void **state)
 {
     (void)state;
-    shard_linear_t lin = {linear_w, NULL, 2, 3};
+    shard_linear_t lin = {.weight = linear_w, .bias = NULL, .in = 2, .out = 3};
     float y[3][3];
     for (int i = 0; i < 9; i++)
         (&y[0][0])[i] = 1e30f;
@@ -88,7 +88,7 @@ static void test_linear_many_rows_without_bias(void **state)
 static void test_linear_without_bias_overwrites_nan(void **state)
 {
     (void)state;
-    shard_linear_t lin = {linear_w, NULL, 2, 3};
+    shard_linear_t lin = {.weight = linear_w, .bias = NULL, .in = 2, .out = 3};
     float one[3] = {NAN, NAN, NAN}, many[3][3];
     for (int i = 0; i < 9; i++)
         (&many[0][0])[i] = NAN;
@@ -113,7 +113,7 @@ static void test_linear_paths_agree(void **state)
         b[i] = (float)(i % 7) - 3.0f;
     for (int i = 0; i < ROWS * IN; i++)
         x[i] = (float)((i * 53 % 97) - 48) / 32.0f;
-    shard_linear_t lin = {w, b, IN, OUT};
+    shard_linear_t lin = {.weight = w, .bias = b, .in = IN, .out = OUT};
     shard_linear(&lin, x, ROWS, y_many);
     for (int r = 0; r < ROWS; r++) {
         shard_linear(&lin, x + r * IN, 1, y_one);
@@ -132,7 +132,7 @@ static void test_linear_paths_agree(void **state)
 static void test_linear_zero_rows_writes_nothing(void **state)
 {
     (void)state;
-    shard_linear_t lin = {linear_w, linear_b, 2, 3};
+    shard_linear_t lin = {.weight = linear_w, .bias = linear_b, .in = 2, .out = 3};
     float y[3] = {42, 42, 42};
     shard_linear(&lin, linear_x[0], 0, y);
     for (int o = 0; o < 3; o++)

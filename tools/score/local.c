@@ -295,7 +295,13 @@ score_backend_t *score_backend_local(const score_options_t *options, char *error
     l->base.max_pending = 2 * LOCAL_BLOCK;
     snprintf(l->base.model_name, sizeof l->base.model_name, "%s", options->model);
     shard_set_threads(options->threads > 0 ? options->threads : 1);
-    l->model = shard_model_open(options->model, NULL, &err);
+    l->model = shard_model_open(
+        options->model,
+        &(shard_model_options_t){.precision = (shard_precision_t)options->precision}, &err);
+    if (l->model && options->precision != SHARD_PRECISION_FP32)
+        fprintf(stderr, "xlm-score: precision %s: %s\n",
+                shard_precision_name((shard_precision_t)options->precision),
+                shard_model_precision_note(l->model));
     if (l->model && !(l->state = shard_state_new())) {
         shard_error_set(&err, SHARD_ERR_NOMEM, "out of memory");
         shard_model_destroy(&l->model);

@@ -106,6 +106,7 @@ typedef struct {
     bool token_scores;
     bool lang_rules;    /* local: tokenizer mode */
     int threads;        /* local */
+    int precision;      /* local: a shard_precision_t (0: fp32) */
     const char *model;  /* local: checkpoint folder; service: model name (may be NULL) */
     const char *endpoint; /* service */
     size_t window;      /* service: requests in flight */

@@ -1,0 +1,110 @@
+/* kernels_int8.c: int8 linear layers. Weights are quantised at load per
+ * output channel (symmetric, model.c; to shard_int8_weight_max()); here activations are quantised per
+ * row (token) to int8 with the row's own scale, the product accumulates in
+ * int32 (oneDNN's s8s8s32 matmul: gemm kernels on AVX2, VNNI where the CPU
+ * has it) and is dequantised to fp32 before the bias. Rounding and
+ * dequantisation are per element, so a row's result depends on its own
+ * values alone, not on what else is in the batch. */
+#include "dnnl_matmul.h"
+#include "engine_internal.h"
+
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <stdlib.h>
+
+/* oneDNN's int8 gemm without VNNI (AVX2, AVX512 before VNNI) multiplies
+ * with vpmaddubsw, whose int16 sums of two u8 x s8 products saturate: with
+ * weights over the full +-127 every product of full-range values came out
+ * wrong (bench/int8_saturation.md). Weights of 7 bits (+-63) keep
+ * 2 x 255 x 63 < 32767; VNNI (vpdpbusd) accumulates in int32 and takes
+ * the full range. */
+int shard_int8_weight_max(void)
+{
+    const unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+    const unsigned vnni = (unsigned)dnnl_cpu_isa_avx512_core_vnni;
+    return (isa & vnni) == vnni ? 127 : 63;
+}
+
+shard_status_t shard_int8_prepare(int64_t k, int64_t n, int64_t ldw, shard_error_t *err)
+{
+    return shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, k, n, ldw, err) ? SHARD_OK
+                                                                         : err->code;
+}
+
+/* Work space of the calling thread: quantised rows and int32 products. */
+static _Thread_local int8_t *thread_q;
+static _Thread_local size_t thread_q_size;
+static _Thread_local int32_t *thread_acc;
+static _Thread_local size_t thread_acc_size;
+
+static void *grow(void **buffer, size_t *have, size_t need)
+{
+    if (need > *have) {
+        void *grown = realloc(*buffer, need);
+        if (!grown)
+            return NULL;
+        *buffer = grown;
+        *have = need;
+    }
+    return *buffer;
+}
+
+/* q[i] = round(x[i] / s), s = max|x| / 127 (1 for a zero row); returns s. */
+__attribute__((target_clones("avx2", "default")))
+static float quantise_row(const float *x, int64_t count, int8_t *q)
+{
+    float amax = 0.0f;
+    for (int64_t i = 0; i < count; i++) {
+        const float a = __builtin_fabsf(x[i]);
+        amax = a > amax ? a : amax;
+    }
+    const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+    const float inv = 1.0f / scale;
+    for (int64_t i = 0; i < count; i++)
+        q[i] = (int8_t)lrintf(x[i] * inv); /* |x * inv| <= 127 */
+    return scale;
+}
+
+static void fill_nan(float *y, int64_t rows, int64_t cols)
+{
+    for (int64_t i = 0; i < rows * cols; i++)
+        y[i] = NAN;
+}
+
+void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int64_t c0,
+                       int64_t nc, const float *x, int64_t rows, bool bias, float *y)
+{
+    shard_error_t err = {0};
+    const shard_matmul_t *mm =
+        shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in, &err);
+    int8_t *q = grow((void **)&thread_q, &thread_q_size, (size_t)(rows * nc));
+    int32_t *acc = grow((void **)&thread_acc, &thread_acc_size,
+                        (size_t)(rows * no) * sizeof *acc);
+    if (!mm || !q || !acc) {
+        fill_nan(y, rows, no); /* out of memory mid-forward: NaN, never a wrong number */
+        return;
+    }
+    float scales_stack[256];
+    float *scales = rows <= 256 ? scales_stack : malloc((size_t)rows * sizeof *scales);
+    if (!scales) {
+        fill_nan(y, rows, no);
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++)
+        scales[r] = quantise_row(x + r * nc, nc, q + r * nc);
+    if (!shard_matmul_run(mm, rows, q, linear->i8 + o0 * linear->in + c0, acc)) {
+        fill_nan(y, rows, no);
+    } else {
+        const float *ws = linear->scale + o0;
+        const float *b = bias && linear->bias ? linear->bias + o0 : NULL;
+        for (int64_t r = 0; r < rows; r++) {
+            const int32_t *a = acc + r * no;
+            float *out = y + r * no;
+            const float s = scales[r];
+            for (int64_t o = 0; o < no; o++)
+                out[o] = (float)a[o] * (s * ws[o]) + (b ? b[o] : 0.0f);
+        }
+    }
+    if (scales != scales_stack)
+        free(scales);
+}
