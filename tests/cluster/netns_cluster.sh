@@ -240,7 +240,7 @@ printf '%s slots=1\n%s slots=1\n' "${addr[b]}" "${addr[c]}" > "$run_dir/hostfile
 service_up "$run_dir/hostfile.two"
 worker_on b 0 > /dev/null || e2e_fail "rank 0 (stage 0) is not on host b"
 worker_on c 1 > /dev/null || e2e_fail "rank 1 (stage 1) is not on host c"
-grep -q "xlm-worker\[0\] info: pipeline 0 stage 0/$stages:" "$run_dir/workers.log" ||
+grep -q "xlm-worker \[info\] rank 0: pipeline 0 stage 0/$stages:" "$run_dir/workers.log" ||
   e2e_fail "no log line of rank 0 owning stage 0"
 score_service "$run_dir/two.jsonl"
 two_rate=$rate
