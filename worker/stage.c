@@ -498,7 +498,12 @@ int worker_run(const worker_options_t *options, const atomic_int *stop)
     MPI_Comm_free(&app);
     MPI_Comm_set_errhandler(st.comm, MPI_ERRORS_RETURN);
     shard_set_threads(options->threads > 0 ? options->threads : 1);
-    if (pipeline_name(&st))
+    /* Every stage speaks for its pipeline under stage 0's id and instance:
+     * a stage on another host would otherwise name it after its own host,
+     * and the broker would match none of its replies. */
+    if (pipeline_name(&st) ||
+        WORKER_MPI(MPI_Bcast(st.pipeline_id, (int)sizeof st.pipeline_id, MPI_CHAR, 0, st.comm)) ||
+        WORKER_MPI(MPI_Bcast(&st.instance, 1, MPI_UINT64_T, 0, st.comm)))
         return 1;
     st.zmq_context = zmq_ctx_new();
     if (!st.zmq_context || open_stage(&st) != 0) {
