@@ -109,6 +109,28 @@ static void test_same_pipeline_comes_back(void **state)
     expect_each_once(fx, ids, 1, 3000, 300);
 }
 
+/* A pipeline whose stage 0 keeps beating while the work it holds never
+ * comes back (a later stage hung): dead after liveness intervals without
+ * progress, its work runs elsewhere. */
+static void test_hung_pipeline_without_progress_requeued(void **state)
+{
+    fx_t *fx = *state;
+    fake_worker_t *p0 = fx_worker(fx, 0, "tiny", "p0", NULL);
+    fake_worker_set_mode(p0, FAKE_WORKER_PAUSED); /* heartbeats, holds its batches */
+    const char *ids[] = {"h0", "h1", "h2", "h3"};
+    for (int i = 0; i < 4; i++)
+        test_client_send_tokens(fx->client, ids[i], "tiny", PROTO_TASK_BASE, 1, 4 + 8 * i, i, 0);
+    assert_true(fx_wait_received(fx, 4, 2000));
+    fx_worker(fx, 1, "tiny", "p1", NULL);
+    expect_each_once(fx, ids, 4, 3000, 100);
+    assert_int_equal(fake_worker_requests(fx->workers[1]), 4);
+    assert_int_equal(fake_worker_requests(p0), 0);
+    Xlm__ServiceMessage *stats = fx_stats(fx);
+    assert_int_equal(fx_model_stats(stats, "tiny")->requests_requeued, 4);
+    proto_service_free(&stats);
+    fake_worker_set_mode(p0, FAKE_WORKER_NORMAL);
+}
+
 static void credit_two(fake_worker_config_t *c)
 {
     c->credit = 2;
@@ -160,6 +182,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_dead_pipeline_requeued_elsewhere, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_pipeline_comes_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hung_pipeline_without_progress_requeued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_replies_delivered_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_run_once, setup, teardown),
     };
