@@ -16,6 +16,7 @@ typedef struct gen_job {
     int64_t *ids, *langs;   /* [prompt + steps] */
     int64_t len, total;
     bool in_flight;
+    bool cancelled; /* by the broker: ends at its step in flight, unanswered */
     struct gen_job *next;
 } gen_job_t;
 
@@ -40,6 +41,8 @@ typedef struct {
     uint64_t last_work_us; /* last feedback or compute: paces idle polling */
     bool accepting;
     bool refused; /* the broker will not take this pipeline: stop */
+    bool stalled; /* the broker declared this pipeline dead: end the job */
+    uint64_t dropped; /* cancelled requests dropped before they ran */
 } first_t;
 
 /* ------------------------------------------------------------ broker */
@@ -395,6 +398,8 @@ static void handle_batch(first_t *f, const Xlm__Batch *batch, uint8_t **frames, 
     free(preps);
 }
 
+static void cancel_tickets(first_t *f, const Xlm__CancelTickets *cancel);
+
 static void handle_message(first_t *f, Xlm__WorkerMessage *msg, uint8_t **frames, size_t *sizes,
                            size_t n_frames)
 {
@@ -403,7 +408,19 @@ static void handle_message(first_t *f, Xlm__WorkerMessage *msg, uint8_t **frames
     case XLM__WORKER_MESSAGE__BODY_BATCH:
         handle_batch(f, msg->batch, frames, sizes, n_frames);
         break;
+    case XLM__WORKER_MESSAGE__BODY_CANCEL:
+        cancel_tickets(f, msg->cancel);
+        break;
     case XLM__WORKER_MESSAGE__BODY_DISCONNECT:
+        if (msg->disconnect->stalled) {
+            /* Some rank of the ring hung (maybe not this one): only a new
+             * job brings the pipeline back, and its work runs elsewhere. */
+            worker_log(WORKER_LOG_ERROR, "the broker declared pipeline %s dead (%s) and queued "
+                       "its work again: ending the MPI job so that it starts afresh",
+                       f->st->pipeline_id, msg->disconnect->reason);
+            f->stalled = true;
+            break;
+        }
         if (msg->disconnect->refused) {
             /* Registering again would be refused again (or evict a live
              * pipeline): a start-up failure the operator must fix. */
@@ -417,7 +434,7 @@ static void handle_message(first_t *f, Xlm__WorkerMessage *msg, uint8_t **frames
         if (f->accepting)
             send_ready(f);
         break;
-    default: /* heartbeats and cancels: being heard is what counts */
+    default: /* heartbeats: being heard is what counts */
         break;
     }
 }
@@ -433,6 +450,27 @@ static gen_job_t *find_job(first_t *f, uint64_t id, gen_job_t ***link_out)
             return *link;
         }
     return NULL;
+}
+
+static void free_job(gen_job_t *job)
+{
+    worker_prepared_clear(&job->prep);
+    free(job->ids);
+    free(job->langs);
+    free(job);
+}
+
+/* A cancelled generation leaves unanswered; its credit goes back. */
+static void drop_job(first_t *f, gen_job_t *job, gen_job_t **link)
+{
+    if (job->prep.item.credit)
+        worker_link_send_credit(f->st->link, job->prep.item.credit);
+    worker_log(WORKER_LOG_DEBUG, "ticket %llu (%s): cancelled, generation dropped after %lld of "
+               "%lld tokens", (unsigned long long)job->prep.item.ticket, job->prep.item.id,
+               (long long)(job->len - job->prep.item.seq), (long long)job->prep.steps);
+    f->dropped++;
+    *link = job->next;
+    free_job(job);
 }
 
 static void finish_job(first_t *f, gen_job_t *job, gen_job_t **link, int64_t token)
@@ -457,10 +495,7 @@ static void finish_job(first_t *f, gen_job_t *job, gen_job_t **link, int64_t tok
         worker_replies_send(f->st->link, &reply, 1, NULL, 0);
     shard_outputs_clear(&outputs);
     *link = job->next;
-    worker_prepared_clear(&job->prep);
-    free(job->ids);
-    free(job->langs);
-    free(job);
+    free_job(job);
 }
 
 static void on_token(first_t *f, uint64_t job_id, int64_t token)
@@ -470,12 +505,85 @@ static void on_token(first_t *f, uint64_t job_id, int64_t token)
     if (!job)
         return;
     job->in_flight = false;
+    if (job->cancelled) {
+        drop_job(f, job, link);
+        return;
+    }
     if (token >= 0)
         job->ids[job->len++] = token;
     if (token < 0 || job->len == job->total)
         finish_job(f, job, link, token);
     else
         enqueue_step(f, job);
+}
+
+/* ------------------------------------------------------------ cancel */
+
+static bool ticket_listed(const Xlm__CancelTickets *cancel, uint64_t ticket)
+{
+    for (size_t i = 0; i < cancel->n_tickets; i++)
+        if (cancel->tickets[i] == ticket)
+            return true;
+    return false;
+}
+
+/* Takes the requests out of a queued micro-batch that the broker
+ * cancelled; true when nothing is left of it. */
+static bool cancel_in_micro(first_t *f, worker_micro_t *m, const Xlm__CancelTickets *cancel,
+                            uint32_t *credit)
+{
+    if (m->kind == MICRO_GENERATE) {
+        gen_job_t **link = NULL;
+        gen_job_t *job = find_job(f, m->items[0].gen_job, &link);
+        if (!job || !job->cancelled)
+            return false;
+        drop_job(f, job, link); /* its step had not started: nothing in flight */
+        return true;
+    }
+    for (int i = m->n_items - 1; i >= 0; i--) {
+        if (!ticket_listed(cancel, m->items[i].ticket))
+            continue;
+        worker_log(WORKER_LOG_DEBUG, "ticket %llu (%s): cancelled, dropped before computing it",
+                   (unsigned long long)m->items[i].ticket, m->items[i].id);
+        *credit += m->items[i].credit;
+        f->dropped++;
+        worker_micro_drop_item(m, i);
+    }
+    return m->n_items == 0;
+}
+
+/* The broker no longer wants these tickets (cancelled, or past their
+ * deadline): what has not started computing is dropped here, so the
+ * pipeline spends nothing on them; the credit they held goes back. Work
+ * already in the ring finishes and its reply is dropped by the broker. */
+static void cancel_tickets(first_t *f, const Xlm__CancelTickets *cancel)
+{
+    for (gen_job_t *job = f->jobs; job; job = job->next)
+        job->cancelled |= ticket_listed(cancel, job->prep.item.ticket);
+    uint32_t credit = 0;
+    const uint64_t before = f->dropped;
+    queued_t *prev = NULL;
+    for (queued_t *q = f->head, *next; q; q = next) {
+        next = q->next;
+        if (!cancel_in_micro(f, q->micro, cancel, &credit)) {
+            prev = q;
+            continue;
+        }
+        if (prev)
+            prev->next = next;
+        else
+            f->head = next;
+        if (f->tail == q)
+            f->tail = prev;
+        worker_micro_destroy(&q->micro);
+        free(q);
+    }
+    if (credit)
+        worker_link_send_credit(f->st->link, credit);
+    if (f->dropped > before)
+        worker_log(WORKER_LOG_DEBUG, "dropped %llu cancelled requests before computing them "
+                   "(%llu in all)", (unsigned long long)(f->dropped - before),
+                   (unsigned long long)f->dropped);
 }
 
 /* ------------------------------------------------------------ compute */
@@ -515,6 +623,7 @@ static int run_queued(first_t *f)
     } else {
         int64_t token = -1;
         rc = worker_finish_micro(st, m, &token);
+        worker_note_progress(st, m->kind != MICRO_GENERATE);
         if (m->kind == MICRO_GENERATE)
             on_token(f, m->items[0].gen_job, token);
     }
@@ -581,11 +690,30 @@ static void drain_socket(first_t *f, int timeout_ms)
     }
 }
 
+/* Whether the next send slot towards stage 1 is free. A micro-batch is
+ * computed only then, so stage 0 never blocks in MPI_Wait on a stage that
+ * stopped taking packets, and keeps hearing the broker. */
+static int send_slot_free(first_t *f, bool *free_out)
+{
+    *free_out = true;
+    MPI_Request *request = &f->slots[f->next_slot].request;
+    if (f->st->n_stages == 1 || *request == MPI_REQUEST_NULL)
+        return 0;
+    int done = 0;
+    if (WORKER_MPI(MPI_Test(request, &done, MPI_STATUS_IGNORE)))
+        return -1;
+    *free_out = done != 0;
+    return 0;
+}
+
 static int one_round(first_t *f)
 {
     const worker_options_t *o = f->st->options;
     const uint64_t now = worker_now_us();
     const uint64_t beat_us = (uint64_t)o->heartbeat_ms * 1000;
+    bool can_run = true;
+    if (f->head && send_slot_free(f, &can_run))
+        return -1;
     int timeout_ms = 0;
     if (!f->head) {
         uint64_t since = now - f->last_sent_us;
@@ -594,9 +722,11 @@ static int one_round(first_t *f)
             timeout_ms = 0; /* feedback arrives over MPI, not the socket */
         if (timeout_ms > 100)
             timeout_ms = 100; /* look at signals now and then */
+    } else if (!can_run) {
+        timeout_ms = 1; /* stage 1 is busy: wait for it, listening */
     }
     drain_socket(f, timeout_ms);
-    if (f->refused)
+    if (f->refused || f->stalled)
         return -1;
     const uint64_t after = worker_now_us();
     if (f->accepting && after - f->last_recv_us > (uint64_t)o->liveness * beat_us) {
@@ -607,7 +737,7 @@ static int one_round(first_t *f)
     }
     if (poll_feedback(f))
         return -1;
-    if (f->head) {
+    if (f->head && can_run) {
         f->last_work_us = worker_now_us();
         if (run_queued(f))
             return -1;
@@ -689,6 +819,11 @@ int worker_run_first(worker_stage_t *st)
     atomic_store(&beat.stop, 1);
     if (beat.started)
         pthread_join(beat.thread, NULL);
+    /* A stalled ring cannot drain (a send to a hung rank never completes):
+     * the caller ends the job at once, the buffers MPI may still read are
+     * left to the process's end. */
+    if (f.stalled)
+        return -1;
     if (shutdown_pipeline(&f))
         rc = -1;
     while (f.head) {
@@ -700,10 +835,7 @@ int worker_run_first(worker_stage_t *st)
     while (f.jobs) {
         gen_job_t *job = f.jobs;
         f.jobs = job->next;
-        worker_prepared_clear(&job->prep);
-        free(job->ids);
-        free(job->langs);
-        free(job);
+        free_job(job);
     }
     for (int i = 0; i < 2; i++)
         free(f.slots[i].buffer);

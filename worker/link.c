@@ -180,6 +180,48 @@ int worker_link_recv(worker_link_t *link, int timeout_ms, Xlm__WorkerMessage **m
     return rc;
 }
 
+int worker_link_send_credit(worker_link_t *link, uint32_t credit)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__Credit body = XLM__CREDIT__INIT;
+    body.credit = credit;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_CREDIT;
+    msg.credit = &body;
+    return worker_link_send(link, &msg, NULL, NULL, 0);
+}
+
+int worker_link_send_progress(worker_link_t *link, uint32_t heartbeat_ms, uint64_t progress)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__Heartbeat heartbeat = XLM__HEARTBEAT__INIT;
+    heartbeat.heartbeat_ms = heartbeat_ms;
+    heartbeat.progress = progress;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
+    msg.heartbeat = &heartbeat;
+    return worker_link_send(link, &msg, NULL, NULL, 0);
+}
+
+bool worker_link_stalled(worker_link_t *link)
+{
+    bool stalled = false;
+    for (int got = 1; got > 0 && !stalled;) {
+        Xlm__WorkerMessage *msg = NULL;
+        uint8_t **frames = NULL;
+        size_t *sizes = NULL, n_frames = 0;
+        got = worker_link_recv(link, 0, &msg, &frames, &sizes, &n_frames);
+        if (got > 0 && msg->body_case == XLM__WORKER_MESSAGE__BODY_DISCONNECT &&
+            msg->disconnect->stalled) {
+            worker_log(WORKER_LOG_ERROR, "the broker declared this pipeline dead (%s) and queued "
+                       "its work again: ending the MPI job so that it starts afresh",
+                       msg->disconnect->reason);
+            stalled = true;
+        }
+        proto_worker_free(&msg);
+        worker_link_frames_free(frames, sizes, n_frames);
+    }
+    return stalled;
+}
+
 /* ------------------------------------------------------------ replies */
 
 proto_status_t worker_status_of(shard_status_t status)

@@ -197,6 +197,20 @@ int worker_finish_micro(worker_stage_t *st, worker_micro_t *m, int64_t *next_tok
     return rc;
 }
 
+void worker_note_progress(worker_stage_t *st, bool replied)
+{
+    st->progress++;
+    const uint64_t now = worker_now_us();
+    if (replied) {
+        st->progress_sent_us = now; /* the reply said it */
+        return;
+    }
+    if (now - st->progress_sent_us < (uint64_t)st->options->heartbeat_ms * 500)
+        return;
+    st->progress_sent_us = now;
+    worker_link_send_progress(st->link, st->options->heartbeat_ms, st->progress);
+}
+
 /* ------------------------------------------------------------ stages 1.. */
 
 /* Sleeps between polls of an idle stage: short right after work, longer the
@@ -265,6 +279,7 @@ static int handle_packet(worker_stage_t *st, const void *data, size_t size, slot
     } else {
         int64_t token = -1;
         rc = worker_finish_micro(st, m, &token);
+        worker_note_progress(st, m->kind != MICRO_GENERATE);
         if (rc == 0 && m->kind == MICRO_GENERATE) {
             int64_t feedback[2] = {(int64_t)m->items[0].gen_job, token};
             rc = WORKER_MPI(MPI_Send(feedback, 2, MPI_INT64_T, 0, TAG_FEEDBACK, st->comm));
@@ -289,12 +304,21 @@ int worker_run_next(worker_stage_t *st)
     for (int i = 0; rc == 0 && i < 2; i++)
         rc = WORKER_MPI(MPI_Irecv(recv_slots[i].buffer, (int)st->packet_capacity, MPI_BYTE,
                                   st->stage - 1, TAG_ACTIVATIONS, st->comm, &recv_slots[i].request));
-    uint64_t stop_seen_us = 0, idle_since = worker_now_us();
+    uint64_t stop_seen_us = 0, idle_since = worker_now_us(), heard_us = 0;
     while (rc == 0) {
         int done = 0;
         MPI_Status status;
         if ((rc = WORKER_MPI(MPI_Test(&recv_slots[oldest].request, &done, &status))))
             break;
+        /* The last stage hears the broker too: when stage 0 hangs, the
+         * order to end the job reaches this rank. */
+        if (st->link && worker_now_us() - heard_us > 50000) {
+            heard_us = worker_now_us();
+            if (worker_link_stalled(st->link)) {
+                rc = -1;
+                break;
+            }
+        }
         if (!done) {
             /* Stopping is driven by stage 0's shutdown packet; this is the
              * fallback when stage 0 is gone. */

@@ -34,6 +34,9 @@ typedef struct worker_stage {
     size_t packet_capacity;
     uint64_t batch_tokens; /* positions a micro-batch may hold */
     uint64_t micro_counter;
+    /* The last stage: micro-batches finished, and when it last told the
+     * broker so without a reply (Heartbeat.progress). */
+    uint64_t progress, progress_sent_us;
 } worker_stage_t;
 
 /* One of two send buffers towards the next stage. */
@@ -63,6 +66,10 @@ size_t worker_group_end(const worker_prepared_t *preps, size_t first, size_t n, 
 /* The last stage's work on a micro-batch that went through every layer:
  * heads and replies (or, for a generation step, the next token). */
 int worker_finish_micro(worker_stage_t *st, worker_micro_t *micro, int64_t *next_token);
+/* Counts a finished micro-batch; one that sent no reply (a generation
+ * step) is reported to the broker, at most twice per heartbeat interval,
+ * so that a long generation is not taken for a hung pipeline. */
+void worker_note_progress(worker_stage_t *st, bool replied);
 
 int worker_run_first(worker_stage_t *st);
 int worker_run_next(worker_stage_t *st);

@@ -96,6 +96,9 @@ typedef struct {
 worker_micro_t *worker_micro_new(micro_kind_t kind, int64_t batch, int64_t seq, int n_items,
                                  bool langs, bool token_types, bool p_mask);
 void worker_micro_destroy(worker_micro_t **self_p);
+/* Takes request index out of a micro-batch that has not run yet: its rows
+ * go, the later requests' rows move up. */
+void worker_micro_drop_item(worker_micro_t *m, int index);
 /* Inputs of the whole micro-batch, for shard_embed. */
 shard_inputs_t worker_micro_inputs(const worker_micro_t *micro);
 /* Inputs of one request (copied rows, its own seq) for the heads; free with
@@ -129,6 +132,15 @@ int worker_link_recv(worker_link_t *link, int timeout_ms, Xlm__WorkerMessage **m
                      uint8_t ***frames, size_t **frame_sizes, size_t *n_frames);
 void worker_link_frames_free(uint8_t **frames, size_t *frame_sizes, size_t n_frames);
 void *worker_link_socket(worker_link_t *link);
+/* Gives credit back without a reply (work dropped before it ran). */
+int worker_link_send_credit(worker_link_t *link, uint32_t credit);
+/* The last stage's sign that the pipeline advanced without a reply to
+ * show it (a generation step): progress counts its finished micro-batches. */
+int worker_link_send_progress(worker_link_t *link, uint32_t heartbeat_ms, uint64_t progress);
+/* Reads what waits on the socket, without blocking; true when the broker
+ * declared the pipeline dead (Disconnect.stalled), said in the log. The
+ * rest is dropped: only stage 0's socket takes the broker's orders. */
+bool worker_link_stalled(worker_link_t *link);
 /* Drops the socket and connects a new one (after the broker went silent). */
 int worker_link_reconnect(worker_link_t *link);
 
