@@ -103,7 +103,6 @@ void first_take_batch(first_t *f, const Xlm__Batch *batch, uint8_t **frames, siz
         Xlm__ClientMessage *cm = NULL;
         proto_error_t perr;
         proto_error_clear(&perr);
-        char message[PROTO_ERROR_MAX] = "";
         proto_status_t status = proto_client_decode(frames[i], sizes[i], PROTO_DEFAULT_LIMIT, &cm,
                                                     NULL, &perr);
         if (status == PROTO_STATUS_OK && cm->body_case != XLM__CLIENT_MESSAGE__BODY_REQUEST)
@@ -115,14 +114,12 @@ void first_take_batch(first_t *f, const Xlm__Batch *batch, uint8_t **frames, siz
                                   .queue_us = i < batch->n_queue_us ? batch->queue_us[i] : 0,
                                   .received_us = now};
         if (status == PROTO_STATUS_OK)
-            status = worker_prepare(p, f->st, cm->request, message, sizeof message);
-        else
-            snprintf(message, sizeof message, "%s", perr.message);
+            status = worker_prepare(p, f->st, cm->request, &perr);
         if (status != PROTO_STATUS_OK) {
             /* The credit travels with the Batch's last reply. */
             bool last_of_batch = i + 1 == n && n_prepared == 0;
             first_reply_error(f, batch->batch_id, batch->tickets[i],
-                        cm ? cm->request->id : perr.id, status, message, last_of_batch);
+                        cm ? cm->request->id : perr.id, status, perr.message, last_of_batch);
             worker_prepared_clear(p);
         } else {
             n_prepared++;

@@ -49,8 +49,10 @@ enum { TAG_ACTIVATIONS = 1, TAG_FEEDBACK = 2 };
 
 /* ------------------------------------------------------------ prepare.c */
 
+/* A request's own errors are the client's: a wire status, and perr's
+ * message naming the bad value and what was expected (perr->id kept). */
 proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
-                              const Xlm__Request *req, char *message, size_t message_size);
+                              const Xlm__Request *req, proto_error_t *perr);
 void worker_prepared_clear(worker_prepared_t *p);
 
 /* ------------------------------------------------------------ last.c */
