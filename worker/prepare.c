@@ -79,7 +79,7 @@ static proto_status_t prepare_tokens(worker_prepared_t *p, const shard_config_t 
     if (!t->n_position_ids && longest > c->max_position_embeddings) {
         return proto_error_set(perr, PROTO_STATUS_TOO_LARGE,
                                "a row of %lld tokens exceeds max_position_embeddings %lld",
-                 (long long)longest, (long long)c->max_position_embeddings);
+                               (long long)longest, (long long)c->max_position_embeddings);
     }
     if (!alloc_rows(p, t->n_langs > 0, t->n_token_type_ids > 0, t->n_p_mask > 0)) {
         return proto_error_set(perr, PROTO_STATUS_INTERNAL, "out of memory");
@@ -133,7 +133,7 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
         if (row->n_segments < 1 || row->n_segments > 2) {
             status = proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
                                      "text row %zu has %zu segments, expected 1 or 2", r,
-                     row->n_segments);
+                                     row->n_segments);
         } else if (encode_row(st, row, &rows[r], &err)) {
             status = proto_error_set(perr, worker_status_of(err.code), "text row %zu: %s", r,
                                      err.message);
@@ -144,7 +144,7 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
     if (status == PROTO_STATUS_OK && longest > c->max_position_embeddings) {
         status = proto_error_set(perr, PROTO_STATUS_TOO_LARGE,
                                  "a text row of %lld tokens exceeds max_position_embeddings %lld",
-                 (long long)longest, (long long)c->max_position_embeddings);
+                                 (long long)longest, (long long)c->max_position_embeddings);
     }
     /* Languages travel with the tokens when the model embeds them. */
     const bool langs = c->n_langs > 1 && c->use_lang_emb;
@@ -197,7 +197,7 @@ static proto_status_t prepare_generate(worker_prepared_t *p, const shard_config_
     if (p->item.seq + g->steps > c->max_position_embeddings) {
         return proto_error_set(perr, PROTO_STATUS_TOO_LARGE,
                                "%lld tokens plus %lld steps exceed max_position_embeddings %lld",
-                 (long long)p->item.seq, (long long)g->steps, (long long)c->max_position_embeddings);
+                               (long long)p->item.seq, (long long)g->steps, (long long)c->max_position_embeddings);
     }
     p->steps = g->steps;
     p->lang_fill = p->langs ? p->langs[p->item.seq - 1] : 0;
@@ -234,7 +234,7 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
         return proto_error_set(perr, PROTO_STATUS_TOO_LARGE,
                                "mlm_pll: %lld masked copies of %lld tokens exceed the worker's %llu tokens per "
                  "micro-batch (xlm-worker --max-batch-tokens)", (long long)copies, (long long)seq,
-                 (unsigned long long)st->batch_tokens);
+                               (unsigned long long)st->batch_tokens);
     }
     const shard_inputs_t rows = {.batch = p->item.orig_rows, .seq = seq, .input_ids = p->ids,
                                  .attention_mask = p->mask, .langs = p->langs,
@@ -293,7 +293,7 @@ static proto_status_t prepare_scoring(worker_prepared_t *p, const worker_stage_t
             return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
                                    "row %lld: scored positions [%lld, %lld) are not "
                      "inside its %lld tokens%s", (long long)r, (long long)from, (long long)to,
-                     (long long)len, pll ? "" : " (clm_score starts at 1 or later)");
+                                   (long long)len, pll ? "" : " (clm_score starts at 1 or later)");
         }
         p->item.windows[r] = w;
     }
@@ -326,12 +326,12 @@ proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
     if (p->item.rows < 1 || p->item.seq < 1) {
         return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
                                "empty input: %lld rows of %lld tokens",
-                 (long long)p->item.rows, (long long)p->item.seq);
+                               (long long)p->item.rows, (long long)p->item.seq);
     }
     if (p->item.n_choices > 0 && p->item.rows % p->item.n_choices != 0) {
         return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
                                "%lld rows do not split into examples of %lld choices",
-                 (long long)p->item.rows, (long long)p->item.n_choices);
+                               (long long)p->item.rows, (long long)p->item.n_choices);
     }
     if (info->kind == PROTO_TASK_KIND_SCORE &&
         (status = prepare_scoring(p, st, req, perr)) != PROTO_STATUS_OK)
