@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A hung rank anywhere in the ring is noticed (issue 13, liveness end to
-# end): a 2-pipeline service of the bundled model in 2 stages scores 4,000
+# end): a 2-pipeline service of the bundled model in 2 stages scores 8,000
 # pairs with xlm-score; mid-run one rank of pipeline 1 is stopped with
 # SIGSTOP (stage0: world rank 2, whose heartbeat thread stops with it; last:
 # world rank 3, while stage 0 keeps beating). The broker must declare the
@@ -15,7 +15,7 @@ set -euo pipefail
 where=$2
 e2e_init "hang-$where" "$1"
 model="$top/models/tiny-clm-enfr"
-stages=2 pipelines=2 total=4000
+stages=2 pipelines=2 total=8000
 # Detection is 3 s (the broker's default 1 s heartbeat x 3), the restart a
 # few seconds of model loading; the bound leaves room for a loaded machine.
 bound_s=90
@@ -40,13 +40,15 @@ hang_cleanup() {
 }
 trap hang_cleanup EXIT
 
-for _ in $(seq 1 20); do cat "$model/examples/pairs.tsv"; done > "$run_dir/input.tsv"
+for _ in $(seq 1 40); do cat "$model/examples/pairs.tsv"; done > "$run_dir/input.tsv"
 "$build/bin/xlm-score" --model "$model" --mode clm --quiet --input "$run_dir/input.tsv" \
   --output "$run_dir/offline.jsonl"
 
 e2e_start --model "$model" --stages "$stages" --pipelines "$pipelines" --timeout 90
 grep -q "xlm-worker \[info\] rank $rank: pipeline 1 stage $stage/$stages:" "$run_dir/workers.log" ||
   e2e_fail "no log line of rank $rank owning stage $stage of pipeline 1"
+# Found before the job starts: the stop must not wait for a scan of /proc.
+victim=$(e2e_worker_pid "$rank") || e2e_fail "no xlm-worker process of rank $rank"
 
 "$build/bin/xlm-score" --endpoint "$endpoint" --mode clm --quiet --input "$run_dir/input.tsv" \
   --output "$run_dir/service.jsonl" 2> "$run_dir/score.err" &
@@ -57,11 +59,11 @@ done_count() { e2e_stat requests_done 0; }
 at_least_done() { [ "$(done_count)" -ge "$1" ]; }
 e2e_wait_until 120 "400 answers before the stop" at_least_done 400
 
-victim=$(e2e_worker_pid "$rank") || e2e_fail "no xlm-worker process of rank $rank"
 before=$(done_count)
 kill -STOP "$victim"
 stopped_us=${EPOCHREALTIME//[^0-9]/}
 echo "hang: SIGSTOP rank $rank (pipeline 1 stage $stage, pid $victim) after $before answers"
+[ "$before" -lt "$total" ] || e2e_fail "the stop landed after the run ($before of $total answers)"
 
 ms_since_stop() { echo $(( (${EPOCHREALTIME//[^0-9]/} - stopped_us) / 1000 )); }
 declared() { grep -qE "pipeline '[^']*/p1' of model .* removed \((missed heartbeats|no progress)" "$run_dir/broker.log"; }
