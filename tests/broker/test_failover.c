@@ -179,7 +179,7 @@ static void test_retries_run_once(void **state)
 {
     fx_t *fx = *state;
     fake_worker_t *p0 = fx_worker(fx, 0, "tiny", "p0", NULL);
-    fake_worker_set_mode(p0, FAKE_WORKER_PAUSED);
+    fake_worker_set_mode(p0, FAKE_WORKER_PROGRESSING);
     test_client_send_tokens(fx->client, "once", "tiny", PROTO_TASK_BASE, 1, 4, 5, 0);
     test_client_send_tokens(fx->client, "once", "tiny", PROTO_TASK_BASE, 1, 4, 5, 0);
     /* A retry from a new socket (new routing id): the reply goes there. */
