@@ -65,6 +65,24 @@ static void send_disconnect_refused(broker_t *b, const uint8_t *identity, size_t
     broker_worker_send_simple(b, identity, identity_len, pipeline, &msg);
 }
 
+/* The pipeline was declared dead and its work queued again: both sockets
+ * the broker knows of it hear so, and the rank that reads it ends the MPI
+ * job (a hung rank cannot be revived from here; the supervisor restarts
+ * the job). */
+static void send_stalled(broker_t *b, const broker_pipeline_t *p, const char *reason)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__Disconnect disconnect = XLM__DISCONNECT__INIT;
+    disconnect.reason = (char *)reason;
+    disconnect.stalled = true;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_DISCONNECT;
+    msg.disconnect = &disconnect;
+    broker_worker_send_simple(b, p->identity, p->identity_len, p->id, &msg);
+    if (p->tail_len && (p->tail_len != p->identity_len ||
+                        memcmp(p->tail, p->identity, p->tail_len) != 0))
+        broker_worker_send_simple(b, p->tail, p->tail_len, p->id, &msg);
+}
+
 /* "Register again": the worker answers with Ready. */
 static void send_disconnect(broker_t *b, const uint8_t *identity, size_t identity_len,
                             const char *pipeline, const char *reason)
@@ -182,6 +200,8 @@ void broker_dispatch(broker_t *b, broker_model_t *m)
             p->credit = 0;
             continue;
         }
+        if (p->n_in_flight == 0) /* its progress clock starts with the work */
+            broker_pipeline_progressed(p, now);
         for (size_t i = 0; i < chosen; i++) {
             broker_req_t *r = b->scratch_reqs[i];
             broker_list_remove(&r->link);
@@ -287,6 +307,7 @@ static void on_reply(broker_t *b, broker_pipeline_t *p, const Xlm__Reply *reply,
     if (p) {
         add_credit(p, reply->credit);
         broker_model_record_stages(p->model, reply->stage_us, reply->n_stage_us);
+        broker_pipeline_progressed(p, broker_now_us());
     }
     for (size_t i = 0; i < reply->n_tickets; i++) {
         broker_req_t *r = broker_map_get(b->tickets, &reply->tickets[i], sizeof reply->tickets[i]);
@@ -307,6 +328,16 @@ static void on_reply(broker_t *b, broker_pipeline_t *p, const Xlm__Reply *reply,
         broker_dispatch(b, p->model);
 }
 
+/* Remembers the socket the last stage speaks from (replies, progress). */
+static void note_tail(broker_pipeline_t *p, const zmq_msg_t *identity)
+{
+    size_t len = zmq_msg_size((zmq_msg_t *)identity);
+    if (!p || len > BROKER_IDENTITY_MAX)
+        return;
+    memcpy(p->tail, zmq_msg_data((zmq_msg_t *)identity), len);
+    p->tail_len = len;
+}
+
 /* Handles one decoded message; takes *msg_p when it keeps it. */
 static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage **msg_p,
                           zmq_msg_t *frames, size_t n_frames)
@@ -323,10 +354,12 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
             on_ready(b, identity, msg_p);
         break;
     case XLM__WORKER_MESSAGE__BODY_REPLY:
+        note_tail(p, identity);
         on_reply(b, p, msg->reply, frames, n_frames);
         break;
     case XLM__WORKER_MESSAGE__BODY_CREDIT:
         if (p) {
+            broker_pipeline_progressed(p, broker_now_us());
             add_credit(p, msg->credit->credit);
             broker_dispatch(b, p->model);
         } else {
@@ -334,8 +367,16 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
         }
         break;
     case XLM__WORKER_MESSAGE__BODY_HEARTBEAT:
-        if (!p)
-            send_disconnect(b, wid, wlen, msg->pipeline, "unknown pipeline: send ready");
+        if (!p) {
+            /* The last stage's progress is no registration: stage 0's
+             * heartbeat will hear the answer. */
+            if (msg->heartbeat->progress == 0)
+                send_disconnect(b, wid, wlen, msg->pipeline, "unknown pipeline: send ready");
+        } else if (msg->heartbeat->progress > p->progress) {
+            p->progress = msg->heartbeat->progress;
+            note_tail(p, identity);
+            broker_pipeline_progressed(p, broker_now_us());
+        }
         break;
     case XLM__WORKER_MESSAGE__BODY_DISCONNECT:
         if (p) {
@@ -411,17 +452,57 @@ void broker_backend_recv(broker_t *b)
 
 /* ------------------------------------------------------------ heartbeats */
 
+/* Why p is dead now, or NULL: silent (stage 0 and its heartbeat thread
+ * stopped), or holding work that did not advance (a stage somewhere in the
+ * ring hung while stage 0 still beats). */
+static const char *pipeline_death(const broker_pipeline_t *p, int64_t now, char *why, size_t size)
+{
+    if (now - p->last_seen_us > p->expiry_us)
+        return "missed heartbeats";
+    if (p->n_in_flight > 0 && now - p->progress_us > p->expiry_us) {
+        snprintf(why, size, "no progress for %lld ms while holding %zu requests",
+                 (long long)((now - p->progress_us) / 1000), p->n_in_flight);
+        return why;
+    }
+    return NULL;
+}
+
+/* Gives every pipeline a fresh interval after the broker's own loop did
+ * not run for long (the broker was stopped or starved): their silence was
+ * the broker's, not theirs. */
+static void forgive_own_pause(broker_t *b, int64_t now)
+{
+    const int64_t gap = now - b->liveness_checked_us;
+    b->liveness_checked_us = now;
+    if (gap <= (int64_t)b->config.heartbeat_ms * 1000 * 2)
+        return;
+    broker_log(b, BROKER_LOG_WARN, "the broker's loop did not run for %lld ms: pipelines get a "
+               "fresh liveness interval", (long long)(gap / 1000));
+    for (broker_link_t *ml = b->models.next; ml != &b->models; ml = ml->next) {
+        broker_model_t *m = BROKER_CONTAINER(ml, broker_model_t, link);
+        for (broker_link_t *l = m->pipelines.next; l != &m->pipelines; l = l->next) {
+            broker_pipeline_t *p = BROKER_CONTAINER(l, broker_pipeline_t, link);
+            p->last_seen_us = p->progress_us = now;
+        }
+    }
+}
+
 void broker_heartbeat(broker_t *b, int64_t now)
 {
+    if (b->liveness_checked_us)
+        forgive_own_pause(b, now);
+    b->liveness_checked_us = now;
     for (broker_link_t *ml = b->models.next; ml != &b->models; ml = ml->next) {
         broker_model_t *m = BROKER_CONTAINER(ml, broker_model_t, link);
         bool removed = false;
         for (broker_link_t *l = m->pipelines.next, *next; l != &m->pipelines; l = next) {
             next = l->next; /* p may be freed */
             broker_pipeline_t *p = BROKER_CONTAINER(l, broker_pipeline_t, link);
-            if (now - p->last_seen_us > p->expiry_us) {
-                send_disconnect(b, p->identity, p->identity_len, p->id, "missed heartbeats");
-                broker_pipeline_remove(b, p, "missed heartbeats");
+            char text[128];
+            const char *why = pipeline_death(p, now, text, sizeof text);
+            if (why) {
+                send_stalled(b, p, why);
+                broker_pipeline_remove(b, p, why);
                 removed = true;
                 continue;
             }

@@ -156,6 +156,11 @@ struct broker_pipeline {
     char id[PROTO_NAME_MAX + 1];
     uint8_t identity[BROKER_IDENTITY_MAX]; /* stage 0's socket, from Ready */
     size_t identity_len;
+    /* The last stage's socket, from its first Reply or progress heartbeat
+     * (its replies come on a socket of their own): told too when the
+     * pipeline is declared dead. tail_len 0: not heard yet. */
+    uint8_t tail[BROKER_IDENTITY_MAX];
+    size_t tail_len;
     broker_model_t *model;
     uint64_t instance;          /* the worker process's, from Ready (0: not said) */
     uint32_t n_stages;
@@ -163,6 +168,12 @@ struct broker_pipeline {
     uint64_t max_batch_tokens;
     int64_t last_seen_us, heartbeat_sent_us, last_batch_us;
     int64_t expiry_us;          /* silence longer than this: dead */
+    /* While it holds work, a pipeline must also make progress: a Reply, a
+     * Credit, or a last-stage heartbeat whose progress count grew. Time of
+     * the last one (or of the batch that ended its idleness), and the
+     * count. No progress for expiry_us while holding work: dead. */
+    int64_t progress_us;
+    uint64_t progress;
     broker_link_t in_flight;
     size_t n_in_flight;
     uint64_t batches;
@@ -195,6 +206,8 @@ struct broker {
 
     uint64_t next_ticket, next_batch;
     int64_t started_us, next_heartbeat_us, next_deadline_us;
+    int64_t liveness_checked_us; /* last broker_heartbeat: a long gap means the broker
+                                    itself was stopped, not its pipelines */
     bool stopping;
     int64_t drain_until_us;
 
@@ -235,6 +248,8 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
 /* Queues again what p held (at the front, in order) and frees p. */
 void broker_pipeline_remove(broker_t *b, broker_pipeline_t *p, const char *why);
 void broker_pipeline_touch(broker_pipeline_t *p, int64_t now);
+/* What is heard from p that shows the whole pipeline advanced. */
+void broker_pipeline_progressed(broker_pipeline_t *p, int64_t now);
 /* Takes the request out of its list and both maps, frees it. */
 void broker_req_finish(broker_t *b, broker_req_t *r);
 broker_req_t *broker_req_new(broker_t *b, broker_model_t *m, const Xlm__Request *rq,

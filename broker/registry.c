@@ -193,6 +193,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     int64_t now = broker_now_us();
     p->last_seen_us = now;
     p->heartbeat_sent_us = now;
+    p->progress_us = now;
     broker_list_push_back(&m->pipelines, &p->link);
     m->n_pipelines++;
     m->dead_since_us = 0;
@@ -233,6 +234,11 @@ void broker_pipeline_remove(broker_t *b, broker_pipeline_t *p, const char *why)
 void broker_pipeline_touch(broker_pipeline_t *p, int64_t now)
 {
     p->last_seen_us = now;
+}
+
+void broker_pipeline_progressed(broker_pipeline_t *p, int64_t now)
+{
+    p->progress_us = now;
 }
 
 /* ------------------------------------------------------------ requests */

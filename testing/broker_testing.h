@@ -22,8 +22,11 @@ extern "C" {
 typedef enum {
     FAKE_WORKER_NORMAL = 0,
     FAKE_WORKER_SILENT,    /* sends nothing (no heartbeats, no replies): looks dead */
-    FAKE_WORKER_PAUSED,    /* heartbeats, but holds its batches */
+    FAKE_WORKER_PAUSED,    /* heartbeats, but holds its batches: a hung later stage (the
+                              broker declares it dead after liveness intervals) */
     FAKE_WORKER_DUPLICATE, /* sends every reply twice */
+    FAKE_WORKER_PROGRESSING, /* holds its batches, but its heartbeats carry a growing
+                                progress count (a last stage in a long generation) */
     FAKE_WORKER_MODE_COUNT_
 } fake_worker_mode_t;
 

@@ -33,6 +33,7 @@ struct fake_worker {
     void *ctx, *sock, *reply_sock;
     held_batch_t *held, *held_tail;
     int64_t last_heard_us, heartbeat_sent_us, busy_until_us;
+    uint64_t progress; /* FAKE_WORKER_PROGRESSING: heartbeats sent in that mode */
 };
 
 void fake_worker_config_defaults(fake_worker_config_t *c)
@@ -113,6 +114,8 @@ static void send_heartbeat(fake_worker_t *w)
     Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
     Xlm__Heartbeat hb = XLM__HEARTBEAT__INIT;
     hb.heartbeat_ms = (uint32_t)w->config.heartbeat_ms;
+    if (atomic_load(&w->mode) == FAKE_WORKER_PROGRESSING)
+        hb.progress = ++w->progress;
     msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
     msg.heartbeat = &hb;
     send_simple(w, &msg);
@@ -386,7 +389,8 @@ static void *worker_main(void *arg)
         int64_t now = testing_now_us();
         int mode = atomic_load(&w->mode);
         int64_t next = w->heartbeat_sent_us + hb_us;
-        if (w->held && mode != FAKE_WORKER_PAUSED && mode != FAKE_WORKER_SILENT && w->held->due_us < next)
+        const bool holding = mode == FAKE_WORKER_PAUSED || mode == FAKE_WORKER_PROGRESSING;
+        if (w->held && !holding && mode != FAKE_WORKER_SILENT && w->held->due_us < next)
             next = w->held->due_us;
         long timeout = (long)((next - now + 999) / 1000);
         zmq_pollitem_t item = {w->sock, 0, ZMQ_POLLIN, 0};
@@ -400,7 +404,8 @@ static void *worker_main(void *arg)
             w->last_heard_us = now; /* it is us who are silent */
             continue;
         }
-        while (mode != FAKE_WORKER_PAUSED && w->held && w->held->due_us <= now) {
+        while (mode != FAKE_WORKER_PAUSED && mode != FAKE_WORKER_PROGRESSING && w->held &&
+               w->held->due_us <= now) {
             held_batch_t *h = w->held;
             w->held = h->next;
             if (!w->held)

@@ -29,18 +29,22 @@ static void *open_socket(void *context, const char *endpoint)
     return socket;
 }
 
-worker_link_t *worker_link_new(void *context, const char *endpoint, const char *pipeline)
+worker_link_t *worker_link_new(void *context, const char *endpoint, const char *pipeline,
+                               worker_error_t *err)
 {
     worker_link_t *link = calloc(1, sizeof *link);
-    if (!link)
+    if (!link) {
+        worker_error_set(err, WORKER_ERR_NOMEM, "worker_link_new: out of memory");
         return NULL;
+    }
     link->context = context;
     link->endpoint = strdup(endpoint);
     link->pipeline = strdup(pipeline);
     link->socket = link->endpoint ? open_socket(context, endpoint) : NULL;
     if (!link->socket || !link->pipeline) {
-        worker_log(WORKER_LOG_ERROR, "cannot connect to the broker at %s: %s", endpoint,
-                   zmq_strerror(zmq_errno()));
+        worker_error_set(err, WORKER_ERR_ZMQ, "worker_link_new: cannot connect to the broker at "
+                         "'%s': %s, expected a ZeroMQ endpoint such as tcp://HOST:PORT", endpoint,
+                         zmq_strerror(zmq_errno()));
         worker_link_destroy(&link);
     }
     return link;
@@ -59,35 +63,36 @@ void worker_link_destroy(worker_link_t **self_p)
     *self_p = NULL;
 }
 
-void *worker_link_socket(worker_link_t *link) { return link->socket; }
-
-int worker_link_reconnect(worker_link_t *link)
+worker_status_t worker_link_reconnect(worker_link_t *link, worker_error_t *err)
 {
     if (link->socket)
         zmq_close(link->socket);
     link->socket = open_socket(link->context, link->endpoint);
-    return link->socket ? 0 : -1;
+    if (!link->socket)
+        return worker_error_set(err, WORKER_ERR_ZMQ, "worker_link_reconnect: cannot connect to "
+                                "'%s': %s", link->endpoint, zmq_strerror(zmq_errno()));
+    return WORKER_OK;
 }
 
-int worker_link_send(worker_link_t *link, Xlm__WorkerMessage *msg, uint8_t **frames,
-                     size_t *frame_sizes, size_t n_frames)
+worker_status_t worker_link_send(worker_link_t *link, Xlm__WorkerMessage *msg, uint8_t **frames,
+                                 size_t *frame_sizes, size_t n_frames, worker_error_t *err)
 {
     msg->pipeline = link->pipeline;
     uint8_t *data = NULL;
     size_t size = 0;
-    proto_error_t err;
-    if (proto_worker_pack(msg, &data, &size, &err) != PROTO_STATUS_OK) {
-        worker_log(WORKER_LOG_ERROR, "cannot pack a message for the broker: %s", err.message);
-        return -1;
-    }
-    int rc = zmq_send(link->socket, data, size, n_frames ? ZMQ_SNDMORE : 0) < 0 ? -1 : 0;
+    proto_error_t perr;
+    if (proto_worker_pack(msg, &data, &size, &perr) != PROTO_STATUS_OK)
+        return worker_error_set(err, WORKER_ERR_WIRE, "worker_link_send: cannot pack a message "
+                                "for the broker: %s", perr.message);
+    bool sent = zmq_send(link->socket, data, size, n_frames ? ZMQ_SNDMORE : 0) >= 0;
     free(data);
-    for (size_t i = 0; rc == 0 && i < n_frames; i++)
-        if (zmq_send(link->socket, frames[i], frame_sizes[i], i + 1 < n_frames ? ZMQ_SNDMORE : 0) < 0)
-            rc = -1;
-    if (rc)
-        worker_log(WORKER_LOG_ERROR, "sending to the broker failed: %s", zmq_strerror(zmq_errno()));
-    return rc;
+    for (size_t i = 0; sent && i < n_frames; i++)
+        sent = zmq_send(link->socket, frames[i], frame_sizes[i],
+                        i + 1 < n_frames ? ZMQ_SNDMORE : 0) >= 0;
+    if (!sent)
+        return worker_error_set(err, WORKER_ERR_ZMQ, "worker_link_send: sending %zu frames to "
+                                "the broker failed: %s", n_frames + 1, zmq_strerror(zmq_errno()));
+    return WORKER_OK;
 }
 
 void worker_link_frames_free(uint8_t **frames, size_t *frame_sizes, size_t n_frames)
@@ -131,28 +136,38 @@ static int recv_parts(void *socket, zmq_msg_t **parts_out, size_t *count_out)
     return 0;
 }
 
-int worker_link_recv(worker_link_t *link, int timeout_ms, Xlm__WorkerMessage **msg,
-                     uint8_t ***frames, size_t **frame_sizes, size_t *n_frames)
+worker_status_t worker_link_recv(worker_link_t *link, int timeout_ms, bool *got,
+                                 Xlm__WorkerMessage **msg, uint8_t ***frames,
+                                 size_t **frame_sizes, size_t *n_frames, worker_error_t *err)
 {
+    static const char fn[] = "worker_link_recv";
+    *got = false;
     *msg = NULL;
     *frames = NULL;
     *frame_sizes = NULL;
     *n_frames = 0;
     zmq_pollitem_t item = {link->socket, 0, ZMQ_POLLIN, 0};
     int ready = zmq_poll(&item, 1, timeout_ms);
+    if (ready < 0 && zmq_errno() != EINTR)
+        return worker_error_set(err, WORKER_ERR_ZMQ, "%s: poll failed: %s", fn,
+                                zmq_strerror(zmq_errno()));
     if (ready <= 0)
-        return ready < 0 && zmq_errno() != EINTR ? -1 : 0;
+        return WORKER_OK;
     zmq_msg_t *parts = NULL;
     size_t count = 0;
-    if (recv_parts(link->socket, &parts, &count) != 0)
-        return zmq_errno() == EINTR ? 0 : -1;
-    proto_error_t err;
+    if (recv_parts(link->socket, &parts, &count) != 0) {
+        if (zmq_errno() == EINTR)
+            return WORKER_OK;
+        return worker_error_set(err, WORKER_ERR_ZMQ, "%s: receiving a message failed: %s", fn,
+                                zmq_strerror(zmq_errno()));
+    }
+    proto_error_t perr;
     proto_status_t status = proto_worker_decode(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
-                                                PROTO_DEFAULT_LIMIT, msg, &err);
-    int rc = 1;
+                                                PROTO_DEFAULT_LIMIT, msg, &perr);
+    worker_status_t rc = WORKER_OK;
     if (status != PROTO_STATUS_OK) {
-        worker_log(WORKER_LOG_WARN, "dropping a malformed message from the broker: %s", err.message);
-        rc = 0;
+        rc = worker_error_set(err, WORKER_ERR_WIRE, "%s: dropping a malformed message from the "
+                              "broker: %s", fn, perr.message);
     } else if (count > 1) {
         *frames = calloc(count - 1, sizeof **frames);
         *frame_sizes = calloc(count - 1, sizeof **frame_sizes);
@@ -171,12 +186,59 @@ int worker_link_recv(worker_link_t *link, int timeout_ms, Xlm__WorkerMessage **m
             *frames = NULL;
             *frame_sizes = NULL;
             *n_frames = 0;
-            rc = -1;
+            rc = worker_error_set(err, WORKER_ERR_NOMEM, "%s: out of memory for %zu frames", fn,
+                                  count - 1);
         }
     }
+    *got = rc == WORKER_OK;
     for (size_t i = 0; i < count; i++)
         zmq_msg_close(&parts[i]);
     free(parts);
+    return rc;
+}
+
+worker_status_t worker_link_send_credit(worker_link_t *link, uint32_t credit, worker_error_t *err)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__Credit body = XLM__CREDIT__INIT;
+    body.credit = credit;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_CREDIT;
+    msg.credit = &body;
+    return worker_link_send(link, &msg, NULL, NULL, 0, err);
+}
+
+worker_status_t worker_link_send_progress(worker_link_t *link, uint32_t heartbeat_ms,
+                                          uint64_t progress, worker_error_t *err)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__Heartbeat heartbeat = XLM__HEARTBEAT__INIT;
+    heartbeat.heartbeat_ms = heartbeat_ms;
+    heartbeat.progress = progress;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
+    msg.heartbeat = &heartbeat;
+    return worker_link_send(link, &msg, NULL, NULL, 0, err);
+}
+
+worker_status_t worker_link_check_stalled(worker_link_t *link, worker_error_t *err)
+{
+    worker_status_t rc = WORKER_OK;
+    for (bool got = true; got && rc == WORKER_OK;) {
+        Xlm__WorkerMessage *msg = NULL;
+        uint8_t **frames = NULL;
+        size_t *sizes = NULL, n_frames = 0;
+        worker_error_t ignored;
+        /* What does not decode is not an order: skipped. */
+        if (worker_link_recv(link, 0, &got, &msg, &frames, &sizes, &n_frames, &ignored) ==
+            WORKER_ERR_WIRE)
+            got = true;
+        if (got && msg && msg->body_case == XLM__WORKER_MESSAGE__BODY_DISCONNECT &&
+            msg->disconnect->stalled)
+            rc = worker_error_set(err, WORKER_ERR_STALLED, "the broker declared this pipeline "
+                                  "dead (%s) and queued its work again: ending the MPI job so "
+                                  "that it starts afresh", msg->disconnect->reason);
+        proto_worker_free(&msg);
+        worker_link_frames_free(frames, sizes, n_frames);
+    }
     return rc;
 }
 
@@ -227,11 +289,11 @@ void worker_texts_clear(worker_texts_t *texts)
     memset(texts, 0, sizeof *texts);
 }
 
-int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_status_t status,
-                      const char *message, const shard_outputs_t *outputs,
-                      const worker_texts_t *texts,
-                      const uint64_t *stage_us, int n_stages, uint64_t batch_tokens,
-                      uint32_t batch_requests)
+worker_status_t worker_reply_pack(worker_reply_t *reply, const worker_item_t *item,
+                                  proto_status_t status, const char *message,
+                                  const shard_outputs_t *outputs, const worker_texts_t *texts,
+                                  const uint64_t *stage_us, int n_stages, uint64_t batch_tokens,
+                                  uint32_t batch_requests, worker_error_t *err)
 {
     Xlm__ServiceMessage msg = XLM__SERVICE_MESSAGE__INIT;
     Xlm__Response response = XLM__RESPONSE__INIT;
@@ -252,13 +314,14 @@ int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_st
     timings.worker_us = worker_now_us() - item->received_us;
     timings.batch_requests = batch_requests;
     timings.batch_tokens = batch_tokens;
-    int rc = 0;
+    worker_status_t rc = WORKER_OK;
     if (status == PROTO_STATUS_OK && outputs) {
         response.n_outputs = (size_t)outputs->count;
         response.outputs = tensors;
         for (int i = 0; i < outputs->count; i++)
             if (!(tensors[i] = tensor_of(&outputs->tensors[i])))
-                rc = -1;
+                rc = worker_error_set(err, WORKER_ERR_NOMEM, "worker_reply_pack: out of memory "
+                                      "for output %d of %s", i, item->id);
         if (texts && texts->text) {
             token_tensor.name = (char *)"tokens";
             token_shape[0] = texts->rows;
@@ -272,33 +335,34 @@ int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_st
             tensors[response.n_outputs++] = &token_tensor;
         }
     }
-    proto_error_t err;
+    proto_error_t perr;
     reply->ticket = item->ticket;
     reply->batch_id = item->batch_id;
     reply->credit = item->credit;
     reply->status = status;
     reply->frame = NULL;
-    if (rc == 0 && proto_service_pack(&msg, &reply->frame, &reply->frame_size, &err) != PROTO_STATUS_OK) {
-        worker_log(WORKER_LOG_ERROR, "cannot pack the reply of %s: %s", item->id, err.message);
-        rc = -1;
-    }
+    if (rc == WORKER_OK &&
+        proto_service_pack(&msg, &reply->frame, &reply->frame_size, &perr) != PROTO_STATUS_OK)
+        rc = worker_error_set(err, WORKER_ERR_WIRE, "worker_reply_pack: cannot pack the reply "
+                              "of %s: %s", item->id, perr.message);
     for (int i = 0; i < SHARD_MAX_OUTPUTS; i++)
         if (tensors[i] != &token_tensor)
             free(tensors[i]);
-    if (rc != 0) {
+    if (rc != WORKER_OK) {
         /* Still answer: the request must not be lost. */
         reply->status = PROTO_STATUS_INTERNAL;
-        rc = proto_response_pack_status(item->id, PROTO_STATUS_INTERNAL,
-                                        "the worker could not encode the reply", &reply->frame,
-                                        &reply->frame_size, &err) == PROTO_STATUS_OK ? 0 : -1;
+        if (proto_response_pack_status(item->id, PROTO_STATUS_INTERNAL,
+                                       "the worker could not encode the reply", &reply->frame,
+                                       &reply->frame_size, &perr) != PROTO_STATUS_OK)
+            reply->frame = NULL;
     }
     return rc;
 }
 
-int worker_replies_send(worker_link_t *link, worker_reply_t *replies, size_t count,
-                        const uint64_t *stage_us, int n_stages)
+worker_status_t worker_replies_send(worker_link_t *link, worker_reply_t *replies, size_t count,
+                                    const uint64_t *stage_us, int n_stages, worker_error_t *err)
 {
-    int rc = 0;
+    worker_status_t rc = WORKER_OK;
     for (size_t first = 0; first < count;) {
         /* One Reply per batch id, in order. */
         size_t end = first;
@@ -311,7 +375,8 @@ int worker_replies_send(worker_link_t *link, worker_reply_t *replies, size_t cou
         size_t *sizes = calloc(n, sizeof *sizes);
         uint32_t credit = 0;
         if (!tickets || !statuses || !frames || !sizes) {
-            rc = -1;
+            rc = worker_error_set(err, WORKER_ERR_NOMEM, "worker_replies_send: out of memory "
+                                  "for a reply of %zu tickets", n);
         } else {
             for (size_t i = 0; i < n; i++) {
                 tickets[i] = replies[first + i].ticket;
@@ -332,8 +397,9 @@ int worker_replies_send(worker_link_t *link, worker_reply_t *replies, size_t cou
             reply.n_stage_us = (size_t)n_stages;
             reply.stage_us = (uint64_t *)stage_us;
             reply.credit = credit;
-            if (worker_link_send(link, &msg, frames, sizes, n) != 0)
-                rc = -1;
+            worker_status_t sent = worker_link_send(link, &msg, frames, sizes, n, err);
+            if (sent != WORKER_OK)
+                rc = sent;
         }
         for (size_t i = first; i < end; i++) {
             free(replies[i].frame);

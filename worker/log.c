@@ -1,17 +1,28 @@
-/* log.c: the worker's one place for messages (stderr, with rank and time). */
+/* log.c: the worker's one place for messages (stderr, with rank and time),
+ * its error struct and the MPI check. No state of its own: the logger
+ * context is the caller's. */
 #include "worker_internal.h"
 
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
 
-/* Set once by worker_log_init from what worker_run was given. */
-static int log_rank = -1;
-static worker_log_level_t log_level = WORKER_LOG_INFO;
-
 static const char *const level_names[WORKER_LOG_COUNT_] = {
     [WORKER_LOG_ERROR] = "error", [WORKER_LOG_WARN] = "warn",
     [WORKER_LOG_INFO] = "info", [WORKER_LOG_DEBUG] = "debug"};
+
+static const char *const status_names[-WORKER_ERR_STALLED + 1] = {
+    [-WORKER_OK] = "ok",
+    [-WORKER_ERR_MPI] = "mpi_error",
+    [-WORKER_ERR_ZMQ] = "zmq_error",
+    [-WORKER_ERR_NOMEM] = "out_of_memory",
+    [-WORKER_ERR_PACKET] = "bad_packet",
+    [-WORKER_ERR_ENGINE] = "engine_error",
+    [-WORKER_ERR_CONFIG] = "bad_config",
+    [-WORKER_ERR_WIRE] = "wire_error",
+    [-WORKER_ERR_REFUSED] = "refused",
+    [-WORKER_ERR_STALLED] = "stalled",
+};
 
 worker_log_level_t worker_log_level_from_name(const char *name)
 {
@@ -21,15 +32,28 @@ worker_log_level_t worker_log_level_from_name(const char *name)
     return WORKER_LOG_COUNT_;
 }
 
-void worker_log_init(int world_rank, worker_log_level_t level)
+const char *worker_status_str(worker_status_t status)
 {
-    log_rank = world_rank;
-    log_level = level;
+    if (status > WORKER_OK || status <= -WORKER_STATUS_COUNT_)
+        return "unknown";
+    return status_names[-status];
 }
 
-void worker_log(worker_log_level_t level, const char *fmt, ...)
+worker_status_t worker_error_set(worker_error_t *err, worker_status_t code, const char *fmt, ...)
 {
-    if (level > log_level)
+    if (err) {
+        err->code = code;
+        va_list args;
+        va_start(args, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, args);
+        va_end(args);
+    }
+    return code;
+}
+
+void worker_log(const worker_log_t *log, worker_log_level_t level, const char *fmt, ...)
+{
+    if (log && level > log->level)
         return;
     char line[1024];
     va_list args;
@@ -44,7 +68,8 @@ void worker_log(worker_log_level_t level, const char *fmt, ...)
     size_t n = strftime(when, sizeof when - 6, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(when + n, sizeof when - n, ".%03dZ", (int)(ts.tv_nsec / 1000000) % 1000);
     /* The broker's layout: time, program, [level], then the rank. */
-    fprintf(stderr, "%s xlm-worker [%s] rank %d: %s\n", when, level_names[level], log_rank, line);
+    fprintf(stderr, "%s xlm-worker [%s] rank %d: %s\n", when, level_names[level],
+            log ? log->rank : -1, line);
 }
 
 uint64_t worker_now_us(void)
@@ -54,13 +79,14 @@ uint64_t worker_now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-int worker_mpi_check(int rc, const char *what, const char *file, int line)
+worker_status_t worker_mpi_check(int rc, const char *call, const char *function,
+                                 worker_error_t *err)
 {
     if (rc == MPI_SUCCESS)
-        return 0;
+        return WORKER_OK;
     char text[MPI_MAX_ERROR_STRING];
     int length = 0;
     MPI_Error_string(rc, text, &length);
-    worker_log(WORKER_LOG_ERROR, "%s failed at %s:%d: %s", what, file, line, text);
-    return -1;
+    return worker_error_set(err, WORKER_ERR_MPI, "%s: %s failed: %s, expected MPI_SUCCESS",
+                            function, call, text);
 }

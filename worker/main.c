@@ -200,16 +200,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "xlm-worker: MPI_Init failed\n");
         return 1;
     }
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    worker_log_init(rank, options.log_level);
-    int rc = worker_run(&options, &stop_requested);
-    if (rc != 0) {
+    worker_log_t log = {.rank = 0, .level = options.log_level};
+    MPI_Comm_rank(MPI_COMM_WORLD, &log.rank);
+    worker_status_t rc = worker_run(&options, &log, &stop_requested);
+    if (rc != WORKER_OK) {
         /* One rank failing ends the job: the launcher restarts it and the
          * broker re-queues what this pipeline held. */
-        worker_log(WORKER_LOG_ERROR, "stopping the MPI job after an error");
+        worker_log(&log, WORKER_LOG_ERROR, "stopping the MPI job after an error (%s)",
+                   worker_status_str(rc));
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
     MPI_Finalize();
-    return rc;
+    return rc == WORKER_OK ? 0 : 1;
 }

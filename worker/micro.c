@@ -53,6 +53,36 @@ void worker_micro_destroy(worker_micro_t **self_p)
     *self_p = NULL;
 }
 
+/* Moves rows [from, batch) of one input array to start at row to. */
+static void shift_rows(void *base, size_t elem, int64_t seq, int64_t to, int64_t from, int64_t batch)
+{
+    if (!base || from >= batch)
+        return;
+    char *bytes = base;
+    memmove(bytes + (size_t)(to * seq) * elem, bytes + (size_t)(from * seq) * elem,
+            (size_t)((batch - from) * seq) * elem);
+}
+
+void worker_micro_drop_item(worker_micro_t *m, int index)
+{
+    worker_item_t *gone = &m->items[index];
+    const int64_t to = gone->row0, from = gone->row0 + gone->rows;
+    shift_rows(m->input_ids, sizeof(int64_t), m->seq, to, from, m->batch);
+    shift_rows(m->attention_mask, sizeof(int64_t), m->seq, to, from, m->batch);
+    shift_rows(m->position_ids, sizeof(int64_t), m->seq, to, from, m->batch);
+    shift_rows(m->langs, sizeof(int64_t), m->seq, to, from, m->batch);
+    shift_rows(m->token_type_ids, sizeof(int64_t), m->seq, to, from, m->batch);
+    shift_rows(m->p_mask, sizeof(float), m->seq, to, from, m->batch);
+    m->batch -= gone->rows;
+    free(gone->windows);
+    free(gone->copies);
+    for (int i = index + 1; i < m->n_items; i++) {
+        m->items[i - 1] = m->items[i];
+        m->items[i - 1].row0 -= from - to;
+    }
+    m->n_items--;
+}
+
 shard_inputs_t worker_micro_inputs(const worker_micro_t *m)
 {
     return (shard_inputs_t){.batch = m->batch, .seq = m->seq, .input_ids = m->input_ids,

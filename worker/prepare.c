@@ -69,7 +69,7 @@ static void fill_row(worker_prepared_t *p, const shard_config_t *c, const Xlm__T
 }
 
 static proto_status_t prepare_tokens(worker_prepared_t *p, const shard_config_t *c,
-                                     const Xlm__TokenInput *t, char *message, size_t message_size)
+                                     const Xlm__TokenInput *t, proto_error_t *perr)
 {
     int64_t longest = 0;
     for (size_t r = 0; r < t->n_lengths; r++)
@@ -77,13 +77,12 @@ static proto_status_t prepare_tokens(worker_prepared_t *p, const shard_config_t 
     p->item.rows = (int64_t)t->n_lengths;
     p->item.seq = longest;
     if (!t->n_position_ids && longest > c->max_position_embeddings) {
-        snprintf(message, message_size, "a row of %lld tokens exceeds max_position_embeddings %lld",
-                 (long long)longest, (long long)c->max_position_embeddings);
-        return PROTO_STATUS_TOO_LARGE;
+        return proto_error_set(perr, PROTO_STATUS_TOO_LARGE,
+                               "a row of %lld tokens exceeds max_position_embeddings %lld",
+                               (long long)longest, (long long)c->max_position_embeddings);
     }
     if (!alloc_rows(p, t->n_langs > 0, t->n_token_type_ids > 0, t->n_p_mask > 0)) {
-        snprintf(message, message_size, "out of memory");
-        return PROTO_STATUS_INTERNAL;
+        return proto_error_set(perr, PROTO_STATUS_INTERNAL, "out of memory");
     }
     size_t offset = 0;
     for (size_t r = 0; r < t->n_lengths; r++) {
@@ -111,7 +110,7 @@ static shard_status_t encode_row(const worker_stage_t *st, const Xlm__TextRow *r
 }
 
 static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *st,
-                                   const Xlm__TextInput *text, char *message, size_t message_size)
+                                   const Xlm__TextInput *text, proto_error_t *perr)
 {
     const shard_config_t *c = st->config;
     uint64_t start = worker_now_us();
@@ -120,12 +119,11 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
         shard_encoding_init(&rows[r]);
     if (!st->tokenizer) {
         free(rows);
-        snprintf(message, message_size, "this worker has no tokenizer for text input");
-        return PROTO_STATUS_BAD_REQUEST;
+        return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
+                               "this worker has no tokenizer for text input");
     }
     if (!rows) {
-        snprintf(message, message_size, "out of memory");
-        return PROTO_STATUS_INTERNAL;
+        return proto_error_set(perr, PROTO_STATUS_INTERNAL, "out of memory");
     }
     proto_status_t status = PROTO_STATUS_OK;
     int64_t longest = 0;
@@ -133,33 +131,31 @@ static proto_status_t prepare_text(worker_prepared_t *p, const worker_stage_t *s
         const Xlm__TextRow *row = text->rows[r];
         shard_error_t err = {0};
         if (row->n_segments < 1 || row->n_segments > 2) {
-            snprintf(message, message_size, "text row %zu has %zu segments, expected 1 or 2", r,
-                     row->n_segments);
-            status = PROTO_STATUS_BAD_REQUEST;
+            status = proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
+                                     "text row %zu has %zu segments, expected 1 or 2", r,
+                                     row->n_segments);
         } else if (encode_row(st, row, &rows[r], &err)) {
-            snprintf(message, message_size, "text row %zu: %s", r, err.message);
-            status = worker_status_of(err.code);
+            status = proto_error_set(perr, worker_status_of(err.code), "text row %zu: %s", r,
+                                     err.message);
         } else {
             longest = (int64_t)rows[r].length > longest ? (int64_t)rows[r].length : longest;
         }
     }
     if (status == PROTO_STATUS_OK && longest > c->max_position_embeddings) {
-        snprintf(message, message_size, "a text row of %lld tokens exceeds max_position_embeddings %lld",
-                 (long long)longest, (long long)c->max_position_embeddings);
-        status = PROTO_STATUS_TOO_LARGE;
+        status = proto_error_set(perr, PROTO_STATUS_TOO_LARGE,
+                                 "a text row of %lld tokens exceeds max_position_embeddings %lld",
+                                 (long long)longest, (long long)c->max_position_embeddings);
     }
     /* Languages travel with the tokens when the model embeds them. */
     const bool langs = c->n_langs > 1 && c->use_lang_emb;
     p->item.rows = (int64_t)text->n_rows;
     p->item.seq = longest;
     if (status == PROTO_STATUS_OK && !alloc_rows(p, langs, false, false)) {
-        snprintf(message, message_size, "out of memory");
-        status = PROTO_STATUS_INTERNAL;
+        status = proto_error_set(perr, PROTO_STATUS_INTERNAL, "out of memory");
     }
     if (status == PROTO_STATUS_OK &&
         !(p->segments = calloc(text->n_rows ? text->n_rows : 1, sizeof *p->segments))) {
-        snprintf(message, message_size, "out of memory");
-        status = PROTO_STATUS_INTERNAL;
+        status = proto_error_set(perr, PROTO_STATUS_INTERNAL, "out of memory");
     }
     for (size_t r = 0; status == PROTO_STATUS_OK && r < text->n_rows; r++) {
         p->segments[r] = (shard_score_layout_t){
@@ -191,17 +187,17 @@ static int64_t lang_of_code(const shard_config_t *c, const char *code)
 }
 
 static proto_status_t prepare_generate(worker_prepared_t *p, const shard_config_t *c,
-                                       const Xlm__Request *req, char *message, size_t message_size)
+                                       const Xlm__Request *req, proto_error_t *perr)
 {
     const Xlm__Generate *g = req->generate;
     if (!g || g->steps < 1 || p->item.rows != 1) {
-        snprintf(message, message_size, "generate takes one row and steps > 0");
-        return PROTO_STATUS_BAD_REQUEST;
+        return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
+                               "generate takes one row and steps > 0");
     }
     if (p->item.seq + g->steps > c->max_position_embeddings) {
-        snprintf(message, message_size, "%lld tokens plus %lld steps exceed max_position_embeddings %lld",
-                 (long long)p->item.seq, (long long)g->steps, (long long)c->max_position_embeddings);
-        return PROTO_STATUS_TOO_LARGE;
+        return proto_error_set(perr, PROTO_STATUS_TOO_LARGE,
+                               "%lld tokens plus %lld steps exceed max_position_embeddings %lld",
+                               (long long)p->item.seq, (long long)g->steps, (long long)c->max_position_embeddings);
     }
     p->steps = g->steps;
     p->lang_fill = p->langs ? p->langs[p->item.seq - 1] : 0;
@@ -210,8 +206,8 @@ static proto_status_t prepare_generate(worker_prepared_t *p, const shard_config_
     else if (g->lang_fill_case == XLM__GENERATE__LANG_FILL_LANG_FILL_CODE)
         p->lang_fill = lang_of_code(c, g->lang_fill_code);
     if (p->langs && (p->lang_fill < 0 || p->lang_fill >= c->n_langs)) {
-        snprintf(message, message_size, "generate: lang_fill is not a language of the model");
-        return PROTO_STATUS_BAD_REQUEST;
+        return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
+                               "generate: lang_fill is not a language of the model");
     }
     return PROTO_STATUS_OK;
 }
@@ -227,21 +223,18 @@ static int64_t row_length(const worker_prepared_t *p, int64_t r)
 }
 
 /* Masked copies replace the rows: one per scored position. */
-static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st, char *message,
-                                 size_t message_size)
+static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st, proto_error_t *perr)
 {
     const int64_t seq = p->item.seq;
     const int64_t copies = shard_pll_count(p->item.windows, p->item.orig_rows);
     if (copies == 0) {
-        snprintf(message, message_size, "mlm_pll: no position to score");
-        return PROTO_STATUS_BAD_REQUEST;
+        return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST, "mlm_pll: no position to score");
     }
     if (copies * seq > (int64_t)st->batch_tokens) { /* copies are unpadded rows */
-        snprintf(message, message_size,
-                 "mlm_pll: %lld masked copies of %lld tokens exceed the worker's %llu tokens per "
+        return proto_error_set(perr, PROTO_STATUS_TOO_LARGE,
+                               "mlm_pll: %lld masked copies of %lld tokens exceed the worker's %llu tokens per "
                  "micro-batch (xlm-worker --max-batch-tokens)", (long long)copies, (long long)seq,
-                 (unsigned long long)st->batch_tokens);
-        return PROTO_STATUS_TOO_LARGE;
+                               (unsigned long long)st->batch_tokens);
     }
     const shard_inputs_t rows = {.batch = p->item.orig_rows, .seq = seq, .input_ids = p->ids,
                                  .attention_mask = p->mask, .langs = p->langs,
@@ -255,8 +248,7 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
         status = shard_pll_batch(st->config, &rows, copy, copies, &batch, &err);
     if (status) {
         free(copy);
-        snprintf(message, message_size, "mlm_pll: %s", err.message);
-        return worker_status_of(status);
+        return proto_error_set(perr, worker_status_of(status), "mlm_pll: %s", err.message);
     }
     free(p->ids);
     free(p->mask);
@@ -276,7 +268,7 @@ static proto_status_t expand_pll(worker_prepared_t *p, const worker_stage_t *st,
 }
 
 static proto_status_t prepare_scoring(worker_prepared_t *p, const worker_stage_t *st,
-                                      const Xlm__Request *req, char *message, size_t message_size)
+                                      const Xlm__Request *req, proto_error_t *perr)
 {
     const bool pll = worker_task(req->task)->call == WORKER_CALL_MASKED_LOGPROB;
     const int64_t rows = p->item.rows;
@@ -284,8 +276,7 @@ static proto_status_t prepare_scoring(worker_prepared_t *p, const worker_stage_t
     p->item.return_tokens = req->return_tokens;
     p->item.windows = calloc((size_t)rows, sizeof *p->item.windows);
     if (!p->item.windows) {
-        snprintf(message, message_size, "out of memory");
-        return PROTO_STATUS_INTERNAL;
+        return proto_error_set(perr, PROTO_STATUS_INTERNAL, "out of memory");
     }
     const shard_score_mode_t mode = pll ? SHARD_SCORE_MLM_PLL : SHARD_SCORE_CLM;
     for (int64_t r = 0; r < rows; r++) {
@@ -299,55 +290,54 @@ static proto_status_t prepare_scoring(worker_prepared_t *p, const worker_stage_t
             w.to = req->score_to[r];
         const int64_t from = w.from, to = w.to;
         if (!shard_score_window_fits(mode, w, len)) {
-            snprintf(message, message_size, "row %lld: scored positions [%lld, %lld) are not "
+            return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
+                                   "row %lld: scored positions [%lld, %lld) are not "
                      "inside its %lld tokens%s", (long long)r, (long long)from, (long long)to,
-                     (long long)len, pll ? "" : " (clm_score starts at 1 or later)");
-            return PROTO_STATUS_BAD_REQUEST;
+                                   (long long)len, pll ? "" : " (clm_score starts at 1 or later)");
         }
         p->item.windows[r] = w;
     }
-    return pll ? expand_pll(p, st, message, message_size) : PROTO_STATUS_OK;
+    return pll ? expand_pll(p, st, perr) : PROTO_STATUS_OK;
 }
 
 proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
-                              const Xlm__Request *req, char *message, size_t message_size)
+                              const Xlm__Request *req, proto_error_t *perr)
 {
     const shard_config_t *c = st->config;
     const proto_task_info_t *info = proto_task_info((proto_task_t)req->task);
     proto_status_t status;
     if (!info || !worker_task(req->task)) {
-        snprintf(message, message_size, "worker_prepare: task %d, expected a wire task the "
+        return proto_error_set(perr, PROTO_STATUS_UNKNOWN_TASK,
+                               "worker_prepare: task %d, expected a wire task the "
                  "worker maps (0 to %d)", (int)req->task, PROTO_TASK_COUNT_ - 1);
-        return PROTO_STATUS_UNKNOWN_TASK;
     }
     p->item.task = (int32_t)req->task;
     p->item.n_choices = info->n_choices ? req->n_choices : 0;
     snprintf(p->item.id, sizeof p->item.id, "%s", req->id);
     if (req->input_case == XLM__REQUEST__INPUT_TOKENS)
-        status = prepare_tokens(p, c, req->tokens, message, message_size);
+        status = prepare_tokens(p, c, req->tokens, perr);
     else if (req->input_case == XLM__REQUEST__INPUT_TEXT)
-        status = prepare_text(p, st, req->text, message, message_size);
+        status = prepare_text(p, st, req->text, perr);
     else {
-        snprintf(message, message_size, "the request has no input");
-        status = PROTO_STATUS_BAD_REQUEST;
+        status = proto_error_set(perr, PROTO_STATUS_BAD_REQUEST, "the request has no input");
     }
     if (status != PROTO_STATUS_OK)
         return status;
     if (p->item.rows < 1 || p->item.seq < 1) {
-        snprintf(message, message_size, "empty input: %lld rows of %lld tokens",
-                 (long long)p->item.rows, (long long)p->item.seq);
-        return PROTO_STATUS_BAD_REQUEST;
+        return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
+                               "empty input: %lld rows of %lld tokens",
+                               (long long)p->item.rows, (long long)p->item.seq);
     }
     if (p->item.n_choices > 0 && p->item.rows % p->item.n_choices != 0) {
-        snprintf(message, message_size, "%lld rows do not split into examples of %lld choices",
-                 (long long)p->item.rows, (long long)p->item.n_choices);
-        return PROTO_STATUS_BAD_REQUEST;
+        return proto_error_set(perr, PROTO_STATUS_BAD_REQUEST,
+                               "%lld rows do not split into examples of %lld choices",
+                               (long long)p->item.rows, (long long)p->item.n_choices);
     }
     if (info->kind == PROTO_TASK_KIND_SCORE &&
-        (status = prepare_scoring(p, st, req, message, message_size)) != PROTO_STATUS_OK)
+        (status = prepare_scoring(p, st, req, perr)) != PROTO_STATUS_OK)
         return status;
     if (info->kind == PROTO_TASK_KIND_GENERATE &&
-        (status = prepare_generate(p, c, req, message, message_size)) != PROTO_STATUS_OK)
+        (status = prepare_generate(p, c, req, perr)) != PROTO_STATUS_OK)
         return status;
     p->tokens = 0;
     for (int64_t i = 0; i < p->item.rows * p->item.seq; i++)
@@ -359,8 +349,7 @@ proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
                          .p_mask = p->p_mask};
     shard_error_t err = {0};
     if (shard_inputs_check(c, &in, &err)) {
-        snprintf(message, message_size, "%s", err.message);
-        return worker_status_of(err.code);
+        return proto_error_set(perr, worker_status_of(err.code), "%s", err.message);
     }
     return PROTO_STATUS_OK;
 }

@@ -1,10 +1,9 @@
-/* stage.h (internal to worker/): one rank's stage of a pipeline. */
+/* stage.h (internal to worker/): one rank's stage of a pipeline, and what
+ * the files of a rank share (their order: worker_internal.h). */
 #ifndef XLM_WORKER_STAGE_H
 #define XLM_WORKER_STAGE_H
 
 #include "worker_internal.h"
-
-#include <signal.h>
 
 /* A request of a Batch made ready for a micro-batch (stage 0). */
 typedef struct {
@@ -20,7 +19,8 @@ typedef struct {
 
 typedef struct worker_stage {
     const worker_options_t *options;
-    const atomic_int *stop; /* the caller's: non-zero asks to drain and stop (borrowed) */
+    const worker_log_t *log; /* the caller's (borrowed) */
+    const atomic_int *stop;  /* the caller's: non-zero asks to drain and stop (borrowed) */
     int stage, n_stages, pipeline_index, world_rank;
     MPI_Comm comm; /* this pipeline's ranks, rank = stage */
     shard_model_t *model;
@@ -34,6 +34,9 @@ typedef struct worker_stage {
     size_t packet_capacity;
     uint64_t batch_tokens; /* positions a micro-batch may hold */
     uint64_t micro_counter;
+    /* The last stage: micro-batches finished, and when it last told the
+     * broker so without a reply (Heartbeat.progress). */
+    uint64_t progress, progress_sent_us;
 } worker_stage_t;
 
 /* One of two send buffers towards the next stage. */
@@ -44,27 +47,53 @@ typedef struct {
 
 enum { TAG_ACTIVATIONS = 1, TAG_FEEDBACK = 2 };
 
+/* ------------------------------------------------------------ prepare.c */
 
-void worker_idle_pause(uint64_t idle_since_us);
-int worker_send_next(worker_stage_t *st, slot_t *slots, int *next_slot, worker_micro_t *m);
-
+/* A request's own errors are the client's: a wire status, and perr's
+ * message naming the bad value and what was expected (perr->id kept). */
 proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
-                              const Xlm__Request *req, char *message, size_t message_size);
+                              const Xlm__Request *req, proto_error_t *perr);
 void worker_prepared_clear(worker_prepared_t *p);
 
-/* The batcher (first.c): whether p alone fits a micro-batch of budget
- * tokens (its unmasked tokens, and its padded ones within
- * PROTO_PADDED_FACTOR x budget); and the end of the micro-batch that starts
- * at preps[first] of n: the requests after it of its signature (langs and
- * token types given or not), not generations, while both counts still fit. */
+/* ------------------------------------------------------------ last.c */
+
+/* The last stage's work on a micro-batch that went through every layer:
+ * heads and replies (or, for a generation step, the next token: -1 when
+ * the step failed, said in the log). */
+worker_status_t worker_finish_micro(worker_stage_t *st, worker_micro_t *micro,
+                                    int64_t *next_token, worker_error_t *err);
+/* Counts a finished micro-batch; one that sent no reply (a generation
+ * step) is reported to the broker, at most twice per heartbeat interval,
+ * so that a long generation is not taken for a hung pipeline. */
+worker_status_t worker_note_progress(worker_stage_t *st, bool replied, worker_error_t *err);
+
+/* ------------------------------------------------------------ ring.c */
+
+/* Sleeps between polls of an idle stage: short right after work, longer the
+ * longer it has been idle, so that many idle ranks on few cores stay cheap. */
+void worker_idle_pause(uint64_t idle_since_us);
+/* Sends a micro-batch's packet to the next stage from one of two slots,
+ * waiting for the slot's previous send first: at most two outstanding. */
+worker_status_t worker_send_next(worker_stage_t *st, slot_t *slots, int *next_slot,
+                                 worker_micro_t *m, worker_error_t *err);
+/* Stages 1..: receive, run the layers, pass on or finish, until stage 0's
+ * shutdown packet (or the broker's order to end the job). */
+worker_status_t worker_run_next(worker_stage_t *st, worker_error_t *err);
+
+/* ------------------------------------------------------------ batcher.c */
+
+/* Whether p alone fits a micro-batch of budget tokens (its unmasked
+ * tokens, and its padded ones within PROTO_PADDED_FACTOR x budget); and
+ * the end of the micro-batch that starts at preps[first] of n: the
+ * requests after it of its signature (langs and token types given or not),
+ * not generations, while both counts still fit. */
 bool worker_fits_budget(const worker_prepared_t *p, uint64_t budget);
 size_t worker_group_end(const worker_prepared_t *preps, size_t first, size_t n, uint64_t budget);
 
-/* The last stage's work on a micro-batch that went through every layer:
- * heads and replies (or, for a generation step, the next token). */
-int worker_finish_micro(worker_stage_t *st, worker_micro_t *micro, int64_t *next_token);
+/* ------------------------------------------------------------ first.c */
 
-int worker_run_first(worker_stage_t *st);
-int worker_run_next(worker_stage_t *st);
+/* Stage 0: registers, takes Batches, computes the first layers and feeds
+ * the ring until *st->stop (drained) or an error. */
+worker_status_t worker_run_first(worker_stage_t *st, worker_error_t *err);
 
 #endif

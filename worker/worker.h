@@ -25,6 +25,34 @@ typedef enum { WORKER_LOG_ERROR = 0, WORKER_LOG_WARN, WORKER_LOG_INFO, WORKER_LO
 /* "error", "warn", "info", "debug"; WORKER_LOG_COUNT_ when unknown. */
 worker_log_level_t worker_log_level_from_name(const char *name);
 
+/* Where a rank's lines go: the caller's (main.c makes it once MPI knows
+ * the rank), passed down, never a global. Lines under level are skipped;
+ * each says the time, the program, the level and the rank, on stderr. */
+typedef struct {
+    int rank;
+    worker_log_level_t level;
+} worker_log_t;
+
+void worker_log(const worker_log_t *log, worker_log_level_t level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+typedef enum {
+    WORKER_OK = 0,
+    WORKER_ERR_MPI = -1,     /* an MPI call failed */
+    WORKER_ERR_ZMQ = -2,     /* a ZeroMQ call failed (socket, connect, send) */
+    WORKER_ERR_NOMEM = -3,
+    WORKER_ERR_PACKET = -4,  /* a packet between stages is malformed or does not fit */
+    WORKER_ERR_ENGINE = -5,  /* the engine failed on a whole micro-batch */
+    WORKER_ERR_CONFIG = -6,  /* the options and the checkpoint make no pipeline */
+    WORKER_ERR_WIRE = -7,    /* a message could not be packed, or did not decode */
+    WORKER_ERR_REFUSED = -8, /* the broker refused the pipeline's id */
+    WORKER_ERR_STALLED = -9, /* the broker declared the pipeline dead */
+    WORKER_STATUS_COUNT_ = 10
+} worker_status_t;
+
+/* "ok", "mpi_error", ...; "unknown" out of range. */
+const char *worker_status_str(worker_status_t status);
+
 typedef struct {
     const char *model_dir;   /* checkpoint folder */
     const char *broker;      /* broker backend endpoint, e.g. tcp://127.0.0.1:5556 */
@@ -57,8 +85,10 @@ shard_status_t worker_plan_layers(const shard_config_t *config, int n_stages,
 
 /* Runs this rank until *stop becomes non-zero (the caller sets it, e.g.
  * from its SIGTERM handler: the pipeline drains, then stops) or a fatal
- * error. Installs no signal handler. Needs MPI initialised. Returns 0, or 1
- * after logging the error. */
-int worker_run(const worker_options_t *options, const atomic_int *stop);
+ * error. Installs no signal handler. Needs MPI initialised. Logs through
+ * log (borrowed). Returns WORKER_OK, or the error's status after logging
+ * it: the caller then ends the MPI job (one rank failing ends it). */
+worker_status_t worker_run(const worker_options_t *options, const worker_log_t *log,
+                           const atomic_int *stop);
 
 #endif

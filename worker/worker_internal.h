@@ -1,4 +1,23 @@
-/* worker_internal.h: what worker/'s files share. */
+/* worker_internal.h: what worker/'s files share.
+ *
+ * Files, each calling only the ones above it (no cycles):
+ *   log.c       the logger context, errors, the MPI check
+ *   tasks.c     wire task -> engine call;   plan.c   layers per stage
+ *   micro.c     micro-batches and their packets
+ *   link.c      a ZeroMQ link to the broker, reply packing
+ *   prepare.c   stage 0: a Request made ready for a micro-batch (stage.h)
+ *   last.c      the last stage: heads, scores, replies, progress
+ *   ring.c      the MPI ring: sends to the next stage, stages 1.. loop
+ *   queue.c     stage 0: its state, the queue of micro-batches, error replies (first.h)
+ *   generate.c  stage 0: greedy generation jobs
+ *   batcher.c   stage 0: Batches into micro-batches, cancelled tickets out
+ *   register.c  stage 0: Ready, heartbeats (its own thread), disconnect
+ *   first.c     stage 0: the loop (broker messages, compute, feedback)
+ *   stage.c     a rank's set-up and worker_run
+ *
+ * Errors: functions return WORKER_OK or a negative worker_status_t and fill
+ * the caller's worker_error_t naming the function, the bad value and what
+ * was expected; the layer that decides (the loops, worker_run) logs. */
 #ifndef XLM_WORKER_INTERNAL_H
 #define XLM_WORKER_INTERNAL_H
 
@@ -8,18 +27,24 @@
 #include <mpi.h>
 #include <stdio.h>
 
-/* ------------------------------------------------------------ logging */
+/* ------------------------------------------------------------ errors */
 
-void worker_log_init(int world_rank, worker_log_level_t level);
-void worker_log(worker_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+typedef struct {
+    worker_status_t code;
+    char message[512];
+} worker_error_t;
+
+/* Sets err (may be NULL) and returns code. */
+worker_status_t worker_error_set(worker_error_t *err, worker_status_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 uint64_t worker_now_us(void);
 
-/* Every MPI call goes through this: errors return (MPI_ERRORS_RETURN) and
- * are reported with the call that failed. */
-#define WORKER_MPI(call)                                                              \
-    worker_mpi_check((call), #call, __FILE__, __LINE__)
-int worker_mpi_check(int rc, const char *what, const char *file, int line);
+/* Every MPI call goes through this: errors return (MPI_ERRORS_RETURN) as
+ * WORKER_ERR_MPI naming the calling function, the call and MPI's reason. */
+#define WORKER_MPI(call, err) worker_mpi_check((call), #call, __func__, (err))
+worker_status_t worker_mpi_check(int rc, const char *call, const char *function,
+                                 worker_error_t *err);
 
 /* ------------------------------------------------------------ tasks */
 
@@ -96,6 +121,9 @@ typedef struct {
 worker_micro_t *worker_micro_new(micro_kind_t kind, int64_t batch, int64_t seq, int n_items,
                                  bool langs, bool token_types, bool p_mask);
 void worker_micro_destroy(worker_micro_t **self_p);
+/* Takes request index out of a micro-batch that has not run yet: its rows
+ * go, the later requests' rows move up. */
+void worker_micro_drop_item(worker_micro_t *m, int index);
 /* Inputs of the whole micro-batch, for shard_embed. */
 shard_inputs_t worker_micro_inputs(const worker_micro_t *micro);
 /* Inputs of one request (copied rows, its own seq) for the heads; free with
@@ -118,19 +146,33 @@ size_t worker_packet_capacity(int64_t tokens, int64_t emb_dim);
 
 typedef struct worker_link worker_link_t;
 
-worker_link_t *worker_link_new(void *zmq_context, const char *endpoint, const char *pipeline);
+/* NULL with err set when the socket cannot be made or connected. */
+worker_link_t *worker_link_new(void *zmq_context, const char *endpoint, const char *pipeline,
+                               worker_error_t *err);
 void worker_link_destroy(worker_link_t **self_p);
 /* Sends a WorkerMessage (pipeline and version set here) and extra frames. */
-int worker_link_send(worker_link_t *link, Xlm__WorkerMessage *msg, uint8_t **frames,
-                     size_t *frame_sizes, size_t n_frames);
-/* Waits up to timeout_ms for a message; 1 with *msg and its extra frames,
- * 0 on timeout, -1 on error. Frames are malloc'd copies. */
-int worker_link_recv(worker_link_t *link, int timeout_ms, Xlm__WorkerMessage **msg,
-                     uint8_t ***frames, size_t **frame_sizes, size_t *n_frames);
+worker_status_t worker_link_send(worker_link_t *link, Xlm__WorkerMessage *msg, uint8_t **frames,
+                                 size_t *frame_sizes, size_t n_frames, worker_error_t *err);
+/* Waits up to timeout_ms for a message: *got true with *msg and its extra
+ * frames (malloc'd copies), false on timeout. A message that does not
+ * decode is dropped with WORKER_ERR_WIRE (the link stays usable). */
+worker_status_t worker_link_recv(worker_link_t *link, int timeout_ms, bool *got,
+                                 Xlm__WorkerMessage **msg, uint8_t ***frames,
+                                 size_t **frame_sizes, size_t *n_frames, worker_error_t *err);
 void worker_link_frames_free(uint8_t **frames, size_t *frame_sizes, size_t n_frames);
-void *worker_link_socket(worker_link_t *link);
+/* Gives credit back without a reply (work dropped before it ran). */
+worker_status_t worker_link_send_credit(worker_link_t *link, uint32_t credit, worker_error_t *err);
+/* The last stage's sign that the pipeline advanced without a reply to
+ * show it (a generation step): progress counts its finished micro-batches. */
+worker_status_t worker_link_send_progress(worker_link_t *link, uint32_t heartbeat_ms,
+                                          uint64_t progress, worker_error_t *err);
+/* Reads what waits on the socket, without blocking: WORKER_ERR_STALLED
+ * (the reason in err) when the broker declared the pipeline dead
+ * (Disconnect.stalled). The rest is dropped: only stage 0's socket takes
+ * the broker's orders. */
+worker_status_t worker_link_check_stalled(worker_link_t *link, worker_error_t *err);
 /* Drops the socket and connects a new one (after the broker went silent). */
-int worker_link_reconnect(worker_link_t *link);
+worker_status_t worker_link_reconnect(worker_link_t *link, worker_error_t *err);
 
 /* Turns outputs into Response tensors and sends one Reply for the items. */
 typedef struct {
@@ -153,15 +195,18 @@ typedef struct {
 void worker_texts_clear(worker_texts_t *texts);
 
 /* Packs a Response for an item: outputs (may be NULL) or an error; texts
- * (may be NULL) becomes the output "tokens". */
-int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_status_t status,
-                      const char *message, const shard_outputs_t *outputs,
-                      const worker_texts_t *texts,
-                      const uint64_t *stage_us, int n_stages, uint64_t batch_tokens,
-                      uint32_t batch_requests);
+ * (may be NULL) becomes the output "tokens". When the outputs cannot be
+ * encoded it returns WORKER_ERR_WIRE and reply still holds an INTERNAL
+ * answer to send (the request must not be lost), unless reply->frame is
+ * NULL. */
+worker_status_t worker_reply_pack(worker_reply_t *reply, const worker_item_t *item,
+                                  proto_status_t status, const char *message,
+                                  const shard_outputs_t *outputs, const worker_texts_t *texts,
+                                  const uint64_t *stage_us, int n_stages, uint64_t batch_tokens,
+                                  uint32_t batch_requests, worker_error_t *err);
 /* Sends replies (frames freed) with one Reply per batch_id group. */
-int worker_replies_send(worker_link_t *link, worker_reply_t *replies, size_t count,
-                        const uint64_t *stage_us, int n_stages);
+worker_status_t worker_replies_send(worker_link_t *link, worker_reply_t *replies, size_t count,
+                                    const uint64_t *stage_us, int n_stages, worker_error_t *err);
 
 proto_status_t worker_status_of(shard_status_t status);
 

@@ -109,6 +109,50 @@ static void test_same_pipeline_comes_back(void **state)
     expect_each_once(fx, ids, 1, 3000, 300);
 }
 
+/* A pipeline whose stage 0 keeps beating while the work it holds never
+ * comes back (a later stage hung): dead after liveness intervals without
+ * progress, its work runs elsewhere. */
+static void test_hung_pipeline_without_progress_requeued(void **state)
+{
+    fx_t *fx = *state;
+    fake_worker_t *p0 = fx_worker(fx, 0, "tiny", "p0", NULL);
+    fake_worker_set_mode(p0, FAKE_WORKER_PAUSED); /* heartbeats, holds its batches */
+    const char *ids[] = {"h0", "h1", "h2", "h3"};
+    for (int i = 0; i < 4; i++)
+        test_client_send_tokens(fx->client, ids[i], "tiny", PROTO_TASK_BASE, 1, 4 + 8 * i, i, 0);
+    assert_true(fx_wait_received(fx, 4, 2000));
+    fx_worker(fx, 1, "tiny", "p1", NULL);
+    expect_each_once(fx, ids, 4, 3000, 100);
+    assert_int_equal(fake_worker_requests(fx->workers[1]), 4);
+    assert_int_equal(fake_worker_requests(p0), 0);
+    Xlm__ServiceMessage *stats = fx_stats(fx);
+    assert_int_equal(fx_model_stats(stats, "tiny")->requests_requeued, 4);
+    proto_service_free(&stats);
+    fake_worker_set_mode(p0, FAKE_WORKER_NORMAL);
+}
+
+/* A pipeline that holds its work for many liveness intervals while its last
+ * stage reports progress (a long generation) stays alive and answers. */
+static void test_progress_keeps_a_busy_pipeline_alive(void **state)
+{
+    fx_t *fx = *state;
+    fake_worker_t *p0 = fx_worker(fx, 0, "tiny", "p0", NULL);
+    fake_worker_set_mode(p0, FAKE_WORKER_PROGRESSING);
+    const char *ids[] = {"g0", "g1"};
+    for (int i = 0; i < 2; i++)
+        test_client_send_tokens(fx->client, ids[i], "tiny", PROTO_TASK_BASE, 1, 4, i, 0);
+    assert_true(fx_wait_received(fx, 2, 2000));
+    usleep(1200 * 1000); /* four times the 300 ms the broker allows without progress */
+    Xlm__ServiceMessage *stats = fx_stats(fx);
+    assert_int_equal(fx_model_stats(stats, "tiny")->pipelines_alive, 1);
+    assert_int_equal(fx_model_stats(stats, "tiny")->requests_requeued, 0);
+    assert_int_equal(fx_model_stats(stats, "tiny")->in_flight, 2);
+    proto_service_free(&stats);
+    fake_worker_set_mode(p0, FAKE_WORKER_NORMAL);
+    expect_each_once(fx, ids, 2, 2000, 100);
+    assert_int_equal(fake_worker_registrations(p0), 1);
+}
+
 static void credit_two(fake_worker_config_t *c)
 {
     c->credit = 2;
@@ -135,7 +179,7 @@ static void test_retries_run_once(void **state)
 {
     fx_t *fx = *state;
     fake_worker_t *p0 = fx_worker(fx, 0, "tiny", "p0", NULL);
-    fake_worker_set_mode(p0, FAKE_WORKER_PAUSED);
+    fake_worker_set_mode(p0, FAKE_WORKER_PROGRESSING);
     test_client_send_tokens(fx->client, "once", "tiny", PROTO_TASK_BASE, 1, 4, 5, 0);
     test_client_send_tokens(fx->client, "once", "tiny", PROTO_TASK_BASE, 1, 4, 5, 0);
     /* A retry from a new socket (new routing id): the reply goes there. */
@@ -160,6 +204,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_dead_pipeline_requeued_elsewhere, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_pipeline_comes_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hung_pipeline_without_progress_requeued, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_progress_keeps_a_busy_pipeline_alive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_replies_delivered_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_run_once, setup, teardown),
     };

@@ -132,7 +132,7 @@ static void test_batches_by_budget(void **state)
 {
     fx_t *fx = *state;
     fake_worker_t *w = fx_worker(fx, 0, "tiny", "p0", paused_one_credit);
-    fake_worker_set_mode(w, FAKE_WORKER_PAUSED);
+    fake_worker_set_mode(w, FAKE_WORKER_PROGRESSING);
     /* One in flight, 19 queued, lengths spread over 4..60. */
     enum { N = 20 };
     for (int i = 0; i < N; i++) {

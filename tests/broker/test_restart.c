@@ -195,7 +195,7 @@ static void test_sigterm_hands_back_after_drain(void **state)
     const char *const args[] = {"--drain-ms", "300", NULL};
     assert_int_equal(fx_start(fx, args), 0);
     fake_worker_t *w = fx_worker(fx, 0, "tiny", "p0", slow_one_credit);
-    fake_worker_set_mode(w, FAKE_WORKER_PAUSED);
+    fake_worker_set_mode(w, FAKE_WORKER_PROGRESSING);
     test_client_send_tokens(fx->client, "h0", "tiny", PROTO_TASK_BASE, 1, 4, 0, 0);  /* in flight */
     test_client_send_tokens(fx->client, "h1", "tiny", PROTO_TASK_BASE, 1, 40, 0, 0); /* queued */
     assert_true(fx_wait_received(fx, 2, 2000));

@@ -221,7 +221,7 @@ static void test_cancel(void **state)
 {
     fx_t *fx = *state;
     fake_worker_t *w = fx_worker(fx, 0, "tiny", "p0", NULL);
-    fake_worker_set_mode(w, FAKE_WORKER_PAUSED);
+    fake_worker_set_mode(w, FAKE_WORKER_PROGRESSING);
     test_client_send_tokens(fx->client, "c1", "tiny", PROTO_TASK_BASE, 1, 4, 0, 0);
     assert_true(fx_wait_received(fx, 1, 2000)); /* in the pipeline by now */
     test_client_send_cancel(fx->client, "c1");
@@ -248,7 +248,7 @@ static void test_deadlines(void **state)
 {
     fx_t *fx = *state;
     fake_worker_t *w = fx_worker(fx, 0, "tiny", "p0", credit_one);
-    fake_worker_set_mode(w, FAKE_WORKER_PAUSED);
+    fake_worker_set_mode(w, FAKE_WORKER_PROGRESSING);
     /* d1 goes to the pipeline (credit 1) and d2, d3 stay queued. */
     int64_t start = testing_now_us();
     test_client_send_tokens(fx->client, "d1", "tiny", PROTO_TASK_BASE, 1, 4, 0, 200);

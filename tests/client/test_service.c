@@ -433,7 +433,7 @@ static void test_broker_restart(void **state)
 static void test_cancel(void **state)
 {
     svc_t *t = *state;
-    fake_worker_set_mode(t->worker, FAKE_WORKER_PAUSED);
+    fake_worker_set_mode(t->worker, FAKE_WORKER_PROGRESSING);
     one_row_t row;
     assert_int_equal(xlm_client_submit(t->client, one_row(&row, "cx-1", 6, 3), NULL), XLM_OK);
     xlm_result_t *r = NULL;
@@ -455,7 +455,7 @@ static void test_cancel(void **state)
 static void test_deadline(void **state)
 {
     svc_t *t = *state;
-    fake_worker_set_mode(t->worker, FAKE_WORKER_PAUSED);
+    fake_worker_set_mode(t->worker, FAKE_WORKER_PROGRESSING);
     one_row_t row;
     xlm_request_t *rq = one_row(&row, "dl-1", 8, 3);
     rq->deadline_ms = 300;

@@ -131,9 +131,11 @@ e2e_stat() { # field [default]
 e2e_worker_pid() { # rank
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null |
+    # A process may end between the listing and the read: { } 2> silences
+    # the shell's own redirection error too.
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null |
       grep -q "xlm-worker .*--broker tcp://127.0.0.1:$backend " || continue
-    if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+    if { tr '\0' '\n' < "$p/environ"; } 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
       echo "${p#/proc/}"
       return 0
     fi

@@ -105,8 +105,9 @@ static void text_pair_becomes_ids_langs_and_target_window(void **state)
     text_request_t t;
     text_request(&t, XLM__TASK__TASK_CLM_SCORE, "the cat sleeps", "en", "le chat dort", "fr");
     worker_prepared_t p = {0};
-    char message[256] = "";
-    assert_int_equal(worker_prepare(&p, &f->st, &t.req, message, sizeof message), PROTO_STATUS_OK);
+    proto_error_t perr;
+    proto_error_clear(&perr);
+    assert_int_equal(worker_prepare(&p, &f->st, &t.req, &perr), PROTO_STATUS_OK);
     shard_encoding_t enc;
     encode(f, "the cat sleeps", "en", "le chat dort", "fr", &enc);
     assert_int_equal(p.item.rows, 1);
@@ -134,11 +135,12 @@ static void bad_language_is_a_bad_request(void **state)
     text_request_t t;
     text_request(&t, XLM__TASK__TASK_CLM_SCORE, "the cat", "xx", "le chat", "fr");
     worker_prepared_t p = {0};
-    char message[256] = "";
-    assert_int_equal(worker_prepare(&p, &f->st, &t.req, message, sizeof message),
+    proto_error_t perr;
+    proto_error_clear(&perr);
+    assert_int_equal(worker_prepare(&p, &f->st, &t.req, &perr),
                      PROTO_STATUS_BAD_REQUEST);
-    assert_non_null(strstr(message, "text row 0"));
-    assert_non_null(strstr(message, "xx"));
+    assert_non_null(strstr(perr.message, "text row 0"));
+    assert_non_null(strstr(perr.message, "xx"));
     worker_prepared_clear(&p);
 }
 
@@ -150,17 +152,18 @@ static void empty_text_is_a_bad_request(void **state)
      * stage 0's own guard: an empty text leaves mlm_pll nothing to mask. */
     text_request(&t, XLM__TASK__TASK_MLM_PLL, "", "en", NULL, NULL);
     worker_prepared_t p = {0};
-    char message[256] = "";
-    assert_int_equal(worker_prepare(&p, &f->st, &t.req, message, sizeof message),
+    proto_error_t perr;
+    proto_error_clear(&perr);
+    assert_int_equal(worker_prepare(&p, &f->st, &t.req, &perr),
                      PROTO_STATUS_BAD_REQUEST);
-    assert_non_null(strstr(message, "mlm_pll: no position to score"));
+    assert_non_null(strstr(perr.message, "mlm_pll: no position to score"));
     worker_prepared_clear(&p);
     /* no row at all */
     text_request(&t, XLM__TASK__TASK_CLM_SCORE, "x", "en", NULL, NULL);
     t.text.n_rows = 0;
-    assert_int_equal(worker_prepare(&p, &f->st, &t.req, message, sizeof message),
+    assert_int_equal(worker_prepare(&p, &f->st, &t.req, &perr),
                      PROTO_STATUS_BAD_REQUEST);
-    assert_non_null(strstr(message, "empty input: 0 rows"));
+    assert_non_null(strstr(perr.message, "empty input: 0 rows"));
     worker_prepared_clear(&p);
 }
 
@@ -174,10 +177,11 @@ static void text_past_max_positions_is_too_large(void **state)
     text_request_t t;
     text_request(&t, XLM__TASK__TASK_CLM_SCORE, src, "en", "chat", "fr");
     worker_prepared_t p = {0};
-    char message[256] = "";
-    assert_int_equal(worker_prepare(&p, &f->st, &t.req, message, sizeof message),
+    proto_error_t perr;
+    proto_error_clear(&perr);
+    assert_int_equal(worker_prepare(&p, &f->st, &t.req, &perr),
                      PROTO_STATUS_TOO_LARGE);
-    assert_non_null(strstr(message, "exceeds max_position_embeddings 128"));
+    assert_non_null(strstr(perr.message, "exceeds max_position_embeddings 128"));
     worker_prepared_clear(&p);
     free(src);
 }
@@ -193,10 +197,11 @@ static void window_outside_the_row_is_a_bad_request(void **state)
     t.req.n_score_to = 1;
     t.req.score_to = to;
     worker_prepared_t p = {0};
-    char message[256] = "";
-    assert_int_equal(worker_prepare(&p, &f->st, &t.req, message, sizeof message),
+    proto_error_t perr;
+    proto_error_clear(&perr);
+    assert_int_equal(worker_prepare(&p, &f->st, &t.req, &perr),
                      PROTO_STATUS_BAD_REQUEST);
-    assert_non_null(strstr(message, "row 0: scored positions [0, 3)"));
+    assert_non_null(strstr(perr.message, "row 0: scored positions [0, 3)"));
     worker_prepared_clear(&p);
 }
 
@@ -206,8 +211,9 @@ static void pll_expands_into_one_masked_copy_per_target_token(void **state)
     text_request_t t;
     text_request(&t, XLM__TASK__TASK_MLM_PLL, "the cat sleeps", "en", "le chat dort", "fr");
     worker_prepared_t p = {0};
-    char message[256] = "";
-    assert_int_equal(worker_prepare(&p, &f->st, &t.req, message, sizeof message), PROTO_STATUS_OK);
+    proto_error_t perr;
+    proto_error_clear(&perr);
+    assert_int_equal(worker_prepare(&p, &f->st, &t.req, &perr), PROTO_STATUS_OK);
     shard_encoding_t enc;
     encode(f, "the cat sleeps", "en", "le chat dort", "fr", &enc);
     const int64_t seq = (int64_t)enc.length, first = (int64_t)enc.offset_b;
@@ -235,9 +241,9 @@ static void pll_expands_into_one_masked_copy_per_target_token(void **state)
     /* copies past the worker's budget are refused before any is made */
     f->st.batch_tokens = (uint64_t)(n * seq - 1);
     text_request(&t, XLM__TASK__TASK_MLM_PLL, "the cat sleeps", "en", "le chat dort", "fr");
-    assert_int_equal(worker_prepare(&p, &f->st, &t.req, message, sizeof message),
+    assert_int_equal(worker_prepare(&p, &f->st, &t.req, &perr),
                      PROTO_STATUS_TOO_LARGE);
-    assert_non_null(strstr(message, "--max-batch-tokens"));
+    assert_non_null(strstr(perr.message, "--max-batch-tokens"));
     f->st.batch_tokens = 4096;
     worker_prepared_clear(&p);
 }
