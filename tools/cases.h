@@ -54,7 +54,7 @@ char *case_error_json(const char *name, const char *code, const char *message);
 bool case_line_is_blank(const char *line);
 
 /* Writes one result line and frees json; when json is NULL (it could not be
- * formatted) an out_of_memory error line under name instead, so that every
+ * formatted) an internal (out of memory) error line under name instead, so that every
  * input line still gets its line. */
 void case_print(FILE *out, char *json, const char *name);
 
