@@ -26,6 +26,9 @@ e2e_init() { # name build_dir
   run_dir=$(mktemp -d "/tmp/xlm-$1-XXXXXX")
   E2E_PIDS=()
   E2E_STARTED=0
+  # The script's own output, for reports and failures from inside commands
+  # whose output goes to files (e2e_expect_status CMD > out.jsonl).
+  exec {E2E_REPORT}>&1
   trap e2e_cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
@@ -71,8 +74,7 @@ e2e_logs() {
 }
 
 e2e_fail() {
-  echo "$E2E_NAME: FAIL: $*"
-  e2e_logs
+  { echo "$E2E_NAME: FAIL: $*"; e2e_logs; } >&"$E2E_REPORT"
   exit 1
 }
 
