@@ -199,8 +199,8 @@ static shard_status_t parse_kind(const cJSON *root, case_t *c, shard_error_t *er
             c->kind = CASE_CLM_SCORE;
         else if (cJSON_IsString(kind) && strcmp(kind->valuestring, "greedy") == 0)
             c->kind = CASE_GREEDY;
-        else /* the kind names the task, as the head does */
-            return shard_error_set(err, SHARD_ERR_HEAD,
+        else
+            return shard_error_set(err, SHARD_ERR_INPUT,
                                    "unknown kind %s (expected clm_score or greedy)",
                                    cJSON_IsString(kind) ? kind->valuestring : "(not a string)");
     }

@@ -50,7 +50,7 @@ ids='"input_ids":[[0,5,6,1]]'
   printf '{"name":"head_utf8","head":"l\xc3m","inputs":{%s}}\n' "$ids"
   echo "{\"name\":\"clm_score\",\"kind\":\"clm_score\",\"inputs\":{$ids}}"
 } > "$run_dir/cases.jsonl"
-case_codes=(ok bad_request too_large too_large unknown_task unknown_task unknown_task bad_request
+case_codes=(ok bad_request too_large too_large unknown_task unknown_task bad_request bad_request
             bad_request bad_request bad_request bad_request bad_request bad_request bad_request
             bad_request bad_request bad_request bad_request bad_request bad_request bad_request ok)
 
