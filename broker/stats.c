@@ -43,6 +43,10 @@ static bool model_parts_fill(model_parts_t *parts, const broker_model_t *m)
     ms->requests_expired = m->expired;
     ms->requests_cancelled = m->cancelled;
     ms->requests_requeued = m->requeued;
+    if (m->ready && m->ready->ready) { /* borrowed: packed before the model can change */
+        ms->n_tasks = m->ready->ready->n_tasks;
+        ms->tasks = m->ready->ready->tasks;
+    }
     size_t ns = m->n_stages ? m->n_stages : 1, np = m->n_pipelines ? m->n_pipelines : 1;
     parts->stages = calloc(ns, sizeof *parts->stages);
     parts->stage_ptrs = calloc(ns, sizeof *parts->stage_ptrs);

@@ -1,6 +1,7 @@
 /* cases.c: the JSON lines format of cases and results (as in the golden
  * cases.jsonl), shared by xlm-infer and the service's client tool. */
 #include "cases.h"
+#include "errors.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -206,6 +207,27 @@ static shard_status_t parse_kind(const cJSON *root, case_t *c, shard_error_t *er
     return SHARD_OK;
 }
 
+/* What the protocol refuses of a greedy case before any model sees it,
+ * refused in process too so that the line fails the same way. */
+static shard_status_t check_greedy(const case_t *c, shard_error_t *err)
+{
+    if (c->kind == CASE_GREEDY && (c->steps < 1 || c->steps > CASE_MAX_STEPS))
+        return shard_error_set(err, SHARD_ERR_INPUT, "inputs.steps = %lld, expected 1 to %d "
+                               "(tokens to generate)", (long long)c->steps, CASE_MAX_STEPS);
+    return SHARD_OK;
+}
+
+/* JSON text is UTF-8 (RFC 8259); cJSON would pass other bytes on. */
+static shard_status_t check_utf8(const char *line, size_t length, shard_error_t *err)
+{
+    size_t valid = tools_utf8_valid_prefix(line, length);
+    if (valid == length)
+        return SHARD_OK;
+    return shard_error_set(err, SHARD_ERR_UTF8, "the line is not valid UTF-8 (byte 0x%02X at "
+                           "byte %zu): JSON text must be UTF-8", (unsigned char)line[valid],
+                           valid + 1);
+}
+
 shard_status_t case_parse(const char *line, size_t length, case_t *c,
                                 shard_error_t *err)
 {
@@ -217,10 +239,14 @@ shard_status_t case_parse(const char *line, size_t length, case_t *c,
     shard_status_t status = SHARD_OK;
     if (!c->name)
         status = shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
+    else if ((status = check_utf8(line, length, err)))
+        ;
     else if (!cJSON_IsObject(root))
-        status = shard_error_set(err, SHARD_ERR_INPUT, "the line is not a JSON object");
-    else if (!(status = parse_kind(root, c, err)))
-        status = parse_inputs(cJSON_GetObjectItemCaseSensitive(root, "inputs"), c, err);
+        status = shard_error_set(err, SHARD_ERR_INPUT, "the line is not a JSON object "
+                                 "(expected {\"name\": ..., \"inputs\": {...}, ...})");
+    else if (!(status = parse_kind(root, c, err)) &&
+             !(status = parse_inputs(cJSON_GetObjectItemCaseSensitive(root, "inputs"), c, err)))
+        status = check_greedy(c, err);
     cJSON_Delete(root);
     return status;
 }
@@ -260,6 +286,20 @@ shard_status_t case_run(const shard_model_t *model, shard_state_t *state, const 
     return shard_forward(model, state, head, &c->inputs, outputs, err);
 }
 
+/* The broker refuses rows longer than the model's positions before a
+ * worker sees them (too_large); the engine would call them bad input. */
+const char *case_check_limits(const shard_config_t *config, const case_t *c, shard_error_t *err)
+{
+    const int64_t max = config->max_position_embeddings;
+    const int64_t generated = c->kind == CASE_GREEDY ? c->steps : 0;
+    if (c->inputs.position_ids || c->inputs.seq + generated <= max)
+        return NULL;
+    shard_error_set(err, SHARD_ERR_INPUT, "a row has %lld tokens%s, the model takes at most %lld",
+                    (long long)(c->inputs.seq + generated),
+                    generated ? " with the generated ones" : "", (long long)max);
+    return "too_large";
+}
+
 /* ------------------------------------------------------------ writing */
 
 bool case_line_is_blank(const char *line)
@@ -272,12 +312,14 @@ bool case_line_is_blank(const char *line)
 
 void case_print(FILE *out, char *json, const char *name)
 {
-    if (json)
+    if (json) {
         fprintf(out, "%s\n", json);
-    else
-        fprintf(out, "{\"name\":\"%s\",\"error\":{\"code\":\"out_of_memory\",\"message\":"
-                     "\"cannot format the result\"}}\n",
-                name && !strpbrk(name, "\"\\") ? name : "");
+    } else {
+        char *quoted = tools_json_quote(name);
+        fprintf(out, "{\"name\":%s,\"error\":{\"code\":\"internal\",\"message\":"
+                     "\"out of memory: cannot format the result\"}}\n", quoted ? quoted : "\"\"");
+        free(quoted);
+    }
     free(json);
 }
 
@@ -310,17 +352,15 @@ static void append(text_buffer_t *buf, const char *s, size_t n)
 
 static void append_str(text_buffer_t *buf, const char *s) { append(buf, s, strlen(s)); }
 
-/* A JSON string literal, escaped by cJSON. */
+/* A JSON string literal, valid UTF-8 whatever s holds. */
 static void append_json_string(text_buffer_t *buf, const char *s)
 {
-    cJSON *node = cJSON_CreateString(s ? s : "");
-    char *printed = node ? cJSON_PrintUnformatted(node) : NULL;
-    if (printed)
-        append_str(buf, printed);
+    char *quoted = tools_json_quote(s);
+    if (quoted)
+        append_str(buf, quoted);
     else
         buf->failed = true;
-    cJSON_free(printed);
-    cJSON_Delete(node);
+    free(quoted);
 }
 
 static void append_float(text_buffer_t *buf, float value)
@@ -410,15 +450,17 @@ char *case_result_json(const char *name, const shard_outputs_t *outputs)
     return buf.text;
 }
 
-char *case_error_json(const char *name, const shard_error_t *err)
+char *case_error_json(const char *name, const char *code, const char *message)
 {
+    char said[1024];
+    tools_user_message(message, said, sizeof said);
     text_buffer_t buf = {0};
     append_str(&buf, "{\"name\":");
     append_json_string(&buf, name);
     append_str(&buf, ",\"error\":{\"code\":");
-    append_json_string(&buf, shard_status_str(err->code));
+    append_json_string(&buf, code);
     append_str(&buf, ",\"message\":");
-    append_json_string(&buf, err->message);
+    append_json_string(&buf, said);
     append_str(&buf, "}}");
     if (buf.failed) {
         free(buf.text);

@@ -13,6 +13,11 @@
 #include <stddef.h>
 #include <stdio.h>
 
+/* Tokens a greedy case may ask for: the protocol's PROTO_MAX_STEPS (a
+ * test checks that they agree), so that xlm-infer refuses what the service
+ * refuses. */
+enum { CASE_MAX_STEPS = 1 << 16 };
+
 /* One line of the cases format (golden cases.jsonl): a name, a head, the
  * inputs and, for the extra records, a kind. */
 typedef enum {
@@ -32,26 +37,34 @@ typedef struct {
 } case_t;
 
 /* Parses one JSON line. On error the case's name is still set when the line
- * had one, so the error can be reported under it. */
+ * had one, so the error can be reported under it; tools_code_of(status) is
+ * the line's error code. */
 shard_status_t case_parse(const char *line, size_t length, case_t *c,
                                 shard_error_t *err);
 void case_clear(case_t *c);
 
 /* The result line {"name": ..., "outputs": {...}} (malloc'd, no newline). */
 char *case_result_json(const char *name, const shard_outputs_t *outputs);
-/* The error line {"name": ..., "error": {"code": ..., "message": ...}}. */
-char *case_error_json(const char *name, const shard_error_t *err);
+/* The error line {"name": ..., "error": {"code": ..., "message": ...}}:
+ * code one of errors.h's vocabulary, message as a user reads it
+ * (tools_user_message). */
+char *case_error_json(const char *name, const char *code, const char *message);
 
 /* True for a line of only whitespace (the cases format skips those). */
 bool case_line_is_blank(const char *line);
 
 /* Writes one result line and frees json; when json is NULL (it could not be
- * formatted) an out_of_memory error line under name instead, so that every
+ * formatted) an internal (out of memory) error line under name instead, so that every
  * input line still gets its line. */
 void case_print(FILE *out, char *json, const char *name);
 
 /* Runs a parsed case on a whole model (head, clm_score or greedy). */
 shard_status_t case_run(const shard_model_t *model, shard_state_t *state, const case_t *c,
                         shard_outputs_t *outputs, shard_error_t *err);
+
+/* What the service refuses of a case before running it, for the model of
+ * config: NULL, or the line's error code (errors.h) with the message in
+ * err. */
+const char *case_check_limits(const shard_config_t *config, const case_t *c, shard_error_t *err);
 
 #endif /* XLM_TOOLS_CASES_H */

@@ -54,9 +54,45 @@ static bool model_gone(const cJSON *gone, const char *model, char *error, size_t
     return false;
 }
 
+/* The stats name a task by its enum value's name (TASK_CLM_SCORE), the
+ * client library by the protocol's task name (clm_score). */
+static xlm_task_t task_of_enum_name(const char *name)
+{
+    static const char prefix[] = "TASK_";
+    char lower[64];
+    size_t n = 0;
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
+        return XLM_TASK_COUNT_;
+    for (const char *p = name + sizeof prefix - 1; *p && n + 1 < sizeof lower; p++)
+        lower[n++] = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    lower[n] = '\0';
+    return xlm_task_from_name(lower);
+}
+
+static void describe(const cJSON *m, tools_served_t *served)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(m, "name");
+    const cJSON *tasks = cJSON_GetObjectItemCaseSensitive(m, "tasks");
+    const cJSON *t;
+    size_t used = 0;
+    snprintf(served->name, sizeof served->name, "%s", cJSON_IsString(name) ? name->valuestring : "");
+    /* An older broker leaves tasks out; a model whose pipelines have not
+     * registered yet has none: nothing to check against either way. */
+    served->tasks_known = cJSON_IsArray(tasks) && cJSON_GetArraySize(tasks) > 0;
+    const cJSON *listed = served->tasks_known ? tasks : NULL;
+    cJSON_ArrayForEach(t, listed) {
+        xlm_task_t task = cJSON_IsString(t) ? task_of_enum_name(t->valuestring) : XLM_TASK_COUNT_;
+        if (task == XLM_TASK_COUNT_ || served->tasks[task])
+            continue;
+        served->tasks[task] = true;
+        if (used < sizeof served->task_list)
+            used += (size_t)snprintf(served->task_list + used, sizeof served->task_list - used,
+                                     "%s%s", used ? ", " : "", xlm_task_name(task));
+    }
+}
+
 static int check_model(const cJSON *models, const cJSON *gone, const char *endpoint,
-                       const char *model, char *resolved, size_t resolved_size, char *error,
-                       size_t error_size)
+                       const char *model, tools_served_t *served, char *error, size_t error_size)
 {
     char names[512];
     list_names(models, names, sizeof names);
@@ -75,15 +111,14 @@ static int check_model(const cJSON *models, const cJSON *gone, const char *endpo
                      "with --model", endpoint, n, names);
             return -1;
         }
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(only, "name");
-        snprintf(resolved, resolved_size, "%s", cJSON_IsString(name) ? name->valuestring : "");
+        describe(only, served);
         return 0;
     }
     const cJSON *m;
     cJSON_ArrayForEach(m, models) {
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(m, "name");
         if (cJSON_IsString(name) && strcmp(name->valuestring, model) == 0) {
-            snprintf(resolved, resolved_size, "%s", model);
+            describe(m, served);
             return 0;
         }
     }
@@ -93,10 +128,10 @@ static int check_model(const cJSON *models, const cJSON *gone, const char *endpo
 }
 
 int tools_service_check(xlm_client_t *client, const char *endpoint, const char *model,
-                        int timeout_ms, char *resolved, size_t resolved_size, char *error,
-                        size_t error_size)
+                        int timeout_ms, tools_served_t *served, char *error, size_t error_size)
 {
     char *json = NULL;
+    memset(served, 0, sizeof *served);
     if (xlm_client_stats_json(client, timeout_ms, &json) != XLM_OK) {
         snprintf(error, error_size, "cannot reach the broker at %s (no reply to a stats request "
                  "within %g s)", endpoint, timeout_ms / 1000.0);
@@ -114,9 +149,19 @@ int tools_service_check(xlm_client_t *client, const char *endpoint, const char *
         cJSON *none = models ? NULL : cJSON_CreateArray();
         rc = check_model(models ? models : none,
                          cJSON_GetObjectItemCaseSensitive(stats, "models_gone"), endpoint, model,
-                         resolved, resolved_size, error, error_size);
+                         served, error, error_size);
         cJSON_Delete(none);
     }
     cJSON_Delete(stats);
     return rc;
+}
+
+int tools_service_check_task(const tools_served_t *served, xlm_task_t task, char *error,
+                             size_t error_size)
+{
+    if (!served->tasks_known || ((int)task >= 0 && task < XLM_TASK_COUNT_ && served->tasks[task]))
+        return 0;
+    snprintf(error, error_size, "task %s is not served by model '%s' (it serves %s)",
+             xlm_task_name(task), served->name, served->task_list);
+    return -1;
 }

@@ -9,6 +9,8 @@
  */
 #include "cases.h"
 #include "cli.h"
+#include "errors.h"
+#include "service_check.h"
 #include "xlmclient.h"
 
 #include <cjson/cJSON.h>
@@ -40,9 +42,12 @@ static void usage_infer(FILE *out)
           "[\"kind\": \"clm_score\" | \"greedy\"]}. Writes one line per input line, in input order:\n"
           "{\"name\": ..., \"outputs\": {...}} exactly as xlm-infer writes it, or\n"
           "{\"name\": ..., \"error\": {\"code\": ..., \"message\": ...}}: code is the service's\n"
-          "status name (bad_request, unknown_model, deadline_exceeded, unavailable, ...), or\n"
-          "xlm-infer's code (bad_input, ...) for a line that does not parse. The other\n"
-          "lines still run. Blank lines are skipped.\n"
+          "status name (bad_request, too_large, unknown_task, unknown_model,\n"
+          "deadline_exceeded, unavailable, ...), the same as xlm-infer's for the same line.\n"
+          "The other lines still run. Blank lines are skipped.\n"
+          "\n"
+          "Before the first line, one stats request checks the service: reachable, the model\n"
+          "served, and --head's task served by it; otherwise the job does not start.\n"
           "\n"
           "Each case is one request: rows of input_ids padded to the case's length; the\n"
           "line's head (or --head) is the task; \"kind\": \"clm_score\" is task clm_score,\n"
@@ -57,13 +62,14 @@ static void usage_infer(FILE *out)
           "  --attempt-timeout-ms MS  wait for a reply before sending again (default 10000)\n"
           "  --attempts N           sends of one request (default 5)\n"
           "  --deadline-ms MS       deadline of each request (default: the broker's)\n"
+          "  --connect-timeout-ms MS  the stats request that checks the service (default 5000)\n"
           "  --max-errors N         stop once more than N lines failed (default: no limit)\n"
           "  --version              the program's and the wire protocol's versions\n"
           "  --help                 this text\n"
           "\n"
           "Exit status: 0 every line ran; 1 some lines hold an error (counted by code on\n"
-          "stderr); 2 could not run (usage, endpoint); 3 stopped early (--max-errors, the\n"
-          "service lost, output).\n",
+          "stderr); 2 could not run (usage, the service, the model, --head's task): nothing\n"
+          "written; 3 stopped early (--max-errors, the service lost, output).\n",
           out);
 }
 
@@ -95,23 +101,13 @@ static bool parse_int(const char *option, const char *text, long min, long max, 
 
 /* ------------------------------------------------------------ output lines */
 
-static char *error_line(const char *name, const char *code, const char *message)
+/* A library's message on stderr, as a user reads it (errors.h). */
+static void say_error(const char *message)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON *error = cJSON_CreateObject();
-    char *text = NULL;
-    if (root && error && cJSON_AddItemToObject(root, "name", cJSON_CreateString(name ? name : "")) &&
-        cJSON_AddItemToObject(root, "error", error)) {
-        error = NULL; /* owned by root */
-        cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "error");
-        if (cJSON_AddStringToObject(e, "code", code) && cJSON_AddStringToObject(e, "message", message))
-            text = cJSON_PrintUnformatted(root);
-    }
-    cJSON_Delete(error);
-    cJSON_Delete(root);
-    return text;
+    char said[1024];
+    tools_user_message(message, said, sizeof said);
+    fprintf(stderr, "xlm-client: %s\n", said);
 }
-
 
 /* The result's tensors as the engine's outputs, for case_result_json. */
 static bool result_outputs(const xlm_result_t *result, shard_outputs_t *outputs, char *why,
@@ -156,7 +152,7 @@ static char *result_line(const char *name, const xlm_result_t *result, char *cod
 {
     if (xlm_result_code(result) != XLM_CODE_OK) {
         snprintf(code, code_size, "%s", xlm_code_str(xlm_result_code(result)));
-        return error_line(name, code, xlm_result_message(result));
+        return case_error_json(name, code, xlm_result_message(result));
     }
     shard_outputs_t outputs;
     char why[1024];
@@ -164,7 +160,7 @@ static char *result_line(const char *name, const xlm_result_t *result, char *cod
     const bool ok = result_outputs(result, &outputs, why, sizeof why);
     if (!ok)
         snprintf(code, code_size, "internal");
-    char *line = ok ? case_result_json(name, &outputs) : error_line(name, "internal", why);
+    char *line = ok ? case_result_json(name, &outputs) : case_error_json(name, "internal", why);
     shard_outputs_clear(&outputs);
     return line;
 }
@@ -243,8 +239,8 @@ static bool start_line(infer_t *run, entry_t *entry, const char *text, size_t le
     shard_error_t err = {0};
     bool ok = true;
     if (case_parse(text, len, &c, &err)) {
-        entry->line = case_error_json(c.name, &err);
-        snprintf(entry->code, sizeof entry->code, "%s", shard_status_str(err.code));
+        snprintf(entry->code, sizeof entry->code, "%s", tools_code_of(err.code));
+        entry->line = case_error_json(c.name, entry->code, err.message);
     } else {
         xlm_tokens_t tokens = {0};
         xlm_request_t rq;
@@ -255,11 +251,11 @@ static bool start_line(infer_t *run, entry_t *entry, const char *text, size_t le
             snprintf(entry->code, sizeof entry->code, "%s",
                      why || status == XLM_ERR_ARG ? "bad_request" : "internal");
         if (why)
-            entry->line = error_line(c.name, entry->code, why);
+            entry->line = case_error_json(c.name, entry->code, why);
         else if (status == XLM_ERR_ARG || status == XLM_ERR_NOMEM)
-            entry->line = error_line(c.name, entry->code, xlm_client_error(run->client));
+            entry->line = case_error_json(c.name, entry->code, xlm_client_error(run->client));
         else if (status) {
-            fprintf(stderr, "xlm-client: %s\n", xlm_client_error(run->client));
+            say_error(xlm_client_error(run->client));
             ok = false;
         }
         free(lengths);
@@ -276,7 +272,7 @@ static bool finish_first(infer_t *run)
     if (!entry->line) {
         xlm_result_t *result = NULL;
         if (xlm_client_collect(run->client, entry->id, -1, &result)) {
-            fprintf(stderr, "xlm-client: %s\n", xlm_client_error(run->client));
+            say_error(xlm_client_error(run->client));
             return false;
         }
         entry->line = result_line(entry->name, result, entry->code, sizeof entry->code);
@@ -325,6 +321,24 @@ static bool infer_stream(infer_t *run, FILE *in)
     return ok;
 }
 
+/* What would fail every line, refused once before the first (as xlm-score
+ * does): no broker, a model it does not serve, --head's task not served by
+ * the model. A line's own head stays the line's business. */
+static bool check_service(infer_t *run, const char *endpoint, int timeout_ms,
+                          tools_served_t *served)
+{
+    char error[1024];
+    if (tools_service_check(run->client, endpoint, run->model, timeout_ms, served, error,
+                            sizeof error) != 0 ||
+        (run->head != SHARD_HEAD_COUNT_ &&
+         tools_service_check_task(served, xlm_task_from_name(shard_head_name(run->head)), error,
+                                  sizeof error) != 0)) {
+        say_error(error);
+        return false;
+    }
+    return true;
+}
+
 static int cmd_infer(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -333,13 +347,14 @@ static int cmd_infer(int argc, char **argv)
         {"attempt-timeout-ms", required_argument, NULL, 't'},
         {"attempts", required_argument, NULL, 'a'}, {"deadline-ms", required_argument, NULL, 'd'},
         {"max-errors", required_argument, NULL, 'X'}, {"version", no_argument, NULL, 'V'},
+        {"connect-timeout-ms", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     xlm_client_config_t config;
     xlm_client_config_defaults(&config);
     config.window = 16;
     config.attempt_timeout_ms = 10000;
     infer_t run = {.head = SHARD_HEAD_COUNT_, .max_errors = -1};
-    long value;
+    long value, connect_timeout_ms = 5000;
     int opt;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, ":e:m:H:w:t:a:d:h", options, NULL)) != -1) {
@@ -378,6 +393,10 @@ static int cmd_infer(int argc, char **argv)
                 return 2;
             run.max_errors = value;
             break;
+        case 'C':
+            if (!parse_int("--connect-timeout-ms", optarg, 1, 3600000, &connect_timeout_ms))
+                return 2;
+            break;
         case 'V': tools_print_version(stdout, "xlm-client"); return 0;
         case 'h': usage_infer(stdout); return 0;
         default: tools_bad_option(stderr, "xlm-client infer", argv, opt); return 2;
@@ -393,12 +412,16 @@ static int cmd_infer(int argc, char **argv)
     run.client = xlm_client_new(&config, &err);
     run.capacity = config.window;
     run.ring = calloc(run.capacity, sizeof *run.ring);
-    if (!run.client || !run.ring) {
-        fprintf(stderr, "xlm-client: %s\n", run.client ? "out of memory" : err.message);
+    tools_served_t served;
+    if (!run.client || !run.ring ||
+        !check_service(&run, config.endpoint, (int)connect_timeout_ms, &served)) {
+        if (!run.client || !run.ring)
+            say_error(run.client ? "out of memory" : err.message);
         xlm_client_destroy(&run.client);
         free(run.ring);
         return TOOLS_EXIT_CANNOT_RUN;
     }
+    run.model = served.name; /* named from now on, even when it was the only one */
     bool ok = infer_stream(&run, stdin);
     xlm_client_destroy(&run.client);
     free(run.ring);
@@ -441,18 +464,23 @@ static int cmd_stats(int argc, char **argv)
     xlm_error_t err;
     xlm_client_t *client = xlm_client_new(&config, &err);
     if (!client) {
-        fprintf(stderr, "xlm-client: %s\n", err.message);
+        say_error(err.message);
         return 1;
     }
     char *json = NULL;
     int rc = 0;
+    char *valid = NULL;
     if (xlm_client_stats_json(client, (int)timeout_ms, &json)) {
-        fprintf(stderr, "xlm-client: %s\n", xlm_client_error(client));
+        say_error(xlm_client_error(client));
+        rc = 1;
+    } else if (!(valid = tools_json_repair(json))) { /* names may hold any bytes */
+        say_error("out of memory");
         rc = 1;
     } else {
-        puts(json);
+        puts(valid);
         rc = fflush(stdout) == 0 ? 0 : 1;
     }
+    free(valid);
     free(json);
     xlm_client_destroy(&client);
     return rc;

@@ -1,6 +1,7 @@
 /* xlm-infer: runs the engine offline over JSON lines of cases. */
 #include "cases.h"
 #include "cli.h"
+#include "errors.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -50,16 +51,19 @@ static const char *run_line(const shard_model_t *model, shard_state_t *state,
     shard_error_t err = {0};
     shard_outputs_init(&outputs);
     shard_status_t status = case_parse(line, len, &c, &err);
-    if (!status) {
+    const char *code = status ? tools_code_of(status) : NULL;
+    if (!code) {
         if (c.head == SHARD_HEAD_COUNT_)
             c.head = default_head;
-        status = case_run(model, state, &c, &outputs, &err);
+        code = case_check_limits(shard_model_config(model), &c, &err);
     }
-    case_print(stdout, status ? case_error_json(c.name, &err)
-                      : case_result_json(c.name, &outputs), c.name);
+    if (!code && (status = case_run(model, state, &c, &outputs, &err)))
+        code = tools_code_of(status);
+    case_print(stdout, code ? case_error_json(c.name, code, err.message)
+                    : case_result_json(c.name, &outputs), c.name);
     shard_outputs_clear(&outputs);
     case_clear(&c);
-    return status ? shard_status_str(status) : NULL;
+    return code;
 }
 
 int main(int argc, char **argv)
@@ -132,7 +136,9 @@ int main(int argc, char **argv)
                 shard_model_precision_note(model));
     shard_state_t *state = model ? shard_state_new() : NULL;
     if (!state) {
-        fprintf(stderr, "xlm-infer: %s\n", model ? "out of memory" : err.message);
+        char said[1024];
+        tools_user_message(model ? "out of memory" : err.message, said, sizeof said);
+        fprintf(stderr, "xlm-infer: %s\n", said);
         shard_model_destroy(&model);
         return TOOLS_EXIT_CANNOT_RUN;
     }

@@ -3,6 +3,7 @@
 #include "shard_engine.h" /* shard_precision_parse */
 
 #include "cli.h"
+#include "errors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -83,6 +84,14 @@ static void on_signal(int sig)
 {
     (void)sig;
     interrupted = 1;
+}
+
+/* A library's message on stderr, as a user reads it (errors.h). */
+static void say_error(const char *before, const char *message)
+{
+    char said[1024];
+    tools_user_message(message, said, sizeof said);
+    fprintf(stderr, "%sxlm-score: %s\n", before, said);
 }
 
 static double now(void)
@@ -346,7 +355,9 @@ static int deliver(const pass_t *pass, reorder_t *ro, int64_t *next, int64_t rea
         const score_result_t *r = &ro->slots[at];
         if (!r->ok && job_level_code(r->code)) {
             const bool task = strcmp(r->code, "unknown_task") == 0;
-            fprintf(stderr, "xlm-score: the service refused the job: %s (%s)%s\n", r->message,
+            char said[SCORE_MESSAGE_MAX];
+            tools_user_message(r->message, said, sizeof said);
+            fprintf(stderr, "xlm-score: the service refused the job: %s (%s)%s\n", said,
                     r->code, !task ? ""
                     : pass->mode == SCORE_MODE_MLM_PLL ? "; --mode mlm-pll needs a masked LM: a causal LM is scored with --mode clm"
                                                        : "; --mode clm needs a causal LM: a masked LM is scored with --mode mlm-pll");
@@ -418,7 +429,7 @@ static int run_stream(score_backend_t *backend, const cli_options_t *o, const pa
             if (probing && !pair.error_code[0])
                 probe_line = pair.line;
             if (backend->submit(backend, &pair) != 0) {
-                fprintf(stderr, "xlm-score: %s\n", backend->error);
+                say_error("", backend->error);
                 score_pair_clear(&pair);
                 rc = SCORE_EXIT_STOPPED;
             }
@@ -432,7 +443,7 @@ static int run_stream(score_backend_t *backend, const cli_options_t *o, const pa
         score_result_t result;
         int got = backend->collect(backend, &result, 100, exhausted || probe_line);
         if (got < 0) {
-            fprintf(stderr, "\nxlm-score: %s\n", backend->error);
+            say_error("\n", backend->error);
             rc = SCORE_EXIT_STOPPED;
             break;
         }
@@ -927,7 +938,7 @@ int main(int argc, char **argv)
     score_backend_t *backend = o.score.endpoint ? score_backend_service(&o.score, error, sizeof error)
                                                 : score_backend_local(&o.score, error, sizeof error);
     if (!backend) {
-        fprintf(stderr, "xlm-score: %s\n", error);
+        say_error("", error);
         return SCORE_EXIT_CANNOT_RUN;
     }
     int rc = run_job(backend, &o);

@@ -7,6 +7,7 @@
  * Exit status: 0 when every line was read (even with error lines), 1 on a
  * usage or model error, 2 on an output error. */
 #include "cli.h"
+#include "errors.h"
 #include "shard_tokenizer.h"
 
 #include <cjson/cJSON.h>
@@ -61,7 +62,9 @@ static cJSON *error_line(shard_status_t code, const char *message)
     cJSON *root = cJSON_CreateObject();
     cJSON *e = cJSON_AddObjectToObject(root, "error");
     cJSON_AddStringToObject(e, "code", shard_status_str(code));
-    cJSON_AddStringToObject(e, "message", message);
+    char said[1024];
+    tools_user_message(message, said, sizeof said);
+    cJSON_AddStringToObject(e, "message", said);
     return root;
 }
 
@@ -177,7 +180,9 @@ int main(int argc, char **argv)
     shard_error_t err = {0};
     shard_tokenizer_t *tok = shard_tokenizer_open(model, &err);
     if (!tok) {
-        fprintf(stderr, "xlm-tokenize: %s\n", err.message);
+        char said[1024];
+        tools_user_message(err.message, said, sizeof said);
+        fprintf(stderr, "xlm-tokenize: %s\n", said);
         return 1;
     }
     char *line = NULL;
@@ -191,8 +196,11 @@ int main(int argc, char **argv)
         if (len && line[len - 1] == '\r')
             len--;
         cJSON *out = process_line(tok, mode, line, len);
-        char *s = out ? cJSON_PrintUnformatted(out) : NULL;
+        char *printed = out ? cJSON_PrintUnformatted(out) : NULL;
+        /* Tokens and texts echo the input's bytes: the line must be UTF-8. */
+        char *s = printed ? tools_json_repair(printed) : NULL;
         cJSON_Delete(out);
+        free(printed);
         if (!s || puts(s) == EOF) {
             fputs("xlm-tokenize: cannot write the output\n", stderr);
             free(s);

@@ -17,6 +17,7 @@
 
 #include "fixture.h"
 #include "cases.h"
+#include "errors.h"
 
 #define XLM_CLIENT XLM_BIN_DIR "/xlm-client"
 
@@ -144,6 +145,31 @@ static void answer(cli_t *t, const Xlm__Request *rq)
         peer_send_echo(&t->peer, rq);
 }
 
+/* One model, "fake", with a live pipeline that serves every task but qa:
+ * what xlm-client infer checks before its first line. */
+static void send_stats(peer_t *peer)
+{
+    Xlm__Task tasks[XLM__TASK__TASK_MLM_PLL + 1];
+    size_t n = 0;
+    for (int task = 0; task <= XLM__TASK__TASK_MLM_PLL; task++)
+        if (task != XLM__TASK__TASK_QA)
+            tasks[n++] = (Xlm__Task)task;
+    Xlm__ModelStats model = XLM__MODEL_STATS__INIT;
+    Xlm__ModelStats *models[1] = {&model};
+    model.name = "fake";
+    model.pipelines_alive = 1;
+    model.n_tasks = n;
+    model.tasks = tasks;
+    Xlm__Stats stats = XLM__STATS__INIT;
+    Xlm__ServiceMessage sm = XLM__SERVICE_MESSAGE__INIT;
+    stats.uptime_ms = 4242;
+    stats.n_models = 1;
+    stats.models = models;
+    sm.body_case = XLM__SERVICE_MESSAGE__BODY_STATS;
+    sm.stats = &stats;
+    peer_send_service(peer, &sm);
+}
+
 /* Serves requests until the child exits: answers come in batches, in the
  * reverse order of arrival, so that xlm-client has to put them back in
  * order. Returns the child's exit code. */
@@ -160,14 +186,8 @@ static int serve(cli_t *t, pid_t pid, int timeout_ms)
         }
         Xlm__ClientMessage *msg = peer_recv(&t->peer, 20, NULL, NULL);
         bool quiet = !msg;
-        if (msg && msg->body_case == XLM__CLIENT_MESSAGE__BODY_STATS) {
-            Xlm__Stats stats = XLM__STATS__INIT;
-            Xlm__ServiceMessage sm = XLM__SERVICE_MESSAGE__INIT;
-            stats.uptime_ms = 4242;
-            sm.body_case = XLM__SERVICE_MESSAGE__BODY_STATS;
-            sm.stats = &stats;
-            peer_send_service(&t->peer, &sm);
-        }
+        if (msg && msg->body_case == XLM__CLIENT_MESSAGE__BODY_STATS)
+            send_stats(&t->peer);
         if (msg && msg->body_case == XLM__CLIENT_MESSAGE__BODY_REQUEST) {
             t->requests++;
             pending[n++] = msg;
@@ -222,7 +242,7 @@ static char *parse_error_line(const char *line)
     case_t c;
     shard_error_t err = {0};
     assert_int_not_equal(case_parse(line, strlen(line), &c, &err), SHARD_OK);
-    char *json = case_error_json(c.name, &err);
+    char *json = case_error_json(c.name, tools_code_of(err.code), err.message);
     case_clear(&c);
     return json;
 }
@@ -321,27 +341,44 @@ static void test_infer_default_head(void **state)
     assert_int_equal(t->requests, 2);
 }
 
-/* Nobody at the endpoint: every line gets an unavailable line, in time. */
+/* --head names a task the model does not serve: the job is refused before
+ * its first line (status 2), not line by line. */
+static void test_infer_task_not_served(void **state)
+{
+    cli_t *t = *state;
+    const char *args[] = {"infer", "--endpoint", t->peer.endpoint, "--head", "qa", NULL};
+    assert_int_equal(run_cli(t, "{\"name\":\"x\",\"inputs\":{\"input_ids\":[[7]]}}\n", args, true),
+                     2);
+    char *err = fx_read_file(t->err), *out = fx_read_file(t->out);
+    if (!strstr(err, "xlm-client: task qa is not served by model 'fake' (it serves base, lm, "))
+        fail_msg("stderr: %s", err);
+    assert_string_equal(out, "");
+    assert_int_equal(t->requests, 0);
+    free(err);
+    free(out);
+}
+
+/* Nobody at the endpoint: the job is refused at once, before any line. */
 static void test_infer_unreachable(void **state)
 {
     cli_t *t = *state;
     char endpoint[64];
     snprintf(endpoint, sizeof endpoint, "%s", t->peer.endpoint);
     peer_close(&t->peer); /* the port is free again */
-    const char *args[] = {"infer", "--endpoint", endpoint, "--attempt-timeout-ms", "100",
-                          "--attempts", "2", NULL};
+    const char *args[] = {"infer", "--endpoint", endpoint, "--connect-timeout-ms", "1000", NULL};
     int64_t start = fx_now_ms();
     assert_int_equal(run_cli(t, "{\"name\":\"u1\",\"head\":\"lm\",\"inputs\":{\"input_ids\":[[1]]}}\n"
                                 "{\"name\":\"u2\",\"head\":\"lm\",\"inputs\":{\"input_ids\":[[2]]}}\n",
-                             args, false), 1);
+                             args, false), 2);
     assert_true(fx_now_ms() - start < 5000);
-    char *out = fx_read_file(t->out);
-    char *lines[4];
-    assert_int_equal(split_lines(out, lines, 4), 2);
-    assert_non_null(strstr(lines[0], "{\"name\":\"u1\",\"error\":{\"code\":\"unavailable\""));
-    assert_non_null(strstr(lines[0], "after 2 attempts of 100 ms"));
-    assert_non_null(strstr(lines[1], "{\"name\":\"u2\",\"error\":{\"code\":\"unavailable\""));
+    char *out = fx_read_file(t->out), *err = fx_read_file(t->err);
+    assert_string_equal(out, "");
+    char want[160];
+    snprintf(want, sizeof want, "xlm-client: cannot reach the broker at %s (no reply to a stats "
+             "request within 1 s)\n", endpoint);
+    assert_string_equal(err, want);
     free(out);
+    free(err);
     assert_true(peer_open(&t->peer)); /* for teardown */
 }
 
@@ -406,6 +443,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_infer_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_infer_default_head, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_infer_task_not_served, setup, teardown),
         cmocka_unit_test_setup_teardown(test_infer_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_command_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats, setup, teardown),

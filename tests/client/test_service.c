@@ -529,7 +529,7 @@ static void test_cli(void **state)
         lines[n++] = line;
     assert_int_equal(n, 4);
     assert_string_equal(lines[0], "{\"name\":\"a\",\"outputs\":{\"sum_ids\":[6,15],\"lengths\":[3,3]}}");
-    assert_non_null(strstr(lines[1], "{\"name\":\"broken\",\"error\":{\"code\":\"bad_input\""));
+    assert_non_null(strstr(lines[1], "{\"name\":\"broken\",\"error\":{\"code\":\"bad_request\""));
     assert_non_null(strstr(lines[2], "{\"name\":\"big\",\"error\":{\"code\":\"bad_request\""));
     assert_string_equal(lines[3], "{\"name\":\"mc\",\"outputs\":{\"sum_ids\":[3,7],\"lengths\":[2,2]}}");
     free(text);

@@ -5,19 +5,29 @@
 # and gets: $top (the source tree), $build, $run_dir (a new folder under
 # /tmp), two free ports on 127.0.0.1 ($frontend, $backend) and the client
 # endpoint ($endpoint); on exit, however the script ends, the service it
-# started is stopped, the processes it handed to e2e_background are killed
-# and $run_dir is removed.
+# started is stopped, the processes it handed to e2e_background are ended
+# (SIGTERM, then SIGKILL for what still runs 5 s later: an mpirun passes
+# the TERM on to its ranks, a KILL would leave them running) and $run_dir is removed.
 #
 #   e2e_start [deploy/local/start options]   the service on these ports
+#   e2e_try_start [options]                  the same, its status and output to the caller
 #   e2e_stop                                 stop it (e2e_start may follow)
+#   e2e_broker [xlm-broker options]          a bare broker on these ports ($E2E_BROKER_PID)
+#   e2e_worker_job NAME [xlm-worker options] a one-rank mpirun job of xlm-worker for that
+#                                            broker, log NAME.log ($E2E_JOB_PID)
+#   e2e_free_port                            one more free port on 127.0.0.1
 #   e2e_fail MESSAGE                         print it and the logs, exit 1
-#   e2e_background PID                       kill -9 PID on exit
+#   e2e_background PID                       end PID on exit
 #   e2e_wait_until SECONDS WHAT COMMAND...   poll COMMAND until it succeeds
 #   e2e_gone PID                             true once PID has ended
 #   e2e_stat FIELD [DEFAULT]                 a number of the broker's stats
+#   e2e_stat_sum FIELD [DEFAULT]             the sum of FIELD over the stats (all models)
 #   e2e_worker_pid RANK                      this service's xlm-worker of RANK
 #   e2e_compare GOLDEN RESULTS LABEL         compare_golden.py
 #   e2e_assert_fault_landed WHAT BEFORE TOTAL FELT FELT_WHAT
+#   e2e_expect_status STATUS COMMAND...      run it, fail unless it exits with STATUS
+#   e2e_says FILE TEXT                       fail unless FILE holds TEXT (grep, fixed)
+#   e2e_absent PATH                          fail if PATH exists
 
 e2e_init() { # name build_dir
   E2E_NAME=$1
@@ -26,6 +36,9 @@ e2e_init() { # name build_dir
   run_dir=$(mktemp -d "/tmp/xlm-$1-XXXXXX")
   E2E_PIDS=()
   E2E_STARTED=0
+  # The script's own output, for reports and failures from inside commands
+  # whose output goes to files (e2e_expect_status CMD > out.jsonl).
+  exec {E2E_REPORT}>&1
   trap e2e_cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
@@ -47,9 +60,21 @@ e2e_our_child() { # pid
 }
 
 e2e_cleanup() {
-  local rc=$? pid
+  local rc=$? pid ours=() waited alive
   for pid in "${E2E_PIDS[@]}"; do
-    e2e_our_child "$pid" && kill -9 "$pid" 2>/dev/null
+    e2e_our_child "$pid" && ours+=("$pid") && kill -TERM "$pid" 2>/dev/null
+  done
+  # Up to 5 s for the TERM: an mpirun stops its ranks first.
+  for waited in $(seq 1 50); do
+    alive=0
+    for pid in "${ours[@]}"; do
+      e2e_gone "$pid" || alive=1
+    done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${ours[@]}"; do
+    e2e_gone "$pid" || kill -KILL "$pid" 2>/dev/null
   done
   if [ "$E2E_STARTED" = 1 ]; then
     "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true
@@ -58,8 +83,11 @@ e2e_cleanup() {
   exit "$rc"
 }
 
-# Kills PID (kill -9) when the script exits and it is still running.
+# Ends PID when the script exits and it is still running.
 e2e_background() { E2E_PIDS+=("$1"); }
+
+# One more free port on 127.0.0.1 (for a service that is not there).
+e2e_free_port() { "$top/tests/tools/free_ports" 1; }
 
 e2e_logs() {
   local f
@@ -71,18 +99,45 @@ e2e_logs() {
 }
 
 e2e_fail() {
-  echo "$E2E_NAME: FAIL: $*"
-  e2e_logs
+  { echo "$E2E_NAME: FAIL: $*"; e2e_logs; } >&"$E2E_REPORT"
   exit 1
 }
 
 # The service (a broker and an mpirun job, deploy/local/start) on this run's
 # ports and run dir; the options after are start's (--model, --stages, ...).
 e2e_start() {
+  e2e_try_start "$@" > "$run_dir/start.log" 2>&1 ||
+    e2e_fail "the service did not start: $(tail -n 3 "$run_dir/start.log")"
+}
+
+# deploy/local/start on this run's ports, for a test of start itself: its
+# status, and its output where the caller sends it.
+e2e_try_start() {
   E2E_STARTED=1
   "$top/deploy/local/start" --frontend-port "$frontend" --backend-port "$backend" \
-    --run-dir "$run_dir" --build "$build" "$@" > "$run_dir/start.log" 2>&1 ||
-    e2e_fail "the service did not start: $(tail -n 3 "$run_dir/start.log")"
+    --run-dir "$run_dir" --build "$build" "$@"
+}
+
+# A broker alone on this run's ports, logging to broker.log, for tests that
+# run their own worker jobs (e2e_worker_job).
+e2e_broker() {
+  "$build/bin/xlm-broker" --frontend "$endpoint" --backend "tcp://127.0.0.1:$backend" "$@" \
+    >> "$run_dir/broker.log" 2>&1 &
+  E2E_BROKER_PID=$!
+  e2e_background "$E2E_BROKER_PID"
+}
+
+# One single-rank mpirun job of xlm-worker for this run's broker, in the
+# background, logging to NAME.log; the options after NAME are the worker's
+# (--model is among them).
+e2e_worker_job() { # name [xlm-worker options]
+  local name=$1
+  shift
+  mpirun --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader,tcp \
+    --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo -np 1 \
+    "$build/bin/xlm-worker" --broker "tcp://127.0.0.1:$backend" "$@" > "$run_dir/$name.log" 2>&1 &
+  E2E_JOB_PID=$!
+  e2e_background "$E2E_JOB_PID"
 }
 
 e2e_stop() {
@@ -125,6 +180,20 @@ e2e_stat() { # field [default]
   fi
 }
 
+# The sum of every FIELD in the broker's stats (pipelines_alive over all
+# models, say); DEFAULT (else 0) when there is no answer.
+e2e_stat_sum() { # field [default]
+  local json sum=0 rest
+  json=$("$build/bin/xlm-client" stats --endpoint "$endpoint" --timeout-ms 2000 2>/dev/null) ||
+    { echo "${2:-0}"; return 0; }
+  rest=$json
+  while [[ $rest =~ \"$1\":([0-9]+)(.*) ]]; do
+    sum=$((sum + BASH_REMATCH[1]))
+    rest=${BASH_REMATCH[2]}
+  done
+  echo "$sum"
+}
+
 # The pid of this service's xlm-worker of MPI world rank RANK: its command
 # line names this run's backend, its environment (OMPI_COMM_WORLD_RANK, set
 # by mpirun) the rank. Nothing when there is none.
@@ -165,4 +234,14 @@ e2e_expect_status() { # status command...
   shift
   "$@" || got=$?
   [ "$got" -eq "$want" ] || e2e_fail "$(basename "$1") exited with status $got, expected $want: $*"
+}
+
+# FILE holds TEXT (a fixed string), or the test fails saying so.
+e2e_says() { # file text
+  grep -qF -- "$2" "$1" || e2e_fail "$(basename "$1") does not say '$2': $(head -c 600 "$1")"
+}
+
+# Nothing at PATH (a job that could not start leaves no output).
+e2e_absent() { # path
+  [ ! -e "$1" ] || e2e_fail "$1 was left behind"
 }

@@ -20,7 +20,7 @@ long=$(python3 -c 'print(" ".join(["mot"] * 80))')
   printf 'en\tHello\tfr\t\n'
   printf 'fr\tVersion de l'"'"'éditeur de capture\ten\tCapture Editor Version\n'
 } > "$run_dir/bad.tsv"
-expected='ok bad_request bad_request bad_line bad_line too_large bad_request ok'
+expected='ok bad_request bad_request bad_request bad_request too_large bad_request ok'
 
 codes() { python3 -c '
 import json, sys

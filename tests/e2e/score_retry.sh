@@ -6,17 +6,11 @@
 # ends with every line once, in order, the scores of a clean run, and the
 # lines that held a per-line error (bad language, bad columns) untouched.
 # Usage: score_retry.sh BUILD_DIR
-set -uo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-build=$1
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+e2e_init score-retry "$1"
 model="$top/models/tiny-clm-enfr"
 score="$build/bin/xlm-score"
-run_dir=$(mktemp -d /tmp/xlm-score-retry-XXXXXX)
-mapfile -t ports < <("$top/tests/tools/free_ports" 2)
-cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; exit 1; }
 
 for i in $(seq 1 10); do
   cat "$model/examples/pairs.tsv"
@@ -24,16 +18,15 @@ for i in $(seq 1 10); do
   printf 'en\tonly three\tfr\n'
 done > "$run_dir/input.tsv"   # 2,020 lines, 20 of them per-line errors
 lines=$(wc -l < "$run_dir/input.tsv")
-"$score" --model "$model" --mode clm --quiet --input "$run_dir/input.tsv" \
-  --output "$run_dir/clean.jsonl"; [ $? = 1 ] || fail "clean run: expected status 1 (20 bad lines)"
+# The clean run: status 1 for the 20 bad lines.
+e2e_expect_status 1 "$score" --model "$model" --mode clm --quiet --input "$run_dir/input.tsv" \
+  --output "$run_dir/clean.jsonl"
 
-"$top/deploy/local/start" --model "$model" --stages 2 --frontend-port "${ports[0]}" \
-  --backend-port "${ports[1]}" --run-dir "$run_dir" --build "$build" >/dev/null || fail "start"
-endpoint="tcp://127.0.0.1:${ports[0]}"
+e2e_start --model "$model" --stages 2
 out="$run_dir/service.jsonl"
-"$score" --endpoint "$endpoint" --mode clm --quiet --deadline-ms 1 --input "$run_dir/input.tsv" \
-  --output "$out"; [ $? = 1 ] || fail "the deadline run: expected status 1"
-python3 - "$out" "$lines" <<'PY' || fail "the deadline run did not leave deadline_exceeded lines"
+e2e_expect_status 1 "$score" --endpoint "$endpoint" --mode clm --quiet --deadline-ms 1 \
+  --input "$run_dir/input.tsv" --output "$out"
+python3 - "$out" "$lines" <<'PY' || e2e_fail "the deadline run did not leave deadline_exceeded lines"
 import collections, json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 assert len(rows) == int(sys.argv[2])
@@ -41,17 +34,18 @@ codes = collections.Counter(r["error"]["code"] if "error" in r else "ok" for r i
 print("before the retry:", dict(codes))
 assert codes["deadline_exceeded"] > 1000, codes
 PY
-grep '"bad_request"\|"bad_line"' "$out" > "$run_dir/per_line_before"
+grep '"bad_request"' "$out" > "$run_dir/per_line_before"
 
 kills=0 seed=11 finished=0 mid_retry=0
 for attempt in $(seq 1 6); do
   "$score" --endpoint "$endpoint" --mode clm --quiet --retry-errors --input "$run_dir/input.tsv" \
     --output "$out" &
   pid=$!
+  e2e_background "$pid"
   seed=$(( (seed * 1103515245 + 12345) % 2147483648 ))
   sleep "0.$(( 30 + seed % 60 ))"   # 0.30 .. 0.89 s
   if kill -9 "$pid" 2>/dev/null; then
-    wait "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
     kills=$((kills + 1))
     [ -s "$out.retry" ] && mid_retry=$((mid_retry + 1))
     # A kill leaves the output whole: every line once, in order.
@@ -59,28 +53,28 @@ for attempt in $(seq 1 6); do
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 assert [r["line"] for r in rows] == list(range(1, int(sys.argv[2]) + 1)), len(rows)' "$out" "$lines" ||
-      fail "after kill $kills the output is not whole"
+      e2e_fail "after kill $kills the output is not whole"
   else
-    wait "$pid"; rc=$?
-    [ $rc = 1 ] || fail "the retry run ended with status $rc, expected 1 (the 20 per-line errors)"
+    rc=0
+    wait "$pid" || rc=$?
+    [ $rc = 1 ] || e2e_fail "the retry run ended with status $rc, expected 1 (the 20 per-line errors)"
     finished=1
     break
   fi
 done
-if [ $finished = 0 ]; then  # six kills: now let it finish
-  "$score" --endpoint "$endpoint" --mode clm --quiet --retry-errors --input "$run_dir/input.tsv" \
-    --output "$out"; rc=$?
-  [ $rc = 1 ] || fail "the last retry run ended with status $rc, expected 1 (the 20 per-line errors)"
+if [ $finished = 0 ]; then  # six kills: now let it finish (status 1: the 20 per-line errors)
+  e2e_expect_status 1 "$score" --endpoint "$endpoint" --mode clm --quiet --retry-errors \
+    --input "$run_dir/input.tsv" --output "$out"
 fi
-[ $kills -ge 1 ] || fail "the retry pass was never killed: make the input longer"
-[ ! -e "$out.retry" ] || fail "$out.retry left behind"
-[ $mid_retry -ge 1 ] || fail "no kill landed in the retry pass (OUTPUT.retry with lines)"
+[ $kills -ge 1 ] || e2e_fail "the retry pass was never killed: make the input longer"
+[ ! -e "$out.retry" ] || e2e_fail "$out.retry left behind"
+[ $mid_retry -ge 1 ] || e2e_fail "no kill landed in the retry pass (OUTPUT.retry with lines)"
 echo "retry finished after $kills kills, $mid_retry of them with the retry pass half written"
-grep '"bad_request"\|"bad_line"' "$out" > "$run_dir/per_line_after"
+grep '"bad_request"' "$out" > "$run_dir/per_line_after"
 # Lines that held a per-line error were not sent again (the deadline hid
 # some per-line errors: those are retried and get theirs now).
-grep -vxFf "$run_dir/per_line_after" "$run_dir/per_line_before" && fail "per-line error lines changed"
-python3 - "$out" "$run_dir/clean.jsonl" <<'PY' || fail "the retried output differs from a clean run"
+grep -vxFf "$run_dir/per_line_after" "$run_dir/per_line_before" && e2e_fail "per-line error lines changed"
+python3 - "$out" "$run_dir/clean.jsonl" <<'PY' || e2e_fail "the retried output differs from a clean run"
 import json, sys
 got = [json.loads(l) for l in open(sys.argv[1])]
 clean = [json.loads(l) for l in open(sys.argv[2])]

@@ -6,6 +6,7 @@
  * bytes) and every option that changes a line's content; a rerun compares
  * before it writes anything and names what differs. */
 #include "score.h"
+#include "errors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -74,6 +75,20 @@ static cJSON *job_json(const score_job_t *job)
     return o;
 }
 
+/* The job as its file reads back: strings with invalid UTF-8 are written
+ * repaired, and compared so. */
+static cJSON *repaired_job_json(const score_job_t *job)
+{
+    cJSON *raw = job_json(job);
+    char *printed = raw ? cJSON_PrintUnformatted(raw) : NULL;
+    char *text = printed ? tools_json_repair(printed) : NULL;
+    cJSON *repaired = text ? cJSON_Parse(text) : NULL;
+    cJSON_free(printed);
+    free(text);
+    cJSON_Delete(raw);
+    return repaired;
+}
+
 char *score_job_path(const char *output)
 {
     size_t n = strlen(output) + sizeof ".job";
@@ -88,7 +103,10 @@ int score_job_write(const char *output, const score_job_t *job, char *error, siz
     char *path = score_job_path(output);
     char *tmp = path ? malloc(strlen(path) + 5) : NULL;
     cJSON *o = job_json(job);
-    char *text = o ? cJSON_Print(o) : NULL;
+    char *printed = o ? cJSON_Print(o) : NULL;
+    /* Paths and names may hold any bytes; the file must be JSON. */
+    char *text = printed ? tools_json_repair(printed) : NULL;
+    cJSON_free(printed);
     int rc = -1;
     if (!path || !tmp || !text) {
         snprintf(error, error_size, "out of memory");
@@ -109,7 +127,7 @@ int score_job_write(const char *output, const score_job_t *job, char *error, siz
     }
     rc = 0;
 done:
-    cJSON_free(text);
+    free(text);
     cJSON_Delete(o);
     free(tmp);
     free(path);
@@ -155,7 +173,7 @@ int score_job_check(const char *output, const score_job_t *job, bool *found, cha
     ssize_t len = getdelim(&text, &size, '\0', f);
     fclose(f);
     cJSON *was = len > 0 ? cJSON_ParseWithLength(text, (size_t)len) : NULL;
-    cJSON *now = job_json(job);
+    cJSON *now = repaired_job_json(job);
     int rc = 0;
     if (!cJSON_IsObject(was)) {
         snprintf(error, error_size, "%s is not a job file of xlm-score (remove it, or give "

@@ -2,6 +2,7 @@
  * (xlm-score --model DIR). Same tokenizer, same sequences, same engine as
  * the service, so the scores are the same. */
 #include "score.h"
+#include "errors.h"
 #include "shard_engine.h"
 #include "shard_tokenizer.h"
 
@@ -50,19 +51,6 @@ static int push_result(local_t *l, score_result_t *r)
     return 0;
 }
 
-/* The service's status names, so that a line fails the same way in process
- * and through the service (the message has the details). */
-static const char *wire_code(shard_status_t status)
-{
-    switch (status) {
-    case SHARD_ERR_INPUT:
-    case SHARD_ERR_UTF8:
-    case SHARD_ERR_LANG: return "bad_request";
-    case SHARD_ERR_HEAD: return "unknown_task";
-    default: return "internal";
-    }
-}
-
 static shard_score_mode_t engine_mode(const local_t *l)
 {
     return l->options.mode == SCORE_MODE_CLM ? SHARD_SCORE_CLM : SHARD_SCORE_MLM_PLL;
@@ -87,7 +75,7 @@ static void prepare(local_t *l, local_item_t *it, score_result_t *error)
         l->tokenizer, l->options.lang_rules ? SHARD_TOKENIZER_MODE_LANG_RULES : SHARD_TOKENIZER_MODE_HF,
         l->options.no_source ? &tgt : &src, l->options.no_source ? NULL : &tgt, true, &it->enc, &err);
     if (status) {
-        score_result_error(error, it->pair.line, wire_code(status), "%s", err.message);
+        score_result_error(error, it->pair.line, tools_code_of(status), "%s", err.message);
         return;
     }
     /* The service's window of the same encoding (the engine's rule). */
@@ -172,7 +160,7 @@ static int score_batch(local_t *l, local_item_t **items, size_t n)
         /* The inputs were checked per pair: this is the engine's failure. */
         for (size_t r = 0; r < n && rc == 0; r++) {
             score_result_t res = {0};
-            score_result_error(&res, items[r]->pair.line, wire_code(err.code), "%s", err.message);
+            score_result_error(&res, items[r]->pair.line, tools_code_of(err.code), "%s", err.message);
             rc = push_result(l, &res);
         }
     } else {

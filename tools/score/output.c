@@ -5,6 +5,7 @@
  * cut off and scoring continues after the last complete line: the final file
  * holds every input line once, in order. */
 #include "score.h"
+#include "errors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -140,14 +141,12 @@ static void append(score_output_t *out, size_t *used, const char *fmt, ...)
     }
 }
 
-/* A JSON string literal (cJSON escapes it). */
+/* A JSON string literal, valid UTF-8 whatever s holds. */
 static void append_string(score_output_t *out, size_t *used, const char *s)
 {
-    cJSON *node = cJSON_CreateString(s ? s : "");
-    char *printed = node ? cJSON_PrintUnformatted(node) : NULL;
-    append(out, used, "%s", printed ? printed : "\"\"");
-    cJSON_free(printed);
-    cJSON_Delete(node);
+    char *quoted = tools_json_quote(s);
+    append(out, used, "%s", quoted ? quoted : "\"\"");
+    free(quoted);
 }
 
 static void append_number(score_output_t *out, size_t *used, double value)
@@ -185,8 +184,10 @@ int score_output_write(score_output_t *out, const score_result_t *r, bool token_
     } else {
         append(out, &used, ",\"error\":{\"code\":");
         append_string(out, &used, r->code);
+        char said[SCORE_MESSAGE_MAX];
+        tools_user_message(r->message, said, sizeof said);
         append(out, &used, ",\"message\":");
-        append_string(out, &used, r->message);
+        append_string(out, &used, said);
         append(out, &used, "}");
     }
     append(out, &used, "}\n");

@@ -1,5 +1,6 @@
 /* reader.c: pairs from TSV (4 or 2 columns) or JSON lines, with line numbers. */
 #include "score.h"
+#include "errors.h"
 
 #include <cjson/cJSON.h>
 #include <stdarg.h>
@@ -77,7 +78,9 @@ static void pair_error(score_pair_t *pair, const char *fmt, ...)
 {
     va_list args;
     va_start(args, fmt);
-    snprintf(pair->error_code, sizeof pair->error_code, "bad_line");
+    /* A line that is not a pair is the request's fault, as the service
+     * would say of it (errors.h's vocabulary). */
+    snprintf(pair->error_code, sizeof pair->error_code, "bad_request");
     vsnprintf(pair->error_message, sizeof pair->error_message, fmt, args);
     va_end(args);
 }
@@ -167,6 +170,12 @@ int score_reader_next(score_reader_t *r, score_pair_t *pair)
         r->line[--len] = '\0';
     if ((size_t)len != strlen(r->line)) {
         pair_error(pair, "the line contains a NUL byte");
+        return 1;
+    }
+    const size_t valid = tools_utf8_valid_prefix(r->line, (size_t)len);
+    if (valid != (size_t)len) {
+        pair_error(pair, "the line is not valid UTF-8 (byte 0x%02X at byte %zu): texts and "
+                   "languages must be UTF-8", (unsigned char)r->line[valid], valid + 1);
         return 1;
     }
     if (r->format == SCORE_FORMAT_AUTO) /* decided by the first line */

@@ -185,6 +185,33 @@ static void service_destroy(score_backend_t *self)
     free(s);
 }
 
+/* The mode must fit the model, as in process (local.c): by what the
+ * model's pipelines serve. A masked LM serves mlm_pll, a causal one does
+ * not; both serve clm_score (xlm-client infer's "kind": "clm_score" runs on
+ * any LM, as xlm-infer's does), so --mode clm on a masked LM is refused
+ * here, by the model's tasks, and not by the workers. */
+static int check_mode(const tools_served_t *served, score_mode_t mode, char *error, size_t size)
+{
+    char why[512];
+    if (mode == SCORE_MODE_MLM_PLL && tools_service_check_task(served, XLM_TASK_MLM_PLL, why,
+                                                               sizeof why) != 0) {
+        snprintf(error, size, "%s: --mode mlm-pll needs a masked LM: a causal LM is scored with "
+                 "--mode clm", why);
+        return -1;
+    }
+    if (mode == SCORE_MODE_CLM && tools_service_check_task(served, XLM_TASK_CLM_SCORE, why,
+                                                           sizeof why) != 0) {
+        snprintf(error, size, "%s: --mode clm needs a causal LM", why);
+        return -1;
+    }
+    if (mode == SCORE_MODE_CLM && served->tasks_known && served->tasks[XLM_TASK_MLM_PLL]) {
+        snprintf(error, size, "model '%s' is a masked LM (it serves mlm_pll): score it with "
+                 "--mode mlm-pll", served->name);
+        return -1;
+    }
+    return 0;
+}
+
 score_backend_t *score_backend_service(const score_options_t *options, char *error, size_t size)
 {
     service_t *s = calloc(1, sizeof *s);
@@ -214,12 +241,15 @@ score_backend_t *score_backend_service(const score_options_t *options, char *err
         free(s);
         return NULL;
     }
+    tools_served_t served;
     if (tools_service_check(s->client, options->endpoint, options->model,
                             options->connect_timeout_ms ? (int)options->connect_timeout_ms : 5000,
-                            s->base.model_name, sizeof s->base.model_name, error, size) != 0) {
+                            &served, error, size) != 0 ||
+        check_mode(&served, options->mode, error, size) != 0) {
         service_destroy(&s->base);
         return NULL;
     }
+    snprintf(s->base.model_name, sizeof s->base.model_name, "%s", served.name);
     s->options.model = s->base.model_name; /* named from now on, even when it was the only one */
     s->base.probe_first = true;
     return &s->base;
