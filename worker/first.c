@@ -82,6 +82,10 @@ static int build_ready(first_t *f)
     f->ready.n_langs = c->n_langs;
     f->ready.heartbeat_ms = st->options->heartbeat_ms;
     f->ready.instance = st->instance;
+    f->ready.n_layers = c->n_layers;
+    f->ready.emb_dim = c->emb_dim;
+    f->ready.n_heads = c->n_heads;
+    f->ready.architecture = c->causal ? "causal" : "masked";
     bool named = false;
     for (int64_t i = 0; i < c->n_langs; i++)
         named |= c->lang_names[i][0] != '\0';
