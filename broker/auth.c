@@ -39,6 +39,8 @@ typedef struct {
 
 struct broker_auth {
     void *zap;
+    void *monitors[AUTH_SIDES]; /* PAIR: handshakes that failed before ZAP (a plain
+                                   client, a wrong server key) */
     proto_curve_cert_t server;
     auth_side_t sides[AUTH_SIDES];
     uint64_t refused, revoked_messages;
@@ -215,6 +217,9 @@ void broker_auth_destroy(broker_auth_t **self_p)
     if (auth->zap)
         zmq_close(auth->zap);
     for (int side = 0; side < AUTH_SIDES; side++)
+        if (auth->monitors[side])
+            zmq_close(auth->monitors[side]);
+    for (int side = 0; side < AUTH_SIDES; side++)
         broker_map_destroy(&auth->sides[side].allowed);
     memset(&auth->server, 0, sizeof auth->server);
     free(auth);
@@ -266,10 +271,16 @@ int broker_auth_secure(broker_t *b, void *socket, int side)
         return 0;
     int on = 1;
     const char *domain = side_names[side];
+    char name[64];
+    snprintf(name, sizeof name, "inproc://xlm-broker-handshakes-%s", domain);
+    void **monitor = &b->auth->monitors[side];
     if (zmq_setsockopt(socket, ZMQ_CURVE_SERVER, &on, sizeof on) != 0 ||
         zmq_setsockopt(socket, ZMQ_CURVE_SECRETKEY, b->auth->server.secret_key,
                        PROTO_CURVE_KEY_TEXT + 1) != 0 ||
-        zmq_setsockopt(socket, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) != 0) {
+        zmq_setsockopt(socket, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) != 0 ||
+        zmq_socket_monitor(socket, name, ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0 ||
+        !(*monitor = zmq_socket(b->ctx, ZMQ_PAIR)) || zmq_connect(*monitor, name) != 0) {
         broker_log(b, BROKER_LOG_ERROR, "broker_new: cannot make the %s a CURVE server: %s",
                    domain, zmq_strerror(zmq_errno()));
         return -1;
@@ -277,9 +288,65 @@ int broker_auth_secure(broker_t *b, void *socket, int side)
     return 0;
 }
 
-void *broker_auth_socket(const broker_t *b)
+static void handle_zap(broker_t *b);
+
+size_t broker_auth_poll_items(const broker_t *b, zmq_pollitem_t *items)
 {
-    return b->auth ? b->auth->zap : NULL;
+    size_t n = 0;
+    if (!b->auth)
+        return 0;
+    items[n++] = (zmq_pollitem_t){b->auth->zap, 0, ZMQ_POLLIN, 0};
+    for (int side = 0; side < AUTH_SIDES; side++)
+        if (b->auth->monitors[side])
+            items[n++] = (zmq_pollitem_t){b->auth->monitors[side], 0, ZMQ_POLLIN, 0};
+    return n;
+}
+
+/* A handshake that failed before ZAP was asked: said once per window. */
+static void read_monitor(broker_t *b, int side)
+{
+    void *monitor = b->auth->monitors[side];
+    for (;;) {
+        zmq_msg_t event, address;
+        zmq_msg_init(&event);
+        if (zmq_msg_recv(&event, monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&event);
+            return;
+        }
+        zmq_msg_init(&address);
+        if (zmq_msg_more(&event))
+            zmq_msg_recv(&address, monitor, 0);
+        uint16_t id = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&event) >= 6) {
+            memcpy(&id, zmq_msg_data(&event), 2);
+            memcpy(&value, (uint8_t *)zmq_msg_data(&event) + 2, 4);
+        }
+        const char *why = id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                              ? "the connection ended during the handshake"
+                          : value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                              ? "it does not use CURVE"
+                              : "not this broker's public key, or not CURVE";
+        b->auth->refused++;
+        broker_log_peer(b, BROKER_PEER_AUTH, BROKER_LOG_WARN,
+                        "CURVE: %s refused a client: its handshake failed (%s; ZeroMQ event %u, "
+                        "value 0x%x)", side_names[side], why, id, value);
+        zmq_msg_close(&address);
+        zmq_msg_close(&event);
+    }
+}
+
+void broker_auth_handle(broker_t *b, const zmq_pollitem_t *items, size_t n)
+{
+    if (n > 0 && (items[0].revents & ZMQ_POLLIN))
+        handle_zap(b);
+    for (size_t i = 1, side = 0; i < n && side < AUTH_SIDES; side++) {
+        if (!b->auth->monitors[side])
+            continue;
+        if (items[i].revents & ZMQ_POLLIN)
+            read_monitor(b, (int)side);
+        i++;
+    }
 }
 
 /* ------------------------------------------------------------ ZAP */
@@ -359,7 +426,7 @@ static void zap_handle_one(broker_t *b)
         zmq_msg_close(&frames[i]);
 }
 
-void broker_auth_handle(broker_t *b)
+static void handle_zap(broker_t *b)
 {
     for (int i = 0; i < 64; i++) {
         zmq_pollitem_t item = {b->auth->zap, 0, ZMQ_POLLIN, 0};
@@ -378,7 +445,7 @@ bool broker_auth_allows(broker_t *b, int side, zmq_msg_t *frame)
         broker_map_get(b->auth->sides[side].allowed, key, PROTO_CURVE_KEY_TEXT))
         return true;
     b->auth->revoked_messages++;
-    broker_log_peer(b, BROKER_PEER_AUTH, BROKER_LOG_WARN,
+    broker_log_peer(b, BROKER_PEER_REVOKED, BROKER_LOG_WARN,
                     "CURVE: %s dropped a message of a key no longer allowed (%s)", side_names[side],
                     key ? key : "no key");
     return false;

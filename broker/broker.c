@@ -300,12 +300,12 @@ static bool stop_step(broker_t *b, int64_t now)
 
 broker_status_t broker_run(broker_t *b, const atomic_int *stop)
 {
-    zmq_pollitem_t items[] = {
+    zmq_pollitem_t items[5] = {
         {b->frontend, 0, ZMQ_POLLIN, 0},
         {b->backend, 0, ZMQ_POLLIN, 0},
-        {broker_auth_socket(b), 0, ZMQ_POLLIN, 0},
     };
-    const int n_items = broker_auth_socket(b) ? 3 : 2;
+    const size_t n_auth = broker_auth_poll_items(b, items + 2);
+    const int n_items = 2 + (int)n_auth;
     int64_t active_us = 0;
     for (;;) {
         int64_t now = broker_now_us();
@@ -326,8 +326,8 @@ broker_status_t broker_run(broker_t *b, const atomic_int *stop)
             broker_log(b, BROKER_LOG_ERROR, "broker_run: zmq_poll: %s", zmq_strerror(errno));
             return BROKER_ERR_ZMQ;
         }
-        if (n_items > 2 && (items[2].revents & ZMQ_POLLIN))
-            broker_auth_handle(b);
+        if (n_auth)
+            broker_auth_handle(b, items + 2, n_auth);
         if (items[1].revents & ZMQ_POLLIN)
             broker_backend_recv(b);
         if (items[0].revents & ZMQ_POLLIN)

@@ -184,6 +184,7 @@ typedef enum {
     BROKER_PEER_PIPELINE,
     BROKER_PEER_CLIENT,
     BROKER_PEER_AUTH,
+    BROKER_PEER_REVOKED,
     BROKER_PEER_COUNT_
 } broker_peer_line_t;
 
@@ -323,9 +324,11 @@ int broker_auth_start(broker_t *b);
 void broker_auth_destroy(broker_auth_t **self_p);
 /* Makes socket a CURVE server when its side has an allow list. */
 int broker_auth_secure(broker_t *b, void *socket, int side);
-/* The ZAP socket to poll, NULL without CURVE. */
-void *broker_auth_socket(const broker_t *b);
-void broker_auth_handle(broker_t *b);
+/* Writes the sockets to poll (ZAP, handshake monitors; at most 3) to
+ * items, returns their count (0 without CURVE). */
+size_t broker_auth_poll_items(const broker_t *b, zmq_pollitem_t *items);
+/* Handles what those items say (the same items, after zmq_poll). */
+void broker_auth_handle(broker_t *b, const zmq_pollitem_t *items, size_t n);
 /* Reads an allow directory again when it changed (timer tick). */
 void broker_auth_reload(broker_t *b);
 /* Whether a received frame's key is still allowed (true without CURVE). */

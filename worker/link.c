@@ -1,9 +1,45 @@
 /* link.c: a stage's ZeroMQ link to the broker, and reply packing. */
 #include "worker_internal.h"
 
+#include "curve_keys.h"
+
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
+
+/* A request frame is at most the broker's --max-message-bytes (16 MiB by
+ * default); this leaves room for a larger broker setting. */
+#define WORKER_MAX_MESSAGE_BYTES ((int64_t)256 << 20)
+
+/* Process-wide like the log's settings: every link of this process speaks
+ * to the one broker with the same keys. Written once before any thread. */
+static proto_curve_cert_t curve_mine, curve_server;
+static bool curve_on;
+
+int worker_link_use_curve(const char *secret_path, const char *server_path, char *err,
+                          size_t err_size)
+{
+    char why[PROTO_CURVE_ERROR_MAX];
+    bool have_secret = secret_path && secret_path[0], have_server = server_path && server_path[0];
+    if (!have_secret && !have_server)
+        return 0;
+    if (have_secret != have_server) {
+        snprintf(err, err_size, "CURVE needs --curve-secret and --curve-server together");
+        return -1;
+    }
+    if (!proto_curve_available()) {
+        snprintf(err, err_size, "--curve-secret given, but this libzmq has no CURVE");
+        return -1;
+    }
+    if (proto_curve_cert_load(secret_path, true, &curve_mine, why) != 0 ||
+        proto_curve_cert_load(server_path, false, &curve_server, why) != 0) {
+        snprintf(err, err_size, "%s", why);
+        return -1;
+    }
+    curve_on = true;
+    return 0;
+}
 
 struct worker_link {
     void *context; /* borrowed */
@@ -22,6 +58,16 @@ static void *open_socket(void *context, const char *endpoint)
     /* Credits bound what the broker sends; never drop for a high-water mark. */
     zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    /* What the broker sends is a micro-batch of requests it decoded within
+     * its own limit; far past that, the connection is dropped unread. */
+    int64_t max_message = WORKER_MAX_MESSAGE_BYTES;
+    zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max_message, sizeof max_message);
+    char why[PROTO_CURVE_ERROR_MAX];
+    if (curve_on && proto_curve_client_apply(socket, &curve_mine, &curve_server, why) != 0) {
+        worker_log(WORKER_LOG_ERROR, "%s", why);
+        zmq_close(socket);
+        return NULL;
+    }
     if (zmq_connect(socket, endpoint) != 0) {
         zmq_close(socket);
         return NULL;

@@ -118,6 +118,10 @@ size_t worker_packet_capacity(int64_t tokens, int64_t emb_dim);
 
 typedef struct worker_link worker_link_t;
 
+/* CURVE keys for every link this process opens from now on (set once at
+ * start-up, before any link; files read by main). 0, or -1 with err. */
+int worker_link_use_curve(const char *secret_path, const char *server_path, char *err,
+                          size_t err_size);
 worker_link_t *worker_link_new(void *zmq_context, const char *endpoint, const char *pipeline);
 void worker_link_destroy(worker_link_t **self_p);
 /* Sends a WorkerMessage (pipeline and version set here) and extra frames. */
