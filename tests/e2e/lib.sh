@@ -9,6 +9,10 @@
 # and $run_dir is removed.
 #
 #   e2e_start [deploy/local/start options]   the service on these ports
+#                                            (XLM_E2E_CURVE=1: with --curve; then
+#                                            ${e2e_client_keys[@]} and
+#                                            ${e2e_broker_keys[@]} are the key options
+#                                            of clients and of a broker started by hand)
 #   e2e_stop                                 stop it (e2e_start may follow)
 #   e2e_fail MESSAGE                         print it and the logs, exit 1
 #   e2e_background PID                       kill -9 PID on exit
@@ -33,6 +37,13 @@ e2e_init() { # name build_dir
   mapfile -t ports < <("$top/tests/tools/free_ports" 2)
   frontend=${ports[0]} backend=${ports[1]}
   endpoint="tcp://127.0.0.1:$frontend"
+  e2e_client_keys=() e2e_broker_keys=()
+  if [ "${XLM_E2E_CURVE:-0}" = 1 ]; then
+    local keys=$run_dir/keys
+    e2e_client_keys=(--curve-secret "$keys/client.key" --curve-server "$keys/broker.pub")
+    e2e_broker_keys=(--curve-key "$keys/broker.key" --curve-allow "$keys/allowed")
+    echo "$E2E_NAME: CURVE on (keys in $keys)"
+  fi
 }
 
 # A child process of this script still running (so PID is not some other
@@ -81,7 +92,8 @@ e2e_fail() {
 e2e_start() {
   E2E_STARTED=1
   "$top/deploy/local/start" --frontend-port "$frontend" --backend-port "$backend" \
-    --run-dir "$run_dir" --build "$build" "$@" > "$run_dir/start.log" 2>&1 ||
+    --run-dir "$run_dir" --build "$build" $([ "${XLM_E2E_CURVE:-0}" = 1 ] && echo --curve) \
+    "$@" > "$run_dir/start.log" 2>&1 ||
     e2e_fail "the service did not start: $(tail -n 3 "$run_dir/start.log")"
 }
 
@@ -114,7 +126,8 @@ e2e_gone() {
 # machine.
 e2e_stat() { # field [default]
   local json
-  if json=$("$build/bin/xlm-client" stats --endpoint "$endpoint" --timeout-ms 2000 2>/dev/null) &&
+  if json=$("$build/bin/xlm-client" stats --endpoint "$endpoint" --timeout-ms 2000 \
+              ${e2e_client_keys[@]+"${e2e_client_keys[@]}"} 2>/dev/null) &&
      [[ $json =~ \"$1\":([0-9]+) ]]; then
     echo "${BASH_REMATCH[1]}"
   elif [ $# -gt 1 ]; then
