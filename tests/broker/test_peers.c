@@ -347,6 +347,34 @@ static void test_million_malformed_messages_bounded_log(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* The backend's ZMQ_MAXMSGSIZE (--max-worker-message-bytes): a frame under
+ * it is read (and refused as malformed), one past it drops the peer's
+ * connection unread. */
+static int setup_small_worker_frames(void **state)
+{
+    static const char *const extra[] = {"--max-worker-message-bytes", "65536", NULL};
+    return fx_state_setup(state, extra);
+}
+
+static void test_worker_frame_past_socket_limit_dropped(void **state)
+{
+    fx_t *fx = *state;
+    static uint8_t frame[100 * 1024];
+    memset(frame, 0xff, sizeof frame);
+    void *ctx = zmq_ctx_new();
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(s, fx->back), 0);
+    assert_true(zmq_send(s, frame, 60 * 1024, 0) >= 0);
+    assert_true(wait_stat(fx, offsetof(Xlm__Stats, malformed), 1, 3000));
+    assert_true(zmq_send(s, frame, sizeof frame, 0) >= 0);
+    usleep(500000);
+    assert_int_equal(STAT(fx, malformed), 1);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -356,6 +384,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_other_layer_count_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reply_from_another_pipeline_ignored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_million_malformed_messages_bounded_log, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_worker_frame_past_socket_limit_dropped,
+                                        setup_small_worker_frames, fx_state_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
