@@ -135,6 +135,38 @@ static void test_tiny_limits_leave_when_silent(void **state)
     expect_normal_request(fx, "after-silence");
 }
 
+static void short_rows(fake_worker_config_t *c) { c->max_position_embeddings = 16; }
+
+/* Accepted while a pipeline took 64 positions, queued, and that pipeline
+ * dies: the one left takes 16, so the long request hears why at dispatch
+ * (and the short one runs there). */
+static void test_request_rechecked_against_the_pipeline_it_goes_to(void **state)
+{
+    fx_t *fx = *state;
+    fake_worker_t *wide = fx_worker(fx, 0, "tiny", "wide", NULL);
+    fake_worker_set_mode(wide, FAKE_WORKER_PAUSED); /* holds what it gets (credit 4) */
+    for (int i = 0; i < 4; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "held-%d", i);
+        assert_int_equal(test_client_send_tokens(fx->client, id, "tiny", PROTO_TASK_BASE, 1, 8, i, 0), 0);
+    }
+    assert_int_equal(test_client_send_tokens(fx->client, "long", "tiny", PROTO_TASK_BASE, 1, 40, 1, 0), 0);
+    assert_true(fx_wait_received(fx, 5, 3000));
+    fx_worker(fx, 1, "tiny", "narrow", short_rows); /* the model now takes 16 */
+    fake_worker_set_mode(wide, FAKE_WORKER_SILENT);
+    Xlm__ServiceMessage *msg = fx_expect(fx, "long", PROTO_STATUS_TOO_LARGE, 3000);
+    assert_non_null(strstr(msg->response->message, "needs 40 positions, the live pipelines of "
+                                                   "model 'tiny' take at most 16"));
+    proto_service_free(&msg);
+    for (int i = 0; i < 4; i++) { /* re-queued from the dead one, run on narrow */
+        msg = fx_response(fx, 3000);
+        assert_non_null(msg);
+        assert_int_equal(msg->response->status, XLM__STATUS__STATUS_OK);
+        proto_service_free(&msg);
+    }
+    assert_int_equal(fake_worker_requests(fx->workers[1]), 4);
+}
+
 static void poison(fake_worker_config_t *c)
 {
     c->vocab_size = 8;
@@ -380,6 +412,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_tiny_limits_leave_with_their_pipeline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tiny_limits_leave_when_silent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_rechecked_against_the_pipeline_it_goes_to, setup, teardown),
         cmocka_unit_test_setup_teardown(test_contradicting_registration_refused_and_logged_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_layer_count_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reply_from_another_pipeline_ignored, setup, teardown),
