@@ -225,11 +225,12 @@ static void on_ready(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage 
          * evict the live one, which would claim it back when it hears
          * nothing (the eviction loop). Refused; the worker stops. */
         b->registrations_refused++;
-        broker_log_peer(b, BROKER_PEER_REFUSED, BROKER_LOG_ERROR, "pipeline '%s' of model '%s' refused: that id is served by "
-                   "another live pipeline (instance %016llx, this one %016llx); each worker job "
-                   "needs its own ids (the default model@host/jJOB/pINDEX, or --pipeline-prefix)",
-                   msg->pipeline, ready->model, (unsigned long long)old->instance,
-                   (unsigned long long)ready->instance);
+        broker_log_peer(b, BROKER_PEER_REFUSED, BROKER_LOG_ERROR,
+                        "pipeline '%s' of model '%s' refused: that id is served by another live "
+                        "pipeline (instance %016llx, this one %016llx); each worker job needs its "
+                        "own ids (the default model@host/jJOB/pINDEX, or --pipeline-prefix)",
+                        msg->pipeline, ready->model, (unsigned long long)old->instance,
+                        (unsigned long long)ready->instance);
         send_disconnect_refused(b, zmq_msg_data((zmq_msg_t *)identity),
                                 zmq_msg_size((zmq_msg_t *)identity), msg->pipeline,
                                 "pipeline id already served by another live pipeline", true);
@@ -270,9 +271,10 @@ static void on_ready(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage 
     m->ready = msg; /* kept: the identity and language codes of the model's limits */
     *msg_p = NULL;
     broker_limits_recompute(m);
-    broker_log_peer(b, BROKER_PEER_PIPELINE, BROKER_LOG_INFO, "pipeline '%s' of model '%s' ready: %u stages, credit %u, "
-               "%llu tokens per micro-batch", p->id, m->name, p->n_stages, p->credit,
-               (unsigned long long)p->max_batch_tokens);
+    broker_log_peer(b, BROKER_PEER_PIPELINE, BROKER_LOG_INFO,
+                    "pipeline '%s' of model '%s' ready: %u stages, credit %u, %llu tokens per "
+                    "micro-batch", p->id, m->name, p->n_stages, p->credit,
+                    (unsigned long long)p->max_batch_tokens);
     broker_dispatch(b, m);
 }
 
@@ -304,8 +306,9 @@ static void on_reply(broker_t *b, broker_pipeline_t *p, const char *named,
 {
     if (n_frames != reply->n_tickets) {
         b->malformed++;
-        broker_log_peer(b, BROKER_PEER_PROTOCOL, BROKER_LOG_WARN, "reply from pipeline '%s' with %zu tickets and %zu frames dropped",
-                   named, reply->n_tickets, n_frames);
+        broker_log_peer(b, BROKER_PEER_PROTOCOL, BROKER_LOG_WARN,
+                        "reply from pipeline '%s' with %zu tickets and %zu frames dropped", named,
+                        reply->n_tickets, n_frames);
         return;
     }
     if (p) {

@@ -135,9 +135,9 @@ static void curve_worker(curve_fx_t *c, int slot)
 static void expect_answer(test_client_t *client, const char *id)
 {
     assert_int_equal(test_client_send_tokens(client, id, "tiny", PROTO_TASK_BASE, 1, 6, 2, 0), 0);
-    Xlm__ServiceMessage *msg = test_client_recv(client, 3000);
+    Xlm__ServiceMessage *msg = test_client_recv(client, 10000);
     if (!msg)
-        fail_msg("expect_answer: no reply to '%s' within 3 s", id);
+        fail_msg("expect_answer: no reply to '%s' within 10 s", id);
     assert_string_equal(msg->response->id, id);
     assert_int_equal(msg->response->status, XLM__STATUS__STATUS_OK);
     assert_int_equal(test_response_output(msg->response, "sum_ids")->i64[0], test_tokens_row_sum(6, 2, 0));
