@@ -150,12 +150,13 @@ static bool send_batch(broker_t *b, broker_pipeline_t *p, broker_req_t **reqs, s
 
 /* The pipeline with credit that fits the head of the queue best: one whose
  * budget holds it, then the most credit, then the longest idle. */
-static broker_pipeline_t *pick_pipeline(broker_model_t *m, int64_t head_tokens)
+static broker_pipeline_t *pick_pipeline(broker_model_t *m, const broker_req_t *head)
 {
+    const int64_t head_tokens = head->item.tokens;
     broker_pipeline_t *best = NULL;
     for (broker_link_t *l = m->pipelines.next; l != &m->pipelines; l = l->next) {
         broker_pipeline_t *p = BROKER_CONTAINER(l, broker_pipeline_t, link);
-        if (p->credit == 0)
+        if (p->credit == 0 || !broker_pipeline_accepts(p, head))
             continue;
         if (!best) {
             best = p;
@@ -180,15 +181,27 @@ void broker_dispatch(broker_t *b, broker_model_t *m)
 {
     while (m->queue_len > 0) {
         broker_req_t *head = BROKER_CONTAINER(m->queue.next, broker_req_t, link);
-        broker_pipeline_t *p = pick_pipeline(m, head->item.tokens);
-        if (!p)
-            return;
-        /* The head and up to batch_scan requests behind it. */
-        size_t n = 0;
-        for (broker_link_t *l = m->queue.next; l != &m->queue && n <= b->config.batch_scan;
-             l = l->next, n++) {
-            b->scratch_reqs[n] = BROKER_CONTAINER(l, broker_req_t, link);
-            b->scratch_items[n] = b->scratch_reqs[n]->item;
+        broker_pipeline_t *p = pick_pipeline(m, head);
+        if (!p) {
+            /* Accepted under limits that left with a pipeline: no live
+             * one can ever take it, so it hears why now. */
+            proto_status_t status;
+            char why[PROTO_ERROR_MAX];
+            if (!broker_model_refuses(m, head, &status, why, sizeof why))
+                return;
+            m->rejected++;
+            broker_req_fail(b, head, status, "%s", why);
+            continue;
+        }
+        /* The head and up to batch_scan requests behind it that p takes. */
+        size_t n = 0, looked = 0;
+        for (broker_link_t *l = m->queue.next; l != &m->queue && looked <= b->config.batch_scan;
+             l = l->next, looked++) {
+            broker_req_t *r = BROKER_CONTAINER(l, broker_req_t, link);
+            if (!broker_pipeline_accepts(p, r))
+                continue;
+            b->scratch_reqs[n] = r;
+            b->scratch_items[n++] = r->item;
         }
         size_t chosen = broker_batch_select(b->scratch_items, n, p->max_batch_tokens,
                                             b->config.batch_max_requests, b->scratch_chosen);
@@ -231,11 +244,13 @@ static void on_ready(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage 
         /* Another process claims a live pipeline's id: taking it would
          * evict the live one, which would claim it back when it hears
          * nothing (the eviction loop). Refused; the worker stops. */
-        broker_log(b, BROKER_LOG_ERROR, "pipeline '%s' of model '%s' refused: that id is served by "
-                   "another live pipeline (instance %016llx, this one %016llx); each worker job "
-                   "needs its own ids (the default model@host/jJOB/pINDEX, or --pipeline-prefix)",
-                   msg->pipeline, ready->model, (unsigned long long)old->instance,
-                   (unsigned long long)ready->instance);
+        b->registrations_refused++;
+        broker_log_peer(b, BROKER_PEER_REFUSED, BROKER_LOG_ERROR,
+                        "pipeline '%s' of model '%s' refused: that id is served by another live "
+                        "pipeline (instance %016llx, this one %016llx); each worker job needs its "
+                        "own ids (the default model@host/jJOB/pINDEX, or --pipeline-prefix)",
+                        msg->pipeline, ready->model, (unsigned long long)old->instance,
+                        (unsigned long long)ready->instance);
         send_disconnect_refused(b, zmq_msg_data((zmq_msg_t *)identity),
                                 zmq_msg_size((zmq_msg_t *)identity), msg->pipeline,
                                 "pipeline id already served by another live pipeline", true);
@@ -248,6 +263,21 @@ static void on_ready(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage 
                         msg->pipeline, "broker stopping");
         return;
     }
+    broker_model_t *existing = broker_model_find(b, ready->model);
+    char why[PROTO_ERROR_MAX];
+    if (existing && broker_ready_contradicts(existing, ready, why, sizeof why)) {
+        /* Another checkpoint under a served name: requests checked against
+         * one would be computed by the other. Refused; the worker stops. */
+        b->registrations_refused++;
+        broker_log_peer(b, BROKER_PEER_REFUSED, BROKER_LOG_ERROR,
+                        "pipeline '%s' of model '%s' refused: its configuration contradicts the "
+                        "model's live pipelines (%s)", msg->pipeline, ready->model, why);
+        char reason[PROTO_ERROR_MAX + 64];
+        snprintf(reason, sizeof reason, "configuration contradicts the model's live pipelines: %s", why);
+        send_disconnect_refused(b, zmq_msg_data((zmq_msg_t *)identity),
+                                zmq_msg_size((zmq_msg_t *)identity), msg->pipeline, reason, true);
+        return;
+    }
     broker_model_t *m = broker_model_get_or_add(b, ready->model);
     broker_pipeline_t *p = m ? broker_pipeline_add(b, m, msg->pipeline,
                                                    zmq_msg_data((zmq_msg_t *)identity),
@@ -257,18 +287,14 @@ static void on_ready(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage 
         broker_log(b, BROKER_LOG_ERROR, "pipeline '%s' not registered: out of memory", msg->pipeline);
         return;
     }
-    if (m->ready && (m->ready->ready->vocab_size != ready->vocab_size ||
-                     m->ready->ready->max_position_embeddings != ready->max_position_embeddings))
-        broker_log(b, BROKER_LOG_WARN, "pipeline '%s' of model '%s' differs from the model's others "
-                   "(vocab_size %lld, max_position_embeddings %lld); the latest is used",
-                   p->id, m->name, (long long)ready->vocab_size,
-                   (long long)ready->max_position_embeddings);
     proto_worker_free(&m->ready);
-    m->ready = msg; /* kept: the limits requests are checked against */
+    m->ready = msg; /* kept: the identity and language codes of the model's limits */
     *msg_p = NULL;
-    broker_log(b, BROKER_LOG_INFO, "pipeline '%s' of model '%s' ready: %u stages, credit %u, "
-               "%llu tokens per micro-batch", p->id, m->name, p->n_stages, p->credit,
-               (unsigned long long)p->max_batch_tokens);
+    broker_limits_recompute(m);
+    broker_log_peer(b, BROKER_PEER_PIPELINE, BROKER_LOG_INFO,
+                    "pipeline '%s' of model '%s' ready: %u stages, credit %u, %llu tokens per "
+                    "micro-batch", p->id, m->name, p->n_stages, p->credit,
+                    (unsigned long long)p->max_batch_tokens);
     broker_dispatch(b, m);
 }
 
@@ -295,13 +321,14 @@ static bool reply_cacheable(Xlm__Status status)
 }
 
 /* One reply frame per ticket; the first reply of a ticket wins. */
-static void on_reply(broker_t *b, broker_pipeline_t *p, const Xlm__Reply *reply,
-                     zmq_msg_t *frames, size_t n_frames)
+static void on_reply(broker_t *b, broker_pipeline_t *p, const char *named,
+                     const Xlm__Reply *reply, zmq_msg_t *frames, size_t n_frames)
 {
     if (n_frames != reply->n_tickets) {
         b->malformed++;
-        broker_log(b, BROKER_LOG_WARN, "reply from pipeline '%s' with %zu tickets and %zu frames dropped",
-                   p ? p->id : "?", reply->n_tickets, n_frames);
+        broker_log_peer(b, BROKER_PEER_PROTOCOL, BROKER_LOG_WARN,
+                        "reply from pipeline '%s' with %zu tickets and %zu frames dropped", named,
+                        reply->n_tickets, n_frames);
         return;
     }
     if (p) {
@@ -313,6 +340,16 @@ static void on_reply(broker_t *b, broker_pipeline_t *p, const Xlm__Reply *reply,
         broker_req_t *r = broker_map_get(b->tickets, &reply->tickets[i], sizeof reply->tickets[i]);
         if (!r) {
             b->late_replies++;
+            continue;
+        }
+        if (r->pipeline != p || !p) {
+            /* Only the pipeline holding a ticket answers it: a reply from
+             * another (confused or hostile) would replace the real answer. */
+            b->foreign_replies++;
+            broker_log_peer(b, BROKER_PEER_FOREIGN, BROKER_LOG_WARN,
+                            "reply from pipeline '%s' for ticket %llu ignored: %s", named,
+                            (unsigned long long)reply->tickets[i],
+                            r->pipeline ? "another pipeline holds it" : "it is queued, no pipeline holds it");
             continue;
         }
         if (reply->statuses[i] == XLM__STATUS__STATUS_OK)
@@ -355,7 +392,7 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
         break;
     case XLM__WORKER_MESSAGE__BODY_REPLY:
         note_tail(p, identity);
-        on_reply(b, p, msg->reply, frames, n_frames);
+        on_reply(b, p, msg->pipeline, msg->reply, frames, n_frames);
         break;
     case XLM__WORKER_MESSAGE__BODY_CREDIT:
         if (p) {
@@ -386,8 +423,9 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
         }
         break;
     default:
-        broker_log(b, BROKER_LOG_WARN, "pipeline '%s' sent a message only the broker sends (body %d)",
-                   msg->pipeline, (int)msg->body_case);
+        broker_log_peer(b, BROKER_PEER_PROTOCOL, BROKER_LOG_WARN,
+                        "pipeline '%s' sent a message only the broker sends (body %d)",
+                        msg->pipeline, (int)msg->body_case);
         break;
     }
 }
@@ -435,10 +473,13 @@ void broker_backend_recv(broker_t *b)
         size_t n_frames = have_header ? recv_frames(b, zmq_msg_more(&header)) : 0;
         Xlm__WorkerMessage *msg = NULL;
         proto_error_t err;
+        if (have_header && !broker_auth_allows(b, BROKER_SIDE_BACKEND, &header))
+            have_header = false;
         if (have_header && proto_worker_decode(zmq_msg_data(&header), zmq_msg_size(&header),
                                                b->config.max_message_bytes, &msg, &err)) {
             b->malformed++;
-            broker_log(b, BROKER_LOG_WARN, "worker message refused: %s", err.message);
+            broker_log_peer(b, BROKER_PEER_MALFORMED, BROKER_LOG_WARN, "worker message refused: %s",
+                            err.message);
         }
         if (msg)
             handle_worker(b, &identity, &msg, b->frames, n_frames);

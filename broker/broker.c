@@ -18,6 +18,7 @@ void broker_config_defaults(broker_config_t *c)
     c->queue_max = 1024;
     c->queue_bytes = (size_t)256 << 20;
     c->max_message_bytes = PROTO_DEFAULT_LIMIT;
+    c->max_worker_message_bytes = (size_t)64 << 20;
     c->default_deadline_ms = 30000;
     c->max_deadline_ms = 600000;
     c->spin_us = 100;
@@ -30,6 +31,7 @@ void broker_config_defaults(broker_config_t *c)
     c->batch_scan = 64;
     c->batch_max_requests = 256;
     c->log_level = BROKER_LOG_INFO;
+    c->log_window_ms = 10000;
 }
 
 static bool config_valid(const broker_config_t *c)
@@ -45,6 +47,8 @@ static bool config_valid(const broker_config_t *c)
         bad = "queue_max and queue_bytes must be positive";
     else if (c->max_message_bytes < 64 || c->max_message_bytes > ((size_t)1 << 30))
         bad = "max_message_bytes must be 64 to 1 GiB";
+    else if (c->max_worker_message_bytes < 1024 || c->max_worker_message_bytes > ((size_t)1 << 32))
+        bad = "max_worker_message_bytes must be 1 KiB to 4 GiB";
     else if (c->default_deadline_ms < 1 || c->max_deadline_ms < c->default_deadline_ms)
         bad = "default_deadline_ms must be positive and at most max_deadline_ms";
     else if (c->batch_scan > 65536 || c->batch_max_requests < 1 ||
@@ -52,6 +56,8 @@ static bool config_valid(const broker_config_t *c)
         bad = "batch_scan must be at most 65536, batch_max_requests 1 to 65536";
     else if ((int)c->log_level < 0 || c->log_level >= BROKER_LOG_COUNT_)
         bad = "log_level unknown";
+    else if (c->log_window_ms < 10 || c->log_window_ms > 3600000)
+        bad = "log_window_ms must be 10 to 3600000";
     if (bad)
         broker_log(NULL, BROKER_LOG_ERROR, "broker_new: %s", bad);
     return !bad;
@@ -66,10 +72,14 @@ static uint64_t random_u64(void)
 }
 
 /* Binds a ROUTER socket and records the endpoint actually bound. */
-static void *bind_router(broker_t *b, const char *endpoint, char *bound, int64_t max_msg)
+static void *bind_router(broker_t *b, int side, const char *endpoint, char *bound, int64_t max_msg)
 {
     void *s = zmq_socket(b->ctx, ZMQ_ROUTER);
     int one = 1, linger = 1000;
+    if (s && broker_auth_secure(b, s, side) != 0) {
+        zmq_close(s);
+        return NULL;
+    }
     if (!s ||
         zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
         zmq_setsockopt(s, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0 ||
@@ -120,11 +130,18 @@ broker_t *broker_new(const broker_config_t *config)
         broker_log(b, BROKER_LOG_ERROR, "broker_new: zmq_ctx_new: %s", zmq_strerror(errno));
         goto err;
     }
+    if (broker_auth_start(b) != 0)
+        goto err;
     /* Past 4x the decoding limit a client's connection is dropped unread;
-     * up to it, the client gets a TOO_LARGE reply. Workers are not limited. */
+     * up to it, the client gets a TOO_LARGE reply. A worker's reply frame
+     * goes to a client as it is: the client library's own limit. */
     int64_t hard_limit = (int64_t)config->max_message_bytes * 4;
-    b->frontend = bind_router(b, config->frontend, b->frontend_endpoint, hard_limit);
-    b->backend = b->frontend ? bind_router(b, config->backend, b->backend_endpoint, -1) : NULL;
+    b->frontend = bind_router(b, BROKER_SIDE_FRONTEND, config->frontend, b->frontend_endpoint,
+                              hard_limit);
+    b->backend = b->frontend ? bind_router(b, BROKER_SIDE_BACKEND, config->backend,
+                                           b->backend_endpoint,
+                                           (int64_t)config->max_worker_message_bytes)
+                             : NULL;
     if (!b->backend)
         goto err;
     b->started_us = broker_now_us();
@@ -157,6 +174,7 @@ void broker_destroy(broker_t **self_p)
         zmq_close(b->frontend);
     if (b->backend)
         zmq_close(b->backend);
+    broker_auth_destroy(&b->auth);
     if (b->ctx)
         zmq_ctx_term(b->ctx);
     free(b);
@@ -215,6 +233,8 @@ static void on_timers(broker_t *b, int64_t now)
         broker_heartbeat(b, now);
         broker_models_expire(b, now);
         broker_done_expire(b, now);
+        broker_log_peer_flush(b, now);
+        broker_auth_reload(b);
         /* Half an interval: a heartbeat is never more than 1.5 intervals late. */
         b->next_heartbeat_us = now + (int64_t)b->config.heartbeat_ms * 500;
     }
@@ -280,10 +300,12 @@ static bool stop_step(broker_t *b, int64_t now)
 
 broker_status_t broker_run(broker_t *b, const atomic_int *stop)
 {
-    zmq_pollitem_t items[] = {
+    zmq_pollitem_t items[5] = {
         {b->frontend, 0, ZMQ_POLLIN, 0},
         {b->backend, 0, ZMQ_POLLIN, 0},
     };
+    const size_t n_auth = broker_auth_poll_items(b, items + 2);
+    const int n_items = 2 + (int)n_auth;
     int64_t active_us = 0;
     for (;;) {
         int64_t now = broker_now_us();
@@ -295,7 +317,7 @@ broker_status_t broker_run(broker_t *b, const atomic_int *stop)
          * again without sleeping for a short while, which saves the wake-up
          * of a blocked poll on the round trip. */
         const bool spinning = now - active_us < (int64_t)b->config.spin_us;
-        int rc = zmq_poll(items, 2, spinning ? 0 : poll_timeout_ms(b, now));
+        int rc = zmq_poll(items, n_items, spinning ? 0 : poll_timeout_ms(b, now));
         if (rc > 0)
             active_us = broker_now_us();
         if (rc < 0) {
@@ -304,6 +326,8 @@ broker_status_t broker_run(broker_t *b, const atomic_int *stop)
             broker_log(b, BROKER_LOG_ERROR, "broker_run: zmq_poll: %s", zmq_strerror(errno));
             return BROKER_ERR_ZMQ;
         }
+        if (n_auth)
+            broker_auth_handle(b, items + 2, n_auth);
         if (items[1].revents & ZMQ_POLLIN)
             broker_backend_recv(b);
         if (items[0].revents & ZMQ_POLLIN)

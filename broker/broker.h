@@ -21,6 +21,7 @@
 #define XLM_BROKER_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,6 +59,9 @@ typedef struct {
     size_t queue_bytes;          /* queued request bytes per model: 256 MiB */
     size_t max_message_bytes;    /* largest client message decoded: 16 MiB; messages
                                     past 4x this drop the connection (ZMQ_MAXMSGSIZE) */
+    size_t max_worker_message_bytes; /* largest frame from a worker (a reply for one
+                                    request): 64 MiB, the client library's default;
+                                    past it the worker's connection drops (ZMQ_MAXMSGSIZE) */
     uint32_t default_deadline_ms;/* when a request gives none: 30000 */
     uint32_t max_deadline_ms;    /* cap on a request's deadline: 600000 */
     uint32_t spin_us;            /* polls without sleeping this long after traffic: 100 */
@@ -74,6 +78,14 @@ typedef struct {
     size_t batch_scan;           /* queued requests looked at past the head: 64 */
     size_t batch_max_requests;   /* requests per micro-batch: 256 */
     broker_log_level_t log_level;/* BROKER_LOG_INFO */
+    const char *curve_key;       /* the broker's key pair file (NAME.key of xlm-keygen):
+                                    NULL, no CURVE (borrowed) */
+    const char *frontend_curve_allow; /* directory of the clients' allowed public keys: the
+                                    frontend requires CURVE; NULL: plain (borrowed) */
+    const char *backend_curve_allow;  /* the same for the workers on the backend */
+    bool insecure;               /* a plain side may bind off loopback (else refused) */
+    uint32_t log_window_ms;      /* each kind of peer-caused log line writes its burst per
+                                    window, then one count of the lines held back: 10000 */
 } broker_config_t;
 
 /* Fills config with the defaults above (endpoints NULL). */

@@ -119,6 +119,7 @@ typedef struct {
     broker_pipeline_t *pipeline;/* NULL while queued */
     proto_task_t task;
     broker_batch_item_t item;
+    int64_t positions;          /* positions it needs of a pipeline (0: text, checked there) */
     int64_t received_us, deadline_us;
     zmq_msg_t body;             /* the ClientMessage bytes, forwarded as they came */
     size_t bytes;
@@ -135,8 +136,12 @@ struct broker_model {
     size_t queue_len, queue_bytes, in_flight;
     broker_link_t pipelines;
     size_t n_pipelines;
-    Xlm__WorkerMessage *ready;  /* the latest Ready of one of its pipelines (owned) */
-    uint64_t max_batch_tokens;  /* largest budget a pipeline of it offered */
+    Xlm__WorkerMessage *ready;  /* the latest accepted Ready of one of its pipelines (owned) */
+    Xlm__Ready limits;          /* what all its live pipelines accept (limits.c); its
+                                   arrays borrow ready's and limit_tasks */
+    Xlm__Task limit_tasks[PROTO_TASK_COUNT_];
+    bool has_limits;
+    uint64_t max_batch_tokens;  /* largest budget of its live pipelines */
     uint64_t done, failed, rejected, expired, cancelled, requeued;
     broker_stage_stats_t *stages;
     size_t n_stages;
@@ -166,6 +171,8 @@ struct broker_pipeline {
     uint32_t n_stages;
     uint32_t credit;
     uint64_t max_batch_tokens;
+    int64_t max_positions;      /* its Ready's max_position_embeddings */
+    uint32_t tasks;             /* bit per proto_task_t it serves */
     int64_t last_seen_us, heartbeat_sent_us, last_batch_us;
     int64_t expiry_us;          /* silence longer than this: dead */
     /* While it holds work, a pipeline must also make progress: a Reply, a
@@ -178,6 +185,26 @@ struct broker_pipeline {
     size_t n_in_flight;
     uint64_t batches;
 };
+
+/* Kinds of log line a peer can cause (peerlog.c, one row each). */
+typedef enum {
+    BROKER_PEER_MALFORMED = 0,
+    BROKER_PEER_PROTOCOL,
+    BROKER_PEER_REFUSED,
+    BROKER_PEER_FOREIGN,
+    BROKER_PEER_PIPELINE,
+    BROKER_PEER_CLIENT,
+    BROKER_PEER_AUTH,
+    BROKER_PEER_REVOKED,
+    BROKER_PEER_COUNT_
+} broker_peer_line_t;
+
+typedef struct {
+    int64_t window_start_us;
+    uint64_t in_window, suppressed;
+} broker_peer_log_t;
+
+typedef struct broker_auth broker_auth_t;
 
 typedef struct {
     broker_link_t link;         /* broker->done, oldest first */
@@ -212,6 +239,9 @@ struct broker {
     int64_t drain_until_us;
 
     uint64_t received, duplicates, malformed, late_replies;
+    uint64_t foreign_replies, registrations_refused, log_suppressed;
+    broker_peer_log_t peer_log[BROKER_PEER_COUNT_];
+    broker_auth_t *auth;        /* CURVE's ZAP handler; NULL when neither side needs it */
 
     /* Scratch space of the batcher, batch_scan + 1 entries. */
     broker_batch_item_t *scratch_items;
@@ -229,6 +259,23 @@ int64_t broker_now_us(void);
 void broker_iso_time(char out[BROKER_TIME_MAX]);
 void broker_log(const broker_t *b, broker_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* peerlog.c: a line a peer caused, within its kind's burst per
+ * log_window_ms; the rest counted, summarised by broker_log_peer_flush. */
+void broker_log_peer(broker_t *b, broker_peer_line_t kind, broker_log_level_t level,
+                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void broker_log_peer_flush(broker_t *b, int64_t now);
+
+/* limits.c: see there. */
+void broker_limits_of_ready(broker_pipeline_t *p, const Xlm__Ready *ready);
+/* True when ready contradicts the model's live pipelines; why says how. */
+bool broker_ready_contradicts(const broker_model_t *m, const Xlm__Ready *ready, char *why,
+                              size_t size);
+void broker_limits_recompute(broker_model_t *m);
+int64_t broker_request_positions(const Xlm__Request *rq);
+bool broker_pipeline_accepts(const broker_pipeline_t *p, const broker_req_t *r);
+bool broker_model_refuses(const broker_model_t *m, const broker_req_t *r, proto_status_t *status,
+                          char *why, size_t size);
 
 /* registry.c: models, pipelines, requests. */
 broker_model_t *broker_model_find(const broker_t *b, const char *name);
@@ -282,6 +329,27 @@ void broker_worker_send_simple(broker_t *b, const uint8_t *identity, size_t iden
                                const char *pipeline, Xlm__WorkerMessage *msg);
 void broker_pipeline_cancel(broker_t *b, broker_pipeline_t *p, uint64_t ticket);
 void broker_backend_disconnect_all(broker_t *b, const char *reason);
+
+/* auth.c: CURVE on the frontend and backend, the ZAP handler. */
+enum { BROKER_SIDE_FRONTEND = 0, BROKER_SIDE_BACKEND = 1 };
+/* Checks the configuration (a plain side off loopback needs insecure) and,
+ * when a side asks for CURVE, loads the keys and binds the ZAP handler
+ * (b->auth). -1 after logging why. */
+int broker_auth_start(broker_t *b);
+void broker_auth_destroy(broker_auth_t **self_p);
+/* Makes socket a CURVE server when its side has an allow list. */
+int broker_auth_secure(broker_t *b, void *socket, int side);
+/* Writes the sockets to poll (ZAP, handshake monitors; at most 3) to
+ * items, returns their count (0 without CURVE). */
+size_t broker_auth_poll_items(const broker_t *b, zmq_pollitem_t *items);
+/* Handles what those items say (the same items, after zmq_poll). */
+void broker_auth_handle(broker_t *b, const zmq_pollitem_t *items, size_t n);
+/* Reads an allow directory again when it changed (timer tick). */
+void broker_auth_reload(broker_t *b);
+/* Whether a received frame's key is still allowed (true without CURVE). */
+bool broker_auth_allows(broker_t *b, int side, zmq_msg_t *frame);
+/* Handshakes refused so far (0 without CURVE). */
+uint64_t broker_auth_refused(const broker_auth_t *auth);
 
 /* stats.c */
 void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len);

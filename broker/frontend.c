@@ -28,7 +28,8 @@ bool broker_client_send(broker_t *b, const uint8_t *client, size_t client_len, z
     if (zmq_send(b->frontend, client, client_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         broker_log(b, BROKER_LOG_DEBUG, "reply to a client dropped: %s", zmq_strerror(errno));
     else if (zmq_msg_send(body, b->frontend, ZMQ_DONTWAIT) < 0)
-        broker_log(b, BROKER_LOG_WARN, "reply to a client failed: %s", zmq_strerror(errno));
+        broker_log_peer(b, BROKER_PEER_CLIENT, BROKER_LOG_WARN, "reply to a client failed: %s",
+                        zmq_strerror(errno));
     else
         sent = true;
     if (!sent) { /* leave body empty, as a successful send does */
@@ -164,7 +165,7 @@ static void handle_request(broker_t *b, const zmq_msg_t *client, const Xlm__Requ
         return;
     proto_error_t err;
     proto_error_clear(&err);
-    if (m->ready && proto_request_check_model(rq, m->ready->ready, &err)) {
+    if (m->has_limits && proto_request_check_model(rq, &m->limits, &err)) {
         m->rejected++;
         broker_client_status(b, cid, clen, rq->id, err.code, "%s", err.message);
         return;
@@ -270,7 +271,7 @@ void broker_frontend_recv(broker_t *b)
             more = zmq_msg_recv(&frame, b->frontend, 0) >= 0 && zmq_msg_more(&frame);
             zmq_msg_close(&frame);
         }
-        if (have_body)
+        if (have_body && broker_auth_allows(b, BROKER_SIDE_FRONTEND, &body))
             handle_client(b, &client, &body, extra);
         zmq_msg_close(&body);
         zmq_msg_close(&client);

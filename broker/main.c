@@ -35,7 +35,18 @@ static void usage(FILE *out)
             "  --liveness N               heartbeats missed before a pipeline is dead [%d]\n"
             "  --queue-max N              queued requests per model [%zu]\n"
             "  --queue-bytes N            queued bytes per model [%zu]\n"
-            "  --max-message-bytes N      largest client message [%zu]\n"
+            "  --max-message-bytes N      largest client message decoded (TOO_LARGE past it;\n"
+            "                             past 4x it the connection drops) [%zu]\n"
+            "  --max-worker-message-bytes N  largest frame from a worker; past it the\n"
+            "                             worker's connection drops [%zu]\n"
+            "  --curve-key FILE           the broker's CURVE key pair (NAME.key of xlm-keygen)\n"
+            "  --curve-allow DIR          both sides require CURVE; DIR holds the allowed\n"
+            "                             public keys (*.pub), read again when it changes\n"
+            "  --frontend-curve-allow DIR only the frontend (clients) requires CURVE\n"
+            "  --backend-curve-allow DIR  only the backend (workers) requires CURVE\n"
+            "  --insecure                 a side without CURVE may bind off loopback\n"
+            "  --log-window-ms N          peer-caused log lines: each kind writes its burst per\n"
+            "                             window, then a count of those held back [%u]\n"
             "  --default-deadline-ms N    deadline of requests that give none [%u]\n"
             "  --max-deadline-ms N        longest deadline granted [%u]\n"
             "  --dedup-ms N               completed replies kept for retries [%u]\n"
@@ -53,6 +64,7 @@ static void usage(FILE *out)
             "  --log-level LEVEL          debug, info, warn or error [info]\n"
             "  --version                  the project's and the wire protocol's versions\n",
             d.heartbeat_ms, d.liveness, d.queue_max, d.queue_bytes, d.max_message_bytes,
+            d.max_worker_message_bytes, d.log_window_ms,
             d.default_deadline_ms, d.max_deadline_ms, d.dedup_ms, d.dedup_max, d.dedup_bytes,
             d.drain_ms, d.startup_grace_ms, d.model_grace_ms, d.batch_scan, d.batch_max_requests, d.spin_us);
 }
@@ -76,7 +88,8 @@ enum {
     OPT_FRONTEND = 256, OPT_BACKEND, OPT_HEARTBEAT, OPT_LIVENESS, OPT_QUEUE_MAX, OPT_QUEUE_BYTES,
     OPT_SPIN, OPT_MAX_MESSAGE, OPT_DEFAULT_DEADLINE, OPT_MAX_DEADLINE, OPT_DEDUP_MS, OPT_DEDUP_MAX,
     OPT_DEDUP_BYTES, OPT_DRAIN, OPT_GRACE, OPT_MODEL_GRACE, OPT_BATCH_SCAN, OPT_BATCH_MAX, OPT_LOG_LEVEL,
-    OPT_HELP, OPT_VERSION
+    OPT_MAX_WORKER_MESSAGE, OPT_CURVE_KEY, OPT_CURVE_ALLOW, OPT_FRONTEND_ALLOW, OPT_BACKEND_ALLOW,
+    OPT_INSECURE, OPT_LOG_WINDOW, OPT_HELP, OPT_VERSION
 };
 
 static const struct option options[] = {
@@ -99,6 +112,13 @@ static const struct option options[] = {
     {"batch-scan", required_argument, NULL, OPT_BATCH_SCAN},
     {"batch-max-requests", required_argument, NULL, OPT_BATCH_MAX},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"max-worker-message-bytes", required_argument, NULL, OPT_MAX_WORKER_MESSAGE},
+    {"curve-key", required_argument, NULL, OPT_CURVE_KEY},
+    {"curve-allow", required_argument, NULL, OPT_CURVE_ALLOW},
+    {"frontend-curve-allow", required_argument, NULL, OPT_FRONTEND_ALLOW},
+    {"backend-curve-allow", required_argument, NULL, OPT_BACKEND_ALLOW},
+    {"insecure", no_argument, NULL, OPT_INSECURE},
+    {"log-window-ms", required_argument, NULL, OPT_LOG_WINDOW},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -112,6 +132,13 @@ static int apply_option(broker_config_t *c, int opt, const char *name, const cha
     switch (opt) {
     case OPT_FRONTEND: c->frontend = arg; return 0;
     case OPT_BACKEND: c->backend = arg; return 0;
+    case OPT_CURVE_KEY: c->curve_key = arg; return 0;
+    case OPT_CURVE_ALLOW: c->frontend_curve_allow = c->backend_curve_allow = arg; return 0;
+    case OPT_FRONTEND_ALLOW: c->frontend_curve_allow = arg; return 0;
+    case OPT_BACKEND_ALLOW: c->backend_curve_allow = arg; return 0;
+    case OPT_INSECURE: c->insecure = true; return 0;
+    case OPT_MAX_WORKER_MESSAGE: if (parse_u64(name, arg, 1024, (uint64_t)1 << 32, &v)) return -1; c->max_worker_message_bytes = v; return 0;
+    case OPT_LOG_WINDOW: if (parse_u64(name, arg, 10, 3600000, &v)) return -1; c->log_window_ms = (uint32_t)v; return 0;
     case OPT_LOG_LEVEL:
         c->log_level = broker_log_level_from_name(arg);
         if (c->log_level == BROKER_LOG_COUNT_) {

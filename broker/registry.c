@@ -37,7 +37,7 @@ broker_model_t *broker_model_get_or_add(broker_t *b, const char *name)
             b->n_gone--;
             break;
         }
-    broker_log(b, BROKER_LOG_INFO, "model '%s' added", name);
+    broker_log_peer(b, BROKER_PEER_PIPELINE, BROKER_LOG_INFO, "model '%s' added", name);
     return m;
 }
 
@@ -180,6 +180,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     p->n_stages = ready->n_stages;
     p->credit = ready->credit;
     p->max_batch_tokens = ready->max_batch_tokens;
+    broker_limits_of_ready(p, ready);
     /* Dead after liveness intervals of the slower side. */
     int64_t interval_ms = b->config.heartbeat_ms;
     if (ready->heartbeat_ms > interval_ms)
@@ -197,8 +198,6 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     broker_list_push_back(&m->pipelines, &p->link);
     m->n_pipelines++;
     m->dead_since_us = 0;
-    if (p->max_batch_tokens > m->max_batch_tokens)
-        m->max_batch_tokens = p->max_batch_tokens;
     return p;
 }
 
@@ -225,10 +224,11 @@ void broker_pipeline_remove(broker_t *b, broker_pipeline_t *p, const char *why)
         m->dead_since_us = broker_now_us();
         broker_iso_time(m->dead_since);
     }
-    broker_log(b, requeued ? BROKER_LOG_WARN : BROKER_LOG_INFO,
-               "pipeline '%s' of model '%s' removed (%s); %zu requests queued again",
-               p->id, m->name, why, requeued);
+    broker_log_peer(b, BROKER_PEER_PIPELINE, requeued ? BROKER_LOG_WARN : BROKER_LOG_INFO,
+                    "pipeline '%s' of model '%s' removed (%s); %zu requests queued again",
+                    p->id, m->name, why, requeued);
     free(p);
+    broker_limits_recompute(m);
 }
 
 void broker_pipeline_touch(broker_pipeline_t *p, int64_t now)
@@ -265,6 +265,7 @@ broker_req_t *broker_req_new(broker_t *b, broker_model_t *m, const Xlm__Request 
     r->item.key = broker_batch_key_of(rq);
     /* proto_task_info says why some tasks are never shared. */
     r->item.alone = !proto_task_info(r->task)->batchable;
+    r->positions = broker_request_positions(rq);
     r->received_us = broker_now_us();
     uint32_t deadline_ms = rq->deadline_ms ? rq->deadline_ms : b->config.default_deadline_ms;
     if (deadline_ms > b->config.max_deadline_ms)

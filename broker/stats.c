@@ -113,6 +113,10 @@ void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len)
         stats.duplicates = b->duplicates;
         stats.malformed = b->malformed;
         stats.late_replies = b->late_replies;
+        stats.foreign_replies = b->foreign_replies;
+        stats.registrations_refused = b->registrations_refused;
+        stats.log_suppressed = b->log_suppressed;
+        stats.auth_refused = broker_auth_refused(b->auth);
         stats.cache_entries = (uint32_t)b->done_count;
         stats.cache_bytes = b->done_bytes;
         stats.n_models_gone = b->n_gone;

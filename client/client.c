@@ -10,6 +10,7 @@
  * for an id not pending finds no pending slot and is dropped.
  */
 #include "client_internal.h"
+#include "curve_keys.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -318,8 +319,9 @@ static void slot_timer(xlm_client_t *client, client_slot_t *s, int64_t now)
     if (s->state == SLOT_SENT && s->attempts >= client->config.max_attempts) {
         send_cancel(client, s->id);
         finish_local(client, s, XLM_CODE_UNAVAILABLE,
-                     "xlm_client: no reply from %s after %d attempts of %d ms", client->endpoint,
-                     s->attempts, client->config.attempt_timeout_ms);
+                     "xlm_client: no reply from %s after %d attempts of %d ms%s%s", client->endpoint,
+                     s->attempts, client->config.attempt_timeout_ms,
+                     client->handshake_error[0] ? ": " : "", client->handshake_error);
         return;
     }
     slot_send(client, s, now); /* a timed-out attempt, or the end of a backoff */
@@ -416,6 +418,8 @@ static xlm_status_t receive_all(xlm_client_t *client)
     }
 }
 
+static void read_monitor(xlm_client_t *client);
+
 /* One round: waits (when wait) until a message, the next timer or until_us,
  * reads what came and fires the timers that are due. */
 static xlm_status_t pump(xlm_client_t *client, int64_t until_us, bool wait)
@@ -428,12 +432,14 @@ static xlm_status_t pump(xlm_client_t *client, int64_t until_us, bool wait)
         if (timeout_ms > INT_MAX)
             timeout_ms = INT_MAX;
     }
-    zmq_pollitem_t item = {client->socket, 0, ZMQ_POLLIN, 0};
-    int rc = zmq_poll(&item, 1, timeout_ms);
+    zmq_pollitem_t items[] = {{client->socket, 0, ZMQ_POLLIN, 0}, {client->monitor, 0, ZMQ_POLLIN, 0}};
+    int rc = zmq_poll(items, 2, timeout_ms);
     if (rc < 0 && errno != EINTR)
         return client_fail(client, XLM_ERR_ZMQ, "xlm_client: poll failed: %s",
                            zmq_strerror(errno));
-    if (rc > 0) {
+    if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
+        read_monitor(client);
+    if (rc > 0 && (items[0].revents & ZMQ_POLLIN)) {
         xlm_status_t status = receive_all(client);
         if (status)
             return status;
@@ -462,9 +468,61 @@ static void make_prefix(xlm_client_t *client)
     client->rng = seed | 1;
 }
 
+/* Handshake failures are silent on a ZeroMQ socket (it retries for ever):
+ * a monitor hears them, so that a timeout can say why. */
+static bool open_monitor(xlm_client_t *client)
+{
+    char name[64];
+    snprintf(name, sizeof name, "inproc://xlmclient-monitor-%p", (void *)client);
+    if (zmq_socket_monitor(client->socket, name,
+                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0)
+        return false;
+    client->monitor = zmq_socket(client->context, ZMQ_PAIR);
+    return client->monitor && zmq_connect(client->monitor, name) == 0;
+}
+
+static void read_monitor(xlm_client_t *client)
+{
+    for (;;) {
+        zmq_msg_t event, address;
+        zmq_msg_init(&event);
+        if (zmq_msg_recv(&event, client->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&event);
+            return;
+        }
+        zmq_msg_init(&address);
+        if (zmq_msg_more(&event))
+            zmq_msg_recv(&address, client->monitor, 0);
+        uint16_t id = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&event) >= 6) {
+            memcpy(&id, zmq_msg_data(&event), 2);
+            memcpy(&value, (uint8_t *)zmq_msg_data(&event) + 2, 4);
+        }
+        bool curve = client->config.curve_secret != NULL;
+        if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+            client->handshake_error[0] = '\0';
+        else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+            snprintf(client->handshake_error, sizeof client->handshake_error,
+                     "the broker refused this client's CURVE key (status %u): its public key is "
+                     "not in the broker's allow directory", value);
+        else if (id)
+            snprintf(client->handshake_error, sizeof client->handshake_error, "%s",
+                     curve ? "the CURVE handshake failed: a wrong --curve-server key, or the "
+                             "broker does not use CURVE"
+                           : "the handshake failed: the broker requires CURVE (give "
+                             "--curve-secret and --curve-server)");
+        zmq_msg_close(&address);
+        zmq_msg_close(&event);
+    }
+}
+
 static bool open_socket(xlm_client_t *client, xlm_error_t *err)
 {
     int linger = 0;
+    int64_t max_message = (int64_t)client->config.max_message_bytes * 2;
+    char curve_err[PROTO_CURVE_ERROR_MAX];
     client->context = zmq_ctx_new();
     client->socket = client->context ? zmq_socket(client->context, ZMQ_DEALER) : NULL;
     if (!client->socket) {
@@ -472,7 +530,18 @@ static bool open_socket(xlm_client_t *client, xlm_error_t *err)
                   zmq_strerror(errno));
         return false;
     }
+    if (proto_curve_client_files(client->socket, client->config.curve_secret,
+                                 client->config.curve_server, curve_err) != 0) {
+        error_set(err, XLM_ERR_ARG, "xlm_client_new: %s", curve_err);
+        return false;
+    }
+    if (!open_monitor(client)) {
+        error_set(err, XLM_ERR_ZMQ, "xlm_client_new: cannot monitor the socket: %s",
+                  zmq_strerror(errno));
+        return false;
+    }
     if (zmq_setsockopt(client->socket, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(client->socket, ZMQ_MAXMSGSIZE, &max_message, sizeof max_message) ||
         zmq_connect(client->socket, client->endpoint)) {
         error_set(err, XLM_ERR_ZMQ,
                   "xlm_client_new: cannot connect to '%s': %s (expected tcp://HOST:PORT, "
@@ -548,6 +617,8 @@ void xlm_client_destroy(xlm_client_t **self_p)
     proto_service_free(&client->stats);
     if (client->socket)
         zmq_close(client->socket);
+    if (client->monitor)
+        zmq_close(client->monitor);
     if (client->context)
         zmq_ctx_term(client->context);
     free(client->endpoint);
@@ -782,8 +853,9 @@ static xlm_status_t wait_stats(xlm_client_t *client, const uint8_t *data, size_t
         int64_t now = client_now_us();
         if (now >= until)
             return client_fail(client, XLM_ERR_TIMEOUT,
-                               "xlm_client_stats_json: no stats from %s within %d ms",
-                               client->endpoint, timeout_ms);
+                               "xlm_client_stats_json: no stats from %s within %d ms%s%s",
+                               client->endpoint, timeout_ms,
+                               client->handshake_error[0] ? ": " : "", client->handshake_error);
         if (now >= next_send) {
             if ((status = send_bytes(client, data, size)))
                 break;

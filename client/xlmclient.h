@@ -129,7 +129,12 @@ typedef struct {
     int backoff_max_ms;         /* cap of that wait: 2000 */
     uint32_t deadline_ms;       /* for requests that set none: 0 (the broker's default,
                                    no client-side deadline) */
-    size_t max_message_bytes;   /* largest reply accepted: 64 MiB */
+    size_t max_message_bytes;   /* largest reply accepted: 64 MiB; the socket drops the
+                                   connection past twice this (ZMQ_MAXMSGSIZE) */
+    const char *curve_secret;   /* CURVE: this client's key pair file (NAME.key of
+                                   xlm-keygen); NULL: plain (borrowed, read at new) */
+    const char *curve_server;   /* CURVE: the broker's public key file (NAME.pub); set
+                                   both or neither */
 } xlm_client_config_t;
 
 /* Fills config with the defaults above (endpoint NULL). */

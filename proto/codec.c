@@ -747,7 +747,11 @@ static proto_status_t check_ready(const Xlm__Ready *r, proto_error_t *err)
             return proto_error_set(err, PROTO_STATUS_UNKNOWN_TASK,
                                    "%s: ready lists task %d, expected 0 to %d",
                                    fn, (int)r->tasks[i], PROTO_TASK_COUNT_ - 1);
-    return PROTO_STATUS_OK;
+    if (r->n_layers < 0 || r->emb_dim < 0 || r->n_heads < 0)
+        return proto_error_set(err, PROTO_STATUS_BAD_REQUEST,
+                               "%s: ready with n_layers %lld, emb_dim %lld, n_heads %lld; expected >= 0",
+                               fn, (long long)r->n_layers, (long long)r->emb_dim, (long long)r->n_heads);
+    return check_string(fn, "ready.architecture", r->architecture, PROTO_NAME_MAX, false, err);
 }
 
 static proto_status_t check_tickets(const char *what, size_t n_tickets, const size_t *counts,

@@ -45,6 +45,9 @@ typedef struct {
     int delay_us;                /* compute time of one micro-batch: 0 */
     bool split_reply_socket;     /* replies from a second socket, as a last stage would */
     uint32_t tasks_mask;         /* bit per proto_task_t served; 0: all */
+    int64_t n_layers;            /* 0: not said */
+    const char *curve_secret;    /* CURVE: own key pair file and the broker's public */
+    const char *curve_server;    /* key file (both NULL: plain) */
 } fake_worker_config_t;
 
 void fake_worker_config_defaults(fake_worker_config_t *config);
@@ -71,6 +74,9 @@ uint64_t fake_worker_max_padding(const fake_worker_t *worker);   /* most padded-
 typedef struct test_client test_client_t;
 
 test_client_t *test_client_new(const char *endpoint);
+/* A CURVE client with these key files (see proto/curve_keys.h). */
+test_client_t *test_client_new_curve(const char *endpoint, const char *secret_path,
+                                     const char *server_path);
 void test_client_destroy(test_client_t **self_p);
 /* A new socket, so a new routing id (what a client does after a timeout). */
 int test_client_reconnect(test_client_t *client);
@@ -104,6 +110,15 @@ int testing_free_port(void);
  * request. Returns the pid, or -1. */
 pid_t testing_broker_spawn(const char *bin, int front_port, int back_port,
                            const char *const *extra);
+/* How else to start it: its standard error appended to log_path (NULL:
+ * inherited), for tests that read what it logged; the CURVE key files
+ * of the client that waits for it (NULL: plain). */
+typedef struct {
+    const char *log_path;
+    const char *curve_secret, *curve_server;
+} testing_spawn_t;
+pid_t testing_broker_spawn_with(const char *bin, int front_port, int back_port,
+                                const char *const *extra, const testing_spawn_t *how);
 /* Sends sig, waits up to timeout_ms, then SIGKILL. Returns the exit status
  * (waitpid's), or -1. */
 int testing_process_stop(pid_t pid, int sig, int timeout_ms);

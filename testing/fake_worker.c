@@ -7,6 +7,7 @@
  * on Disconnect, and reconnects when the broker has been silent for
  * liveness heartbeats (a restarted broker). */
 #include "broker_testing.h"
+#include "curve_keys.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -96,6 +97,7 @@ static void send_ready(fake_worker_t *w)
     ready.n_tasks = n_tasks;
     ready.tasks = tasks;
     ready.heartbeat_ms = (uint32_t)w->config.heartbeat_ms;
+    ready.n_layers = w->config.n_layers;
     msg.pipeline = w->pipeline;
     msg.body_case = XLM__WORKER_MESSAGE__BODY_READY;
     msg.ready = &ready;
@@ -130,6 +132,12 @@ static void *open_dealer(fake_worker_t *w)
     if (!s)
         return NULL;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    char err[PROTO_CURVE_ERROR_MAX];
+    if (proto_curve_client_files(s, w->config.curve_secret, w->config.curve_server, err) != 0) {
+        fprintf(stderr, "fake_worker: %s\n", err);
+        zmq_close(s);
+        return NULL;
+    }
     if (zmq_connect(s, w->endpoint) != 0) {
         zmq_close(s);
         return NULL;

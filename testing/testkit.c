@@ -1,8 +1,10 @@
 /* testkit.c: a synchronous test client on a DEALER socket, and helpers to
  * run xlm-broker as a real process on 127.0.0.1. */
 #include "broker_testing.h"
+#include "curve_keys.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -26,27 +28,44 @@ int64_t testing_now_us(void)
 
 struct test_client {
     char endpoint[256];
+    char secret[512], server[512]; /* CURVE key files, "" for none */
     void *ctx, *sock;
 };
 
 static int client_open(test_client_t *c)
 {
-    int linger = 0, hwm = 100000;
+    int linger = 0, hwm = 2000000, send_timeout_ms = 2000;
     c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
     if (!c->sock)
         return -1;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    /* A socket whose handshake is refused has no peer and would block a
+     * send for ever: tests of refusals see a failed send instead. */
+    zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &send_timeout_ms, sizeof send_timeout_ms);
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    char err[PROTO_CURVE_ERROR_MAX];
+    if (proto_curve_client_files(c->sock, c->secret, c->server, err) != 0) {
+        fprintf(stderr, "test_client: %s\n", err);
+        return -1;
+    }
     return zmq_connect(c->sock, c->endpoint);
 }
 
 test_client_t *test_client_new(const char *endpoint)
 {
+    return test_client_new_curve(endpoint, NULL, NULL);
+}
+
+test_client_t *test_client_new_curve(const char *endpoint, const char *secret_path,
+                                     const char *server_path)
+{
     test_client_t *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
+    snprintf(c->secret, sizeof c->secret, "%s", secret_path ? secret_path : "");
+    snprintf(c->server, sizeof c->server, "%s", server_path ? server_path : "");
     c->ctx = zmq_ctx_new();
     if (!c->ctx || client_open(c) != 0) {
         test_client_destroy(&c);
@@ -218,11 +237,12 @@ int testing_free_port(void)
 }
 
 /* Waits until the broker answers a stats request, or the process ends. */
-static int wait_broker(pid_t pid, int front_port, int timeout_ms)
+static int wait_broker(pid_t pid, int front_port, int timeout_ms, const testing_spawn_t *how)
 {
     char endpoint[64];
     snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", front_port);
-    test_client_t *c = test_client_new(endpoint);
+    test_client_t *c = test_client_new_curve(endpoint, how ? how->curve_secret : NULL,
+                                             how ? how->curve_server : NULL);
     int64_t until = testing_now_us() + (int64_t)timeout_ms * 1000;
     int rc = -1;
     while (c && rc != 0 && testing_now_us() < until) {
@@ -240,6 +260,13 @@ static int wait_broker(pid_t pid, int front_port, int timeout_ms)
 
 pid_t testing_broker_spawn(const char *bin, int front_port, int back_port, const char *const *extra)
 {
+    return testing_broker_spawn_with(bin, front_port, back_port, extra, NULL);
+}
+
+pid_t testing_broker_spawn_with(const char *bin, int front_port, int back_port,
+                                const char *const *extra, const testing_spawn_t *how)
+{
+    const char *log_path = how ? how->log_path : NULL;
     char front[64], back[64];
     snprintf(front, sizeof front, "tcp://127.0.0.1:%d", front_port);
     snprintf(back, sizeof back, "tcp://127.0.0.1:%d", back_port);
@@ -252,11 +279,16 @@ pid_t testing_broker_spawn(const char *bin, int front_port, int back_port, const
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        int fd = log_path ? open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644) : -1;
+        if (fd >= 0) {
+            dup2(fd, 2);
+            close(fd);
+        }
         execv(bin, (char *const *)argv);
         fprintf(stderr, "testing_broker_spawn: execv %s: %s\n", bin, strerror(errno));
         _exit(127);
     }
-    if (wait_broker(pid, front_port, 10000) != 0) {
+    if (wait_broker(pid, front_port, 10000, how) != 0) {
         testing_process_stop(pid, SIGKILL, 1000);
         return -1;
     }

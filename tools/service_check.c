@@ -133,8 +133,11 @@ int tools_service_check(xlm_client_t *client, const char *endpoint, const char *
     char *json = NULL;
     memset(served, 0, sizeof *served);
     if (xlm_client_stats_json(client, timeout_ms, &json) != XLM_OK) {
+        /* The library says after " ms: " why a handshake failed, if one did. */
+        const char *why = strstr(xlm_client_error(client), " ms: ");
         snprintf(error, error_size, "cannot reach the broker at %s (no reply to a stats request "
-                 "within %g s)", endpoint, timeout_ms / 1000.0);
+                 "within %g s)%s%s", endpoint, timeout_ms / 1000.0, why ? ": " : "",
+                 why ? why + 5 : "");
         return -1;
     }
     cJSON *stats = cJSON_Parse(json);

@@ -55,6 +55,8 @@ static void usage_infer(FILE *out)
           "protocol has no default head: a head case needs \"head\" or --head.\n"
           "\n"
           "  --endpoint E           the broker's frontend, e.g. tcp://127.0.0.1:5555 (required)\n"
+          "  --curve-secret FILE    CURVE: this client's key pair (NAME.key of xlm-keygen)\n"
+          "  --curve-server FILE    CURVE: the broker's public key (NAME.pub)\n"
           "  --model NAME           model to use (default: the service's only one)\n"
           "  --head HEAD            head for lines that name none: base, lm, seq_cls,\n"
           "                         multiple_choice, token_cls, qa_simple, qa\n"
@@ -82,6 +84,8 @@ static void usage_stats(FILE *out)
           "\n"
           "  --endpoint E       the broker's frontend (required)\n"
           "  --timeout-ms MS    give up after MS (default 5000)\n"
+          "  --curve-secret FILE  CURVE: this client's key pair (NAME.key of xlm-keygen)\n"
+          "  --curve-server FILE  CURVE: the broker's public key (NAME.pub)\n"
           "  --help             this text\n",
           out);
 }
@@ -348,6 +352,7 @@ static int cmd_infer(int argc, char **argv)
         {"attempts", required_argument, NULL, 'a'}, {"deadline-ms", required_argument, NULL, 'd'},
         {"max-errors", required_argument, NULL, 'X'}, {"version", no_argument, NULL, 'V'},
         {"connect-timeout-ms", required_argument, NULL, 'C'},
+        {"curve-secret", required_argument, NULL, 'K'}, {"curve-server", required_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     xlm_client_config_t config;
     xlm_client_config_defaults(&config);
@@ -360,6 +365,8 @@ static int cmd_infer(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, ":e:m:H:w:t:a:d:h", options, NULL)) != -1) {
         switch (opt) {
         case 'e': config.endpoint = optarg; break;
+        case 'K': config.curve_secret = optarg; break;
+        case 'P': config.curve_server = optarg; break;
         case 'm': run.model = optarg; break;
         case 'H':
             if ((run.head = shard_head_from_name(optarg)) == SHARD_HEAD_COUNT_) {
@@ -437,6 +444,7 @@ static int cmd_stats(int argc, char **argv)
 {
     static const struct option options[] = {
         {"endpoint", required_argument, NULL, 'e'}, {"timeout-ms", required_argument, NULL, 't'},
+        {"curve-secret", required_argument, NULL, 'K'}, {"curve-server", required_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     xlm_client_config_t config;
     xlm_client_config_defaults(&config);
@@ -447,6 +455,8 @@ static int cmd_stats(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, ":e:t:h", options, NULL)) != -1) {
         switch (opt) {
         case 'e': config.endpoint = optarg; break;
+        case 'K': config.curve_secret = optarg; break;
+        case 'P': config.curve_server = optarg; break;
         case 't':
             if (!parse_int("--timeout-ms", optarg, 1, INT_MAX, &timeout_ms))
                 return 2;

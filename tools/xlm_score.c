@@ -53,6 +53,9 @@ static void usage(FILE *out)
           "                        request again (default 20000 ms, 60 sends)\n"
           "  --deadline-ms MS      through the service: a pair's deadline, its time in the\n"
           "                        queue included (default 600000, the broker's maximum)\n"
+          "  --curve-secret FILE   through the service, CURVE: this client's key pair\n"
+          "                        (NAME.key of xlm-keygen)\n"
+          "  --curve-server FILE   through the service, CURVE: the broker's public key (NAME.pub)\n"
           "  --connect-timeout-ms MS  through the service: the stats request that checks the\n"
           "                        broker and the model before the job (default 5000)\n"
           "  --max-errors N        stop once more than N lines failed in this run (default: no limit)\n"
@@ -129,7 +132,9 @@ static int parse(int argc, char **argv, cli_options_t *o)
         {"connect-timeout-ms", required_argument, NULL, 'C'},
         {"max-errors", required_argument, NULL, 'X'}, {"retry-errors", no_argument, NULL, 'r'},
         {"force-restart", no_argument, NULL, 'F'}, {"version", no_argument, NULL, 'V'},
-        {"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+        {"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'},
+        {"curve-secret", required_argument, NULL, 'k'}, {"curve-server", required_argument, NULL, 'c'},
+        {NULL, 0, NULL, 0}};
     int opt;
     long value;
     bool mode_given = false, precision_given = false;
@@ -138,6 +143,8 @@ static int parse(int argc, char **argv, cli_options_t *o)
     while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
         switch (opt) {
         case 'e': o->score.endpoint = optarg; break;
+        case 'k': o->score.curve_secret = optarg; break;
+        case 'c': o->score.curve_server = optarg; break;
         case 'm': o->score.model = optarg; break;
         case 'M':
             mode_given = true;

@@ -31,6 +31,7 @@ typedef struct queued {
 typedef struct {
     void *context;
     const char *endpoint, *pipeline;
+    const worker_curve_t *curve;
     uint32_t heartbeat_ms;
     const worker_log_t *log;
     atomic_int stop;

@@ -1,28 +1,74 @@
 /* link.c: a stage's ZeroMQ link to the broker, and reply packing. */
 #include "worker_internal.h"
 
+#include "curve_keys.h"
+
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
+/* A request frame is at most the broker's --max-message-bytes (16 MiB by
+ * default); this leaves room for a larger broker setting. */
+#define WORKER_MAX_MESSAGE_BYTES ((int64_t)256 << 20)
+
+worker_status_t worker_curve_load(const char *secret_path, const char *server_path,
+                                  worker_curve_t *curve, worker_error_t *err)
+{
+    char why[PROTO_CURVE_ERROR_MAX];
+    bool have_secret = secret_path && secret_path[0], have_server = server_path && server_path[0];
+    memset(curve, 0, sizeof *curve);
+    if (!have_secret && !have_server)
+        return WORKER_OK;
+    if (have_secret != have_server)
+        return worker_error_set(err, WORKER_ERR_CONFIG,
+                                "CURVE needs --curve-secret and --curve-server together");
+    if (!proto_curve_available())
+        return worker_error_set(err, WORKER_ERR_CONFIG,
+                                "--curve-secret given, but this libzmq has no CURVE");
+    if (proto_curve_cert_load(secret_path, true, &curve->mine, why) != 0 ||
+        proto_curve_cert_load(server_path, false, &curve->server, why) != 0)
+        return worker_error_set(err, WORKER_ERR_CONFIG, "%s", why);
+    curve->on = true;
+    return WORKER_OK;
+}
+
 struct worker_link {
     void *context; /* borrowed */
     void *socket;
+    const worker_curve_t *curve; /* borrowed; NULL: plain */
     char *endpoint;
     char *pipeline;
 };
 
-static void *open_socket(void *context, const char *endpoint)
+static void *open_socket(void *context, const char *endpoint, const worker_curve_t *curve,
+                         worker_error_t *err)
 {
     void *socket = zmq_socket(context, ZMQ_DEALER);
-    if (!socket)
+    if (!socket) {
+        worker_error_set(err, WORKER_ERR_ZMQ, "no ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
         return NULL;
+    }
     int linger = 0, hwm = 0;
     zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
     /* Credits bound what the broker sends; never drop for a high-water mark. */
     zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    /* What the broker sends is a micro-batch of requests it decoded within
+     * its own limit; far past that, the connection is dropped unread. */
+    int64_t max_message = WORKER_MAX_MESSAGE_BYTES;
+    zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max_message, sizeof max_message);
+    char why[PROTO_CURVE_ERROR_MAX];
+    if (curve && curve->on &&
+        proto_curve_client_apply(socket, &curve->mine, &curve->server, why) != 0) {
+        worker_error_set(err, WORKER_ERR_ZMQ, "%s", why);
+        zmq_close(socket);
+        return NULL;
+    }
     if (zmq_connect(socket, endpoint) != 0) {
+        worker_error_set(err, WORKER_ERR_ZMQ, "cannot connect to the broker at '%s': %s, expected "
+                         "a ZeroMQ endpoint such as tcp://HOST:PORT", endpoint,
+                         zmq_strerror(zmq_errno()));
         zmq_close(socket);
         return NULL;
     }
@@ -30,7 +76,7 @@ static void *open_socket(void *context, const char *endpoint)
 }
 
 worker_link_t *worker_link_new(void *context, const char *endpoint, const char *pipeline,
-                               worker_error_t *err)
+                               const worker_curve_t *curve, worker_error_t *err)
 {
     worker_link_t *link = calloc(1, sizeof *link);
     if (!link) {
@@ -38,15 +84,16 @@ worker_link_t *worker_link_new(void *context, const char *endpoint, const char *
         return NULL;
     }
     link->context = context;
+    link->curve = curve;
     link->endpoint = strdup(endpoint);
     link->pipeline = strdup(pipeline);
-    link->socket = link->endpoint ? open_socket(context, endpoint) : NULL;
-    if (!link->socket || !link->pipeline) {
-        worker_error_set(err, WORKER_ERR_ZMQ, "worker_link_new: cannot connect to the broker at "
-                         "'%s': %s, expected a ZeroMQ endpoint such as tcp://HOST:PORT", endpoint,
-                         zmq_strerror(zmq_errno()));
+    if (!link->endpoint || !link->pipeline) {
+        worker_error_set(err, WORKER_ERR_NOMEM, "worker_link_new: out of memory");
         worker_link_destroy(&link);
+        return NULL;
     }
+    if (!(link->socket = open_socket(context, endpoint, curve, err)))
+        worker_link_destroy(&link);
     return link;
 }
 
@@ -67,10 +114,9 @@ worker_status_t worker_link_reconnect(worker_link_t *link, worker_error_t *err)
 {
     if (link->socket)
         zmq_close(link->socket);
-    link->socket = open_socket(link->context, link->endpoint);
+    link->socket = open_socket(link->context, link->endpoint, link->curve, err);
     if (!link->socket)
-        return worker_error_set(err, WORKER_ERR_ZMQ, "worker_link_reconnect: cannot connect to "
-                                "'%s': %s", link->endpoint, zmq_strerror(zmq_errno()));
+        return err->code;
     return WORKER_OK;
 }
 

@@ -43,6 +43,8 @@ static void usage(FILE *out)
           "  --projected-share F     LM checkpoints: share of positions projected onto the\n"
           "                          vocabulary, for balancing stages (default 0.5, scoring;\n"
           "                          1 for full lm logits)\n"
+          "  --curve-secret FILE     CURVE: this worker's key pair (NAME.key of xlm-keygen)\n"
+          "  --curve-server FILE     CURVE: the broker's public key (NAME.pub)\n"
           "  --log-level LEVEL       debug, info, warn or error (default info)\n"
           "  --verbose               the same as --log-level debug\n"
           "  --version               the project's and the wire protocol's versions\n",
@@ -104,6 +106,7 @@ static int parse(int argc, char **argv, worker_options_t *o)
         {"projected-share", required_argument, NULL, 'S'},
         {"log-level", required_argument, NULL, 'g'}, {"version", no_argument, NULL, 'V'},
         {"precision", required_argument, NULL, 'p'},
+        {"curve-secret", required_argument, NULL, 'k'}, {"curve-server", required_argument, NULL, 'C'},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt, map_stages = -1;
     uint64_t value;
@@ -127,6 +130,8 @@ static int parse(int argc, char **argv, worker_options_t *o)
         case 'H': if (parse_uint("--heartbeat-ms", optarg, 10, 600000, &value)) return -1; o->heartbeat_ms = (uint32_t)value; break;
         case 'l': if (parse_uint("--liveness", optarg, 2, 1000, &value)) return -1; o->liveness = (uint32_t)value; break;
         case 'P': o->pipeline_prefix = optarg; break;
+        case 'k': o->curve_secret = optarg; break;
+        case 'C': o->curve_server = optarg; break;
         case 'R': o->lang_rules = true; break;
         case 'S': {
             char *end = NULL;
@@ -166,6 +171,14 @@ static int parse(int argc, char **argv, worker_options_t *o)
     }
     if (!o->name[0])
         default_name(o);
+    /* The key files are read again by each rank at set-up; reading them
+     * here too turns a wrong path into one line before MPI starts. */
+    worker_curve_t curve;
+    worker_error_t err;
+    if (worker_curve_load(o->curve_secret, o->curve_server, &curve, &err) != WORKER_OK) {
+        fprintf(stderr, "xlm-worker: %s\n", err.message);
+        return -1;
+    }
     return 0;
 }
 

@@ -44,6 +44,10 @@ worker_status_t first_build_ready(first_t *f, worker_error_t *err)
     f->ready.n_langs = c->n_langs;
     f->ready.heartbeat_ms = st->options->heartbeat_ms;
     f->ready.instance = st->instance;
+    f->ready.n_layers = c->n_layers;
+    f->ready.emb_dim = c->emb_dim;
+    f->ready.n_heads = c->n_heads;
+    f->ready.architecture = c->causal ? "causal" : "masked";
     bool named = false;
     for (int64_t i = 0; i < c->n_langs; i++)
         named |= c->lang_names[i][0] != '\0';
@@ -116,7 +120,8 @@ static void *beat_main(void *arg)
     /* A beat that fails now and then shows as missed heartbeats; only a
      * thread that cannot start beating says so. */
     worker_error_t err;
-    worker_link_t *link = worker_link_new(beat->context, beat->endpoint, beat->pipeline, &err);
+    worker_link_t *link = worker_link_new(beat->context, beat->endpoint, beat->pipeline, beat->curve,
+                                          &err);
     if (!link)
         worker_log(beat->log, WORKER_LOG_ERROR, "heartbeat thread: %s", err.message);
     while (link && !atomic_load(&beat->stop)) {
@@ -145,7 +150,7 @@ void first_beat_start(first_t *f)
 {
     worker_stage_t *st = f->st;
     f->beat = (beat_t){.context = st->zmq_context, .endpoint = st->options->broker,
-                       .pipeline = st->pipeline_id, .heartbeat_ms = st->options->heartbeat_ms,
+                       .pipeline = st->pipeline_id, .curve = &st->curve, .heartbeat_ms = st->options->heartbeat_ms,
                        .log = st->log};
     f->beat.started = pthread_create(&f->beat.thread, NULL, beat_main, &f->beat) == 0;
 }

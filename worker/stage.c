@@ -182,8 +182,12 @@ static worker_status_t run_stage(worker_stage_t *st, worker_error_t *err)
                                 zmq_strerror(zmq_errno()));
     if ((rc = open_stage(st, err)))
         return rc;
+    if ((rc = worker_curve_load(st->options->curve_secret, st->options->curve_server, &st->curve,
+                                err)))
+        return rc;
     if (st->stage == 0 || st->stage == st->n_stages - 1) {
-        st->link = worker_link_new(st->zmq_context, st->options->broker, st->pipeline_id, err);
+        st->link = worker_link_new(st->zmq_context, st->options->broker, st->pipeline_id,
+                                   &st->curve, err);
         if (!st->link)
             return err->code;
     }

@@ -28,6 +28,7 @@ typedef struct worker_stage {
     const shard_config_t *config;
     shard_tokenizer_t *tokenizer; /* stage 0 */
     void *zmq_context;
+    worker_curve_t curve; /* the links' keys (worker_curve_load) */
     worker_link_t *link; /* stage 0 and the last stage */
     char pipeline_id[256];
     uint64_t instance; /* random, never 0: tells a reconnection from a duplicate id */

@@ -71,6 +71,8 @@ typedef struct {
     double projected_share;  /* LM checkpoints: positions projected onto the vocabulary,
                                 for balancing the stages (default 0.5: scoring) */
     worker_log_level_t log_level; /* lines under it are skipped (default info) */
+    const char *curve_secret; /* CURVE: this worker's key pair file; NULL: plain */
+    const char *curve_server; /* CURVE: the broker's public key file */
 } worker_options_t;
 
 void worker_options_default(worker_options_t *options);

@@ -21,6 +21,7 @@
 #ifndef XLM_WORKER_INTERNAL_H
 #define XLM_WORKER_INTERNAL_H
 
+#include "curve_keys.h"
 #include "proto.h"
 #include "worker.h"
 
@@ -146,9 +147,21 @@ size_t worker_packet_capacity(int64_t tokens, int64_t emb_dim);
 
 typedef struct worker_link worker_link_t;
 
-/* NULL with err set when the socket cannot be made or connected. */
+/* CURVE keys of this worker's links (both certificates loaded) or none:
+ * loaded once at set-up and borrowed by every link it opens. */
+typedef struct {
+    bool on;
+    proto_curve_cert_t mine, server;
+} worker_curve_t;
+
+/* Reads the key files (--curve-secret, --curve-server); both or neither. */
+worker_status_t worker_curve_load(const char *secret_path, const char *server_path,
+                                  worker_curve_t *curve, worker_error_t *err);
+
+/* NULL with err set when the socket cannot be made or connected. curve is
+ * borrowed (NULL or curve->on false: a plain socket). */
 worker_link_t *worker_link_new(void *zmq_context, const char *endpoint, const char *pipeline,
-                               worker_error_t *err);
+                               const worker_curve_t *curve, worker_error_t *err);
 void worker_link_destroy(worker_link_t **self_p);
 /* Sends a WorkerMessage (pipeline and version set here) and extra frames. */
 worker_status_t worker_link_send(worker_link_t *link, Xlm__WorkerMessage *msg, uint8_t **frames,

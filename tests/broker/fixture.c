@@ -31,13 +31,16 @@ int fx_start(fx_t *fx, const char *const *extra)
     for (int i = 0; extra && extra[i] && n < 46; i++)
         args[n++] = extra[i];
     args[n] = NULL;
-    fx->broker = testing_broker_spawn(XLM_BIN_DIR "/xlm-broker", fx->front_port, fx->back_port, args);
+    testing_spawn_t how = {fx->log_path[0] ? fx->log_path : NULL, fx->curve_secret,
+                           fx->curve_server};
+    fx->broker = testing_broker_spawn_with(XLM_BIN_DIR "/xlm-broker", fx->front_port,
+                                           fx->back_port, args, &how);
     if (fx->broker < 0)
         return -1;
     if (!fx->client)
-        fx->client = test_client_new(fx->front);
+        fx->client = test_client_new_curve(fx->front, fx->curve_secret, fx->curve_server);
     if (!fx->admin)
-        fx->admin = test_client_new(fx->front);
+        fx->admin = test_client_new_curve(fx->front, fx->curve_secret, fx->curve_server);
     return fx->client && fx->admin ? 0 : -1;
 }
 

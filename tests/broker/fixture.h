@@ -17,6 +17,9 @@ typedef struct {
     test_client_t *client; /* requests and replies */
     test_client_t *admin;  /* stats only, so that they never mix with replies */
     fake_worker_t *workers[FX_MAX_WORKERS];
+    char log_path[512];    /* set before fx_start: the broker's stderr goes there */
+    const char *curve_secret, *curve_server; /* set before fx_start: the CURVE key files of
+                                                its clients (NULL: plain) */
 } fx_t;
 
 /* Broker arguments of the tests: fast heartbeats, quiet logs, unknown

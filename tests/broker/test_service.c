@@ -322,6 +322,29 @@ static void test_text_request(void **state)
     proto_service_free(&msg);
 }
 
+/* ZMQ_MAXMSGSIZE: up to 4x --max-message-bytes a message gets TOO_LARGE
+ * (test_bad_requests); past it the connection drops unread: no answer,
+ * and the next socket of the client is served. */
+static void test_past_socket_limit_connection_dropped(void **state)
+{
+    fx_t *fx = *state;
+    fx_worker(fx, 0, "tiny", "p0", NULL);
+    static uint8_t big[300 * 1024]; /* past 4 x 65536 */
+    memset(big, 0x01, sizeof big);
+    assert_int_equal(test_client_send_bytes(fx->client, big, sizeof big), 0);
+    Xlm__ServiceMessage *msg = fx_response(fx, 1000);
+    if (msg)
+        fail_msg("a %zu-byte message got an answer (status %d), expected the connection dropped",
+                 sizeof big, (int)msg->response->status);
+    Xlm__ServiceMessage *stats = fx_stats(fx);
+    assert_int_equal(stats->stats->malformed, 0); /* never read, so never decoded */
+    proto_service_free(&stats);
+    assert_int_equal(test_client_reconnect(fx->client), 0);
+    assert_int_equal(test_client_send_tokens(fx->client, "after-drop", "tiny", PROTO_TASK_BASE, 1, 4, 1, 0), 0);
+    msg = fx_expect(fx, "after-drop", PROTO_STATUS_OK, 3000);
+    proto_service_free(&msg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -329,6 +352,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_routing_by_model, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unavailable_before_any_worker, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_past_socket_limit_connection_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_model_in_startup_grace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadlines, setup, teardown),

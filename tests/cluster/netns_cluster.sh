@@ -17,8 +17,9 @@
 #      offline.
 #
 # Skipped (status 77) where network namespaces cannot be made.
-# XLM_CLUSTER_CURVE=1 turns CURVE on (broker, workers, client key files):
-# it needs xlm-keygen in the build.
+# CURVE is on (broker, workers and clients with xlm-keygen's key files, the
+# broker's ports off loopback); XLM_CLUSTER_CURVE=0 runs without it (the
+# broker then needs --insecure).
 # Usage: netns_cluster.sh BUILD_DIR
 set -euo pipefail
 
@@ -92,10 +93,9 @@ echo "netns_cluster: hosts a ${addr[a]} (broker, mpirun), b ${addr[b]}, c ${addr
 # "${on_a[@]}" ... & is the command itself (ip netns exec execs it).
 on_a=(ip netns exec "${ns[a]}")
 
-# CURVE, once the broker, workers and clients take key files: one switch
-# here, the key options in these three lists.
-broker_keys=() worker_keys=() client_keys=()
-if [ "${XLM_CLUSTER_CURVE:-0}" = 1 ]; then
+# CURVE: one switch here, the key options in these three lists.
+broker_keys=(--insecure) worker_keys=() client_keys=()
+if [ "${XLM_CLUSTER_CURVE:-1}" = 1 ]; then
   [ -x "$build/bin/xlm-keygen" ] ||
     e2e_fail "XLM_CLUSTER_CURVE=1 but $build/bin/xlm-keygen is missing: this build has no CURVE"
   mkdir -p "$run_dir/keys/allowed"
@@ -103,9 +103,9 @@ if [ "${XLM_CLUSTER_CURVE:-0}" = 1 ]; then
     "$build/bin/xlm-keygen" "$run_dir/keys/$k" > /dev/null || e2e_fail "xlm-keygen $k failed"
   done
   cp "$run_dir/keys/worker.pub" "$run_dir/keys/client.pub" "$run_dir/keys/allowed/"
-  broker_keys=(--curve-secret "$run_dir/keys/broker.key" --curve-allow "$run_dir/keys/allowed")
-  worker_keys=(--curve-key "$run_dir/keys/worker.key" --curve-server "$run_dir/keys/broker.pub")
-  client_keys=(--curve-key "$run_dir/keys/client.key" --curve-server "$run_dir/keys/broker.pub")
+  broker_keys=(--curve-key "$run_dir/keys/broker.key" --curve-allow "$run_dir/keys/allowed")
+  worker_keys=(--curve-secret "$run_dir/keys/worker.key" --curve-server "$run_dir/keys/broker.pub")
+  client_keys=(--curve-secret "$run_dir/keys/client.key" --curve-server "$run_dir/keys/broker.pub")
 fi
 
 # A number of the broker's stats (asked from host a), DEFAULT without one.
@@ -229,6 +229,13 @@ offline_rate=$(( total * 1000000 / ($(now_us) - t0) ))
 # The same two ranks on one host (b: shared memory between them).
 echo "${addr[b]} slots=2" > "$run_dir/hostfile.one"
 service_up "$run_dir/hostfile.one"
+if [ ${#client_keys[@]} -gt 0 ]; then
+  # CURVE holds across the bridge: a client from host a without keys is refused.
+  plain=$("${on_a[@]}" "$build/bin/xlm-client" stats --endpoint "$broker_ep" --timeout-ms 1500 2>&1) &&
+    e2e_fail "a client without CURVE keys got stats from the CURVE broker"
+  [[ $plain == *"requires CURVE"* ]] || e2e_fail "the plain client's error does not say why: $plain"
+  echo "netns_cluster: CURVE on both broker ports; a plain client is refused"
+fi
 worker_on b 0 > /dev/null && worker_on b 1 > /dev/null || e2e_fail "ranks 0 and 1 are not both on host b"
 score_service "$run_dir/one.jsonl"
 one_rate=$rate

@@ -8,7 +8,8 @@
 #           retries reach it.
 # The kill must land mid-run (fewer than 2,000 answers before it). Every
 # request must be answered exactly once, with the outputs of the offline
-# engine (xlm-infer) within the golden tolerance.
+# engine (xlm-infer) within the golden tolerance. XLM_E2E_CURVE=1: the same
+# with CURVE on both broker ports (keys made by deploy/local/start --curve).
 # Usage: faults.sh BUILD_DIR worker|broker
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -39,9 +40,19 @@ for req, line in zip(reqs, sys.stdin):
     print(json.dumps(req))' "$run_dir/requests.jsonl" > "$run_dir/expected.jsonl"
 
 e2e_start --model "$model" --stages "$stages" --timeout 60
+if [ "${XLM_E2E_CURVE:-0}" = 1 ]; then
+  # CURVE holds: a client without keys is refused, and says why.
+  plain=$("$build/bin/xlm-client" stats --endpoint "$endpoint" --timeout-ms 1500 2>&1) &&
+    e2e_fail "a client without CURVE keys got stats from the CURVE broker"
+  [[ $plain == *"broker requires CURVE"* ]] || e2e_fail "the plain client's error does not say why: $plain"
+  grep -q "CURVE: the frontend allows 2 client keys" "$run_dir/broker.log" ||
+    e2e_fail "the broker's log does not show CURVE on the frontend"
+  echo "faults: CURVE on; a plain client is refused: ${plain#xlm-client: }"
+fi
 
 "$build/bin/xlm-client" infer --endpoint "$endpoint" --window 32 \
-  --attempt-timeout-ms 3000 --attempts 20 < "$run_dir/requests.jsonl" > "$run_dir/got.jsonl" &
+  --attempt-timeout-ms 3000 --attempts 20 ${e2e_client_keys[@]+"${e2e_client_keys[@]}"} \
+  < "$run_dir/requests.jsonl" > "$run_dir/got.jsonl" &
 client=$!
 e2e_background "$client"
 
@@ -71,7 +82,7 @@ esac
 e2e_wait_until 10 "pid $victim to end" e2e_gone "$victim"
 if [ "$fault" = broker ]; then
   "$build/bin/xlm-broker" --frontend "$endpoint" --backend "tcp://127.0.0.1:$backend" \
-    >> "$run_dir/broker.log" 2>&1 &
+    ${e2e_broker_keys[@]+"${e2e_broker_keys[@]}"} >> "$run_dir/broker.log" 2>&1 &
   echo $! > "$run_dir/broker.pid"
 fi
 

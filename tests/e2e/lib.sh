@@ -10,6 +10,10 @@
 # the TERM on to its ranks, a KILL would leave them running) and $run_dir is removed.
 #
 #   e2e_start [deploy/local/start options]   the service on these ports
+#                                            (XLM_E2E_CURVE=1: with --curve; then
+#                                            ${e2e_client_keys[@]} and
+#                                            ${e2e_broker_keys[@]} are the key options
+#                                            of clients and of a broker started by hand)
 #   e2e_try_start [options]                  the same, its status and output to the caller
 #   e2e_stop                                 stop it (e2e_start may follow)
 #   e2e_broker [xlm-broker options]          a bare broker on these ports ($E2E_BROKER_PID)
@@ -46,6 +50,13 @@ e2e_init() { # name build_dir
   mapfile -t ports < <("$top/tests/tools/free_ports" 2)
   frontend=${ports[0]} backend=${ports[1]}
   endpoint="tcp://127.0.0.1:$frontend"
+  e2e_client_keys=() e2e_broker_keys=()
+  if [ "${XLM_E2E_CURVE:-0}" = 1 ]; then
+    local keys=$run_dir/keys
+    e2e_client_keys=(--curve-secret "$keys/client.key" --curve-server "$keys/broker.pub")
+    e2e_broker_keys=(--curve-key "$keys/broker.key" --curve-allow "$keys/allowed")
+    echo "$E2E_NAME: CURVE on (keys in $keys)"
+  fi
 }
 
 # A child process of this script still running (so PID is not some other
@@ -115,13 +126,14 @@ e2e_start() {
 e2e_try_start() {
   E2E_STARTED=1
   "$top/deploy/local/start" --frontend-port "$frontend" --backend-port "$backend" \
-    --run-dir "$run_dir" --build "$build" "$@"
+    --run-dir "$run_dir" --build "$build" $([ "${XLM_E2E_CURVE:-0}" = 1 ] && echo --curve) "$@"
 }
 
 # A broker alone on this run's ports, logging to broker.log, for tests that
 # run their own worker jobs (e2e_worker_job).
 e2e_broker() {
-  "$build/bin/xlm-broker" --frontend "$endpoint" --backend "tcp://127.0.0.1:$backend" "$@" \
+  "$build/bin/xlm-broker" --frontend "$endpoint" --backend "tcp://127.0.0.1:$backend" \
+    ${e2e_broker_keys[@]+"${e2e_broker_keys[@]}"} "$@" \
     >> "$run_dir/broker.log" 2>&1 &
   E2E_BROKER_PID=$!
   e2e_background "$E2E_BROKER_PID"
@@ -135,7 +147,8 @@ e2e_worker_job() { # name [xlm-worker options]
   shift
   mpirun --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader,tcp \
     --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo -np 1 \
-    "$build/bin/xlm-worker" --broker "tcp://127.0.0.1:$backend" "$@" > "$run_dir/$name.log" 2>&1 &
+    "$build/bin/xlm-worker" --broker "tcp://127.0.0.1:$backend" \
+    ${e2e_client_keys[@]+"${e2e_client_keys[@]}"} "$@" > "$run_dir/$name.log" 2>&1 &
   E2E_JOB_PID=$!
   e2e_background "$E2E_JOB_PID"
 }
@@ -169,7 +182,8 @@ e2e_gone() {
 # machine.
 e2e_stat() { # field [default]
   local json
-  if json=$("$build/bin/xlm-client" stats --endpoint "$endpoint" --timeout-ms 2000 2>/dev/null) &&
+  if json=$("$build/bin/xlm-client" stats --endpoint "$endpoint" --timeout-ms 2000 \
+              ${e2e_client_keys[@]+"${e2e_client_keys[@]}"} 2>/dev/null) &&
      [[ $json =~ \"$1\":([0-9]+) ]]; then
     echo "${BASH_REMATCH[1]}"
   elif [ $# -gt 1 ]; then

@@ -109,6 +109,7 @@ typedef struct {
     int precision;      /* local: a shard_precision_t (0: fp32) */
     const char *model;  /* local: checkpoint folder; service: model name (may be NULL) */
     const char *endpoint; /* service */
+    const char *curve_secret, *curve_server; /* service: CURVE key files, NULL: plain */
     size_t window;      /* service: requests in flight */
     uint32_t timeout_ms; /* service: per attempt */
     uint32_t attempts;  /* service */

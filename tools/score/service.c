@@ -229,6 +229,8 @@ score_backend_t *score_backend_service(const score_options_t *options, char *err
     xlm_client_config_defaults(&config);
     config.endpoint = options->endpoint;
     config.window = options->window;
+    config.curve_secret = options->curve_secret;
+    config.curve_server = options->curve_server;
     /* Retries are for a lost message or a restarted broker, not for a long
      * queue: wait long per attempt, and try many times. */
     config.attempt_timeout_ms = options->timeout_ms ? options->timeout_ms : 20000;
