@@ -877,6 +877,12 @@ static tensor_file_t *tt_open_legacy(const char *path, uint8_t *map, size_t size
     b->map_owned = owned;
     if (tt_legacy_place(tf, b, keys, pos, err) != SHARD_OK)
         tensor_file_destroy(&tf);
+    /* Reading the pickles and every storage's count faulted pages in, and
+     * the kernel maps the cached neighbours of each fault too (64 KiB
+     * around it): nothing of the mapping is needed now, so all of it
+     * leaves memory and a stage brings back only its own storages. */
+    else if (owned)
+        (void)madvise(map, size, MADV_DONTNEED);
 done:
     pk_unpickler_free(&u);
     return tf;
