@@ -7,6 +7,7 @@
  * Exit status: 0 when every line was read (even with error lines), 1 on a
  * usage or model error, 2 on an output error. */
 #include "cli.h"
+#include "shard_checkpoint.h"
 #include "shard_tokenizer.h"
 
 #include <cjson/cJSON.h>
@@ -178,6 +179,19 @@ int main(int argc, char **argv)
     shard_tokenizer_t *tok = shard_tokenizer_open(model, &err);
     if (!tok) {
         fprintf(stderr, "xlm-tokenize: %s\n", err.message);
+        return 1;
+    }
+    /* An original XLM folder's languages are in its checkpoint's params;
+     * a folder of tokenizer files alone has no config to read (SHARD_ERR_IO). */
+    static shard_config_t config;
+    shard_status_t loaded = shard_tokenizer_n_langs(tok) > 0
+                                ? SHARD_OK
+                                : shard_checkpoint_load_config(model, &config, &err);
+    if ((loaded == SHARD_OK
+         && shard_tokenizer_adopt_langs(tok, config.lang_names, config.n_langs, &err) != SHARD_OK)
+        || (loaded != SHARD_OK && loaded != SHARD_ERR_IO)) {
+        fprintf(stderr, "xlm-tokenize: %s\n", err.message);
+        shard_tokenizer_destroy(&tok);
         return 1;
     }
     char *line = NULL;
