@@ -16,6 +16,9 @@ tensor_file_t *tensor_file_open_safetensors_image(const char *path, const uint8_
                                                   size_t size, shard_error_t *err);
 tensor_file_t *tensor_file_open_torch_image(const char *path, const uint8_t *data, size_t size,
                                             shard_error_t *err);
+/* Unlike tensor_file_open_h5, the image is read in this process, without
+ * the child that contains libhdf5's own crashes: the fuzz target wants to
+ * see every crash (and sorts libhdf5's from ours). */
 tensor_file_t *tensor_file_open_h5_image(const char *path, const uint8_t *data, size_t size,
                                          shard_error_t *err);
 /* An index whose text is given; its shard files are still files beside

@@ -27,6 +27,8 @@
 
 static char dir[1024];
 
+static size_t resident_bytes(void);
+
 /* A fresh copy of the golden folder; returns the path of its tf_model.h5. */
 static const char *fresh_copy(const char *name)
 {
@@ -333,6 +335,45 @@ static void test_kernel_transposed(void **state)
     free(stored);
 }
 
+/* ---------------------------------------------------------------- libhdf5's own failures */
+
+/* Inputs fuzz_h5 found that break libhdf5 1.10.8 itself (kept in
+ * tests/fuzz/regressions/): two make its attribute message decoding read
+ * past the object header (from H5Aexists), which in xlm-infer's process
+ * crashes with SIGSEGV every time (what the garbage it reads is depends
+ * on the heap, so the crash is checked in that fresh process); one
+ * declares a 17 GB metadata cache entry that H5Gopen2 allocates and fills.
+ * Each is read in the checking child and comes back as an error naming the
+ * file; the process neither crashes nor grows. */
+static void test_libhdf5_failures_contained(void **state)
+{
+    (void)state;
+    static const char *const crashing[] = {"h5_attribute_decode_segv.h5",
+                                           "h5_attribute_decode_segv2.h5"};
+    for (size_t c = 0; c < sizeof crashing / sizeof crashing[0]; c++) {
+        char cmd[20000];
+        const char *h5 = fresh_copy("libhdf5");
+        snprintf(cmd, sizeof cmd, "cp '%s/tests/fuzz/regressions/%s' '%s' && head -1 '%s/cases.jsonl' "
+                 "| '%s/xlm-infer' --model '%s' > '%s/out.jsonl' 2>&1; status=$?; cat '%s/out.jsonl'; "
+                 "[ $status -lt 128 ] && grep -q \"libhdf5 crashed reading the file's structure "
+                 "(signal 11\" '%s/out.jsonl'", XLM_SOURCE_DIR, crashing[c], h5, dir, XLM_BIN_DIR,
+                 dir, dir, dir, dir);
+        assert_int_equal(system(cmd), 0);
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tests/fuzz/regressions/h5_object_header_17gb.h5",
+             XLM_SOURCE_DIR);
+    shard_error_t err = {0};
+    size_t before = resident_bytes();
+    tensor_file_t *tf = tensor_file_open_h5(path, &err);
+    size_t growth = resident_bytes() - before;
+    print_message("%s (resident growth %zu KiB)\n", err.message, growth / 1024);
+    assert_null(tf);
+    assert_int_equal(err.code, SHARD_ERR_FORMAT);
+    assert_non_null(strstr(err.message, "h5_object_header_17gb.h5"));
+    assert_true(growth < (size_t)64 * 1024 * 1024);
+}
+
 /* ---------------------------------------------------------------- stage memory */
 
 /* TF's name of a PyTorch weight of an LM checkpoint without the
@@ -533,6 +574,7 @@ int main(void)
         cmocka_unit_test(test_bad_heap_references),
         cmocka_unit_test(test_image_reader),
         cmocka_unit_test(test_kernel_transposed),
+        cmocka_unit_test(test_libhdf5_failures_contained),
         cmocka_unit_test(test_stage_holds_its_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
