@@ -259,7 +259,10 @@ static shard_status_t check_vlen_refs(const char *path, const h5_backing_t *b, h
         uint64_t index = le_bytes(ref + 4 + h.sizeof_addr, 4), stored = 0;
         if (addr == 0)
             continue; /* a null string: libhdf5 reads nothing */
-        const char *bad = load_collection(b, &h, addr);
+        /* Many references to one large object would make H5Aread allocate
+         * their product; a weight or layer name is a short path. */
+        const char *bad = length > H5_NAME_MAX ? "longer than any layer or weight name"
+                                               : load_collection(b, &h, addr);
         if (bad == NULL && !object_size(&h, index, &stored))
             bad = "its global heap collection has no such object";
         else if (bad == NULL && stored != length)

@@ -266,6 +266,27 @@ static void test_bad_heap_references(void **state)
     }
 }
 
+/* A name longer than any layer or weight path is refused before libhdf5
+ * reads it (many references to one long object would make H5Aread
+ * allocate their product: fuzz_h5 made one input ask for gigabytes). */
+static void test_name_too_long(void **state)
+{
+    (void)state;
+    const char *h5 = fresh_copy("long-name");
+    char *name = malloc(2000);
+    memset(name, 'a', 1999);
+    name[1999] = '\0';
+    const char *layers[] = {"transformer", name};
+    hid_t f = H5Fopen(h5, H5F_ACC_RDWR, H5P_DEFAULT);
+    assert_true(f >= 0);
+    write_strings(f, "layer_names", layers, 2, 0);
+    H5Fclose(f);
+    free(name);
+    const char *want[] = {"tf_model.h5", "layer_names of /", "string 1 (1999 bytes",
+                          "longer than any layer or weight name"};
+    expect_open_fails(want, 4);
+}
+
 /* The reader over a file image (as the fuzz target feeds it) gives the
  * file reader's entries, and its errors name the same things. */
 static void test_image_reader(void **state)
@@ -572,6 +593,7 @@ int main(void)
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_split_and_fixed_strings),
         cmocka_unit_test(test_bad_heap_references),
+        cmocka_unit_test(test_name_too_long),
         cmocka_unit_test(test_image_reader),
         cmocka_unit_test(test_kernel_transposed),
         cmocka_unit_test(test_libhdf5_failures_contained),
