@@ -8,6 +8,7 @@
  * usage or model error, 2 on an output error. */
 #include "cli.h"
 #include "errors.h"
+#include "shard_checkpoint.h"
 #include "shard_tokenizer.h"
 
 #include <cjson/cJSON.h>
@@ -183,6 +184,21 @@ int main(int argc, char **argv)
         char said[1024];
         tools_user_message(err.message, said, sizeof said);
         fprintf(stderr, "xlm-tokenize: %s\n", said);
+        return 1;
+    }
+    /* An original XLM folder's languages are in its checkpoint's params;
+     * a folder of tokenizer files alone has no config to read (SHARD_ERR_IO). */
+    static shard_config_t config;
+    shard_status_t loaded = shard_tokenizer_n_langs(tok) > 0
+                                ? SHARD_OK
+                                : shard_checkpoint_load_config(model, &config, &err);
+    if ((loaded == SHARD_OK
+         && shard_tokenizer_adopt_langs(tok, config.lang_names, config.n_langs, &err) != SHARD_OK)
+        || (loaded != SHARD_OK && loaded != SHARD_ERR_IO)) {
+        char said[1024];
+        tools_user_message(err.message, said, sizeof said);
+        fprintf(stderr, "xlm-tokenize: %s\n", said);
+        shard_tokenizer_destroy(&tok);
         return 1;
     }
     char *line = NULL;

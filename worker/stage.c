@@ -58,6 +58,10 @@ static worker_status_t open_stage(worker_stage_t *st, worker_error_t *werr)
     if (st->stage == 0 || st->stage == st->n_stages - 1) {
         /* Stage 0 tokenises text; the last stage names scored tokens. */
         st->tokenizer = shard_tokenizer_open(st->options->model_dir, &err);
+        /* An original XLM folder's languages come from its checkpoint's params. */
+        if (st->tokenizer && shard_tokenizer_adopt_langs(st->tokenizer, st->config->lang_names,
+                                                         st->config->n_langs, &err) != SHARD_OK)
+            shard_tokenizer_destroy(&st->tokenizer);
         if (!st->tokenizer)
             worker_log(st->log, WORKER_LOG_WARN, "no tokenizer, text requests will be refused: %s",
                        err.message);

@@ -8,6 +8,24 @@
 
 #include <cjson/cJSON.h>
 
+/* The readers over a file's bytes already in memory (data borrowed: it
+ * must outlive the tensor file; path only names the file in messages).
+ * The path-taking opens map or read the file; the fuzz targets feed these
+ * directly, so no input goes through a temporary file. */
+tensor_file_t *tensor_file_open_safetensors_image(const char *path, const uint8_t *data,
+                                                  size_t size, shard_error_t *err);
+tensor_file_t *tensor_file_open_torch_image(const char *path, const uint8_t *data, size_t size,
+                                            shard_error_t *err);
+/* Unlike tensor_file_open_h5, the image is read in this process, without
+ * the child that contains libhdf5's own crashes: the fuzz target wants to
+ * see every crash (and sorts libhdf5's from ours). */
+tensor_file_t *tensor_file_open_h5_image(const char *path, const uint8_t *data, size_t size,
+                                         shard_error_t *err);
+/* An index whose text is given; its shard files are still files beside
+ * index_path. */
+tensor_file_t *tensor_file_open_sharded_text(const char *index_path, const char *text,
+                                             size_t len, shard_error_t *err);
+
 /* Fills tf's entries (tf->backing a sharded reader's, set up by
  * tensor_file_open_sharded) from the text of an index file:
  * {"weight_map": {tensor name: shard file name}}. Every shard file named

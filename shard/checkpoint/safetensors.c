@@ -1,7 +1,7 @@
 /* safetensors.c: model.safetensors, memory-mapped; tensors are views into
  * the mapping, so F32 weights are used in place and pages of tensors a stage
  * does not own are never read. */
-#include "shard_checkpoint.h"
+#include "checkpoint_internal.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -131,6 +131,26 @@ done:
     return status;
 }
 
+/* Header and offsets of the size bytes of a safetensors file (the mapping,
+ * or a borrowed image); the entries point into them. */
+static shard_status_t parse_bytes(tensor_file_t *file, const unsigned char *bytes, size_t size,
+                                  shard_error_t *err)
+{
+    if (size < 8)
+        return shard_error_set(err, SHARD_ERR_FORMAT, "%s: %zu bytes, too short for a "
+                               "safetensors header", file->path, size);
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--)
+        header_len = header_len << 8 | bytes[i];
+    if (header_len > SAFETENSORS_MAX_HEADER || header_len > size - 8)
+        return shard_error_set(err, SHARD_ERR_FORMAT, "%s: header length %llu does not fit in "
+                               "the file of %zu bytes", file->path,
+                               (unsigned long long)header_len, size);
+    const char *data = (const char *)bytes + 8 + header_len;
+    return parse_header(file, (const char *)bytes + 8, (size_t)header_len, data,
+                        size - 8 - (size_t)header_len, err);
+}
+
 tensor_file_t *tensor_file_open_safetensors(const char *path, shard_error_t *err)
 {
     tensor_file_t *file = calloc(1, sizeof *file);
@@ -158,19 +178,7 @@ tensor_file_t *tensor_file_open_safetensors(const char *path, shard_error_t *err
         shard_error_set(err, SHARD_ERR_IO, "cannot map %s: %s", path, strerror(errno));
         goto fail;
     }
-    const unsigned char *bytes = file->backing;
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--)
-        header_len = header_len << 8 | bytes[i];
-    if (header_len > SAFETENSORS_MAX_HEADER || header_len > file->backing_size - 8) {
-        shard_error_set(err, SHARD_ERR_FORMAT, "%s: header length %llu does not fit in the "
-                        "file of %zu bytes", path, (unsigned long long)header_len,
-                        file->backing_size);
-        goto fail;
-    }
-    const char *data = (const char *)bytes + 8 + header_len;
-    if (parse_header(file, (const char *)bytes + 8, (size_t)header_len, data,
-                     file->backing_size - 8 - (size_t)header_len, err))
+    if (parse_bytes(file, file->backing, file->backing_size, err))
         goto fail;
     close(fd);
     return file;
@@ -179,4 +187,18 @@ fail:
         close(fd);
     tensor_file_destroy(&file);
     return NULL;
+}
+
+tensor_file_t *tensor_file_open_safetensors_image(const char *path, const uint8_t *data,
+                                                  size_t size, shard_error_t *err)
+{
+    tensor_file_t *file = calloc(1, sizeof *file);
+    if (!file || !(file->path = strdup(path))) {
+        shard_error_set(err, SHARD_ERR_NOMEM, "out of memory");
+        tensor_file_destroy(&file);
+        return NULL;
+    }
+    if (parse_bytes(file, data, size, err))
+        tensor_file_destroy(&file);
+    return file;
 }

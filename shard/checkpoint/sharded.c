@@ -181,12 +181,13 @@ done:
     return st;
 }
 
-tensor_file_t *tensor_file_open_sharded(const char *index_path, shard_error_t *err)
+/* text: the index's bytes, or NULL to read them from index_path. */
+static tensor_file_t *open_index(const char *index_path, const char *text, size_t len,
+                                 shard_error_t *err)
 {
     tensor_file_t *tf = calloc(1, sizeof *tf);
     sharded_t *s = calloc(1, sizeof *s);
-    char *text = NULL;
-    size_t len = 0;
+    char *owned_text = NULL;
     if (tf == NULL || s == NULL || (tf->path = strdup(index_path)) == NULL) {
         free(s);
         free(tf);
@@ -201,9 +202,22 @@ tensor_file_t *tensor_file_open_sharded(const char *index_path, shard_error_t *e
     const char *slash = strrchr(index_path, '/');
     size_t dir_len = slash == NULL ? 1 : (size_t)(slash - index_path);
     snprintf(s->dir, sizeof s->dir, "%.*s", (int)dir_len, slash == NULL ? "." : index_path);
-    if (shard_read_file(index_path, SHARDED_INDEX_MAX, &text, &len, err) != SHARD_OK
-        || tensor_file_sharded_parse(tf, text, len, err) != SHARD_OK)
+    if (text == NULL
+        && shard_read_file(index_path, SHARDED_INDEX_MAX, &owned_text, &len, err) != SHARD_OK)
         tensor_file_destroy(&tf);
-    free(text);
+    else if (tensor_file_sharded_parse(tf, text != NULL ? text : owned_text, len, err) != SHARD_OK)
+        tensor_file_destroy(&tf);
+    free(owned_text);
     return tf;
+}
+
+tensor_file_t *tensor_file_open_sharded(const char *index_path, shard_error_t *err)
+{
+    return open_index(index_path, NULL, 0, err);
+}
+
+tensor_file_t *tensor_file_open_sharded_text(const char *index_path, const char *text,
+                                             size_t len, shard_error_t *err)
+{
+    return open_index(index_path, text, len, err);
 }

@@ -49,14 +49,29 @@ static const char TT_FN[] = "tensor_file_open_torch";
 /* ---------------------------------------------------------------- archive */
 /* ---------------------------------------------------------------- archive */
 
-static shard_status_t tt_zip_open(const char *path, zip_t **za, shard_error_t *err)
+/* The archive at path, or, when image is not NULL, in its size bytes
+ * (borrowed; path then only names it). */
+static shard_status_t tt_zip_open(const char *path, const uint8_t *image, size_t image_size,
+                                  zip_t **za, shard_error_t *err)
 {
     int code = 0;
-    *za = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &code);
-    if (*za != NULL)
-        return SHARD_OK;
     zip_error_t ze;
-    zip_error_init_with_code(&ze, code);
+    if (image == NULL) {
+        *za = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &code);
+        if (*za != NULL)
+            return SHARD_OK;
+        zip_error_init_with_code(&ze, code);
+    } else {
+        zip_error_init(&ze);
+        zip_source_t *source = zip_source_buffer_create(image, image_size, 0, &ze);
+        *za = source == NULL ? NULL : zip_open_from_source(source, ZIP_RDONLY | ZIP_CHECKCONS, &ze);
+        if (*za != NULL) {
+            zip_error_fini(&ze);
+            return SHARD_OK;
+        }
+        zip_source_free(source);
+        code = zip_error_code_zip(&ze);
+    }
     shard_status_t status = SHARD_ERR_FORMAT;
     if (code == ZIP_ER_OPEN || code == ZIP_ER_NOENT || code == ZIP_ER_READ)
         status = SHARD_ERR_IO;
@@ -348,8 +363,9 @@ typedef struct {
     int64_t *entry_offset; /* [count]: its first element in the storage */
     zip_t *za;             /* zip: kept open for the reads */
     char *prefix;
-    uint8_t *map;          /* legacy: the whole file, mapped */
+    uint8_t *map;          /* legacy: the whole file, mapped (or borrowed) */
     size_t map_size;
+    bool map_owned;        /* legacy: map is our mapping, unmapped at release */
 } tt_backing_t;
 
 static void tt_release(tensor_file_t *self)
@@ -367,10 +383,42 @@ static void tt_release(tensor_file_t *self)
     if (b->za != NULL)
         zip_discard(b->za);
     free(b->prefix);
-    if (b->map != NULL)
+    if (b->map != NULL && b->map_owned)
         munmap(b->map, b->map_size);
     free(b);
     self->backing = NULL;
+}
+
+/* A legacy storage whose elements are not aligned for their type cannot be
+ * used in place (the engine would convert it into a copy of its own and
+ * the mapped pages would stay resident too): its bytes are copied once into
+ * an aligned buffer, which every view of the storage then uses, and the
+ * mapped pages wholly inside it are dropped from memory. Unwritten pages of
+ * a private file mapping come back unchanged if anything touches them. */
+static shard_status_t tt_legacy_storage(tensor_file_t *self, tt_backing_t *b, tt_store_t *s,
+                                        const uint8_t **base, shard_error_t *err)
+{
+    const uint8_t *at = b->map + s->file_offset;
+    size_t elem = tensor_dtype_size(s->meta.dtype);
+    *base = at;
+    if (s->buffer == NULL && (elem == 0 || (uintptr_t)at % elem == 0))
+        return SHARD_OK;
+    if (s->buffer == NULL) {
+        s->buffer = malloc(s->meta.nbytes > 0 ? s->meta.nbytes : 1);
+        if (s->buffer == NULL)
+            return shard_error_set(err, SHARD_ERR_NOMEM, "tensor_file_open_torch: %s: out of "
+                                   "memory for storage '%s' of %zu bytes", self->path,
+                                   s->meta.key, s->meta.nbytes);
+        memcpy(s->buffer, at, s->meta.nbytes);
+        self->backing_size += s->meta.nbytes;
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        uintptr_t first = ((uintptr_t)at + page - 1) / page * page;
+        uintptr_t end = ((uintptr_t)at + s->meta.nbytes) / page * page;
+        if (b->map_owned && end > first)
+            (void)madvise((void *)first, end - first, MADV_DONTNEED);
+    }
+    *base = s->buffer;
+    return SHARD_OK;
 }
 
 static shard_status_t tt_load(tensor_file_t *self, size_t index, shard_error_t *err)
@@ -379,7 +427,9 @@ static shard_status_t tt_load(tensor_file_t *self, size_t index, shard_error_t *
     tt_store_t *s = &b->stores[b->entry_store[index]];
     const uint8_t *base = NULL;
     if (b->map != NULL) {
-        base = b->map + s->file_offset;
+        shard_status_t st = tt_legacy_storage(self, b, s, &base, err);
+        if (st != SHARD_OK)
+            return st;
     } else {
         if (s->buffer == NULL) {
             char *dir = tt_join(b->prefix, "data/");
@@ -618,7 +668,8 @@ fail:
 
 /* ---------------------------------------------------------------- zip */
 
-static tensor_file_t *tt_open_zip(const char *path, shard_error_t *err)
+static tensor_file_t *tt_open_zip(const char *path, const uint8_t *image, size_t image_size,
+                                  shard_error_t *err)
 {
     zip_t *za = NULL;
     char *prefix = NULL;
@@ -630,7 +681,7 @@ static tensor_file_t *tt_open_zip(const char *path, shard_error_t *err)
     tt_backing_t *b = NULL;
 
     pk_unpickler_init(&u, TT_FN, path, err);
-    if (tt_zip_open(path, &za, err) != SHARD_OK
+    if (tt_zip_open(path, image, image_size, &za, err) != SHARD_OK
         || tt_find_archive(path, za, &prefix, err) != SHARD_OK
         || tt_check_byteorder(za, path, prefix, err) != SHARD_OK
         || tt_check_version(za, path, prefix, err) != SHARD_OK
@@ -798,7 +849,8 @@ static shard_status_t tt_map(const char *path, uint8_t **map, size_t *size, shar
     return SHARD_OK;
 }
 
-static tensor_file_t *tt_open_legacy(const char *path, uint8_t *map, size_t size,
+/* map: the file's bytes; owned: ours to unmap (a mapping), else borrowed. */
+static tensor_file_t *tt_open_legacy(const char *path, uint8_t *map, size_t size, bool owned,
                                      shard_error_t *err)
 {
     pk_unpickler_t u;
@@ -810,18 +862,27 @@ static tensor_file_t *tt_open_legacy(const char *path, uint8_t *map, size_t size
     if (tt_legacy_preamble(&u, map, size, &pos) != SHARD_OK
         || tt_legacy_pickle(&u, map, size, &pos, "pickle 4 (state dict)", &root) != SHARD_OK
         || tt_legacy_pickle(&u, map, size, &pos, "pickle 5 (storage keys)", &keys) != SHARD_OK) {
-        munmap(map, size);
+        if (owned)
+            munmap(map, size);
         goto done;
     }
     tf = tt_build(path, &u, root, &b);
     if (tf == NULL) {
-        munmap(map, size);
+        if (owned)
+            munmap(map, size);
         goto done;
     }
     b->map = map;
     b->map_size = size;
+    b->map_owned = owned;
     if (tt_legacy_place(tf, b, keys, pos, err) != SHARD_OK)
         tensor_file_destroy(&tf);
+    /* Reading the pickles and every storage's count faulted pages in, and
+     * the kernel maps the cached neighbours of each fault too (64 KiB
+     * around it): nothing of the mapping is needed now, so all of it
+     * leaves memory and a stage brings back only its own storages. */
+    else if (owned)
+        (void)madvise(map, size, MADV_DONTNEED);
 done:
     pk_unpickler_free(&u);
     return tf;
@@ -857,9 +918,21 @@ tensor_file_t *tensor_file_open_torch(const char *path, shard_error_t *err)
     uint8_t *map = NULL;
     size_t size = 0;
     if (tt_map(path, &map, &size, err) != SHARD_OK)
-        return tt_open_zip(path, err);
+        return tt_open_zip(path, NULL, 0, err);
     if (size >= 1 && map[0] == 0x80)
-        return tt_open_legacy(path, map, size, err);
+        return tt_open_legacy(path, map, size, true, err);
     munmap(map, size);
-    return tt_open_zip(path, err);
+    return tt_open_zip(path, NULL, 0, err);
+}
+
+tensor_file_t *tensor_file_open_torch_image(const char *path, const uint8_t *data, size_t size,
+                                            shard_error_t *err)
+{
+    if (path == NULL || data == NULL) {
+        shard_error_set(err, SHARD_ERR_INPUT, "tensor_file_open_torch: path or bytes are NULL");
+        return NULL;
+    }
+    if (size >= 1 && data[0] == 0x80)
+        return tt_open_legacy(path, (uint8_t *)data, size, false, err);
+    return tt_open_zip(path, data, size, err);
 }

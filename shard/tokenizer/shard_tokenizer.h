@@ -116,6 +116,15 @@ shard_status_t shard_tokenizer_decode(const shard_tokenizer_t *tok, const int64_
 shard_status_t shard_tokenizer_save_vocabulary(const shard_tokenizer_t *tok, const char *dir,
                                                const char *prefix, shard_error_t *err);
 
+/* Languages the checkpoint's config names when the tokenizer's own files
+ * (tokenizer_config.json, config.json) name none: an original XLM folder
+ * keeps them in its .pth's params, which the checkpoint reader turns into
+ * shard_config_t's lang_names. names[id] is the code of language id, ""
+ * for an unnamed id. Nothing changes when the files named languages. */
+shard_status_t shard_tokenizer_adopt_langs(shard_tokenizer_t *tok,
+                                           const char (*names)[SHARD_LANG_NAME_MAX],
+                                           int64_t n, shard_error_t *err);
+
 /* Languages: the id of a code (-1 when unknown), how many, the code of an
  * id (NULL when none). */
 int64_t shard_tokenizer_lang_id(const shard_tokenizer_t *tok, const char *lang);

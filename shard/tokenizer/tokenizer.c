@@ -731,6 +731,29 @@ const char *shard_tokenizer_mode_name(shard_tokenizer_mode_t mode)
     return "unknown";
 }
 
+shard_status_t shard_tokenizer_adopt_langs(shard_tokenizer_t *tok,
+                                           const char (*names)[SHARD_LANG_NAME_MAX],
+                                           int64_t n, shard_error_t *err)
+{
+    if (!tok || (!names && n > 0) || n < 0 || n > SHARD_MAX_LANGS)
+        return shard_error_set(err, SHARD_ERR_INPUT, "shard_tokenizer_adopt_langs: %lld "
+                               "languages, expected a list of 0 to %d",
+                               (long long)n, SHARD_MAX_LANGS);
+    if (tok->n_langs > 0)
+        return SHARD_OK;
+    shard_status_t st = SHARD_OK;
+    for (int64_t id = 0; id < n && st == SHARD_OK; id++)
+        if (names[id][0] != '\0')
+            st = add_lang(tok, names[id], (double)id, err);
+    if (st != SHARD_OK) {
+        tok->n_langs = 0; /* all or nothing */
+        return st;
+    }
+    if (tok->n_langs)
+        qsort(tok->langs, tok->n_langs, sizeof *tok->langs, cmp_lang);
+    return SHARD_OK;
+}
+
 int64_t shard_tokenizer_lang_id(const shard_tokenizer_t *tok, const char *lang)
 {
     if (!tok || !lang)

@@ -4,7 +4,10 @@
  * a zip and a legacy pytorch_model.bin and as sharded folders of both; each
  * is opened whole and as the stage [3, 4) alone, and after the same layer
  * work the stage has brought in about an eighth of the weight pages the
- * whole model did. A sharded stage opens only the shards of its tensors. */
+ * whole model did, and each within 1.3 times what model.safetensors (used
+ * in place) holds for the same range: no format keeps a second copy.
+ * (tf_model.h5 is measured the same way in test_h5.c, which writes it.)
+ * A sharded stage opens only the shards of its tensors. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -101,8 +104,9 @@ static size_t growth_of(const char *dir, const shard_range_t *range)
 
 static void stage_holds_its_share(const char *format)
 {
-    char dir[4200];
+    char dir[4200], mapped[4200];
     format_dir(dir, sizeof dir, format);
+    format_dir(mapped, sizeof mapped, "");
     /* A first run pays for BLAS's buffers, which both measurements share. */
     shard_range_t warm = {7, 8, false, false};
     growth_of(dir, &warm);
@@ -110,11 +114,21 @@ static void stage_holds_its_share(const char *format)
     shard_range_t whole = {0, 8, false, false};
     size_t one = growth_of(dir, &stage);
     size_t all = growth_of(dir, &whole);
+    /* The same ranges from model.safetensors, mapped in place: the least a
+     * format can hold. */
+    size_t one_mapped = growth_of(mapped, &stage);
+    size_t all_mapped = growth_of(mapped, &whole);
     /* One layer of emb 256: 786,432 float32 values, 3 MiB. */
-    print_message("%s: resident growth: stage [3, 4) %zu KiB, layers [0, 8) %zu KiB\n",
-                  format[0] ? format : "safetensors", one / 1024, all / 1024);
+    print_message("%s: resident growth: stage [3, 4) %zu KiB, layers [0, 8) %zu KiB "
+                  "(safetensors %zu KiB, %zu KiB)\n", format[0] ? format : "safetensors",
+                  one / 1024, all / 1024, one_mapped / 1024, all_mapped / 1024);
     assert_true(all >= 7 * (size_t)3 * 1024 * 1024);
     assert_true(one <= all / 4);
+    /* No second copy of any weight: within 1.3 times the mapped folder's. */
+    if (one * 10 > one_mapped * 13 || all * 10 > all_mapped * 13)
+        fail_msg("%s holds %zu KiB for the stage, %zu KiB whole; safetensors %zu KiB, %zu KiB: "
+                 "over 1.3 times", format, one / 1024, all / 1024, one_mapped / 1024,
+                 all_mapped / 1024);
 }
 
 static void safetensors_stage(void **state) { (void)state; stage_holds_its_share(""); }

@@ -296,6 +296,11 @@ score_backend_t *score_backend_local(const score_options_t *options, char *error
     }
     if (l->model)
         l->tokenizer = shard_tokenizer_open(options->model, &err);
+    /* An original XLM folder's languages come from its checkpoint's params. */
+    const shard_config_t *config = l->model ? shard_model_config(l->model) : NULL;
+    if (l->tokenizer && shard_tokenizer_adopt_langs(l->tokenizer, config->lang_names,
+                                                    config->n_langs, &err) != SHARD_OK)
+        shard_tokenizer_destroy(&l->tokenizer);
     if (l->model && l->tokenizer && !shard_model_has_head(l->model, SHARD_HEAD_LM)) {
         shard_error_set(&err, SHARD_ERR_HEAD, "%s has no LM head to score with", options->model);
         shard_tokenizer_destroy(&l->tokenizer);
