@@ -43,6 +43,16 @@ static bool model_parts_fill(model_parts_t *parts, const broker_model_t *m)
     ms->requests_expired = m->expired;
     ms->requests_cancelled = m->cancelled;
     ms->requests_requeued = m->requeued;
+    const Xlm__Ready *ready = m->ready ? m->ready->ready : NULL;
+    if (ready) { /* borrowed: packed before the model can change */
+        ms->n_tasks = ready->n_tasks;
+        ms->tasks = ready->tasks;
+        ms->n_lang_codes = ready->n_lang_codes;
+        ms->lang_codes = ready->lang_codes;
+        ms->max_position_embeddings = ready->max_position_embeddings;
+        ms->vocab_size = ready->vocab_size;
+        ms->precision = ready->precision;
+    }
     size_t ns = m->n_stages ? m->n_stages : 1, np = m->n_pipelines ? m->n_pipelines : 1;
     parts->stages = calloc(ns, sizeof *parts->stages);
     parts->stage_ptrs = calloc(ns, sizeof *parts->stage_ptrs);
