@@ -47,7 +47,16 @@ void gw_pool_destroy(gw_pool_t **self_p);
 
 /* ------------------------------------------------------------ models */
 
-enum { GW_NAME_MAX = 256 };
+enum { GW_NAME_MAX = 256, GW_HIST_BOUNDS_MAX = 32 };
+
+/* A histogram of the broker's Stats (xlm.proto's Histogram). */
+typedef struct {
+    bool present;
+    size_t n_bounds;
+    double bounds[GW_HIST_BOUNDS_MAX];
+    double counts[GW_HIST_BOUNDS_MAX + 1]; /* not cumulative; the last beyond the last bound */
+    double sum, count;
+} gw_hist_t;
 
 typedef struct {
     char name[GW_NAME_MAX];
@@ -58,6 +67,9 @@ typedef struct {
     size_t n_langs;
     int64_t max_length, vocab_size;
     char precision[16];
+    gw_hist_t queue, service;    /* the broker's: per request queued, served */
+    gw_hist_t *stages;           /* [n_stages]: compute per micro-batch */
+    size_t n_stages;
 } gw_model_t;
 
 typedef struct {

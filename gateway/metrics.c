@@ -226,6 +226,59 @@ static void render_histograms(text_t *t, const char *name, const family_t *f)
     }
 }
 
+static void render_broker_histogram(text_t *t, const char *name, const char *labels,
+                                    const gw_hist_t *h)
+{
+    double cumulative = 0;
+    for (size_t b = 0; b < h->n_bounds; b++) {
+        cumulative += h->counts[b];
+        put(t, "%s_bucket{%s,le=\"%g\"} %.0f\n", name, labels, h->bounds[b], cumulative);
+    }
+    put(t, "%s_bucket{%s,le=\"+Inf\"} %.0f\n", name, labels, h->count);
+    put(t, "%s_sum{%s} %.9g\n", name, labels, h->sum);
+    put(t, "%s_count{%s} %.0f\n", name, labels, h->count);
+}
+
+/* The histograms the broker keeps for every request, whichever client sent it. */
+static void render_broker_histograms(text_t *t, const gw_service_t *service)
+{
+    static const struct {
+        const char *name, *help;
+        size_t offset;
+    } families[] = {
+        {"xlm_broker_queue_duration_seconds",
+         "Time requests waited in the broker's queue, receipt to dispatch (the broker's histogram).",
+         offsetof(gw_model_t, queue)},
+        {"xlm_broker_request_duration_seconds",
+         "Time from the broker's receipt of a request to the worker's reply (the broker's histogram).",
+         offsetof(gw_model_t, service)},
+    };
+    char labels[3 * GW_NAME_MAX], model_v[2 * GW_NAME_MAX];
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+        header(t, families[f].name, "histogram", families[f].help);
+        for (size_t i = 0; i < service->n_models; i++) {
+            const gw_hist_t *h = (const gw_hist_t *)((const char *)&service->models[i] + families[f].offset);
+            if (!h->present)
+                continue;
+            escape_into(model_v, sizeof model_v, service->models[i].name);
+            snprintf(labels, sizeof labels, "model=\"%s\"", model_v);
+            render_broker_histogram(t, families[f].name, labels, h);
+        }
+    }
+    header(t, "xlm_broker_stage_compute_duration_seconds", "histogram",
+           "Compute time of each pipeline stage per micro-batch (the broker's histogram).");
+    for (size_t i = 0; i < service->n_models; i++) {
+        escape_into(model_v, sizeof model_v, service->models[i].name);
+        for (size_t st = 0; st < service->models[i].n_stages; st++) {
+            if (!service->models[i].stages[st].present)
+                continue;
+            snprintf(labels, sizeof labels, "model=\"%s\",stage=\"%zu\"", model_v, st);
+            render_broker_histogram(t, "xlm_broker_stage_compute_duration_seconds", labels,
+                                    &service->models[i].stages[st]);
+        }
+    }
+}
+
 static void render_broker(text_t *t, const gw_service_t *service)
 {
     header(t, "xlm_broker_up", "gauge", "1 when the broker answered the gateway's stats request.");
@@ -261,6 +314,7 @@ static void render_broker(text_t *t, const gw_service_t *service)
     header(t, "xlm_broker_malformed_messages_total", "counter",
            "Messages the broker could not decode.");
     put(t, "xlm_broker_malformed_messages_total %.0f\n", service->malformed);
+    render_broker_histograms(t, service);
 }
 
 char *gw_metrics_render(gw_metrics_t *m, const gw_service_t *service, size_t queued, size_t busy)

@@ -34,6 +34,23 @@ static xlm_task_t task_of(const cJSON *item)
     return xlm_task_from_name(lower);
 }
 
+static void hist_fill(gw_hist_t *h, const cJSON *json)
+{
+    const cJSON *bounds = cJSON_GetObjectItemCaseSensitive(json, "bounds");
+    const cJSON *counts = cJSON_GetObjectItemCaseSensitive(json, "counts");
+    int nb = cJSON_GetArraySize(bounds), nc = cJSON_GetArraySize(counts);
+    if (!cJSON_IsObject(json) || nb < 1 || nb > GW_HIST_BOUNDS_MAX || nc != nb + 1)
+        return; /* an older broker, or not one we can read: left out */
+    for (int i = 0; i < nb; i++)
+        h->bounds[i] = cJSON_GetArrayItem(bounds, i)->valuedouble;
+    for (int i = 0; i < nc; i++)
+        h->counts[i] = cJSON_GetArrayItem(counts, i)->valuedouble;
+    h->n_bounds = (size_t)nb;
+    h->sum = number_of(json, "sum");
+    h->count = number_of(json, "count");
+    h->present = true;
+}
+
 static bool model_fill(gw_model_t *m, const cJSON *json)
 {
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(json, "name");
@@ -63,6 +80,14 @@ static bool model_fill(gw_model_t *m, const cJSON *json)
     for (size_t i = 0; m->first_task == XLM_TASK_COUNT_ && i < sizeof preference / sizeof preference[0]; i++)
         if (m->serves[preference[i]])
             m->first_task = preference[i];
+    hist_fill(&m->queue, cJSON_GetObjectItemCaseSensitive(json, "queue_seconds"));
+    hist_fill(&m->service, cJSON_GetObjectItemCaseSensitive(json, "service_seconds"));
+    const cJSON *stages = cJSON_GetObjectItemCaseSensitive(json, "stages");
+    int ns = cJSON_GetArraySize(stages);
+    if (ns > 0 && !(m->stages = calloc((size_t)ns, sizeof *m->stages)))
+        return false;
+    cJSON_ArrayForEach(item, stages)
+        hist_fill(&m->stages[m->n_stages++], cJSON_GetObjectItemCaseSensitive(item, "compute_seconds"));
     const cJSON *langs = cJSON_GetObjectItemCaseSensitive(json, "lang_codes");
     int n = cJSON_GetArraySize(langs);
     if (n > 0 && !(m->lang_codes = calloc((size_t)n, sizeof *m->lang_codes)))
@@ -114,7 +139,14 @@ static bool service_copy(const gw_service_t *from, gw_service_t *to)
         *m = from->models[i];
         m->lang_codes = NULL;
         m->n_langs = 0;
+        m->stages = NULL;
+        m->n_stages = 0;
         to->n_models++;
+        if (from->models[i].n_stages &&
+            !(m->stages = malloc(from->models[i].n_stages * sizeof *m->stages)))
+            return false;
+        for (size_t st = 0; st < from->models[i].n_stages; st++, m->n_stages++)
+            m->stages[st] = from->models[i].stages[st];
         if (from->models[i].n_langs &&
             !(m->lang_codes = calloc(from->models[i].n_langs, sizeof *m->lang_codes)))
             return false;
@@ -131,6 +163,7 @@ void gw_service_clear(gw_service_t *service)
         for (size_t l = 0; l < service->models[i].n_langs; l++)
             free(service->models[i].lang_codes[l]);
         free(service->models[i].lang_codes);
+        free(service->models[i].stages);
     }
     free(service->models);
     memset(service, 0, sizeof *service);

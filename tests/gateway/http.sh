@@ -143,7 +143,8 @@ PY
 before503=$(gw_metric 'xlm_gateway_http_responses_total{code="503"}')
 curl -s -o "$run_dir/long1" "$gw_url/v1/score" --data-binary "@$run_dir/long.json" & long1=$!
 curl -s -o "$run_dir/long2" "$gw_url/v1/score" --data-binary "@$run_dir/long.json" & long2=$!
-e2e_wait_until 20 "two requests admitted" test "$(gw_metric xlm_gateway_queue_depth)" = 1
+one_waiting() { [ "$(gw_metric xlm_gateway_queue_depth)" = 1 ]; }
+e2e_wait_until 20 "two requests admitted" one_waiting
 gw_curl POST /v1/score "$run_dir/req.json"; gw_expect 503 "a request past the queue"
 gw_body_has "the gateway's queue is full (2 requests admitted): retry after 3 s" "queue full"
 grep -qi '^Retry-After: 3' "$run_dir/headers" || e2e_fail "503 without Retry-After: $(cat "$run_dir/headers")"
@@ -166,6 +167,13 @@ m() { awk -v s="$1" '$1 == s { print $2 }' "$run_dir/metrics.txt"; }
 [ "$(m 'xlm_stage_compute_duration_seconds_count{model="clm-seq_cls",stage="0"}')" = "$seq_cls_ok" ] ||
   e2e_fail "no stage compute histogram of clm-seq_cls"
 [ "$(m 'xlm_model_pipelines_alive{model="tiny-clm-enfr"}')" = 1 ] || e2e_fail "pipelines_alive of tiny-clm-enfr"
+# The broker's own histograms count every request it served, whoever sent it.
+[ "$(m 'xlm_broker_request_duration_seconds_count{model="clm-seq_cls"}')" -ge "$seq_cls_ok" ] ||
+  e2e_fail "the broker's request histogram of clm-seq_cls: $(m 'xlm_broker_request_duration_seconds_count{model="clm-seq_cls"}')"
+scored=$(m 'xlm_broker_queue_duration_seconds_count{model="tiny-clm-enfr"}')
+[ "$scored" -ge 1200 ] || e2e_fail "the broker's queue histogram of tiny-clm-enfr: $scored requests, at least 1200 were sent"
+[ "$(m 'xlm_broker_stage_compute_duration_seconds_count{model="clm-seq_cls",stage="0"}')" -ge 1 ] ||
+  e2e_fail "no broker stage histogram of clm-seq_cls"
 [ "$(m xlm_broker_up)" = 1 ] || e2e_fail "xlm_broker_up"
 [ "$(m 'xlm_gateway_requests_total{model="tiny-clm-enfr",task="clm_score",status="bad_request"}')" -ge 1 ] ||
   e2e_fail "the bad pair is not counted"

@@ -53,11 +53,16 @@ e2e_wait_until 30 "Prometheus to scrape the counter at 1000" has_all
 p50=$(query 'histogram_quantile(0.5, sum by (le) (xlm_gateway_request_duration_seconds_bucket{model="tiny-clm-enfr"}))')
 count=$(query 'xlm_gateway_request_duration_seconds_count{model="tiny-clm-enfr",task="clm_score"}')
 up=$(query 'up{job="xlm-gateway"}')
+served=$(query 'xlm_broker_request_duration_seconds_count{model="tiny-clm-enfr"}')
+broker_p99=$(query 'histogram_quantile(0.99, sum by (le) (xlm_broker_request_duration_seconds_bucket{model="tiny-clm-enfr"}))')
 [ "$count" = 5 ] || e2e_fail "latency histogram count in Prometheus: '$count', expected 5 scoring requests"
 python3 -c "import sys; v=float(sys.argv[1]); sys.exit(0 if 0 < v < 10 else 1)" "$p50" ||
   e2e_fail "histogram_quantile(0.5) of the gateway's latency: '$p50'"
 [ "$up" = 1 ] || e2e_fail "up{job=xlm-gateway} = '$up'"
-echo "gateway-prometheus: Prometheus scraped $series = 1000, 5 latency observations, p50 ${p50}s"
+[ "${served:-0}" -ge 1000 ] || e2e_fail "the broker's request histogram in Prometheus: '$served' requests, expected 1000"
+python3 -c "import sys; v=float(sys.argv[1]); sys.exit(0 if 0 < v < 100 else 1)" "$broker_p99" ||
+  e2e_fail "histogram_quantile(0.99) of the broker's request histogram: '$broker_p99'"
+echo "gateway-prometheus: Prometheus scraped $series = 1000, 5 latency observations, p50 ${p50}s; the broker's histogram: $served requests, p99 ${broker_p99}s"
 kill -TERM "$prom_pid"
 e2e_wait_until 20 "prometheus to stop" e2e_gone "$prom_pid"
 gw_stop
