@@ -140,6 +140,8 @@ static bool send_batch(broker_t *b, broker_pipeline_t *p, broker_req_t **reqs, s
                        zmq_strerror(errno));
         }
     }
+    for (size_t i = 0; ok && i < n; i++)
+        broker_histogram_observe(&reqs[i]->model->queue_hist, queue_us[i]);
     free(tickets);
     free(queue_us);
     free(remaining_ms);
@@ -356,6 +358,8 @@ static void on_reply(broker_t *b, broker_pipeline_t *p, const char *named,
             r->model->done++;
         else
             r->model->failed++;
+        broker_histogram_observe(&r->model->service_hist,
+                                 (uint64_t)(broker_now_us() - r->received_us));
         if (reply_cacheable(reply->statuses[i]))
             broker_done_add(b, r->id, &frames[i]);
         broker_client_send(b, r->client, r->client_len, &frames[i]);

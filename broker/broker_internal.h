@@ -125,8 +125,19 @@ typedef struct {
     size_t bytes;
 } broker_req_t;
 
+/* Durations over fixed buckets (stats.c's bounds, 100 us to 10 s), for
+ * the Stats message's histograms. */
+enum { BROKER_HIST_BOUNDS = 16 };
+typedef struct {
+    uint64_t counts[BROKER_HIST_BOUNDS + 1]; /* the last: beyond the last bound */
+    uint64_t count;
+    double sum_s;
+} broker_histogram_t;
+void broker_histogram_observe(broker_histogram_t *h, uint64_t us);
+
 typedef struct {
     uint64_t batches, total_us, max_us;
+    broker_histogram_t compute;
 } broker_stage_stats_t;
 
 struct broker_model {
@@ -145,6 +156,7 @@ struct broker_model {
     uint64_t done, failed, rejected, expired, cancelled, requeued;
     broker_stage_stats_t *stages;
     size_t n_stages;
+    broker_histogram_t queue_hist, service_hist;
     int64_t dead_since_us;      /* when its last pipeline went; 0 while it has one */
     char dead_since[BROKER_TIME_MAX]; /* the same, as UTC ISO 8601 for messages */
 };

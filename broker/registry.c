@@ -158,6 +158,7 @@ void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, siz
         m->stages[s].total_us += stage_us[s];
         if (stage_us[s] > m->stages[s].max_us)
             m->stages[s].max_us = stage_us[s];
+        broker_histogram_observe(&m->stages[s].compute, stage_us[s]);
     }
 }
 

@@ -5,6 +5,35 @@
 
 #include <stdlib.h>
 
+/* 100 us to 10 s: a tiny model's round trip to a long scoring request
+ * (the gateway's /metrics buckets). */
+static const double hist_bounds[BROKER_HIST_BOUNDS] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+void broker_histogram_observe(broker_histogram_t *h, uint64_t us)
+{
+    double s = (double)us / 1e6;
+    size_t b = 0;
+    while (b < BROKER_HIST_BOUNDS && s > hist_bounds[b])
+        b++;
+    h->counts[b]++;
+    h->count++;
+    h->sum_s += s;
+}
+
+/* The message of h, borrowing its arrays (packed before they change). */
+static void histogram_fill(Xlm__Histogram *out, broker_histogram_t *h)
+{
+    xlm__histogram__init(out);
+    out->n_bounds = BROKER_HIST_BOUNDS;
+    out->bounds = (double *)hist_bounds;
+    out->n_counts = BROKER_HIST_BOUNDS + 1;
+    out->counts = h->counts;
+    out->sum = h->sum_s;
+    out->count = h->count;
+}
+
 static void free_buffer(void *data, void *hint)
 {
     (void)hint;
@@ -14,6 +43,8 @@ static void free_buffer(void *data, void *hint)
 /* Per-model parts, allocated together so that one free releases them. */
 typedef struct {
     Xlm__ModelStats model;
+    Xlm__Histogram queue_hist, service_hist;
+    Xlm__Histogram *stage_hists;
     Xlm__StageStats *stages;
     Xlm__StageStats **stage_ptrs;
     Xlm__PipelineStats *pipelines;
@@ -22,13 +53,14 @@ typedef struct {
 
 static void model_parts_free(model_parts_t *parts)
 {
+    free(parts->stage_hists);
     free(parts->stages);
     free(parts->stage_ptrs);
     free(parts->pipelines);
     free(parts->pipeline_ptrs);
 }
 
-static bool model_parts_fill(model_parts_t *parts, const broker_model_t *m)
+static bool model_parts_fill(model_parts_t *parts, broker_model_t *m)
 {
     Xlm__ModelStats *ms = &parts->model;
     xlm__model_stats__init(ms);
@@ -43,16 +75,33 @@ static bool model_parts_fill(model_parts_t *parts, const broker_model_t *m)
     ms->requests_expired = m->expired;
     ms->requests_cancelled = m->cancelled;
     ms->requests_requeued = m->requeued;
-    if (m->ready && m->ready->ready) { /* borrowed: packed before the model can change */
-        ms->n_tasks = m->ready->ready->n_tasks;
-        ms->tasks = m->ready->ready->tasks;
+    const Xlm__Ready *ready = m->ready ? m->ready->ready : NULL;
+    if (ready) { /* borrowed: packed before the model can change */
+        ms->n_tasks = ready->n_tasks;
+        ms->tasks = ready->tasks;
+        ms->n_lang_codes = ready->n_lang_codes;
+        ms->lang_codes = ready->lang_codes;
+        ms->max_position_embeddings = ready->max_position_embeddings;
+        ms->vocab_size = ready->vocab_size;
+        ms->precision = ready->precision;
     }
+    if (m->has_limits) { /* what every live pipeline accepts, not the latest one alone */
+        ms->n_tasks = m->limits.n_tasks;
+        ms->tasks = m->limits.tasks;
+        ms->max_position_embeddings = m->limits.max_position_embeddings;
+    }
+    histogram_fill(&parts->queue_hist, &m->queue_hist);
+    histogram_fill(&parts->service_hist, &m->service_hist);
+    ms->queue_seconds = &parts->queue_hist;
+    ms->service_seconds = &parts->service_hist;
     size_t ns = m->n_stages ? m->n_stages : 1, np = m->n_pipelines ? m->n_pipelines : 1;
+    parts->stage_hists = calloc(ns, sizeof *parts->stage_hists);
     parts->stages = calloc(ns, sizeof *parts->stages);
     parts->stage_ptrs = calloc(ns, sizeof *parts->stage_ptrs);
     parts->pipelines = calloc(np, sizeof *parts->pipelines);
     parts->pipeline_ptrs = calloc(np, sizeof *parts->pipeline_ptrs);
-    if (!parts->stages || !parts->stage_ptrs || !parts->pipelines || !parts->pipeline_ptrs)
+    if (!parts->stage_hists || !parts->stages || !parts->stage_ptrs || !parts->pipelines ||
+        !parts->pipeline_ptrs)
         return false;
     for (size_t s = 0; s < m->n_stages; s++) {
         Xlm__StageStats *st = &parts->stages[s];
@@ -61,6 +110,8 @@ static bool model_parts_fill(model_parts_t *parts, const broker_model_t *m)
         st->batches = m->stages[s].batches;
         st->total_us = m->stages[s].total_us;
         st->max_us = m->stages[s].max_us;
+        histogram_fill(&parts->stage_hists[s], &m->stages[s].compute);
+        st->compute_seconds = &parts->stage_hists[s];
         parts->stage_ptrs[s] = st;
     }
     ms->n_stages = m->n_stages;

@@ -62,9 +62,10 @@ size_t xlm_client_outstanding(const xlm_client_t *client) { return client ? clie
 
 /* ------------------------------------------------------------ config */
 
-void xlm_client_config_defaults(xlm_client_config_t *config)
+static void config_fill_defaults(xlm_client_config_t *config)
 {
     memset(config, 0, sizeof *config);
+    config->struct_size = sizeof *config;
     config->window = 64;
     config->attempt_timeout_ms = 5000;
     config->max_attempts = 5;
@@ -72,6 +73,39 @@ void xlm_client_config_defaults(xlm_client_config_t *config)
     config->backoff_max_ms = 2000;
     config->deadline_ms = 0;
     config->max_message_bytes = (size_t)64 << 20;
+}
+
+void xlm_client_config_defaults_sized(xlm_client_config_t *config, size_t struct_size)
+{
+    if (!config || struct_size < sizeof config->struct_size)
+        return;
+    xlm_client_config_t fresh;
+    config_fill_defaults(&fresh);
+    size_t n = struct_size < sizeof fresh ? struct_size : sizeof fresh;
+    fresh.struct_size = n;
+    memset(config, 0, struct_size);
+    memcpy(config, &fresh, n);
+}
+
+bool client_struct_copy(void *ours, size_t our_size, size_t min_size, const void *theirs,
+                        const char *fn, const char *what, char *error, size_t error_size)
+{
+    size_t size = *(const size_t *)theirs;
+    if (size < min_size) {
+        snprintf(error, error_size, "%s: %s struct_size = %zu, expected at least %zu (set it "
+                 "with the struct's init function)", fn, what, size, min_size);
+        return false;
+    }
+    const unsigned char *bytes = theirs;
+    for (size_t i = our_size; i < size; i++)
+        if (bytes[i]) {
+            snprintf(error, error_size, "%s: %s has fields this library (%s) does not know "
+                     "(struct_size %zu, ours %zu)", fn, what, XLM_CLIENT_VERSION, size, our_size);
+            return false;
+        }
+    memcpy(ours, theirs, size < our_size ? size : our_size);
+    *(size_t *)ours = our_size;
+    return true;
 }
 
 static bool config_valid(const xlm_client_config_t *c, xlm_error_t *err)
@@ -579,6 +613,20 @@ xlm_client_t *xlm_client_new(const xlm_client_config_t *config, xlm_error_t *err
         err->code = XLM_OK;
         err->message[0] = '\0';
     }
+    if (!config) {
+        error_set(err, XLM_ERR_ARG, "xlm_client_new: no config");
+        return NULL;
+    }
+    xlm_client_config_t ours;
+    config_fill_defaults(&ours);
+    char why[256];
+    if (!client_struct_copy(&ours, sizeof ours,
+                            CLIENT_SIZE_TO(xlm_client_config_t, max_message_bytes), config,
+                            "xlm_client_new", "the config", why, sizeof why)) {
+        error_set(err, XLM_ERR_ARG, "%s", why);
+        return NULL;
+    }
+    config = &ours;
     if (!config_valid(config, err))
         return NULL;
     xlm_client_t *client = calloc(1, sizeof *client);
@@ -686,6 +734,12 @@ xlm_status_t xlm_client_submit(xlm_client_t *client, const xlm_request_t *reques
     client->error[0] = '\0';
     if (!request)
         return client_fail(client, XLM_ERR_ARG, "%s: no request", fn);
+    xlm_request_t full;
+    xlm_request_init(&full);
+    if (!client_struct_copy(&full, sizeof full, CLIENT_SIZE_TO(xlm_request_t, return_tokens),
+                            request, fn, "the request", client->error, sizeof client->error))
+        return XLM_ERR_ARG;
+    request = &full;
     xlm_status_t status = pump(client, 0, false);
     if (status || (status = window_room(client, fn)))
         return status;
@@ -888,4 +942,47 @@ xlm_status_t xlm_client_stats_json(xlm_client_t *client, int timeout_ms, char **
         status = client_fail(client, XLM_ERR_NOMEM, "xlm_client_stats_json: out of memory");
     proto_service_free(&client->stats);
     return status;
+}
+
+/* ------------------------------------------------------------ event loops */
+
+xlm_status_t xlm_client_fd(xlm_client_t *client, int *fd_out)
+{
+    if (!client)
+        return XLM_ERR_ARG;
+    client->error[0] = '\0';
+    if (!fd_out)
+        return client_fail(client, XLM_ERR_ARG, "xlm_client_fd: no place for the descriptor");
+    int fd = -1;
+    size_t size = sizeof fd;
+    if (zmq_getsockopt(client->socket, ZMQ_FD, &fd, &size))
+        return client_fail(client, XLM_ERR_ZMQ, "xlm_client_fd: %s", zmq_strerror(errno));
+    *fd_out = fd;
+    return XLM_OK;
+}
+
+xlm_status_t xlm_client_process(xlm_client_t *client, size_t *finished_out, int *timeout_ms_out)
+{
+    if (!client)
+        return XLM_ERR_ARG;
+    client->error[0] = '\0';
+    /* pump without waiting reads until EAGAIN, which also re-arms ZMQ_FD's edge. */
+    xlm_status_t status = pump(client, 0, false);
+    if (status)
+        return status;
+    size_t finished = 0;
+    for (int32_t n = client->done_head; n >= 0; n = client->slots[n].next)
+        finished++;
+    if (finished_out)
+        *finished_out = finished;
+    if (finished == client->used) /* nothing pending: the timer left is stale */
+        client->next_timer_us = INT64_MAX;
+    if (timeout_ms_out) {
+        int64_t left = client->next_timer_us - client_now_us();
+        *timeout_ms_out = client->next_timer_us == INT64_MAX ? -1
+                          : left <= 0                       ? 0
+                          : left / 1000 >= INT_MAX          ? INT_MAX
+                                                            : (int)((left + 999) / 1000);
+    }
+    return XLM_OK;
 }

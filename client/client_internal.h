@@ -14,6 +14,7 @@
 #include "proto.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 
 typedef enum {
     SLOT_FREE = 0,
@@ -76,6 +77,17 @@ struct xlm_result {
 xlm_status_t client_fail(xlm_client_t *client, xlm_status_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int64_t client_now_us(void);
+
+/* Copies a caller's versioned struct (struct_size first) into the library's
+ * own, which holds the defaults for the fields the caller's header did not
+ * have. Refuses a struct_size below min_size (not set by the init
+ * function), and one above ours unless the unknown tail is zero (a newer
+ * header whose new fields are unused). */
+bool client_struct_copy(void *ours, size_t our_size, size_t min_size, const void *theirs,
+                        const char *fn, const char *what, char *error, size_t error_size);
+/* The offset just past a field: the struct_size of a header that ended there. */
+#define CLIENT_SIZE_TO(type, field) (offsetof(type, field) + sizeof(((type *)0)->field))
+
 
 /* The wire task of a public task (names.c's table); PROTO_TASK_COUNT_ when
  * task is out of range. */

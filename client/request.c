@@ -12,10 +12,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-void xlm_request_init(xlm_request_t *request)
+void xlm_request_init_sized(xlm_request_t *request, size_t struct_size)
 {
-    memset(request, 0, sizeof *request);
-    request->lang_fill_id = -1;
+    if (!request || struct_size < sizeof request->struct_size)
+        return;
+    xlm_request_t fresh;
+    memset(&fresh, 0, sizeof fresh);
+    fresh.lang_fill_id = -1;
+    /* A caller's older, smaller struct gets only the fields it has. */
+    size_t n = struct_size < sizeof fresh ? struct_size : sizeof fresh;
+    fresh.struct_size = n;
+    memset(request, 0, struct_size);
+    memcpy(request, &fresh, n);
 }
 
 /* Sum of n row counts, each checked in [1, max]. */

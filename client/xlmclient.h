@@ -37,6 +37,26 @@
  *
  * Thread safety: none. Use one client per thread; results may be passed to
  * and destroyed in another thread.
+ *
+ * Compatibility: the config, request and scoring-options structs begin with
+ * struct_size, set by their init function (a macro passing sizeof as the
+ * caller's header knows it). Fields are only ever added at the end, and the
+ * library reads no further than struct_size, so a program built against an
+ * older header keeps working with a newer library.
+ *
+ * Outputs per task (xlm_result_find names; HuggingFace's where it has one):
+ *   base             last_hidden_state f32 [rows, len, hidden]
+ *   lm               logits f32 [rows, len, vocab]
+ *   seq_cls          logits f32 [rows, labels]
+ *   multiple_choice  logits f32 [examples, n_choices]
+ *   token_cls        logits f32 [rows, len, labels]
+ *   qa_simple        start_logits, end_logits f32 [rows, len]
+ *   qa               start_top_log_probs, end_top_log_probs f32 [rows, k] (and
+ *                    [rows, k*k]), start_top_index, end_top_index i64, cls_logits f32 [rows]
+ *   clm_score        token_logprobs f32 ragged [rows, scored], sum_logprob f32 [rows],
+ *                    tokens text (return_tokens)
+ *   mlm_pll          as clm_score
+ *   generate         generated_ids i64 [1, len + steps], new_ids i64 [1, steps]
  */
 #ifndef XLM_CLIENT_H
 #define XLM_CLIENT_H
@@ -121,6 +141,7 @@ enum {
 /* ------------------------------------------------------------ client */
 
 typedef struct {
+    size_t struct_size;         /* sizeof, set by xlm_client_config_defaults */
     const char *endpoint;       /* the broker's frontend, e.g. "tcp://host:5555" (borrowed) */
     size_t window;              /* requests submitted and not yet collected: 64 */
     int attempt_timeout_ms;     /* wait for a reply before sending again: 5000 */
@@ -137,8 +158,10 @@ typedef struct {
                                    both or neither */
 } xlm_client_config_t;
 
-/* Fills config with the defaults above (endpoint NULL). */
-void xlm_client_config_defaults(xlm_client_config_t *config);
+/* Fills config with the defaults above (endpoint NULL) and its struct_size. */
+void xlm_client_config_defaults_sized(xlm_client_config_t *config, size_t struct_size);
+#define xlm_client_config_defaults(config) \
+    xlm_client_config_defaults_sized((config), sizeof *(config))
 
 /* Constructor failures are reported here (the client has no error yet). */
 typedef struct {
@@ -192,6 +215,7 @@ typedef struct {
 /* A request; every pointer is borrowed for the duration of the submit only
  * (the request is encoded at once). Exactly one of tokens / text. */
 typedef struct {
+    size_t struct_size;    /* sizeof, set by xlm_request_init */
     const char *id;        /* NULL or "": the client makes a unique one */
     const char *model;     /* NULL or "": the service's only model */
     xlm_task_t task;
@@ -210,8 +234,9 @@ typedef struct {
     bool return_tokens;        /* clm_score, mlm_pll: also the scored tokens' text */
 } xlm_request_t;
 
-/* Zeroes request and sets lang_fill_id = -1. */
-void xlm_request_init(xlm_request_t *request);
+/* Zeroes request, sets lang_fill_id = -1 and struct_size. */
+void xlm_request_init_sized(xlm_request_t *request, size_t struct_size);
+#define xlm_request_init(request) xlm_request_init_sized((request), sizeof *(request))
 
 /* Encodes and sends a request, without blocking. The request is checked
  * with the protocol's rules first (XLM_ERR_ARG with the reason). Returns
@@ -262,6 +287,70 @@ xlm_status_t xlm_client_cancel(xlm_client_t *client, const char *id);
  * object with xlm.proto's Stats field names. Replies to requests received
  * meanwhile are kept for collect. */
 xlm_status_t xlm_client_stats_json(xlm_client_t *client, int timeout_ms, char **json_out);
+
+/* ------------------------------------------------------------ event loops
+ *
+ * To drive a client from epoll, libuv or a select loop instead of blocking
+ * in collect: watch xlm_client_fd for readability (it is ZeroMQ's ZMQ_FD,
+ * edge-triggered: readable means "something may have changed", not "a
+ * message is waiting"), and call xlm_client_process when it fires, when
+ * its timeout passes, and after every submit or cancel. process never
+ * blocks; afterwards collect with timeout 0 takes what finished. */
+
+/* The descriptor to watch (owned by the client; do not read or close it). */
+xlm_status_t xlm_client_fd(xlm_client_t *client, int *fd_out);
+
+/* Reads every message waiting and fires due retries and deadlines.
+ * *finished_out (may be NULL): results waiting to be collected.
+ * *timeout_ms_out (may be NULL): call again within this many ms even if the
+ * descriptor stays quiet (-1: no timer pending). */
+xlm_status_t xlm_client_process(xlm_client_t *client, size_t *finished_out,
+                                int *timeout_ms_out);
+
+/* ------------------------------------------------------------ scoring pairs */
+
+/* A translation pair, scored as <s> src </s> tgt </s> (xlm-score's rule). */
+typedef struct {
+    const char *src_lang, *src, *tgt_lang, *tgt; /* borrowed; langs may be NULL */
+} xlm_pair_t;
+
+typedef enum { XLM_SCORE_CLM = 0, XLM_SCORE_MLM_PLL = 1, XLM_SCORE_MODE_COUNT_ } xlm_score_mode_t;
+
+typedef struct {
+    size_t struct_size;     /* sizeof, set by xlm_score_options_init */
+    const char *model;      /* NULL or "": the service's only model */
+    xlm_score_mode_t mode;  /* clm for causal checkpoints, mlm_pll for masked ones */
+    bool no_source;         /* score <s> tgt </s> alone */
+    bool token_scores;      /* also each target token's log-probability and text */
+    uint32_t deadline_ms;   /* per pair, 0: the config's */
+} xlm_score_options_t;
+
+void xlm_score_options_init_sized(xlm_score_options_t *options, size_t struct_size);
+#define xlm_score_options_init(options) \
+    xlm_score_options_init_sized((options), sizeof *(options))
+
+/* What xlm-score writes for a pair. code XLM_CODE_OK, or the pair's own
+ * failure (message says why) while the others go on. */
+typedef struct {
+    xlm_code_t code;
+    char *message;          /* owned; "" when OK */
+    double score;           /* sum of the target tokens' log-probabilities */
+    int64_t n_target_tokens;
+    double mean;            /* score / n_target_tokens (NaN for none) */
+    float *token_scores;    /* [n_target_tokens] with token_scores, owned */
+    char **tokens;          /* [n_target_tokens] with token_scores, owned */
+} xlm_pair_score_t;
+
+/* Scores n pairs through the window (submitting as room frees) and fills
+ * scores_out[0..n) in the pairs' order; returns when every pair is
+ * finished. Needs an empty window (collect what is outstanding first).
+ * A non-OK status means the client itself failed (socket error, memory);
+ * what is filled is then to be cleared all the same. */
+xlm_status_t xlm_client_score_pairs(xlm_client_t *client, const xlm_pair_t *pairs, size_t n,
+                                    const xlm_score_options_t *options,
+                                    xlm_pair_score_t *scores_out);
+/* Frees what score_pairs allocated in scores[0..n) and zeroes them. */
+void xlm_pair_scores_clear(xlm_pair_score_t *scores, size_t n);
 
 /* ------------------------------------------------------------ results */
 

@@ -48,6 +48,7 @@ worker_status_t first_build_ready(first_t *f, worker_error_t *err)
     f->ready.emb_dim = c->emb_dim;
     f->ready.n_heads = c->n_heads;
     f->ready.architecture = c->causal ? "causal" : "masked";
+    f->ready.precision = (char *)shard_precision_name((shard_precision_t)st->options->precision);
     bool named = false;
     for (int64_t i = 0; i < c->n_langs; i++)
         named |= c->lang_names[i][0] != '\0';

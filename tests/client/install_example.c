@@ -32,6 +32,20 @@ int main(int argc, char **argv)
            result ? xlm_code_str(xlm_result_code(result)) : "-",
            result ? xlm_result_message(result) : xlm_client_error(client));
     xlm_result_destroy(&result);
+    /* The API of issue 12 links and behaves the same without a broker: the
+     * descriptor for event loops, and a pair that finishes UNAVAILABLE. */
+    int fd = -1;
+    if (xlm_client_fd(client, &fd) != XLM_OK || fd < 0)
+        rc = 1;
+    const xlm_pair_t pair = {"en", "a cat", "fr", "un chat"};
+    xlm_score_options_t options;
+    xlm_score_options_init(&options);
+    xlm_pair_score_t score;
+    status = xlm_client_score_pairs(client, &pair, 1, &options, &score);
+    if (status != XLM_OK || score.code != XLM_CODE_UNAVAILABLE)
+        rc = 1;
+    printf("install_example: score_pairs %s %s\n", xlm_status_str(status), xlm_code_str(score.code));
+    xlm_pair_scores_clear(&score, 1);
     xlm_client_destroy(&client);
     return rc;
 }
