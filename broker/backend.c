@@ -286,7 +286,8 @@ static void on_reply(broker_t *b, broker_pipeline_t *p, const Xlm__Reply *reply,
     }
     if (p) {
         add_credit(p, reply->credit);
-        broker_model_record_stages(p->model, reply->stage_us, reply->n_stage_us);
+        broker_model_record_stages(p->model, reply->stage_us, reply->n_stage_us,
+                                   reply->packet_bytes);
     }
     for (size_t i = 0; i < reply->n_tickets; i++) {
         broker_req_t *r = broker_map_get(b->tickets, &reply->tickets[i], sizeof reply->tickets[i]);

@@ -57,6 +57,7 @@ static bool model_parts_fill(model_parts_t *parts, const broker_model_t *m)
         st->batches = m->stages[s].batches;
         st->total_us = m->stages[s].total_us;
         st->max_us = m->stages[s].max_us;
+        st->packet_bytes = m->stages[s].packet_bytes;
         parts->stage_ptrs[s] = st;
     }
     ms->n_stages = m->n_stages;

@@ -276,6 +276,7 @@ int worker_reply_pack(worker_reply_t *reply, const worker_item_t *item, proto_st
     reply->ticket = item->ticket;
     reply->batch_id = item->batch_id;
     reply->credit = item->credit;
+    reply->packet_bytes = item->packet_bytes;
     reply->status = status;
     reply->frame = NULL;
     if (rc == 0 && proto_service_pack(&msg, &reply->frame, &reply->frame_size, &err) != PROTO_STATUS_OK) {
@@ -332,6 +333,8 @@ int worker_replies_send(worker_link_t *link, worker_reply_t *replies, size_t cou
             reply.n_stage_us = (size_t)n_stages;
             reply.stage_us = (uint64_t *)stage_us;
             reply.credit = credit;
+            /* One micro-batch per Reply: its items came in one packet. */
+            reply.packet_bytes = replies[first].packet_bytes;
             if (worker_link_send(link, &msg, frames, sizes, n) != 0)
                 rc = -1;
         }

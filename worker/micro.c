@@ -388,6 +388,8 @@ worker_micro_t *worker_packet_read(const void *buffer, size_t size, shard_error_
     }
     if (read_items(&r, h, m, err))
         goto fail;
+    for (int i = 0; i < m->n_items; i++)
+        m->items[i].packet_bytes = size;
     return m;
 fail:
     worker_micro_destroy(&m);

@@ -78,6 +78,10 @@ static void round_trip_keeps_everything(void **state)
     assert_null(r->items[1].windows);
     assert_int_equal(r->items[1].credit, 1);
     assert_int_equal(r->items[1].seq, 4);
+    /* Each item knows the packet it came in, for the broker's stage stats. */
+    assert_int_equal(r->items[0].packet_bytes, size);
+    assert_int_equal(r->items[1].packet_bytes, size);
+    assert_int_equal(m->items[0].packet_bytes, 0);
     worker_micro_destroy(&r);
     worker_micro_destroy(&m);
     free(buffer);
