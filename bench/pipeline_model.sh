@@ -19,7 +19,8 @@ mapfile -t ports < <("$top/tests/tools/free_ports" 2)
 cleanup() { "$top/deploy/local/stop" --run-dir "$run_dir/svc" >/dev/null 2>&1 || true; rm -rf "$run_dir"; }
 trap cleanup EXIT
 tiny="$top/models/tiny-clm-enfr"
-while [ "$(wc -l < "$run_dir/pairs.tsv" 2>/dev/null || echo 0)" -lt "$pairs" ]; do
+: > "$run_dir/pairs.tsv"
+while [ "$(wc -l < "$run_dir/pairs.tsv")" -lt "$pairs" ]; do
   cat "$tiny/examples/pairs.tsv" >> "$run_dir/pairs.tsv"
 done
 head -n "$pairs" "$run_dir/pairs.tsv" > "$run_dir/input.tsv"
