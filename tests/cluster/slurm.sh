@@ -203,7 +203,10 @@ e2e_wait_until 60 "job $job to leave the queue after scancel" left_queue
 e2e_wait_until 30 "the job's processes to end after scancel" no_job_process
 no_stepd() { [ -z "$(stepd_pids)" ]; }
 e2e_wait_until 30 "the job's slurmstepd processes to end after scancel" no_stepd
-for pattern in "xlm-broker.*:$backend" "xlm-worker.*:$backend" "mpirun.*:$backend" "orted.*$job" "prted.*$job"; do
+# And by command line (this run's backend port), in case a process shed
+# its environment; orted/prted (mpirun's daemons on other nodes) carry the
+# job's environment and are among job_pids above.
+for pattern in "xlm-broker.*:$backend" "xlm-worker.*:$backend" "mpirun.*:$backend"; do
   if pgrep -f -- "$pattern" > /dev/null; then
     e2e_fail "a process matching '$pattern' is left after scancel: $(pgrep -a -f -- "$pattern")"
   fi
