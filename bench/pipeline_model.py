@@ -22,13 +22,13 @@ bandwidth B and latency L:
   requests/s = rate * requests per micro-batch
 
 The limit is named: compute (1/c binds), link (the wire time of a packet
-exceeds a stage's compute) or window (K micro-batches cannot cover the trip:
-latency). Nothing else is modelled (the broker's own hop, BLAS threads,
+exceeds a stage's compute), window (K micro-batches cannot cover the trip:
+latency), or link+window. Nothing else is modelled (the broker's own hop, BLAS threads,
 several pipelines).
 
 Usage:
   pipeline_model.py STATS.json [--model NAME] [--table] [--stages S --gbit B --latency-ms L]
-                    [--credit K] [--label TEXT]
+                    [--credit K] [--speedup F] [--label TEXT]
   STATS.json '-' reads standard input. --table prints 2..8 stages x 1, 10, 100 Gbit/s x
   0.05, 0.1, 0.5, 1 ms; one prediction otherwise (--gbit 0: an unbounded link, such as
   shared memory on one host).
@@ -39,7 +39,7 @@ import sys
 
 
 class Measured:
-    def __init__(self, stats, model_name):
+    def __init__(self, stats, model_name, speedup=1.0):
         models = stats.get("models", [])
         if model_name:
             models = [m for m in models if m.get("name") == model_name]
@@ -62,15 +62,17 @@ class Measured:
                      "than this model, or no packet yet)")
         self.packet_bytes = stages[1]["packet_bytes"] / stages[1]["batches"]
         self.requests_per_batch = m.get("requests_done", 0) / self.batches
-        self.compute_s = sum(self.stage_s)
-        self.imbalance = max(self.stage_s) / (self.compute_s / self.n_stages)
+        self.speedup = speedup
+        self.imbalance = max(self.stage_s) / (sum(self.stage_s) / self.n_stages)
+        self.compute_s = sum(self.stage_s) / speedup
 
     def describe(self):
+        faster = "" if self.speedup == 1 else "; compute taken %g times faster" % self.speedup
         return ("measured %s, %d stages: compute per micro-batch %s ms (sum %.2f ms, slowest/mean %.2f), "
                 "packet %.0f bytes, %.1f requests per micro-batch, %d micro-batches"
                 % (self.name, self.n_stages, " + ".join("%.2f" % (t * 1e3) for t in self.stage_s),
-                   self.compute_s * 1e3, self.imbalance, self.packet_bytes, self.requests_per_batch,
-                   self.batches))
+                   sum(self.stage_s) * 1e3, self.imbalance, self.packet_bytes, self.requests_per_batch,
+                   self.batches) + faster)
 
 
 def predict(m, stages, gbit, latency_ms, credit=None):
@@ -84,7 +86,9 @@ def predict(m, stages, gbit, latency_ms, credit=None):
     trip = stages * c + (stages - 1) * (latency + wire)
     by_cycle, by_window = 1 / cycle, k / trip
     rate = min(by_cycle, by_window)
-    limit = "window" if by_window < by_cycle else ("link" if wire > c else "compute")
+    limit = "link" if wire > c else "compute"
+    if by_window < by_cycle:
+        limit = "window" if limit == "compute" else "link+window"
     return rate * m.requests_per_batch, limit
 
 
@@ -123,12 +127,16 @@ def main():
     ap.add_argument("--latency-ms", type=float, default=0, help="one-way link latency, ms")
     ap.add_argument("--credit", type=int, help="micro-batches in flight (default: stages + 1)")
     ap.add_argument("--label", help="a line printed under the measured figures")
+    ap.add_argument("--speedup", type=float, default=1.0,
+                    help="take the stages' compute F times faster (other hardware), links unchanged")
     a = ap.parse_args()
     try:
         stats = json.load(sys.stdin if a.stats == "-" else open(a.stats))
     except (OSError, ValueError) as e:
         sys.exit("pipeline_model: cannot read the stats %s: %s" % (a.stats, e))
-    m = Measured(stats, a.model)
+    if a.speedup <= 0:
+        sys.exit("pipeline_model: --speedup %g, expected > 0" % a.speedup)
+    m = Measured(stats, a.model, a.speedup)
     if a.table:
         table(m, a.credit, a.label)
         return
