@@ -257,7 +257,7 @@ echo "netns_cluster: throughput, 10,000 pairs: offline $offline_rate pairs/s; 2 
 # 0.05 ms: a veth pair between namespaces is faster still).
 model_one=$(python3 "$top/bench/pipeline_model.py" "$run_dir/stats.one.json" --gbit 0)
 model_two=$(python3 "$top/bench/pipeline_model.py" "$run_dir/stats.two.json" --gbit 10 --latency-ms 0.05)
-echo "netns_cluster: model, one host: $(python3 "$top/bench/pipeline_model.py" "$run_dir/stats.one.json" --table | head -n 1)"
+echo "netns_cluster: model, one host: $(python3 "$top/bench/pipeline_model.py" "$run_dir/stats.one.json" --table | sed -n 1p)"
 echo "netns_cluster: model, one host: ${model_one#predicted } (measured $one_rate)"
 echo "netns_cluster: model, hosts b and c: ${model_two#predicted } (measured $two_rate)"
 
