@@ -41,6 +41,7 @@ for shape in $shapes; do
   "$top/deploy/local/stop" --run-dir "$run_dir/svc" > /dev/null
   rate=$(python3 -c "print('%.2f' % ($pairs * 1e6 / $elapsed_us))")
   echo "shape=$shape measured_pairs_per_s=$rate ($pairs pairs, 2 stages x 1 thread on one host)"
+  echo "stats=$(tr -d '\n' < "$run_dir/stats.json")"   # the model's input, to rerun it on
   python3 "$top/bench/pipeline_model.py" "$run_dir/stats.json" --gbit 0 | sed 's/^/  /'
   python3 "$top/bench/pipeline_model.py" "$run_dir/stats.json" --table
   rm -rf "$dir"
