@@ -335,7 +335,8 @@ static void on_reply(broker_t *b, broker_pipeline_t *p, const char *named,
     }
     if (p) {
         add_credit(p, reply->credit);
-        broker_model_record_stages(p->model, reply->stage_us, reply->n_stage_us);
+        broker_model_record_stages(p->model, reply->stage_us, reply->n_stage_us,
+                                   reply->packet_bytes);
         broker_pipeline_progressed(p, broker_now_us());
     }
     for (size_t i = 0; i < reply->n_tickets; i++) {

@@ -138,6 +138,7 @@ void broker_histogram_observe(broker_histogram_t *h, uint64_t us);
 typedef struct {
     uint64_t batches, total_us, max_us;
     broker_histogram_t compute;
+    uint64_t packet_bytes; /* received from the stage before, summed */
 } broker_stage_stats_t;
 
 struct broker_model {
@@ -300,7 +301,10 @@ void broker_models_expire(broker_t *b, int64_t now);
 const broker_gone_t *broker_gone_find(const broker_t *b, const char *name);
 /* The only model with a live pipeline, else the only model, else NULL. */
 broker_model_t *broker_model_default(const broker_t *b);
-void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, size_t n);
+/* One micro-batch's Reply: each stage's compute time, and the bytes of its
+ * packet, which every stage after the first received. */
+void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, size_t n,
+                                uint64_t packet_bytes);
 broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const char *id,
                                        const uint8_t *identity, size_t identity_len,
                                        const Xlm__Ready *ready);

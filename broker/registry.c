@@ -143,7 +143,8 @@ void broker_models_destroy(broker_t *b)
     b->pending = 0;
 }
 
-void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, size_t n)
+void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, size_t n,
+                                uint64_t packet_bytes)
 {
     if (n > m->n_stages) {
         broker_stage_stats_t *stages = realloc(m->stages, n * sizeof *stages);
@@ -159,6 +160,8 @@ void broker_model_record_stages(broker_model_t *m, const uint64_t *stage_us, siz
         if (stage_us[s] > m->stages[s].max_us)
             m->stages[s].max_us = stage_us[s];
         broker_histogram_observe(&m->stages[s].compute, stage_us[s]);
+        if (s > 0)
+            m->stages[s].packet_bytes += packet_bytes;
     }
 }
 

@@ -112,6 +112,7 @@ static bool model_parts_fill(model_parts_t *parts, broker_model_t *m)
         st->max_us = m->stages[s].max_us;
         histogram_fill(&parts->stage_hists[s], &m->stages[s].compute);
         st->compute_seconds = &parts->stage_hists[s];
+        st->packet_bytes = m->stages[s].packet_bytes;
         parts->stage_ptrs[s] = st;
     }
     ms->n_stages = m->n_stages;

@@ -534,6 +534,39 @@ proto_status_t proto_request_check_model(const Xlm__Request *rq, const Xlm__Read
 
 /* ------------------------------------------------------------ unpack */
 
+/* True when m or a message inside it holds an unknown field numbered 0.
+ * protobuf-c takes a tag of field 0 written in more than one byte as an
+ * unknown field, though no field 0 exists (it refuses the one-byte form it
+ * re-encodes such a field as). Found by tests/fuzz/fuzz_wire.c. The
+ * schema has no recursive messages: the depth is bounded by it. */
+static bool has_field_zero(const ProtobufCMessage *m)
+{
+    for (unsigned i = 0; i < m->n_unknown_fields; i++)
+        if (m->unknown_fields[i].tag == 0)
+            return true;
+    const char *base = (const char *)m;
+    for (unsigned f = 0; f < m->descriptor->n_fields; f++) {
+        const ProtobufCFieldDescriptor *fd = &m->descriptor->fields[f];
+        if (fd->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + fd->quantifier_offset);
+            ProtobufCMessage *const *items = *(ProtobufCMessage *const *const *)(base + fd->offset);
+            for (size_t k = 0; k < n; k++)
+                if (items[k] && has_field_zero(items[k]))
+                    return true;
+            continue;
+        }
+        if ((fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + fd->quantifier_offset) != fd->id)
+            continue;
+        const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + fd->offset);
+        if (sub && has_field_zero(sub))
+            return true;
+    }
+    return false;
+}
+
 /* Size limit, then unpack. The only call of protobuf_c_message_unpack. */
 static proto_status_t unpack(const char *fn, const ProtobufCMessageDescriptor *desc,
                              const void *data, size_t size, size_t limit,
@@ -546,6 +579,10 @@ static proto_status_t unpack(const char *fn, const ProtobufCMessageDescriptor *d
     if (size == 0 || !data)
         return proto_error_set(err, PROTO_STATUS_MALFORMED, "%s: empty message (0 bytes)", fn);
     *out = protobuf_c_message_unpack(desc, NULL, size, data);
+    if (*out && has_field_zero(*out)) {
+        protobuf_c_message_free_unpacked(*out, NULL);
+        *out = NULL;
+    }
     if (!*out)
         return proto_error_set(err, PROTO_STATUS_MALFORMED,
                                "%s: %zu bytes are not a valid %s", fn, size, desc->name);

@@ -285,6 +285,11 @@ static void reply_batch(fake_worker_t *w, held_batch_t *h)
     /* Padded-but-empty share of the batch, per mille, for the batching test. */
     if (rows && longest)
         max_store(&w->max_padding, (unsigned long long)((rows * longest - real) * 1000 / (rows * longest)));
+    /* Counted before the reply goes: a test that has its answer may read
+     * the counts at once (under ASan it won the race). */
+    atomic_fetch_add(&w->requests, n);
+    atomic_fetch_add(&w->batches, 1);
+    max_store(&w->max_batch, n);
     int copies = atomic_load(&w->mode) == FAKE_WORKER_DUPLICATE ? 2 : 1;
     for (int c = 0; c < copies; c++) {
         Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
@@ -310,9 +315,6 @@ static void reply_batch(fake_worker_t *w, held_batch_t *h)
                 zmq_msg_close(&copy);
         }
     }
-    atomic_fetch_add(&w->requests, n);
-    atomic_fetch_add(&w->batches, 1);
-    max_store(&w->max_batch, n);
 done:
     for (size_t i = 0; out && i < n; i++)
         zmq_msg_close(&out[i]);

@@ -385,6 +385,7 @@ worker_status_t worker_reply_pack(worker_reply_t *reply, const worker_item_t *it
     reply->ticket = item->ticket;
     reply->batch_id = item->batch_id;
     reply->credit = item->credit;
+    reply->packet_bytes = item->packet_bytes;
     reply->status = status;
     reply->frame = NULL;
     if (rc == WORKER_OK &&
@@ -443,6 +444,8 @@ worker_status_t worker_replies_send(worker_link_t *link, worker_reply_t *replies
             reply.n_stage_us = (size_t)n_stages;
             reply.stage_us = (uint64_t *)stage_us;
             reply.credit = credit;
+            /* One micro-batch per Reply: its items came in one packet. */
+            reply.packet_bytes = replies[first].packet_bytes;
             worker_status_t sent = worker_link_send(link, &msg, frames, sizes, n, err);
             if (sent != WORKER_OK)
                 rc = sent;

@@ -286,6 +286,8 @@ static bool bad_header(const packet_header_t *h, size_t size)
     return h->magic != PACKET_MAGIC || h->kind < MICRO_BATCH || h->kind > MICRO_SHUTDOWN ||
            h->batch < 0 || h->seq < 0 || h->emb_dim < 1 || h->n_tokens < 0 ||
            h->n_items < 0 || h->n_stages < 0 || h->n_stages > WORKER_MAX_STAGES ||
+           /* batch + 1 row starts of 8 bytes each, even when seq is 0 */
+           h->batch >= (int64_t)(size / 8) ||
            (h->seq > 0 && h->batch > (int64_t)size / h->seq) ||
            h->n_tokens > h->batch * h->seq || h->emb_dim > (int64_t)size ||
            (h->n_tokens > 0 && h->emb_dim > (int64_t)size / h->n_tokens) ||
@@ -298,7 +300,9 @@ static bool bad_header(const packet_header_t *h, size_t size)
  * item's rows are the request's). */
 static bool bad_item(const packet_item_t *p, const packet_header_t *h)
 {
-    return p->row0 < 0 || p->rows < 0 || p->row0 + p->rows > h->batch || p->seq < 0 ||
+    /* rows against what is left after row0: their sum could overflow. */
+    return p->row0 < 0 || p->rows < 0 || p->row0 > h->batch || p->rows > h->batch - p->row0 ||
+           p->seq < 0 ||
            p->seq > h->seq || p->n_choices < 0 || memchr(p->id, 0, sizeof p->id) == NULL ||
            !worker_task(p->task) || p->orig_rows < 0 || p->orig_rows > PROTO_MAX_ROWS ||
            (p->n_copies == 0 && p->orig_rows > p->rows) ||
@@ -414,6 +418,8 @@ worker_micro_t *worker_packet_read(const void *buffer, size_t size, shard_error_
     }
     if (read_items(&r, h, m, err))
         goto fail;
+    for (int i = 0; i < m->n_items; i++)
+        m->items[i].packet_bytes = size;
     return m;
 fail:
     worker_micro_destroy(&m);

@@ -101,6 +101,8 @@ typedef struct {
     uint64_t queue_us, tokenize_us, received_us;
     uint32_t credit;       /* credit given back with this request's reply */
     uint64_t gen_job;      /* MICRO_GENERATE: the job at stage 0 */
+    uint64_t packet_bytes; /* the packet it came in from the stage before (0 at stage
+                            * 0), for the broker's stats; not sent on */
 } worker_item_t;
 
 /* A micro-batch: padded inputs of every row, the requests it carries and,
@@ -195,6 +197,7 @@ typedef struct {
     uint8_t *frame; /* packed ServiceMessage */
     size_t frame_size;
     proto_status_t status;
+    uint64_t packet_bytes; /* the item's packet_bytes */
 } worker_reply_t;
 
 /* Token strings of a scoring reply, ragged like its token_logprobs. */

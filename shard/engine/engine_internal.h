@@ -8,6 +8,16 @@
 #include <stdio.h>
 #include <string.h>
 
+/* An AVX2 and a default build of a hot loop, chosen at load time. Not
+ * under clang: clang 14 (Debian 12's, the fuzz builds') names the
+ * dispatcher NAME.ifunc, so calls from other files find no NAME and the
+ * engine does not link. */
+#if defined(__clang__)
+#define SHARD_AVX2_CLONES
+#else
+#define SHARD_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+
 /* ------------------------------------------------------------ weights */
 
 /* y = x W^T + b, W stored [out][in] as in torch.nn.Linear. One of weight,

@@ -153,7 +153,7 @@ static inline float exp_nonpositive(float x_in)
  * vectorised CPU kernels use; glibc's scalar erff made GELU a sixth of a
  * layer's time. Built for AVX2 and for the baseline, picked at load time
  * (kernels.c is compiled with -fno-trapping-math so that this vectorises). */
-__attribute__((target_clones("avx2", "default")))
+SHARD_AVX2_CLONES
 void shard_gelu(float *x, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
@@ -200,7 +200,7 @@ static inline double lane_sum(const float *x, int64_t count, float shift, bool s
 
 /* Two passes: the mean is subtracted before squaring, so rows with a large
  * offset keep their precision. */
-__attribute__((target_clones("avx2", "default")))
+SHARD_AVX2_CLONES
 void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *norm, double eps)
 {
     for (int64_t r = 0; r < rows; r++) {
@@ -213,7 +213,7 @@ void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *n
     }
 }
 
-__attribute__((target_clones("avx2", "default")))
+SHARD_AVX2_CLONES
 void shard_softmax(float *x, int64_t count)
 {
     if (count <= 0)
@@ -230,7 +230,7 @@ void shard_softmax(float *x, int64_t count)
 
 /* sum of exp(x[i] - shift) over x[i] <= shift: lanes of float partial sums
  * over short runs (error ~1e-7 relative), runs added in double. */
-__attribute__((target_clones("avx2", "default")))
+SHARD_AVX2_CLONES
 double shard_sum_exp(const float *x, int64_t count, float shift)
 {
     enum { LANES = 8, RUN = 256 };

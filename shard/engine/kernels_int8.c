@@ -50,7 +50,7 @@ static void *grow(void **buffer, size_t *have, size_t need)
 }
 
 /* q[i] = round(x[i] / s), s = max|x| / 127 (1 for a zero row); returns s. */
-__attribute__((target_clones("avx2", "default")))
+SHARD_AVX2_CLONES
 static float quantise_row(const float *x, int64_t count, int8_t *q)
 {
     float amax = 0.0f;

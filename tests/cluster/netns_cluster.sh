@@ -120,6 +120,10 @@ cl_stat() { # field default
   fi
 }
 alive() { [ "$(cl_stat pipelines_alive 0)" -ge 1 ]; }
+stats_json() {
+  "${on_a[@]}" "$build/bin/xlm-client" stats --endpoint "$broker_ep" --timeout-ms 2000 \
+    ${client_keys[@]+"${client_keys[@]}"}
+}
 
 # The broker on host a, and the supervisor loop of deploy/local/start
 # around deploy/cluster/run-workers HOSTFILE, run on host a (its own
@@ -240,6 +244,7 @@ worker_on b 0 > /dev/null && worker_on b 1 > /dev/null || e2e_fail "ranks 0 and 
 score_service "$run_dir/one.jsonl"
 one_rate=$rate
 compare "one host" "$run_dir/one.jsonl"
+stats_json > "$run_dir/stats.one.json"
 service_down
 
 # Stage 0 on host b, stage 1 on host c.
@@ -252,7 +257,16 @@ grep -q "xlm-worker \[info\] rank 0: pipeline 0 stage 0/$stages:" "$run_dir/work
 score_service "$run_dir/two.jsonl"
 two_rate=$rate
 compare "hosts b and c" "$run_dir/two.jsonl"
+stats_json > "$run_dir/stats.two.json"
 echo "netns_cluster: throughput, 10,000 pairs: offline $offline_rate pairs/s; 2 stages on one host $one_rate pairs/s; stage 0 on b, stage 1 on c $two_rate pairs/s; across hosts / one host = $(python3 -c "print('%.2f' % ($two_rate / $one_rate))")"
+# bench/pipeline_model.py on each run's own stage figures: shared memory
+# on one host (an unbounded link), the bridge across hosts (10 Gbit/s,
+# 0.05 ms: a veth pair between namespaces is faster still).
+model_one=$(python3 "$top/bench/pipeline_model.py" "$run_dir/stats.one.json" --gbit 0)
+model_two=$(python3 "$top/bench/pipeline_model.py" "$run_dir/stats.two.json" --gbit 10 --latency-ms 0.05)
+echo "netns_cluster: model, one host: $(python3 "$top/bench/pipeline_model.py" "$run_dir/stats.one.json" --table | sed -n 1p)"
+echo "netns_cluster: model, one host: ${model_one#predicted } (measured $one_rate)"
+echo "netns_cluster: model, hosts b and c: ${model_two#predicted } (measured $two_rate)"
 
 # Host b dies mid-job: every process in its namespace, kill -9.
 done0=$(cl_stat requests_done 0)

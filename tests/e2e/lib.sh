@@ -33,6 +33,11 @@
 #   e2e_says FILE TEXT                       fail unless FILE holds TEXT (grep, fixed)
 #   e2e_absent PATH                          fail if PATH exists
 
+# XLM_TEST_TIME_FACTOR (a whole number, default 1) stretches every wait and
+# the service's start-up timeout: tests/sanitize sets it, a sanitized
+# service runs several times slower.
+e2e_time_factor() { echo "${XLM_TEST_TIME_FACTOR:-1}"; }
+
 e2e_init() { # name build_dir
   E2E_NAME=$1
   top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -125,8 +130,20 @@ e2e_start() {
 # status, and its output where the caller sends it.
 e2e_try_start() {
   E2E_STARTED=1
+  local args=() factor
+  factor=$(e2e_time_factor)
+  while [ $# -gt 0 ]; do
+    if [ "$1" = --timeout ] && [ $# -gt 1 ]; then
+      args+=(--timeout "$(( $2 * factor ))")
+      shift 2
+    else
+      args+=("$1")
+      shift
+    fi
+  done
   "$top/deploy/local/start" --frontend-port "$frontend" --backend-port "$backend" \
-    --run-dir "$run_dir" --build "$build" $([ "${XLM_E2E_CURVE:-0}" = 1 ] && echo --curve) "$@"
+    --run-dir "$run_dir" --build "$build" $([ "${XLM_E2E_CURVE:-0}" = 1 ] && echo --curve) \
+    ${args[@]+"${args[@]}"}
 }
 
 # A broker alone on this run's ports, logging to broker.log, for tests that
@@ -160,7 +177,7 @@ e2e_stop() {
 # Polls COMMAND (every 20 ms) until it succeeds; fails the test naming WHAT
 # when SECONDS (whole seconds) pass first.
 e2e_wait_until() { # seconds what command...
-  local seconds=$1 what=$2
+  local seconds=$(( $1 * $(e2e_time_factor) )) what=$2
   shift 2
   local deadline=$(( ${EPOCHREALTIME//[^0-9]/} + seconds * 1000000 ))
   until "$@"; do

@@ -427,6 +427,37 @@ static void test_malformed_bytes(void **state)
     free(data);
 }
 
+/* Found by fuzz_wire_worker: protobuf-c took a tag of field 0 written in
+ * two bytes (0x80 0x00) as an unknown field; no field 0 exists. Refused as
+ * malformed at the top and inside a body. */
+static void test_field_zero_refused(void **state)
+{
+    (void)state;
+    static const uint8_t top[] = {0x08, 0x01, 0x80, 0x00, 0x04}; /* version 1, field 0 = 4 */
+    expect_malformed(top, sizeof top, PROTO_STATUS_MALFORMED);
+    /* A Ready whose bytes hold the field between max_position_embeddings and n_langs. */
+    static const uint8_t ready[] = {
+        0x08, 0x01, 0x12, 0x0b, 't', 'i', 'n', 'y', '@', 'h', 'o', 's', 't', '/', '0',
+        0x1a, 0x27, 0x0a, 0x04, 't', 'i', 'n', 'y', 0x10, 0x02, 0x18, 0x03, 0x20, 0x80, 0x20,
+        0x28, 0xe8, 0x07, 0x30, 0x29, 0x80, 0x00, 0x04, 0x38, 0x02, 0x42, 0x02, 'e', 'n',
+        0x42, 0x02, 'f', 'r', 0x4a, 0x03, 0x07, 0x01, 0x08, 0x50, 0xf4, 0x03, 0x58, 0x4d};
+    Xlm__WorkerMessage *w = NULL;
+    proto_error_t err;
+    assert_int_equal(proto_worker_decode(ready, sizeof ready, PROTO_DEFAULT_LIMIT, &w, &err),
+                     PROTO_STATUS_MALFORMED);
+    assert_null(w);
+    assert_non_null(strstr(err.message, "not a valid xlm.WorkerMessage"));
+    /* The same Ready without the field decodes. */
+    uint8_t fixed[sizeof ready - 3];
+    memcpy(fixed, ready, 35);
+    memcpy(fixed + 35, ready + 38, sizeof ready - 38);
+    fixed[16] = 0x24; /* the Ready's length, 3 bytes shorter */
+    assert_int_equal(proto_worker_decode(fixed, sizeof fixed, PROTO_DEFAULT_LIMIT, &w, &err),
+                     PROTO_STATUS_OK);
+    assert_string_equal(w->ready->model, "tiny");
+    proto_worker_free(&w);
+}
+
 static void test_size_limit(void **state)
 {
     (void)state;
@@ -801,6 +832,7 @@ int main(void)
         cmocka_unit_test(test_invalid_requests),
         cmocka_unit_test(test_unknown_task_keeps_id),
         cmocka_unit_test(test_malformed_bytes),
+        cmocka_unit_test(test_field_zero_refused),
         cmocka_unit_test(test_size_limit),
         cmocka_unit_test(test_version_and_body),
         cmocka_unit_test(test_mutations),

@@ -78,6 +78,10 @@ static void round_trip_keeps_everything(void **state)
     assert_null(r->items[1].windows);
     assert_int_equal(r->items[1].credit, 1);
     assert_int_equal(r->items[1].seq, 4);
+    /* Each item knows the packet it came in, for the broker's stage stats. */
+    assert_int_equal(r->items[0].packet_bytes, size);
+    assert_int_equal(r->items[1].packet_bytes, size);
+    assert_int_equal(m->items[0].packet_bytes, 0);
     worker_micro_destroy(&r);
     worker_micro_destroy(&m);
     free(buffer);
@@ -425,6 +429,65 @@ static void fewer_copies_than_rows(void **state)
     worker_micro_destroy(&m);
 }
 
+/* Found by fuzz_packet: an item whose row0 + rows overflows int64 wrapped
+ * to a negative sum, passed the bound and had rows far past the batch
+ * read. Each alone within int64, their sum is refused. */
+static void item_rows_past_int64_refused(void **state)
+{
+    (void)state;
+    struct { int64_t row0, rows; } bad[] = {
+        {INT64_C(1) << 62, INT64_C(1) << 62},
+        {INT64_MAX, 1},
+        {2, INT64_MAX},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        worker_micro_t *m = sample_micro();
+        m->items[1].row0 = bad[k].row0;
+        m->items[1].rows = bad[k].rows;
+        size_t size = worker_packet_size(m);
+        void *buffer = malloc(size);
+        assert_int_equal(worker_packet_write(m, buffer, size), size);
+        shard_error_t err = {0};
+        worker_micro_t *r = worker_packet_read(buffer, size, &err);
+        if (r)
+            fail_msg("item rows [%lld, +%lld) of a batch of 3 accepted", (long long)bad[k].row0,
+                     (long long)bad[k].rows);
+        assert_string_equal(err.message, "packet: item 1 is malformed");
+        worker_micro_destroy(&m);
+        free(buffer);
+    }
+}
+
+/* Found by fuzz_packet: with seq 0 the header put no bound on batch, and
+ * (batch + 1) row starts of 8 bytes overflowed the sizes computed from
+ * it. batch is bounded by the packet's bytes whatever seq is. */
+static void huge_batch_of_empty_rows_refused(void **state)
+{
+    (void)state;
+    worker_micro_t *m = sample_micro();
+    size_t size = worker_packet_size(m);
+    unsigned char *buffer = malloc(size);
+    assert_int_equal(worker_packet_write(m, buffer, size), size);
+    const int64_t batches[] = {INT64_C(1) << 61, INT64_MAX, (int64_t)size};
+    for (size_t k = 0; k < sizeof batches / sizeof batches[0]; k++) {
+        const int64_t zero = 0;
+        memcpy(buffer + 2 * 8, &batches[k], 8); /* header: magic, kind, batch, seq, ... */
+        memcpy(buffer + 3 * 8, &zero, 8);
+        memcpy(buffer + 5 * 8, &zero, 8);       /* n_tokens */
+        memcpy(buffer + 6 * 8, &zero, 8);       /* n_items */
+        shard_error_t err = {0};
+        worker_micro_t *r = worker_packet_read(buffer, size, &err);
+        if (r)
+            fail_msg("a batch of %lld rows of 0 positions in %zu bytes accepted",
+                     (long long)batches[k], size);
+        char want[64];
+        snprintf(want, sizeof want, "packet: bad header in %zu bytes", size);
+        assert_string_equal(err.message, want);
+    }
+    worker_micro_destroy(&m);
+    free(buffer);
+}
+
 static void capacity_overflow_is_zero(void **state)
 {
     (void)state;
@@ -445,6 +508,8 @@ int main(void)
         cmocka_unit_test(pll_records_round_trip),
         cmocka_unit_test(bad_records_refused),
         cmocka_unit_test(fewer_copies_than_rows),
+        cmocka_unit_test(item_rows_past_int64_refused),
+        cmocka_unit_test(huge_batch_of_empty_rows_refused),
         cmocka_unit_test(capacity_overflow_is_zero),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
