@@ -33,7 +33,8 @@ typedef struct {
 } shard_norm_t;
 
 typedef struct {
-    shard_linear_t q, k, v, out;
+    shard_linear_t q, k, v, out; /* q, k and v view their thirds of qkv */
+    shard_linear_t qkv;          /* [3d][d]: Q, K and V in one product */
     shard_norm_t norm1;
     shard_linear_t ffn_in, ffn_out;
     shard_norm_t norm2;
@@ -86,6 +87,10 @@ struct shard_model {
  * the logits buffer stays at 16 MiB whatever the vocabulary. */
 enum { PROJECT_POSITIONS = 1024, PROJECT_VOCAB = 4096 };
 
+/* Every matrix product runs on a multiple of this many rows (the last ones
+ * padded with zeros): kernels.c says why (batch invariance). */
+enum { SHARD_ROW_TILE = 32 };
+
 /* A float buffer of a run state, grown on demand (contents not kept). */
 typedef struct {
     float *data;
@@ -102,10 +107,10 @@ float *shard_buffer_zeros(shard_buffer_t *buffer, size_t count);
  * P = PROJECT_POSITIONS. */
 struct shard_state {
     /* layers */
-    shard_buffer_t q, k, v; /* [T][d]; q is reused for the out and ffn_out projections */
-    shard_buffer_t ctx;     /* [T][d] attention context */
-    shard_buffer_t ffn;     /* [T][h] */
-    shard_buffer_t scores;  /* [n][n] one attention head of one row */
+    shard_buffer_t qkv;    /* [T][3d]; reused for the out and ffn_out projections */
+    shard_buffer_t ctx;    /* [T][d] attention context */
+    shard_buffer_t ffn;    /* [T][h] */
+    shard_buffer_t scores; /* [threads][n] one query's scores per engine thread */
     /* heads */
     shard_buffer_t zero;       /* [d] zeros: the hidden state of positions not computed */
     shard_buffer_t packed_out; /* [T][o] a positionwise head over the packed positions */
@@ -209,12 +214,12 @@ static inline float shard_bf16_to_float(uint16_t value)
 void shard_embedding_copy(const shard_embedding_t *table, int64_t id, float *out);
 void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out);
 
-/* Attention of one head over n positions whose rows are ld floats apart:
- * scores[n][n] = scale q[n][dh] k[n][dh]^T; ctx[n][dh] = scores v[n][dh]. */
-void shard_attention_scores(const float *q, const float *k, int64_t n, int64_t dh, int64_t ld,
-                            float scale, float *scores);
-void shard_attention_context(const float *scores, const float *v, int64_t n, int64_t dh,
-                             int64_t ld, float *ctx);
+/* Attention of one query over keys [0, n_keys), all heads: k and v rows
+ * ld floats apart, head h at h * dh of each row; scores [n_keys] work space;
+ * ctx[n_heads * dh] = softmax(q k^T / sqrt(dh)) v per head. */
+void shard_attention_query(const float *q, const float *k, const float *v, int64_t ld,
+                           int64_t n_keys, int64_t n_heads, int64_t dh, float *scores,
+                           float *ctx);
 /* In place over rows of dim. */
 void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *norm, double eps);
 void shard_gelu(float *x, size_t count);

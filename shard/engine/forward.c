@@ -8,6 +8,7 @@
 #include "engine_internal.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -270,25 +271,37 @@ shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
 
 /* ------------------------------------------------------------ layers */
 
-/* Self-attention of one row, all heads: ctx = softmax(q k^T / sqrt(dh)) v. */
-static void attend_row(const shard_config_t *c, const float *q, const float *k, const float *v,
-                       float *ctx, int64_t n, float *scores)
+/* The row of packed position t (rows of acts in increasing order). */
+static int64_t row_of(const shard_acts_t *acts, int64_t t)
 {
-    const int64_t d = c->emb_dim, dh = d / c->n_heads;
-    const float scale = 1.0f / sqrtf((float)dh);
-    for (int64_t h = 0; h < c->n_heads; h++) {
-        const int64_t off = h * dh;
-        shard_attention_scores(q + off, k + off, n, dh, d, scale, scores);
-        for (int64_t i = 0; i < n; i++) {
-            float *row = scores + i * n;
-            if (c->causal) {
-                shard_softmax(row, i + 1);
-                memset(row + i + 1, 0, (size_t)(n - i - 1) * sizeof *row);
-            } else {
-                shard_softmax(row, n);
-            }
-        }
-        shard_attention_context(scores, v + off, n, dh, d, ctx + off);
+    int64_t lo = 0, hi = acts->batch - 1;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (acts->row_start[mid] <= t)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Self-attention of every packed position, all heads: the queries of all
+ * rows share the engine's threads, one query per task (a long row alone
+ * keeps both cores busy). qkv rows hold [q ; k ; v], 3d floats. A causal
+ * query attends to its row's positions up to itself, others to the whole
+ * row. */
+static void attend(const shard_config_t *c, const shard_acts_t *acts, const float *qkv,
+                   float *ctx, float *scores, int64_t scores_per_thread)
+{
+    const int64_t d = c->emb_dim, ld = 3 * d, dh = d / c->n_heads, T = acts->n_tokens;
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t b = row_of(acts, t), r0 = acts->row_start[b];
+        const int64_t n_keys = c->causal ? t - r0 + 1 : acts->row_start[b + 1] - r0;
+        const float *row = qkv + r0 * ld;
+        shard_attention_query(qkv + t * ld, row + d, row + 2 * d, ld, n_keys, c->n_heads, dh,
+                              scores + (int64_t)omp_get_thread_num() * scores_per_thread,
+                              ctx + t * d);
     }
 }
 
@@ -305,35 +318,29 @@ static shard_status_t run_layer(const shard_model_t *model, shard_state_t *state
         int64_t n = acts->row_start[b + 1] - acts->row_start[b];
         longest = n > longest ? n : longest;
     }
+    const int64_t threads = omp_get_max_threads();
     size_t td = (size_t)T * (size_t)d;
-    float *q = shard_buffer_get(&state->q, td);
-    float *k = shard_buffer_get(&state->k, td);
-    float *v = shard_buffer_get(&state->v, td);
+    float *qkv = shard_buffer_get(&state->qkv, 3 * td);
     float *ctx = shard_buffer_get(&state->ctx, td);
     float *ffn = shard_buffer_get(&state->ffn, (size_t)T * (size_t)c->hidden_dim);
-    float *scores = shard_buffer_get(&state->scores, (size_t)(longest * longest) + 1);
-    if (!q || !k || !v || !ctx || !ffn || !scores)
+    float *scores = shard_buffer_get(&state->scores, (size_t)(threads * longest));
+    if (!qkv || !ctx || !ffn || !scores)
         return shard_error_set(err, SHARD_ERR_NOMEM, "run_layer: out of memory for %lld positions",
                                (long long)T);
     float *x = acts->hidden;
-    shard_linear(&layer->q, x, T, q);
-    shard_linear(&layer->k, x, T, k);
-    shard_linear(&layer->v, x, T, v);
-    for (int64_t b = 0; b < acts->batch; b++) {
-        const int64_t r0 = acts->row_start[b], n = acts->row_start[b + 1] - r0;
-        if (n > 0)
-            attend_row(c, q + r0 * d, k + r0 * d, v + r0 * d, ctx + r0 * d, n, scores);
-    }
-    shard_linear(&layer->out, ctx, T, q); /* q is free again: reuse it */
-    shard_add(x, q, td);
+    shard_linear(&layer->qkv, x, T, qkv);
+    attend(c, acts, qkv, ctx, scores, longest);
+    float *y = qkv; /* free again: the out and ffn_out projections go there */
+    shard_linear(&layer->out, ctx, T, y);
+    shard_add(x, y, td);
     shard_layer_norm(x, T, d, &layer->norm1, c->layer_norm_eps);
     shard_linear(&layer->ffn_in, x, T, ffn);
     if (c->gelu_activation)
         shard_gelu(ffn, (size_t)T * (size_t)c->hidden_dim);
     else
         shard_relu(ffn, (size_t)T * (size_t)c->hidden_dim);
-    shard_linear(&layer->ffn_out, ffn, T, q);
-    shard_add(x, q, td);
+    shard_linear(&layer->ffn_out, ffn, T, y);
+    shard_add(x, y, td);
     shard_layer_norm(x, T, d, &layer->norm2, c->layer_norm_eps);
     for (int64_t t = 0; t < T; t++)
         if (!acts->is_real[t])

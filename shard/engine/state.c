@@ -42,7 +42,7 @@ void shard_state_destroy(shard_state_t **self_p)
         return;
     shard_state_t *state = *self_p;
     /* Every buffer of struct shard_state (the assertion below counts them). */
-    shard_buffer_t *buffers[] = {&state->q,    &state->k,          &state->v,
+    shard_buffer_t *buffers[] = {&state->qkv,
                                  &state->ctx,  &state->ffn,        &state->scores,
                                  &state->zero, &state->packed_out, &state->summary,
                                  &state->proj_x, &state->proj_logits};
