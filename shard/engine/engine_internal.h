@@ -234,6 +234,22 @@ double shard_log_sum_exp(const float *x, int64_t count);
 /* out[i] = x[i] + y[i] */
 void shard_add(float *x, const float *y, size_t count);
 
+/* ------------------------------------------------------------ layers */
+
+/* The rest of a layer once ctx [T][d] holds the attention context of acts'
+ * positions: out projection, residual, norm, FFN, residual, norm (y [T][d]
+ * and ffn [T][hidden] work space). */
+void shard_layer_finish(const shard_model_t *model, const shard_layer_t *layer,
+                        shard_acts_t *acts, const float *ctx, float *y, float *ffn);
+
+/* Greedy generation recomputing the whole sequence at every step (what
+ * shard_generate_greedy did before its cache): the reference the cached
+ * path is tested and benchmarked against. */
+shard_status_t shard_generate_greedy_recompute(const shard_model_t *model, shard_state_t *state,
+                                               const shard_inputs_t *inputs, int64_t steps,
+                                               int64_t lang_fill, shard_outputs_t *outputs,
+                                               shard_error_t *err);
+
 /* ------------------------------------------------------------ acts */
 
 /* Hidden state of padded position pos of row b, or NULL where it is zero. */

@@ -234,19 +234,11 @@ static shard_status_t pack_rows(const shard_config_t *c, const shard_inputs_t *i
     return SHARD_OK;
 }
 
-shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
-                           const shard_inputs_t *in, shard_acts_t *acts, shard_error_t *err)
+/* Word, position, language and token-type embeddings of acts' packed
+ * positions, layer norm, masked positions held at zero. */
+static void embed_packed(const shard_model_t *model, const shard_inputs_t *in, shard_acts_t *acts)
 {
-    (void)state; /* the gather needs no work space (yet: other weight types may) */
     const shard_config_t *c = &model->config;
-    if (!model->range.embeddings)
-        return shard_error_set(err, SHARD_ERR_RANGE,
-                               "shard_embed: this model object holds layers [%lld, %lld) "
-                               "without the embeddings", (long long)model->range.first_layer,
-                               (long long)model->range.last_layer);
-    shard_status_t status = shard_inputs_check(c, in, err);
-    if (status || (status = pack_rows(c, in, acts, err)))
-        return status;
     const int64_t d = c->emb_dim;
     /* Languages only when given, as the reference adds no default language. */
     const bool use_langs = in->langs && model->lang_embeddings.weight;
@@ -266,6 +258,62 @@ shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
     for (int64_t t = 0; t < acts->n_tokens; t++)
         if (!acts->is_real[t])
             memset(acts->hidden + t * d, 0, (size_t)d * sizeof(float));
+}
+
+static shard_status_t need_embeddings(const shard_model_t *model, const char *what,
+                                      shard_error_t *err)
+{
+    if (model->range.embeddings)
+        return SHARD_OK;
+    return shard_error_set(err, SHARD_ERR_RANGE,
+                           "%s: this model object holds layers [%lld, %lld) without the "
+                           "embeddings", what, (long long)model->range.first_layer,
+                           (long long)model->range.last_layer);
+}
+
+shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
+                           const shard_inputs_t *in, shard_acts_t *acts, shard_error_t *err)
+{
+    (void)state; /* the gather needs no work space (yet: other weight types may) */
+    shard_status_t status = need_embeddings(model, "shard_embed", err);
+    if (status || (status = shard_inputs_check(&model->config, in, err)) ||
+        (status = pack_rows(&model->config, in, acts, err)))
+        return status;
+    embed_packed(model, in, acts);
+    return SHARD_OK;
+}
+
+shard_status_t shard_embed_from(const shard_model_t *model, shard_state_t *state,
+                                const shard_inputs_t *in, int64_t first, shard_acts_t *acts,
+                                shard_error_t *err)
+{
+    (void)state;
+    shard_status_t status = need_embeddings(model, "shard_embed_from", err);
+    if (status || (status = shard_inputs_check(&model->config, in, err)))
+        return status;
+    if (in->batch != 1 || first < 0 || first >= in->seq)
+        return shard_error_set(err, SHARD_ERR_INPUT,
+                               "shard_embed_from: position %lld of %lld rows of %lld, expected "
+                               "one row and a position inside it", (long long)first,
+                               (long long)in->batch, (long long)in->seq);
+    if ((status = pack_rows(&model->config, in, acts, err)))
+        return status;
+    /* The suffix must be every position from first on, all real: what a
+     * cache continues (a masked position would change earlier ones' view). */
+    const int64_t keep = in->seq - first, skip = acts->n_tokens - keep;
+    bool whole = skip >= 0 && skip == first;
+    for (int64_t t = 0; whole && t < acts->n_tokens; t++)
+        whole = acts->position[t] == t && acts->is_real[t];
+    if (!whole)
+        return shard_error_set(err, SHARD_ERR_INPUT,
+                               "shard_embed_from: the row has masked positions: positions "
+                               "[%lld, %lld) cannot continue a cache", (long long)first,
+                               (long long)in->seq);
+    memmove(acts->position, acts->position + skip, (size_t)keep * sizeof *acts->position);
+    memmove(acts->is_real, acts->is_real + skip, (size_t)keep * sizeof *acts->is_real);
+    acts->n_tokens = keep;
+    acts->row_start[1] = keep;
+    embed_packed(model, in, acts);
     return SHARD_OK;
 }
 
@@ -327,10 +375,19 @@ static shard_status_t run_layer(const shard_model_t *model, shard_state_t *state
     if (!qkv || !ctx || !ffn || !scores)
         return shard_error_set(err, SHARD_ERR_NOMEM, "run_layer: out of memory for %lld positions",
                                (long long)T);
-    float *x = acts->hidden;
-    shard_linear(&layer->qkv, x, T, qkv);
+    shard_linear(&layer->qkv, acts->hidden, T, qkv);
     attend(c, acts, qkv, ctx, scores, longest);
-    float *y = qkv; /* free again: the out and ffn_out projections go there */
+    shard_layer_finish(model, layer, acts, ctx, qkv, ffn);
+    return SHARD_OK;
+}
+
+void shard_layer_finish(const shard_model_t *model, const shard_layer_t *layer,
+                        shard_acts_t *acts, const float *ctx, float *y, float *ffn)
+{
+    const shard_config_t *c = &model->config;
+    const int64_t d = c->emb_dim, T = acts->n_tokens;
+    const size_t td = (size_t)T * (size_t)d;
+    float *x = acts->hidden;
     shard_linear(&layer->out, ctx, T, y);
     shard_add(x, y, td);
     shard_layer_norm(x, T, d, &layer->norm1, c->layer_norm_eps);
@@ -345,7 +402,6 @@ static shard_status_t run_layer(const shard_model_t *model, shard_state_t *state
     for (int64_t t = 0; t < T; t++)
         if (!acts->is_real[t])
             memset(x + t * d, 0, (size_t)d * sizeof *x);
-    return SHARD_OK;
 }
 
 shard_status_t shard_run_layers(const shard_model_t *model, shard_state_t *state,
