@@ -120,6 +120,9 @@ struct shard_state {
     shard_buffer_t proj_logits; /* [P][PROJECT_VOCAB] one tile, or [V] for next_token */
     /* whole model */
     shard_acts_t *acts; /* reused by shard_forward, shard_score_rows, generation */
+    /* Seconds spent in attention by this state's calls (bench-engine's
+     * share of attention; two clock reads a layer). */
+    double attention_seconds;
 };
 
 /* Unmasked positions of row b (its mask's ones, or its ids that are not

@@ -47,7 +47,7 @@ void shard_state_destroy(shard_state_t **self_p)
                                  &state->zero, &state->packed_out, &state->summary,
                                  &state->proj_x, &state->proj_logits};
     _Static_assert(sizeof buffers / sizeof buffers[0] * sizeof(shard_buffer_t) +
-                       sizeof(shard_acts_t *) == sizeof(shard_state_t),
+                       sizeof(shard_acts_t *) + sizeof(double) == sizeof(shard_state_t),
                    "shard_state_destroy frees every buffer");
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++)
         buffer_free(buffers[i]);
