@@ -613,7 +613,8 @@ static void set_precision_note(shard_model_t *model)
                                    : "bf16 weights, fp32 products: this CPU has no AVX512_BF16";
     if (model->precision == SHARD_PRECISION_INT8) {
         shard_error_t err = {0};
-        const shard_matmul_t *mm = shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, 64, 64, 64, &err);
+        const shard_matmul_t *mm = shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, SHARD_MATMUL_ROWS,
+                                                    64, 64, 64, &err);
         snprintf(buf, sizeof buf,
                  "int8 weights (|q| <= %d%s), int8 products, int32 accumulation (oneDNN %s)",
                  shard_int8_weight_max(),
