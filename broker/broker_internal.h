@@ -161,6 +161,7 @@ struct broker_pipeline {
     uint32_t n_stages;
     uint32_t credit;
     uint64_t max_batch_tokens;
+    char precision[PROTO_PRECISION_MAX + 1]; /* from Ready; "" when unsaid */
     int64_t last_seen_us, heartbeat_sent_us, last_batch_us;
     int64_t expiry_us;          /* silence longer than this: dead */
     broker_link_t in_flight;

@@ -180,6 +180,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     p->n_stages = ready->n_stages;
     p->credit = ready->credit;
     p->max_batch_tokens = ready->max_batch_tokens;
+    snprintf(p->precision, sizeof p->precision, "%s", ready->precision ? ready->precision : "");
     /* Dead after liveness intervals of the slower side. */
     int64_t interval_ms = b->config.heartbeat_ms;
     if (ready->heartbeat_ms > interval_ms)

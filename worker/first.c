@@ -82,6 +82,7 @@ static int build_ready(first_t *f)
     f->ready.n_langs = c->n_langs;
     f->ready.heartbeat_ms = st->options->heartbeat_ms;
     f->ready.instance = st->instance;
+    f->ready.precision = (char *)shard_precision_name((shard_precision_t)st->options->precision);
     bool named = false;
     for (int64_t i = 0; i < c->n_langs; i++)
         named |= c->lang_names[i][0] != '\0';

@@ -4,7 +4,8 @@
 # process, and the file through a 2-stage service with small micro-batches,
 # once in order and once reversed (every pair then shares its micro-batch
 # with other pairs), give the same bits (scores and token scores as
-# printed: %.9g round-trips a float) in fp32, bf16 and int8.
+# printed: %.9g round-trips a float) in fp32, bf16 and int8; the broker's
+# stats (xlm-client stats) name each precision the service runs.
 # Usage: score_batch_invariance.sh BUILD_DIR
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -51,6 +52,17 @@ for precision in fp32 bf16 int8; do
     same "$precision pair $n alone" "$run_dir/whole-$precision.jsonl" "$run_dir/alone-$n.jsonl"
   done
   e2e_start --model "$model" --stages 2 -- --precision "$precision" --max-batch-tokens 600
+  # The broker's stats name the model's precision and its pipeline's.
+  "$build/bin/xlm-client" stats --endpoint "$endpoint" > "$run_dir/stats.json"
+  python3 - "$precision" "$run_dir/stats.json" <<'PY' || e2e_fail "stats do not say $precision"
+import json, sys
+want, stats = sys.argv[1], json.load(open(sys.argv[2]))
+model = stats["models"][0]
+got = (model.get("precision"), model["pipelines"][0].get("precision"))
+if got != (want, want):
+    sys.exit("stats: model and pipeline precision %r, expected %r" % (got, want))
+print("stats: model and pipeline precision %s" % want)
+PY
   score "$run_dir/service-$precision.jsonl" "$pairs" --endpoint "$endpoint"
   score "$run_dir/reversed-$precision.jsonl" "$run_dir/reversed.tsv" --endpoint "$endpoint"
   e2e_stop
