@@ -3,7 +3,7 @@
  * in the same run with the same threads.
  *
  * Usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]
- *                     [--no-extras]
+ *                     [--no-extras | --extras-only]
  * Per shape, a line per precision:
  *   shape=NAME threads=N precision=P tokens_per_s=... gflops=... vs_fp32=... ratio=...
  *   weight_bytes=...
@@ -383,7 +383,8 @@ static int generate_speedup(const char *dir, const char *shape, int threads)
 /* One line per precision: shape=NAME threads=N precision=P tokens_per_s=…
  * gflops=… vs_fp32=… ratio=… weight_bytes=… (vs_fp32: tokens/s over fp32's
  * in this run; ratio: GFLOP/s over the same-run sgemm). */
-static int run_shape(const bench_shape_t *s, const char *tmp, int threads, bool extras)
+static int run_shape(const bench_shape_t *s, const char *tmp, int threads, bool extras,
+                     bool extras_only)
 {
     char dir[4000];
     snprintf(dir, sizeof dir, "%.3900s/bench-%s-%d", tmp, s->name, (int)getpid());
@@ -413,7 +414,7 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads, bool 
     const shard_inputs_t in = {.batch = ROWS, .seq = SEQ, .input_ids = ids, .attention_mask = mask};
     double fp32_tokens = 0.0;
     int rc = 0;
-    for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc; p++) {
+    for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc && !extras_only; p++) {
         shard_error_t err = {0};
         shard_model_t *model = shard_model_open(
             dir, &(shard_model_options_t){.precision = (shard_precision_t)p}, &err);
@@ -473,7 +474,7 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads, bool 
 int main(int argc, char **argv)
 {
     int threads = 2, opt;
-    bool lm = false, causal = false, extras = true;
+    bool lm = false, causal = false, extras = true, extras_only = false;
     const char *which = "all", *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", *write = NULL;
     static const struct option options[] = {{"threads", required_argument, NULL, 't'},
                                             {"shape", required_argument, NULL, 's'},
@@ -482,6 +483,7 @@ int main(int argc, char **argv)
                                             {"lm", no_argument, NULL, 'l'},
                                             {"causal", no_argument, NULL, 'c'},
                                             {"no-extras", no_argument, NULL, 'x'},
+                                            {"extras-only", no_argument, NULL, 'X'},
                                             {NULL, 0, NULL, 0}};
     while ((opt = getopt_long(argc, argv, "t:s:d:", options, NULL)) != -1) {
         if (opt == 'w')
@@ -492,6 +494,8 @@ int main(int argc, char **argv)
             causal = true;
         else if (opt == 'x')
             extras = false;
+        else if (opt == 'X')
+            extras_only = true;
         else if (opt == 't')
             threads = atoi(optarg);
         else if (opt == 's')
@@ -499,7 +503,7 @@ int main(int argc, char **argv)
         else if (opt == 'd')
             tmp = optarg;
         else {
-            fprintf(stderr, "usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR] [--no-extras]\n"
+            fprintf(stderr, "usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR] [--no-extras | --extras-only]\n"
                             "       bench-engine --write DIR --shape NAME [--lm] [--causal]   (a random checkpoint)\n");
             return 2;
         }
@@ -515,6 +519,6 @@ int main(int argc, char **argv)
     int rc = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         if (strcmp(which, "all") == 0 || strcmp(which, shapes[i].name) == 0)
-            rc |= run_shape(&shapes[i], tmp, threads, extras);
+            rc |= run_shape(&shapes[i], tmp, threads, extras, extras_only);
     return rc;
 }
