@@ -129,7 +129,7 @@ void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out)
     shard_add(out, table->weight + id * table->dim, (size_t)table->dim);
 }
 
-/* dot(a, b) over n floats in SUM_LANES lanes, the lanes added in a fixed
+/* dot(a, b) over n floats in DOT_LANES lanes, the lanes added in a fixed
  * order: the same bits for the same two vectors wherever they come from. */
 enum { DOT_LANES = 8 };
 
