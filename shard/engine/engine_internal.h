@@ -164,6 +164,10 @@ bool shard_heads_know_tensor(const char *name);
 
 /* y[rows][out] = x[rows][in] W^T + b */
 void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, float *y);
+/* y[out] = x[in] W^T + b for one row outside the row tiles (not batch
+ * invariant: gemv in fp32): for the LM projection of greedy decoding, whose
+ * one position every path projects with this same call. */
+void shard_linear_single(const shard_linear_t *linear, const float *x, float *y);
 /* y[out] = the layer's output for a zero input: the bias, or zeros. */
 void shard_linear_zero_input(const shard_linear_t *linear, float *y);
 /* Outputs [first, first + count) only (a tile of the LM projection):

@@ -97,6 +97,17 @@ void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, fl
     product(&p, x, rows, y);
 }
 
+void shard_linear_single(const shard_linear_t *linear, const float *x, float *y)
+{
+    if (linear->type != SHARD_PRECISION_FP32) {
+        shard_linear(linear, x, 1, y);
+        return;
+    }
+    shard_linear_zero_input(linear, y);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)linear->out, (blasint)linear->in, 1.0f,
+                linear->weight, (blasint)linear->in, x, 1, 1.0f, y, 1);
+}
+
 void shard_linear_zero_input(const shard_linear_t *linear, float *y)
 {
     if (linear->bias)
@@ -131,7 +142,9 @@ void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out)
 
 /* dot(a, b) over n floats in DOT_LANES lanes, the lanes added in a fixed
  * order: the same bits for the same two vectors wherever they come from. */
-enum { DOT_LANES = 8 };
+/* Four AVX2 vectors: independent FMA chains, where one chain waits on the
+ * latency of the last. */
+enum { DOT_LANES = 32 };
 
 static inline float dot_lanes(const float *a, const float *b, int64_t n)
 {
