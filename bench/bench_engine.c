@@ -3,8 +3,21 @@
  * in the same run with the same threads.
  *
  * Usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]
- * Each shape ends with one line:
- *   shape=NAME tokens_per_s=... gflops=... sgemm_gflops=... ratio=...  */
+ *                     [--no-extras | --extras-only]
+ * Per shape, a line per precision:
+ *   shape=NAME threads=N precision=P tokens_per_s=... gflops=... vs_fp32=... ratio=...
+ *   weight_bytes=...
+ * then (unless --no-extras), each against a reference of the same run:
+ *   attention=...: the share of a forward pass spent in attention, the
+ *     engine's (one task per query, all heads) and the per-head BLAS calls
+ *     it replaced (re-run here on the same positions), for 64 rows of 8-64
+ *     tokens and for 8 rows of 256;
+ *   row_tiles=...: the layers' products with the batch-invariant row tiles
+ *     over the same products as plain sgemm calls, for the batch and for a
+ *     single 30-token sentence;
+ *   generate=...: greedy generation of 32 tokens after a 64-token prompt on
+ *     the causal LM of the shape, key/value cache over recomputing. */
+#include "engine_internal.h"
 #include "shard_engine.h"
 
 #include <cblas.h>
@@ -14,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <math.h>
 #include <unistd.h>
 
 typedef struct {
@@ -207,10 +221,170 @@ static int measure(const shard_model_t *model, shard_state_t *state, const shard
     return 0;
 }
 
+
+/* ------------------------------------------------------------ extras */
+
+/* The attention the engine ran before: per row and per head, an sgemm for
+ * the scores, a softmax per query, an sgemm for the context. */
+static void attention_per_head_blas(const shard_config_t *c, const shard_acts_t *acts,
+                                    const float *qkv, float *ctx, float *scores)
+{
+    const int64_t d = c->emb_dim, ld = 3 * d, dh = d / c->n_heads;
+    const float scale = 1.0f / sqrtf((float)dh);
+    for (int64_t b = 0; b < acts->batch; b++) {
+        const int64_t r0 = acts->row_start[b], n = acts->row_start[b + 1] - r0;
+        const float *q = qkv + r0 * ld, *k = q + d, *v = q + 2 * d;
+        for (int64_t h = 0; h < c->n_heads; h++) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)n,
+                        (blasint)dh, scale, q + h * dh, (blasint)ld, k + h * dh, (blasint)ld,
+                        0.0f, scores, (blasint)n);
+            for (int64_t i = 0; i < n; i++) {
+                shard_softmax(scores + i * n, c->causal ? i + 1 : n);
+                if (c->causal)
+                    memset(scores + i * n + i + 1, 0, (size_t)(n - i - 1) * sizeof *scores);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)n, (blasint)dh,
+                        (blasint)n, 1.0f, scores, (blasint)n, v + h * dh, (blasint)ld, 0.0f,
+                        ctx + r0 * d + h * dh, (blasint)d);
+        }
+    }
+}
+
+/* Share of attention in the forward pass of in, now and with the per-head
+ * BLAS attention in its place (the rest of the pass measured unchanged). */
+static int attention_share(const shard_model_t *model, const shard_inputs_t *in, const char *label,
+                           const char *shape, int threads)
+{
+    shard_error_t err = {0};
+    shard_state_t *state = shard_state_new();
+    shard_acts_t *acts = shard_acts_new();
+    shard_outputs_t out;
+    shard_outputs_init(&out);
+    if (!state || !acts || shard_embed(model, state, in, acts, &err)) {
+        fprintf(stderr, "bench-engine: %s\n", err.message);
+        return 1;
+    }
+    const shard_config_t *c = shard_model_config(model);
+    const int64_t T = acts->n_tokens, d = c->emb_dim;
+    int64_t longest = 0;
+    for (int64_t b = 0; b < acts->batch; b++)
+        longest = fmax(longest, acts->row_start[b + 1] - acts->row_start[b]);
+    float *qkv = malloc((size_t)(T * 3 * d) * sizeof *qkv), *ctx = malloc((size_t)(T * d) * 4);
+    float *scores = malloc((size_t)(longest * longest) * sizeof *scores);
+    for (int64_t i = 0; i < T * 3 * d; i++)
+        qkv[i] = random_weight(1.0f);
+    shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err); /* warm-up */
+    shard_outputs_clear(&out);
+    double best_forward = 1e30, best_attention = 0.0, best_old = 1e30;
+    for (int round = 0; round < 3; round++) {
+        state->attention_seconds = 0.0;
+        double start = now();
+        shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err);
+        const double forward = now() - start;
+        shard_outputs_clear(&out);
+        if (forward < best_forward) {
+            best_forward = forward;
+            best_attention = state->attention_seconds;
+        }
+        start = now();
+        for (int64_t layer = 0; layer < c->n_layers; layer++)
+            attention_per_head_blas(c, acts, qkv, ctx, scores);
+        best_old = fmin(best_old, now() - start);
+    }
+    const double before = best_old / (best_forward - best_attention + best_old);
+    printf("shape=%s threads=%d attention=%s tokens=%lld share_before=%.3f share_after=%.3f "
+           "attention_speedup=%.2f forward_speedup=%.3f\n",
+           shape, threads, label, (long long)T, before, best_attention / best_forward,
+           best_old / best_attention, (best_forward - best_attention + best_old) / best_forward);
+    free(qkv);
+    free(ctx);
+    free(scores);
+    shard_acts_destroy(&acts);
+    shard_state_destroy(&state);
+    return 0;
+}
+
+/* The layers' products of rows rows through the engine's row tiles, over
+ * the same products as plain sgemm calls of rows rows. */
+static void row_tiles_cost(const shard_model_t *model, int64_t rows, const char *shape, int threads)
+{
+    const shard_layer_t *layer = &model->layers[0];
+    const shard_linear_t *lins[] = {&layer->qkv, &layer->out, &layer->ffn_in, &layer->ffn_out};
+    int64_t widest = 0;
+    for (int i = 0; i < 4; i++)
+        widest = fmax(widest, fmax(lins[i]->in, lins[i]->out));
+    float *x = malloc((size_t)(rows * widest) * sizeof *x), *y = malloc((size_t)(rows * widest) * 4);
+    for (int64_t i = 0; i < rows * widest; i++)
+        x[i] = random_weight(1.0f);
+    double tiles = 1e30, plain = 1e30;
+    for (int round = 0; round < 5; round++) {
+        double start = now();
+        for (int rep = 0; rep < 4; rep++)
+            for (int i = 0; i < 4; i++)
+                shard_linear(lins[i], x, rows, y);
+        tiles = fmin(tiles, now() - start);
+        start = now();
+        for (int rep = 0; rep < 4; rep++)
+            for (int i = 0; i < 4; i++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows,
+                            (blasint)lins[i]->out, (blasint)lins[i]->in, 1.0f, x,
+                            (blasint)lins[i]->in, lins[i]->weight, (blasint)lins[i]->in, 0.0f, y,
+                            (blasint)lins[i]->out);
+        plain = fmin(plain, now() - start);
+    }
+    printf("shape=%s threads=%d row_tiles=fp32 rows=%lld time_vs_plain_sgemm=%.3f\n", shape,
+           threads, (long long)rows, tiles / plain);
+    free(x);
+    free(y);
+}
+
+/* Greedy generation of 32 tokens after a 64-token prompt: the cache
+ * against recomputing the whole sequence each step (the same tokens). */
+static int generate_speedup(const char *dir, const char *shape, int threads)
+{
+    shard_error_t err = {0};
+    shard_model_t *model = shard_model_open(dir, NULL, &err);
+    shard_state_t *state = model ? shard_state_new() : NULL;
+    if (!state) {
+        fprintf(stderr, "bench-engine: %s\n", model ? "out of memory" : err.message);
+        return 1;
+    }
+    enum { PROMPT = 64, STEPS = 32 };
+    int64_t ids[PROMPT], langs[PROMPT] = {0};
+    for (int i = 0; i < PROMPT; i++)
+        ids[i] = 14 + (int64_t)((random_weight(1.0f) + 0.5f) * 1000);
+    const shard_inputs_t in = {.batch = 1, .seq = PROMPT, .input_ids = ids, .langs = langs};
+    shard_outputs_t a, b;
+    shard_outputs_init(&a);
+    shard_outputs_init(&b);
+    double cached = 1e30, recompute = 1e30;
+    int same = 1;
+    for (int round = 0; round < 2; round++) {
+        double start = now();
+        shard_generate_greedy(model, state, &in, STEPS, 0, &a, &err);
+        cached = fmin(cached, now() - start);
+        start = now();
+        shard_generate_greedy_recompute(model, state, &in, STEPS, 0, &b, &err);
+        recompute = fmin(recompute, now() - start);
+        const shard_tensor_t *x = shard_outputs_find(&a, "new_ids"), *y = shard_outputs_find(&b, "new_ids");
+        same = same && x && y && memcmp(x->i64, y->i64, STEPS * sizeof(int64_t)) == 0;
+        shard_outputs_clear(&a);
+        shard_outputs_clear(&b);
+    }
+    printf("shape=%s threads=%d generate=greedy prompt=%d steps=%d cached_tokens_per_s=%.1f "
+           "recompute_tokens_per_s=%.1f speedup=%.2f same_tokens=%s\n",
+           shape, threads, PROMPT, STEPS, STEPS / cached, STEPS / recompute, recompute / cached,
+           same ? "yes" : "NO");
+    shard_state_destroy(&state);
+    shard_model_destroy(&model);
+    return same ? 0 : 1;
+}
+
 /* One line per precision: shape=NAME threads=N precision=P tokens_per_s=…
  * gflops=… vs_fp32=… ratio=… weight_bytes=… (vs_fp32: tokens/s over fp32's
  * in this run; ratio: GFLOP/s over the same-run sgemm). */
-static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
+static int run_shape(const bench_shape_t *s, const char *tmp, int threads, bool extras,
+                     bool extras_only)
 {
     char dir[4000];
     snprintf(dir, sizeof dir, "%.3900s/bench-%s-%d", tmp, s->name, (int)getpid());
@@ -240,7 +414,7 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
     const shard_inputs_t in = {.batch = ROWS, .seq = SEQ, .input_ids = ids, .attention_mask = mask};
     double fp32_tokens = 0.0;
     int rc = 0;
-    for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc; p++) {
+    for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc && !extras_only; p++) {
         shard_error_t err = {0};
         shard_model_t *model = shard_model_open(
             dir, &(shard_model_options_t){.precision = (shard_precision_t)p}, &err);
@@ -265,6 +439,34 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
         shard_state_destroy(&state);
         shard_model_destroy(&model);
     }
+    if (!rc && extras) {
+        shard_error_t err = {0};
+        shard_model_t *model = shard_model_open(dir, NULL, &err);
+        if (!model) {
+            fprintf(stderr, "bench-engine: %s\n", err.message);
+            rc = 1;
+        } else {
+            /* 8 rows of 256 tokens */
+            enum { LONG_ROWS = 8, LONG_SEQ = 256 };
+            static int64_t long_ids[LONG_ROWS * LONG_SEQ];
+            for (int i = 0; i < LONG_ROWS * LONG_SEQ; i++)
+                long_ids[i] = 14 + (int64_t)((random_weight(1.0f) + 0.5f) * 1000);
+            const shard_inputs_t long_in = {.batch = LONG_ROWS, .seq = LONG_SEQ, .input_ids = long_ids};
+            rc |= attention_share(model, &in, "8-64", s->name, threads);
+            rc |= attention_share(model, &long_in, "256", s->name, threads);
+            row_tiles_cost(model, real_tokens, s->name, threads);
+            row_tiles_cost(model, 30, s->name, threads);
+            shard_model_destroy(&model);
+        }
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
+        if (!rc && (system(cmd) != 0 || write_checkpoint(dir, s, true, true) != 0)) {
+            fprintf(stderr, "bench-engine: cannot write a checkpoint in %s\n", dir);
+            rc = 1;
+        }
+        if (!rc)
+            rc = generate_speedup(dir, s->name, threads);
+        fflush(stdout);
+    }
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd) == 0 ? rc : 1;
 }
@@ -272,7 +474,7 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads)
 int main(int argc, char **argv)
 {
     int threads = 2, opt;
-    bool lm = false, causal = false;
+    bool lm = false, causal = false, extras = true, extras_only = false;
     const char *which = "all", *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", *write = NULL;
     static const struct option options[] = {{"threads", required_argument, NULL, 't'},
                                             {"shape", required_argument, NULL, 's'},
@@ -280,6 +482,8 @@ int main(int argc, char **argv)
                                             {"write", required_argument, NULL, 'w'},
                                             {"lm", no_argument, NULL, 'l'},
                                             {"causal", no_argument, NULL, 'c'},
+                                            {"no-extras", no_argument, NULL, 'x'},
+                                            {"extras-only", no_argument, NULL, 'X'},
                                             {NULL, 0, NULL, 0}};
     while ((opt = getopt_long(argc, argv, "t:s:d:", options, NULL)) != -1) {
         if (opt == 'w')
@@ -288,6 +492,10 @@ int main(int argc, char **argv)
             lm = true;
         else if (opt == 'c')
             causal = true;
+        else if (opt == 'x')
+            extras = false;
+        else if (opt == 'X')
+            extras_only = true;
         else if (opt == 't')
             threads = atoi(optarg);
         else if (opt == 's')
@@ -295,7 +503,7 @@ int main(int argc, char **argv)
         else if (opt == 'd')
             tmp = optarg;
         else {
-            fprintf(stderr, "usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]\n"
+            fprintf(stderr, "usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR] [--no-extras | --extras-only]\n"
                             "       bench-engine --write DIR --shape NAME [--lm] [--causal]   (a random checkpoint)\n");
             return 2;
         }
@@ -311,6 +519,6 @@ int main(int argc, char **argv)
     int rc = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         if (strcmp(which, "all") == 0 || strcmp(which, shapes[i].name) == 0)
-            rc |= run_shape(&shapes[i], tmp, threads);
+            rc |= run_shape(&shapes[i], tmp, threads, extras, extras_only);
     return rc;
 }

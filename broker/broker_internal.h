@@ -186,6 +186,7 @@ struct broker_pipeline {
     uint64_t max_batch_tokens;
     int64_t max_positions;      /* its Ready's max_position_embeddings */
     uint32_t tasks;             /* bit per proto_task_t it serves */
+    char precision[PROTO_PRECISION_MAX + 1]; /* from Ready; "" when unsaid */
     int64_t last_seen_us, heartbeat_sent_us, last_batch_us;
     int64_t expiry_us;          /* silence longer than this: dead */
     /* While it holds work, a pipeline must also make progress: a Reply, a

@@ -185,6 +185,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     p->credit = ready->credit;
     p->max_batch_tokens = ready->max_batch_tokens;
     broker_limits_of_ready(p, ready);
+    snprintf(p->precision, sizeof p->precision, "%s", ready->precision ? ready->precision : "");
     /* Dead after liveness intervals of the slower side. */
     int64_t interval_ms = b->config.heartbeat_ms;
     if (ready->heartbeat_ms > interval_ms)

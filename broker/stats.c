@@ -4,6 +4,7 @@
 #include "broker_internal.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* 100 us to 10 s: a tiny model's round trip to a long scoring request
  * (the gateway's /metrics buckets). */
@@ -128,6 +129,12 @@ static bool model_parts_fill(model_parts_t *parts, broker_model_t *m)
         ps->in_flight = (uint32_t)p->n_in_flight;
         ps->batches = p->batches;
         ps->max_batch_tokens = p->max_batch_tokens;
+        ps->precision = (char *)p->precision;
+        /* The model's: its pipelines', or "mixed" when two of them differ. */
+        if (i == 0)
+            ms->precision = (char *)p->precision;
+        else if (strcmp(ms->precision, p->precision) != 0)
+            ms->precision = (char *)"mixed";
         parts->pipeline_ptrs[i] = ps;
     }
     ms->n_pipelines = i;

@@ -757,7 +757,8 @@ static proto_status_t check_ready(const Xlm__Ready *r, proto_error_t *err)
 {
     static const char fn[] = "proto_worker_decode";
     proto_status_t rc = check_string(fn, "ready.model", r->model, PROTO_NAME_MAX, true, err);
-    if (rc)
+    if (rc || (rc = check_string(fn, "ready.precision", r->precision, PROTO_PRECISION_MAX, false,
+                                 err)))
         return rc;
     if (r->n_stages == 0 || r->n_stages > PROTO_MAX_STAGES || r->credit > PROTO_MAX_CREDIT ||
         r->max_batch_tokens == 0 || r->vocab_size <= 0 || r->max_position_embeddings <= 0)

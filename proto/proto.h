@@ -36,6 +36,7 @@ enum {
     PROTO_ID_MAX = 128,         /* bytes of a request id */
     PROTO_NAME_MAX = 128,       /* bytes of a model or pipeline name */
     PROTO_LANG_MAX = 15,        /* bytes of a language code */
+    PROTO_PRECISION_MAX = 15,   /* bytes of a precision name (Ready.precision) */
     PROTO_MAX_ROWS = 65536,     /* rows of one request */
     PROTO_MAX_ROW_TOKENS = 1 << 20, /* tokens of one row, before the model's limit */
     PROTO_MAX_SEGMENTS = 8,     /* text segments of one row */

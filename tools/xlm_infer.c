@@ -28,7 +28,7 @@ static void usage(FILE *out)
           "  --model DIR    checkpoint folder (required)\n"
           "  --head HEAD    head for lines that name none: base, lm, seq_cls, multiple_choice,\n"
           "                 token_cls, qa_simple, qa (default: the checkpoint's architecture)\n"
-          "  --threads N    BLAS threads (default: OpenBLAS's choice)\n"
+          "  --threads N    engine threads (default: OpenBLAS's choice; pins nothing)\n"
           "  --precision P  fp32 (default), bf16 or int8: the linear layers' weights and\n"
           "                 products (how they run on this CPU is printed on stderr)\n"
           "  --max-errors N stop once more than N lines failed (default: no limit)\n"

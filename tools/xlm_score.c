@@ -46,7 +46,7 @@ static void usage(FILE *out)
           "                        and print how often the true target ranks first by mean\n"
           "  --lang-rules          in process: tokenise with each language's rules (the\n"
           "                        service uses the mode its workers were started with)\n"
-          "  --threads N           in process: BLAS threads (default 1)\n"
+          "  --threads N           in process: engine threads (default 1; pins nothing)\n"
           "  --precision P         in process: fp32 (default), bf16 or int8 products\n"
           "  --window N            through the service: requests in flight (default 512)\n"
           "  --attempt-timeout-ms MS, --attempts N   through the service: when to send a\n"

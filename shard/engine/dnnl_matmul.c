@@ -5,6 +5,7 @@
  * each run brings its own scratchpad, so states on several threads may
  * share one primitive. */
 #include "dnnl_matmul.h"
+#include "engine_internal.h"
 
 #include <oneapi/dnnl/dnnl.h>
 #include <pthread.h>
@@ -12,7 +13,7 @@
 
 struct shard_matmul {
     dnnl_data_type_t src, wei, dst;
-    int64_t k, n, ldw;
+    int64_t rows, k, n, ldw;
     dnnl_primitive_desc_t pd;
     dnnl_primitive_t primitive;
     const char *impl;
@@ -33,8 +34,8 @@ static shard_status_t dnnl_failed(shard_error_t *err, const char *what, dnnl_sta
 }
 
 static struct shard_matmul *create(dnnl_data_type_t src, dnnl_data_type_t wei,
-                                   dnnl_data_type_t dst, int64_t k, int64_t n, int64_t ldw,
-                                   shard_error_t *err)
+                                   dnnl_data_type_t dst, int64_t rows, int64_t k, int64_t n,
+                                   int64_t ldw, shard_error_t *err)
 {
     dnnl_status_t s = dnnl_success;
     if (!engine && (s = dnnl_engine_create(&engine, dnnl_cpu, 0)) != dnnl_success) {
@@ -42,9 +43,10 @@ static struct shard_matmul *create(dnnl_data_type_t src, dnnl_data_type_t wei,
         return NULL;
     }
     dnnl_memory_desc_t src_md, wei_md, dst_md;
-    const dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, k}, src_strides = {k, 1};
+    const int64_t dim_m = rows > 0 ? rows : DNNL_RUNTIME_DIM_VAL;
+    const dnnl_dims_t src_dims = {dim_m, k}, src_strides = {k, 1};
     const dnnl_dims_t wei_dims = {k, n}, wei_strides = {1, ldw};
-    const dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, n}, dst_strides = {n, 1};
+    const dnnl_dims_t dst_dims = {dim_m, n}, dst_strides = {n, 1};
     dnnl_matmul_desc_t desc;
     dnnl_primitive_attr_t attr = NULL;
     struct shard_matmul *m = calloc(1, sizeof *m);
@@ -52,7 +54,7 @@ static struct shard_matmul *create(dnnl_data_type_t src, dnnl_data_type_t wei,
         shard_error_set(err, SHARD_ERR_NOMEM, "shard_matmul_get: out of memory");
         return NULL;
     }
-    *m = (struct shard_matmul){src, wei, dst, k, n, ldw, NULL, NULL, "", NULL};
+    *m = (struct shard_matmul){src, wei, dst, rows, k, n, ldw, NULL, NULL, "", NULL};
     if ((s = dnnl_memory_desc_init_by_strides(&src_md, 2, src_dims, src, src_strides)) ||
         (s = dnnl_memory_desc_init_by_strides(&wei_md, 2, wei_dims, wei, wei_strides)) ||
         (s = dnnl_memory_desc_init_by_strides(&dst_md, 2, dst_dims, dst, dst_strides)) ||
@@ -74,15 +76,15 @@ static struct shard_matmul *create(dnnl_data_type_t src, dnnl_data_type_t wei,
 }
 
 const shard_matmul_t *shard_matmul_get(dnnl_data_type_t src, dnnl_data_type_t wei,
-                                       dnnl_data_type_t dst, int64_t k, int64_t n, int64_t ldw,
-                                       shard_error_t *err)
+                                       dnnl_data_type_t dst, int64_t rows, int64_t k, int64_t n,
+                                       int64_t ldw, shard_error_t *err)
 {
     pthread_mutex_lock(&cache_lock);
     struct shard_matmul *m = cache;
-    while (m && !(m->src == src && m->wei == wei && m->dst == dst && m->k == k && m->n == n &&
-                  m->ldw == ldw))
+    while (m && !(m->src == src && m->wei == wei && m->dst == dst && m->rows == rows &&
+                  m->k == k && m->n == n && m->ldw == ldw))
         m = m->next;
-    if (!m && (m = create(src, wei, dst, k, n, ldw, err))) {
+    if (!m && (m = create(src, wei, dst, rows, k, n, ldw, err))) {
         m->next = cache;
         cache = m;
     }
@@ -147,4 +149,31 @@ bool shard_matmul_run(const shard_matmul_t *m, int64_t rows, const void *src,
         if (mem[i])
             dnnl_memory_destroy(mem[i]);
     return ok;
+}
+
+shard_status_t shard_matmul_prepare(dnnl_data_type_t src, dnnl_data_type_t wei,
+                                    dnnl_data_type_t dst, int64_t k, int64_t n, int64_t ldw,
+                                    shard_error_t *err)
+{
+    for (int64_t rows = SHARD_ROW_TILE; rows <= SHARD_MATMUL_ROWS; rows += SHARD_ROW_TILE)
+        if (!shard_matmul_get(src, wei, dst, rows, k, n, ldw, err))
+            return err->code;
+    return SHARD_OK;
+}
+
+bool shard_matmul_rows(dnnl_data_type_t src, dnnl_data_type_t wei, dnnl_data_type_t dst,
+                       int64_t k, int64_t n, int64_t ldw, int64_t rows, const void *x,
+                       size_t src_size, const void *weights, void *y, size_t dst_size)
+{
+    for (int64_t r0 = 0; r0 < rows; r0 += SHARD_MATMUL_ROWS) {
+        const int64_t m = rows - r0 < SHARD_MATMUL_ROWS ? rows - r0 : SHARD_MATMUL_ROWS;
+        shard_error_t err = {0};
+        const shard_matmul_t *mm = m % SHARD_ROW_TILE == 0
+                                       ? shard_matmul_get(src, wei, dst, m, k, n, ldw, &err)
+                                       : shard_matmul_get(src, wei, dst, 0, k, n, ldw, &err);
+        if (!mm || !shard_matmul_run(mm, m, (const char *)x + (size_t)(r0 * k) * src_size,
+                                     weights, (char *)y + (size_t)(r0 * n) * dst_size))
+            return false;
+    }
+    return true;
 }

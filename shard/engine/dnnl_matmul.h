@@ -10,16 +10,33 @@
 
 typedef struct shard_matmul shard_matmul_t;
 
-/* The primitive for dst[M][n] (dst type) = src[M][k] (src type) times the
- * weights read as B[k][n] from W[n][ldw] (transposed, wei type), M given
- * at each run; created on first request, the same pointer after. NULL
+/* oneDNN's fast kernels (brgemm, AMX) need the row count when the
+ * primitive is made; a row count left to run time gets the slower
+ * gemm:jit (4x slower for int8 here, bench/row_tiles.md). Products run in
+ * chunks of SHARD_MATMUL_ROWS rows, the last one a multiple of
+ * SHARD_ROW_TILE: a handful of fixed-row primitives per shape. */
+enum { SHARD_MATMUL_ROWS = 256 };
+
+/* The primitive for dst[rows][n] (dst type) = src[rows][k] (src type) times
+ * the weights read as B[k][n] from W[n][ldw] (transposed, wei type); rows 0:
+ * given at each run. Created on first request, the same pointer after. NULL
  * with err set when oneDNN has no implementation. */
 const shard_matmul_t *shard_matmul_get(dnnl_data_type_t src, dnnl_data_type_t wei,
-                                       dnnl_data_type_t dst, int64_t k, int64_t n, int64_t ldw,
-                                       shard_error_t *err);
-/* Runs it for m rows; false when oneDNN failed (out of memory). */
+                                       dnnl_data_type_t dst, int64_t rows, int64_t k, int64_t n,
+                                       int64_t ldw, shard_error_t *err);
+/* Makes every fixed-row primitive shard_matmul_rows will use for this shape. */
+shard_status_t shard_matmul_prepare(dnnl_data_type_t src, dnnl_data_type_t wei,
+                                    dnnl_data_type_t dst, int64_t k, int64_t n, int64_t ldw,
+                                    shard_error_t *err);
+/* Runs it for m rows (the primitive's own when it has them); false when
+ * oneDNN failed (out of memory). */
 bool shard_matmul_run(const shard_matmul_t *matmul, int64_t m, const void *src,
                       const void *weights, void *dst);
+/* dst[rows][n] = src[rows][k] W^T for rows a multiple of SHARD_ROW_TILE, in
+ * chunks of fixed-row primitives (elements of src_size and dst_size bytes). */
+bool shard_matmul_rows(dnnl_data_type_t src, dnnl_data_type_t wei, dnnl_data_type_t dst,
+                       int64_t k, int64_t n, int64_t ldw, int64_t rows, const void *x,
+                       size_t src_size, const void *weights, void *y, size_t dst_size);
 /* The implementation oneDNN picked, e.g. "gemm:jit". */
 const char *shard_matmul_impl(const shard_matmul_t *matmul);
 

@@ -43,7 +43,8 @@ typedef struct {
 } shard_norm_t;
 
 typedef struct {
-    shard_linear_t q, k, v, out;
+    shard_linear_t q, k, v, out; /* q, k and v view their thirds of qkv */
+    shard_linear_t qkv;          /* [3d][d]: Q, K and V in one product */
     shard_norm_t norm1;
     shard_linear_t ffn_in, ffn_out;
     shard_norm_t norm2;
@@ -96,6 +97,10 @@ struct shard_model {
  * the logits buffer stays at 16 MiB whatever the vocabulary. */
 enum { PROJECT_POSITIONS = 1024, PROJECT_VOCAB = 4096 };
 
+/* Every matrix product runs on a multiple of this many rows (the last ones
+ * padded with zeros): kernels.c says why (batch invariance). */
+enum { SHARD_ROW_TILE = 32 };
+
 /* A float buffer of a run state, grown on demand (contents not kept). */
 typedef struct {
     float *data;
@@ -112,10 +117,10 @@ float *shard_buffer_zeros(shard_buffer_t *buffer, size_t count);
  * P = PROJECT_POSITIONS. */
 struct shard_state {
     /* layers */
-    shard_buffer_t q, k, v; /* [T][d]; q is reused for the out and ffn_out projections */
-    shard_buffer_t ctx;     /* [T][d] attention context */
-    shard_buffer_t ffn;     /* [T][h] */
-    shard_buffer_t scores;  /* [n][n] one attention head of one row */
+    shard_buffer_t qkv;    /* [T][3d]; reused for the out and ffn_out projections */
+    shard_buffer_t ctx;    /* [T][d] attention context */
+    shard_buffer_t ffn;    /* [T][h] */
+    shard_buffer_t scores; /* [threads][n] one query's scores per engine thread */
     /* heads */
     shard_buffer_t zero;       /* [d] zeros: the hidden state of positions not computed */
     shard_buffer_t packed_out; /* [T][o] a positionwise head over the packed positions */
@@ -125,6 +130,9 @@ struct shard_state {
     shard_buffer_t proj_logits; /* [P][PROJECT_VOCAB] one tile, or [V] for next_token */
     /* whole model */
     shard_acts_t *acts; /* reused by shard_forward, shard_score_rows, generation */
+    /* Seconds spent in attention by this state's calls (bench-engine's
+     * share of attention; two clock reads a layer). */
+    double attention_seconds;
 };
 
 /* Unmasked positions of row b (its mask's ones, or its ids that are not
@@ -166,6 +174,10 @@ bool shard_heads_know_tensor(const char *name);
 
 /* y[rows][out] = x[rows][in] W^T + b */
 void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, float *y);
+/* y[out] = x[in] W^T + b for one row outside the row tiles (not batch
+ * invariant: gemv in fp32): for the LM projection of greedy decoding, whose
+ * one position every path projects with this same call. */
+void shard_linear_single(const shard_linear_t *linear, const float *x, float *y);
 /* y[out] = the layer's output for a zero input: the bias, or zeros. */
 void shard_linear_zero_input(const shard_linear_t *linear, float *y);
 /* Outputs [first, first + count) only (a tile of the LM projection):
@@ -219,12 +231,12 @@ static inline float shard_bf16_to_float(uint16_t value)
 void shard_embedding_copy(const shard_embedding_t *table, int64_t id, float *out);
 void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out);
 
-/* Attention of one head over n positions whose rows are ld floats apart:
- * scores[n][n] = scale q[n][dh] k[n][dh]^T; ctx[n][dh] = scores v[n][dh]. */
-void shard_attention_scores(const float *q, const float *k, int64_t n, int64_t dh, int64_t ld,
-                            float scale, float *scores);
-void shard_attention_context(const float *scores, const float *v, int64_t n, int64_t dh,
-                             int64_t ld, float *ctx);
+/* Attention of one query over keys [0, n_keys), all heads: k and v rows
+ * ld floats apart, head h at h * dh of each row; scores [n_keys] work space;
+ * ctx[n_heads * dh] = softmax(q k^T / sqrt(dh)) v per head. */
+void shard_attention_query(const float *q, const float *k, const float *v, int64_t ld,
+                           int64_t n_keys, int64_t n_heads, int64_t dh, float *scores,
+                           float *ctx);
 /* In place over rows of dim. */
 void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *norm, double eps);
 void shard_gelu(float *x, size_t count);
@@ -238,6 +250,22 @@ double shard_sum_exp(const float *x, int64_t count, float shift);
 double shard_log_sum_exp(const float *x, int64_t count);
 /* out[i] = x[i] + y[i] */
 void shard_add(float *x, const float *y, size_t count);
+
+/* ------------------------------------------------------------ layers */
+
+/* The rest of a layer once ctx [T][d] holds the attention context of acts'
+ * positions: out projection, residual, norm, FFN, residual, norm (y [T][d]
+ * and ffn [T][hidden] work space). */
+void shard_layer_finish(const shard_model_t *model, const shard_layer_t *layer,
+                        shard_acts_t *acts, const float *ctx, float *y, float *ffn);
+
+/* Greedy generation recomputing the whole sequence at every step (what
+ * shard_generate_greedy did before its cache): the reference the cached
+ * path is tested and benchmarked against. */
+shard_status_t shard_generate_greedy_recompute(const shard_model_t *model, shard_state_t *state,
+                                               const shard_inputs_t *inputs, int64_t steps,
+                                               int64_t lang_fill, shard_outputs_t *outputs,
+                                               shard_error_t *err);
 
 /* ------------------------------------------------------------ acts */
 

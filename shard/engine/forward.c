@@ -8,6 +8,7 @@
 #include "engine_internal.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -233,19 +234,11 @@ static shard_status_t pack_rows(const shard_config_t *c, const shard_inputs_t *i
     return SHARD_OK;
 }
 
-shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
-                           const shard_inputs_t *in, shard_acts_t *acts, shard_error_t *err)
+/* Word, position, language and token-type embeddings of acts' packed
+ * positions, layer norm, masked positions held at zero. */
+static void embed_packed(const shard_model_t *model, const shard_inputs_t *in, shard_acts_t *acts)
 {
-    (void)state; /* the gather needs no work space (yet: other weight types may) */
     const shard_config_t *c = &model->config;
-    if (!model->range.embeddings)
-        return shard_error_set(err, SHARD_ERR_RANGE,
-                               "shard_embed: this model object holds layers [%lld, %lld) "
-                               "without the embeddings", (long long)model->range.first_layer,
-                               (long long)model->range.last_layer);
-    shard_status_t status = shard_inputs_check(c, in, err);
-    if (status || (status = pack_rows(c, in, acts, err)))
-        return status;
     const int64_t d = c->emb_dim;
     /* Languages only when given, as the reference adds no default language. */
     const bool use_langs = in->langs && model->lang_embeddings.weight;
@@ -265,30 +258,98 @@ shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
     for (int64_t t = 0; t < acts->n_tokens; t++)
         if (!acts->is_real[t])
             memset(acts->hidden + t * d, 0, (size_t)d * sizeof(float));
+}
+
+static shard_status_t need_embeddings(const shard_model_t *model, const char *what,
+                                      shard_error_t *err)
+{
+    if (model->range.embeddings)
+        return SHARD_OK;
+    return shard_error_set(err, SHARD_ERR_RANGE,
+                           "%s: this model object holds layers [%lld, %lld) without the "
+                           "embeddings", what, (long long)model->range.first_layer,
+                           (long long)model->range.last_layer);
+}
+
+shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
+                           const shard_inputs_t *in, shard_acts_t *acts, shard_error_t *err)
+{
+    (void)state; /* the gather needs no work space (yet: other weight types may) */
+    shard_status_t status = need_embeddings(model, "shard_embed", err);
+    if (status || (status = shard_inputs_check(&model->config, in, err)) ||
+        (status = pack_rows(&model->config, in, acts, err)))
+        return status;
+    embed_packed(model, in, acts);
+    return SHARD_OK;
+}
+
+shard_status_t shard_embed_from(const shard_model_t *model, shard_state_t *state,
+                                const shard_inputs_t *in, int64_t first, shard_acts_t *acts,
+                                shard_error_t *err)
+{
+    (void)state;
+    shard_status_t status = need_embeddings(model, "shard_embed_from", err);
+    if (status || (status = shard_inputs_check(&model->config, in, err)))
+        return status;
+    if (in->batch != 1 || first < 0 || first >= in->seq)
+        return shard_error_set(err, SHARD_ERR_INPUT,
+                               "shard_embed_from: position %lld of %lld rows of %lld, expected "
+                               "one row and a position inside it", (long long)first,
+                               (long long)in->batch, (long long)in->seq);
+    if ((status = pack_rows(&model->config, in, acts, err)))
+        return status;
+    /* The suffix must be every position from first on, all real: what a
+     * cache continues (a masked position would change earlier ones' view). */
+    const int64_t keep = in->seq - first, skip = acts->n_tokens - keep;
+    bool whole = skip >= 0 && skip == first;
+    for (int64_t t = 0; whole && t < acts->n_tokens; t++)
+        whole = acts->position[t] == t && acts->is_real[t];
+    if (!whole)
+        return shard_error_set(err, SHARD_ERR_INPUT,
+                               "shard_embed_from: the row has masked positions: positions "
+                               "[%lld, %lld) cannot continue a cache", (long long)first,
+                               (long long)in->seq);
+    memmove(acts->position, acts->position + skip, (size_t)keep * sizeof *acts->position);
+    memmove(acts->is_real, acts->is_real + skip, (size_t)keep * sizeof *acts->is_real);
+    acts->n_tokens = keep;
+    acts->row_start[1] = keep;
+    embed_packed(model, in, acts);
     return SHARD_OK;
 }
 
 /* ------------------------------------------------------------ layers */
 
-/* Self-attention of one row, all heads: ctx = softmax(q k^T / sqrt(dh)) v. */
-static void attend_row(const shard_config_t *c, const float *q, const float *k, const float *v,
-                       float *ctx, int64_t n, float *scores)
+/* The row of packed position t (rows of acts in increasing order). */
+static int64_t row_of(const shard_acts_t *acts, int64_t t)
 {
-    const int64_t d = c->emb_dim, dh = d / c->n_heads;
-    const float scale = 1.0f / sqrtf((float)dh);
-    for (int64_t h = 0; h < c->n_heads; h++) {
-        const int64_t off = h * dh;
-        shard_attention_scores(q + off, k + off, n, dh, d, scale, scores);
-        for (int64_t i = 0; i < n; i++) {
-            float *row = scores + i * n;
-            if (c->causal) {
-                shard_softmax(row, i + 1);
-                memset(row + i + 1, 0, (size_t)(n - i - 1) * sizeof *row);
-            } else {
-                shard_softmax(row, n);
-            }
-        }
-        shard_attention_context(scores, v + off, n, dh, d, ctx + off);
+    int64_t lo = 0, hi = acts->batch - 1;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (acts->row_start[mid] <= t)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Self-attention of every packed position, all heads: the queries of all
+ * rows share the engine's threads, one query per task (a long row alone
+ * keeps both cores busy). qkv rows hold [q ; k ; v], 3d floats. A causal
+ * query attends to its row's positions up to itself, others to the whole
+ * row. */
+static void attend(const shard_config_t *c, const shard_acts_t *acts, const float *qkv,
+                   float *ctx, float *scores, int64_t scores_per_thread)
+{
+    const int64_t d = c->emb_dim, ld = 3 * d, dh = d / c->n_heads, T = acts->n_tokens;
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t b = row_of(acts, t), r0 = acts->row_start[b];
+        const int64_t n_keys = c->causal ? t - r0 + 1 : acts->row_start[b + 1] - r0;
+        const float *row = qkv + r0 * ld;
+        shard_attention_query(qkv + t * ld, row + d, row + 2 * d, ld, n_keys, c->n_heads, dh,
+                              scores + (int64_t)omp_get_thread_num() * scores_per_thread,
+                              ctx + t * d);
     }
 }
 
@@ -305,40 +366,44 @@ static shard_status_t run_layer(const shard_model_t *model, shard_state_t *state
         int64_t n = acts->row_start[b + 1] - acts->row_start[b];
         longest = n > longest ? n : longest;
     }
+    const int64_t threads = omp_get_max_threads();
     size_t td = (size_t)T * (size_t)d;
-    float *q = shard_buffer_get(&state->q, td);
-    float *k = shard_buffer_get(&state->k, td);
-    float *v = shard_buffer_get(&state->v, td);
+    float *qkv = shard_buffer_get(&state->qkv, 3 * td);
     float *ctx = shard_buffer_get(&state->ctx, td);
     float *ffn = shard_buffer_get(&state->ffn, (size_t)T * (size_t)c->hidden_dim);
-    float *scores = shard_buffer_get(&state->scores, (size_t)(longest * longest) + 1);
-    if (!q || !k || !v || !ctx || !ffn || !scores)
+    float *scores = shard_buffer_get(&state->scores, (size_t)(threads * longest));
+    if (!qkv || !ctx || !ffn || !scores)
         return shard_error_set(err, SHARD_ERR_NOMEM, "run_layer: out of memory for %lld positions",
                                (long long)T);
+    shard_linear(&layer->qkv, acts->hidden, T, qkv);
+    const double start = omp_get_wtime();
+    attend(c, acts, qkv, ctx, scores, longest);
+    state->attention_seconds += omp_get_wtime() - start;
+    shard_layer_finish(model, layer, acts, ctx, qkv, ffn);
+    return SHARD_OK;
+}
+
+void shard_layer_finish(const shard_model_t *model, const shard_layer_t *layer,
+                        shard_acts_t *acts, const float *ctx, float *y, float *ffn)
+{
+    const shard_config_t *c = &model->config;
+    const int64_t d = c->emb_dim, T = acts->n_tokens;
+    const size_t td = (size_t)T * (size_t)d;
     float *x = acts->hidden;
-    shard_linear(&layer->q, x, T, q);
-    shard_linear(&layer->k, x, T, k);
-    shard_linear(&layer->v, x, T, v);
-    for (int64_t b = 0; b < acts->batch; b++) {
-        const int64_t r0 = acts->row_start[b], n = acts->row_start[b + 1] - r0;
-        if (n > 0)
-            attend_row(c, q + r0 * d, k + r0 * d, v + r0 * d, ctx + r0 * d, n, scores);
-    }
-    shard_linear(&layer->out, ctx, T, q); /* q is free again: reuse it */
-    shard_add(x, q, td);
+    shard_linear(&layer->out, ctx, T, y);
+    shard_add(x, y, td);
     shard_layer_norm(x, T, d, &layer->norm1, c->layer_norm_eps);
     shard_linear(&layer->ffn_in, x, T, ffn);
     if (c->gelu_activation)
         shard_gelu(ffn, (size_t)T * (size_t)c->hidden_dim);
     else
         shard_relu(ffn, (size_t)T * (size_t)c->hidden_dim);
-    shard_linear(&layer->ffn_out, ffn, T, q);
-    shard_add(x, q, td);
+    shard_linear(&layer->ffn_out, ffn, T, y);
+    shard_add(x, y, td);
     shard_layer_norm(x, T, d, &layer->norm2, c->layer_norm_eps);
     for (int64_t t = 0; t < T; t++)
         if (!acts->is_real[t])
             memset(x + t * d, 0, (size_t)d * sizeof *x);
-    return SHARD_OK;
 }
 
 shard_status_t shard_run_layers(const shard_model_t *model, shard_state_t *state,

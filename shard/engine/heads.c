@@ -552,7 +552,7 @@ shard_status_t shard_head_next_token(const shard_model_t *model, shard_state_t *
     const float *zero = shard_buffer_zeros(&state->zero, (size_t)acts->emb_dim);
     if (!logits || !zero)
         return shard_error_set(err, SHARD_ERR_NOMEM, "next_token: out of memory");
-    shard_linear(proj, hidden_or_zero(acts, row, pos, zero), 1, logits);
+    shard_linear_single(proj, hidden_or_zero(acts, row, pos, zero), logits);
     int64_t best = 0; /* the first maximum, as argmax breaks ties */
     for (int64_t v = 1; v < proj->out; v++)
         if (logits[v] > logits[best])

@@ -26,8 +26,7 @@ shard_status_t shard_bf16_prepare(int64_t k, int64_t n, int64_t ldw, shard_error
 {
     if (!shard_bf16_native())
         return SHARD_OK; /* the fallback needs no primitive */
-    return shard_matmul_get(dnnl_bf16, dnnl_bf16, dnnl_f32, k, n, ldw, err) ? SHARD_OK
-                                                                            : err->code;
+    return shard_matmul_prepare(dnnl_bf16, dnnl_bf16, dnnl_f32, k, n, ldw, err);
 }
 
 static _Thread_local void *thread_work;
@@ -61,15 +60,13 @@ static void add_bias(const float *b, int64_t rows, int64_t no, float *y)
 static bool native(const shard_linear_t *l, int64_t o0, int64_t no, int64_t c0, int64_t nc,
                    const float *x, int64_t rows, float *y)
 {
-    shard_error_t err = {0};
-    const shard_matmul_t *mm = shard_matmul_get(dnnl_bf16, dnnl_bf16, dnnl_f32, nc, no, l->in,
-                                                &err);
     uint16_t *xb = work((size_t)(rows * nc) * sizeof *xb);
-    if (!mm || !xb)
+    if (!xb)
         return false;
     for (int64_t i = 0; i < rows * nc; i++)
         xb[i] = shard_float_to_bf16(x[i]);
-    return shard_matmul_run(mm, rows, xb, l->bf16 + o0 * l->in + c0, y);
+    return shard_matmul_rows(dnnl_bf16, dnnl_bf16, dnnl_f32, nc, no, l->in, rows, xb,
+                             sizeof *xb, l->bf16 + o0 * l->in + c0, y, sizeof *y);
 }
 
 /* y[rows][no] = x W^T, tile by tile of widened weights. */

@@ -27,8 +27,7 @@ int shard_int8_weight_max(void)
 
 shard_status_t shard_int8_prepare(int64_t k, int64_t n, int64_t ldw, shard_error_t *err)
 {
-    return shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, k, n, ldw, err) ? SHARD_OK
-                                                                         : err->code;
+    return shard_matmul_prepare(dnnl_s8, dnnl_s8, dnnl_s32, k, n, ldw, err);
 }
 
 /* Work space of the calling thread: quantised rows and int32 products. */
@@ -74,13 +73,10 @@ static void fill_nan(float *y, int64_t rows, int64_t cols)
 void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int64_t c0,
                        int64_t nc, const float *x, int64_t rows, bool bias, float *y)
 {
-    shard_error_t err = {0};
-    const shard_matmul_t *mm =
-        shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in, &err);
     int8_t *q = grow((void **)&thread_q, &thread_q_size, (size_t)(rows * nc));
     int32_t *acc = grow((void **)&thread_acc, &thread_acc_size,
                         (size_t)(rows * no) * sizeof *acc);
-    if (!mm || !q || !acc) {
+    if (!q || !acc) {
         fill_nan(y, rows, no); /* out of memory mid-forward: NaN, never a wrong number */
         return;
     }
@@ -92,7 +88,8 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
     }
     for (int64_t r = 0; r < rows; r++)
         scales[r] = quantise_row(x + r * nc, nc, q + r * nc);
-    if (!shard_matmul_run(mm, rows, q, linear->i8 + o0 * linear->in + c0, acc)) {
+    if (!shard_matmul_rows(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in, rows, q, 1,
+                           linear->i8 + o0 * linear->in + c0, acc, sizeof *acc)) {
         fill_nan(y, rows, no);
     } else {
         const float *ws = linear->scale + o0;

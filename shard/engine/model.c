@@ -403,6 +403,88 @@ static shard_status_t bind_embeddings(binder_t *b)
     return status;
 }
 
+/* Frees a buffer the model owns (one replaced by a copy) and forgets it. */
+static void release_owned(shard_model_t *model, const void *buffer)
+{
+    for (size_t i = 0; buffer && i < model->n_owned; i++)
+        if (model->owned[i] == buffer) {
+            free(model->owned[i]);
+            model->owned[i] = model->owned[--model->n_owned];
+            return;
+        }
+}
+
+/* Q, K and V as one [3d][d] layer, so that a layer's input is read by one
+ * product instead of three. Made once at open in the layer's precision
+ * (rows concatenated: per-output-channel int8 scales stay exact); q, k and v
+ * then view their thirds of it, and the copies they owned are freed. */
+static shard_status_t fuse_qkv(binder_t *b, shard_layer_t *layer)
+{
+    shard_linear_t *parts[3] = {&layer->q, &layer->k, &layer->v};
+    const int64_t d = layer->q.in;
+    const size_t part = (size_t)d * (size_t)d;
+    const shard_precision_t type = layer->q.type;
+    shard_linear_t *f = &layer->qkv;
+    *f = (shard_linear_t){.in = d, .out = 3 * d, .type = type};
+    const size_t elem = type == SHARD_PRECISION_INT8 ? 1
+                        : type == SHARD_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float);
+    unsigned char *w = malloc(3 * part * elem);
+    float *bias = malloc(3 * (size_t)d * sizeof *bias);
+    float *scale = type == SHARD_PRECISION_INT8 ? malloc(3 * (size_t)d * sizeof *scale) : NULL;
+    if (!w || !bias || (type == SHARD_PRECISION_INT8 && !scale)) {
+        free(w);
+        free(bias);
+        free(scale);
+        return shard_error_set(b->err, SHARD_ERR_NOMEM, "out of memory fusing Q, K and V");
+    }
+    for (int j = 0; j < 3; j++) {
+        const shard_linear_t *l = parts[j];
+        const void *src = type == SHARD_PRECISION_INT8   ? (const void *)l->i8
+                          : type == SHARD_PRECISION_BF16 ? (const void *)l->bf16
+                                                         : (const void *)l->weight;
+        memcpy(w + (size_t)j * part * elem, src, part * elem);
+        memcpy(bias + j * d, l->bias, (size_t)d * sizeof *bias);
+        if (scale)
+            memcpy(scale + j * d, l->scale, (size_t)d * sizeof *scale);
+    }
+    shard_status_t status = own_buffer(b->model, w, b->err);
+    if (!status)
+        status = own_buffer(b->model, bias, b->err);
+    else
+        free(bias);
+    if (scale && !status)
+        status = own_buffer(b->model, scale, b->err);
+    else if (scale)
+        free(scale);
+    if (status)
+        return status;
+    for (int j = 0; j < 3; j++) {
+        shard_linear_t *l = parts[j];
+        release_owned(b->model, l->weight);
+        release_owned(b->model, l->bf16);
+        release_owned(b->model, l->i8);
+        release_owned(b->model, l->scale);
+        release_owned(b->model, l->bias);
+        l->bias = bias + j * d;
+        if (type == SHARD_PRECISION_INT8) {
+            l->i8 = (const int8_t *)w + j * part;
+            l->scale = scale + j * d;
+        } else if (type == SHARD_PRECISION_BF16) {
+            l->bf16 = (const uint16_t *)w + j * part;
+        } else {
+            l->weight = (const float *)w + j * part;
+        }
+    }
+    f->bias = bias;
+    f->i8 = type == SHARD_PRECISION_INT8 ? (const int8_t *)w : NULL;
+    f->scale = scale;
+    f->bf16 = type == SHARD_PRECISION_BF16 ? (const uint16_t *)w : NULL;
+    f->weight = type == SHARD_PRECISION_FP32 ? (const float *)w : NULL;
+    return type == SHARD_PRECISION_INT8   ? shard_int8_prepare(d, 3 * d, d, b->err)
+           : type == SHARD_PRECISION_BF16 ? shard_bf16_prepare(d, 3 * d, d, b->err)
+                                          : SHARD_OK;
+}
+
 static shard_status_t bind_layer(binder_t *b, int64_t i, shard_layer_t *layer)
 {
     const int64_t d = b->model->config.emb_dim, h = b->model->config.hidden_dim;
@@ -414,6 +496,8 @@ static shard_status_t bind_layer(binder_t *b, int64_t i, shard_layer_t *layer)
         if (bind_linear(b, attention[j].linear, true, true, name, d, d))
             return b->err->code;
     }
+    if (fuse_qkv(b, layer))
+        return b->err->code;
     snprintf(name, sizeof name, "layer_norm1.%lld", (long long)i);
     if (bind_norm(b, &layer->norm1, name, d))
         return b->err->code;
@@ -529,7 +613,8 @@ static void set_precision_note(shard_model_t *model)
                                    : "bf16 weights, fp32 products: this CPU has no AVX512_BF16";
     if (model->precision == SHARD_PRECISION_INT8) {
         shard_error_t err = {0};
-        const shard_matmul_t *mm = shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, 64, 64, 64, &err);
+        const shard_matmul_t *mm = shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, SHARD_MATMUL_ROWS,
+                                                    64, 64, 64, &err);
         snprintf(buf, sizeof buf,
                  "int8 weights (|q| <= %d%s), int8 products, int32 accumulation (oneDNN %s)",
                  shard_int8_weight_max(),

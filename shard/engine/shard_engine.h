@@ -208,6 +208,36 @@ shard_status_t shard_embed(const shard_model_t *model, shard_state_t *state,
 shard_status_t shard_run_layers(const shard_model_t *model, shard_state_t *state,
                                 shard_acts_t *acts, shard_error_t *err);
 
+/* Stage 0 of a cached generation step: positions [first, seq) of a single
+ * row (every one of them real: no attention mask zero, no pad id in the
+ * default mask's range), as shard_embed would compute them. */
+shard_status_t shard_embed_from(const shard_model_t *model, shard_state_t *state,
+                                const shard_inputs_t *inputs, int64_t first, shard_acts_t *acts,
+                                shard_error_t *err);
+
+/* ---------------------------------------------------------------- key/value cache */
+
+/* The keys and values of one row's positions in every layer of a model
+ * range, for greedy generation on causal models: a step runs only the new
+ * positions through the layers and gets the bits the whole prefix would
+ * give them. One cache per generation (and per stage of a pipeline, for its
+ * own layers); shard_kv_cache_reset starts the next. */
+typedef struct shard_kv_cache shard_kv_cache_t;
+
+shard_kv_cache_t *shard_kv_cache_new(void);
+void shard_kv_cache_destroy(shard_kv_cache_t **self_p);
+void shard_kv_cache_reset(shard_kv_cache_t *cache);
+/* Positions cached so far. */
+int64_t shard_kv_cache_length(const shard_kv_cache_t *cache);
+
+/* Runs the model's layer range over acts in place, acts being one row's
+ * positions [length, length + n) (length = shard_kv_cache_length, every
+ * position real), each attending to the cached positions and the new ones
+ * up to itself; then the cache holds [0, length + n). Causal models only. */
+shard_status_t shard_run_layers_cached(const shard_model_t *model, shard_state_t *state,
+                                       shard_kv_cache_t *cache, shard_acts_t *acts,
+                                       shard_error_t *err);
+
 /* ---------------------------------------------------------------- outputs */
 
 typedef enum { SHARD_F32 = 0, SHARD_I64 = 1 } shard_elem_t;
@@ -293,7 +323,11 @@ shard_status_t shard_forward(const shard_model_t *model, shard_state_t *state, s
 
 /* Greedy generation from one row: steps times, append the argmax of the last
  * position's LM logits (langs extended with lang_fill when langs given).
- * Outputs "generated_ids" [1][len+steps] and "new_ids" [1][steps]. */
+ * Outputs "generated_ids" [1][len+steps] and "new_ids" [1][steps]. On a
+ * causal model each step runs only the new position (a key/value cache in
+ * the call), with the outputs of recomputing the whole sequence; the whole
+ * sequence is recomputed where the cache cannot continue (a non-causal
+ * model, a pad id in the sequence). */
 shard_status_t shard_generate_greedy(const shard_model_t *model, shard_state_t *state,
                                      const shard_inputs_t *inputs,
                                      int64_t steps, int64_t lang_fill,

@@ -42,12 +42,12 @@ void shard_state_destroy(shard_state_t **self_p)
         return;
     shard_state_t *state = *self_p;
     /* Every buffer of struct shard_state (the assertion below counts them). */
-    shard_buffer_t *buffers[] = {&state->q,    &state->k,          &state->v,
+    shard_buffer_t *buffers[] = {&state->qkv,
                                  &state->ctx,  &state->ffn,        &state->scores,
                                  &state->zero, &state->packed_out, &state->summary,
                                  &state->proj_x, &state->proj_logits};
     _Static_assert(sizeof buffers / sizeof buffers[0] * sizeof(shard_buffer_t) +
-                       sizeof(shard_acts_t *) == sizeof(shard_state_t),
+                       sizeof(shard_acts_t *) + sizeof(double) == sizeof(shard_state_t),
                    "shard_state_destroy frees every buffer");
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++)
         buffer_free(buffers[i]);
