@@ -44,9 +44,15 @@ static void pair_read(const cJSON *json, xlm_pair_t *pair, bool no_source)
         pair->src = "";
 }
 
+/* 17 digits, as xlm-score writes them: cJSON's own printing takes 15 when
+ * they read back within an epsilon, which loses the last bits of a score. */
 static cJSON *number_or_null(double value)
 {
-    return isfinite(value) ? cJSON_CreateNumber(value) : cJSON_CreateNull();
+    if (!isfinite(value))
+        return cJSON_CreateNull();
+    char text[32];
+    snprintf(text, sizeof text, "%.17g", value);
+    return cJSON_CreateRaw(text);
 }
 
 static cJSON *result_json(const xlm_pair_score_t *s, bool token_scores)

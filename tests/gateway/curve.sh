@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The gateway and the Python client in front of a broker that requires
+# CURVE on both ports (deploy/local/start --curve): with the allowed client
+# key both score the 200 bundled pairs exactly as xlm-score does; without
+# keys, or with a key pair the broker does not allow, they are refused (the
+# gateway is not ready and answers 503, the Python client gets no answer).
+# Usage: curve.sh BUILD_DIR PYTHON
+set -euo pipefail
+export XLM_E2E_CURVE=1
+. "$(dirname "$0")/lib.sh"
+e2e_init gateway-curve "$1"
+python=$2
+e2e_start --model "$top/models/tiny-clm-enfr" --stages 1 --timeout 120
+keys=$run_dir/keys
+[ -f "$keys/client.key" ] && [ -f "$keys/broker.pub" ] || e2e_fail "start --curve made no keys in $keys"
+pairs=$top/models/tiny-clm-enfr/examples/pairs.tsv
+"$build/bin/xlm-score" --endpoint "$endpoint" "${e2e_client_keys[@]}" --mode clm --quiet \
+  --input "$pairs" --output "$run_dir/ref.jsonl" || e2e_fail "xlm-score with the client key failed"
+"$build/bin/xlm-keygen" "$run_dir/stranger" > /dev/null
+
+# The gateway with the allowed key: ready, and /v1/score equals xlm-score.
+gw_start --curve-secret "$keys/client.key" --curve-server "$keys/broker.pub"
+e2e_wait_until 20 "the gateway to be ready through CURVE" \
+  sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' $gw_url/v2/health/ready)\" = 200 ]"
+"$python" - "$pairs" "$run_dir/score.json" <<'PY'
+import json, sys
+pairs = [dict(zip(("src_lang", "src", "tgt_lang", "tgt"), l.rstrip("\n").split("\t"))) for l in open(sys.argv[1])]
+json.dump({"mode": "clm", "pairs": pairs}, open(sys.argv[2], "w"))
+PY
+gw_curl POST /v1/score "$run_dir/score.json"
+gw_expect 200 "/v1/score through CURVE"
+"$python" - "$run_dir/ref.jsonl" "$run_dir/body" <<'PY' || e2e_fail "the gateway's scores through CURVE differ from xlm-score's"
+import json, sys
+ref = [json.loads(l) for l in open(sys.argv[1])]
+got = json.load(open(sys.argv[2]))["results"]
+assert len(got) == len(ref) == 200, (len(got), len(ref))
+for i, (g, r) in enumerate(zip(got, ref)):
+    assert g["score"] == r["score"] and g["n_target_tokens"] == r["n_target_tokens"], (i, g, r)
+PY
+gw_stop
+
+# The gateway without keys, and with a key pair the broker does not allow:
+# never ready, and a request is 503, not a hang.
+for how in plain stranger; do
+  opts=()
+  [ $how = stranger ] && opts=(--curve-secret "$run_dir/stranger.key" --curve-server "$keys/broker.pub")
+  gw_start ${opts[@]+"${opts[@]}"} --attempt-timeout-ms 500 --max-attempts 2
+  sleep 1
+  gw_curl GET /v2/health/ready
+  [ "$code" != 200 ] || e2e_fail "a gateway with $how keys is ready behind a CURVE broker"
+  gw_curl POST /v1/score "$run_dir/score.json" --max-time 60
+  [ "$code" = 503 ] || [ "$code" = 504 ] ||
+    e2e_fail "/v1/score from a gateway with $how keys: HTTP $code, expected 503 or 504: $(head -c 300 "$run_dir/body")"
+  gw_stop
+done
+
+# The Python client: the allowed key scores equal to xlm-score; a stranger's
+# key gets no answer (its attempts time out).
+PYTHONPATH="$build/python${PYTHONPATH:+:$PYTHONPATH}" "$python" - "$endpoint" "$keys" "$run_dir" "$pairs" <<'PY' ||
+import json, sys
+import xlmserve
+endpoint, keys, run_dir, pairs_path = sys.argv[1:]
+pairs = [tuple(l.rstrip("\n").split("\t")) for l in open(pairs_path)]
+ref = [json.loads(l) for l in open(f"{run_dir}/ref.jsonl")]
+with xlmserve.Client(endpoint, curve_server=f"{keys}/broker.pub", curve_secret=f"{keys}/client.key",
+                     attempt_timeout_ms=5000, max_attempts=10) as c:
+    got = c.score_pairs(pairs, mode="clm")
+assert len(got) == 200
+for i, (g, r) in enumerate(zip(got, ref)):
+    assert g["score"] == r["score"], (i, g, r)
+with xlmserve.Client(endpoint, curve_server=f"{keys}/broker.pub", curve_secret=f"{run_dir}/stranger.key",
+                     attempt_timeout_ms=300, max_attempts=2) as c:
+    try:
+        refused = c.score_pairs(pairs[:2], mode="clm")
+    except Exception as e:  # a client that gives up on a request may raise
+        refused = [{"error": str(e)}]
+assert all("error" in r for r in refused), refused
+print("python: 200 pairs through CURVE equal to xlm-score; a stranger's key got no score")
+PY
+  e2e_fail "the Python client through CURVE"
+echo "gateway-curve: gateway and Python client score through CURVE as xlm-score does; plain and stranger keys refused"
