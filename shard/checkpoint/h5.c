@@ -527,6 +527,15 @@ static shard_status_t h5_load(tensor_file_t *self, size_t index, shard_error_t *
     return SHARD_OK;
 }
 
+static void h5_discard(tensor_file_t *self, size_t index)
+{
+    h5_backing_t *b = self->backing;
+    tensor_entry_t *e = &self->entries[index];
+    free(b->buffers[e->slot]);
+    b->buffers[e->slot] = NULL;
+    e->data = NULL;
+}
+
 /* The translation hook of the module comment. Weight names that are not
  * "<model>/<path>:0" are dropped. */
 static bool h5_translate(const char *stored, char *name, size_t size, bool *transpose)
@@ -632,6 +641,7 @@ static tensor_file_t *open_h5_here(const char *path, const uint8_t *image, size_
     tf->backing = b;
     tf->release = h5_release;
     tf->load = h5_load;
+    tf->discard = h5_discard;
     /* Errors are reported here, with the file and tensor; libhdf5's own
      * stack printing would only repeat them on stderr. */
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -676,6 +686,18 @@ static tensor_file_t *open_h5_here(const char *path, const uint8_t *image, size_
     if (list_weights(tf, b, err) != SHARD_OK
         || tensor_file_translate(tf, h5_translate, err) != SHARD_OK)
         goto fail_open;
+    if (image == NULL) {
+        /* Listing walked every group and attribute, and libhdf5 keeps what
+         * it read cached with the open file: more than a pipeline stage's
+         * share of a small model. Reopened, the file caches only what the
+         * stage's own datasets need. */
+        H5Fclose(b->file);
+        b->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (b->file < 0) {
+            shard_error_set(err, SHARD_ERR_IO, "tensor_file_open_h5: cannot reopen %s", path);
+            goto fail_open;
+        }
+    }
     return tf;
 fail:
     if (fapl >= 0)

@@ -133,6 +133,10 @@ struct tensor_file {
      * index (opening what holds it); load sets its data. */
     shard_status_t (*resolve)(tensor_file_t *self, size_t index, shard_error_t *err);
     shard_status_t (*load)(tensor_file_t *self, size_t index, shard_error_t *err);
+    /* Frees what a reader loaded for entry index (data back to NULL, so a
+     * later fetch loads it again); NULL: the reader holds nothing it can
+     * give back (mapped files, shared storages). */
+    void (*discard)(tensor_file_t *self, size_t index);
     /* Reader-specific teardown of what backs the entries' data. */
     void (*release)(tensor_file_t *self);
     void *backing;
@@ -175,6 +179,12 @@ typedef bool (*tensor_translate_fn)(const char *stored, char *name, size_t name_
 /* Renames every entry with fn and flips the shape of the transposed ones. */
 shard_status_t tensor_file_translate(tensor_file_t *file, tensor_translate_fn fn,
                                      shard_error_t *err);
+
+/* Tells the reader the engine holds its own copy of entry name now (Q, K
+ * and V fused into one matrix), so the bytes it loaded may go: a stage then
+ * holds its share once. A no-op for readers without a discard hook and for
+ * names the file does not have. */
+void tensor_file_discard(tensor_file_t *file, const char *name);
 
 /* Frees entries and calls release; accepts NULL. */
 void tensor_file_destroy(tensor_file_t **self_p);

@@ -125,6 +125,13 @@ shard_status_t tensor_file_fetch(tensor_file_t *file, const char *name,
     return st;
 }
 
+void tensor_file_discard(tensor_file_t *file, const char *name)
+{
+    tensor_entry_t *e = (tensor_entry_t *)tensor_file_find(file, name);
+    if (e != NULL && e->data != NULL && file->discard != NULL)
+        file->discard(file, (size_t)(e - file->entries));
+}
+
 shard_status_t tensor_file_translate(tensor_file_t *file, tensor_translate_fn fn,
                                      shard_error_t *err)
 {

@@ -100,7 +100,7 @@ static shard_status_t run_layer_cached(const shard_model_t *model, shard_state_t
     if (!qkv || !ctx || !ffn || !scores)
         return shard_error_set(err, SHARD_ERR_NOMEM, "kv cache: out of memory for %lld positions",
                                (long long)n);
-    shard_linear(&layer->qkv, acts->hidden, n, qkv);
+    shard_linear_qkv(layer, acts->hidden, n, qkv);
     for (int64_t t = 0; t < n; t++)
         memcpy(kv + (cached + t) * 2 * d, qkv + t * 3 * d + d, (size_t)(2 * d) * sizeof *kv);
 #pragma omp parallel for schedule(dynamic, 1) if (n > 1)

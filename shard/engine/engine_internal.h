@@ -43,8 +43,9 @@ typedef struct {
 } shard_norm_t;
 
 typedef struct {
-    shard_linear_t q, k, v, out; /* q, k and v view their thirds of qkv */
-    shard_linear_t qkv;          /* [3d][d]: Q, K and V in one product */
+    shard_linear_t q, k, v, out; /* bf16, int8: q, k and v view their thirds of qkv */
+    shard_linear_t qkv;          /* [3d][d]: Q, K and V in one product (bf16, int8; out 0
+                                  * in fp32, whose weights stay in place) */
     shard_norm_t norm1;
     shard_linear_t ffn_in, ffn_out;
     shard_norm_t norm2;
@@ -174,6 +175,10 @@ bool shard_heads_know_tensor(const char *name);
 
 /* y[rows][out] = x[rows][in] W^T + b */
 void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, float *y);
+/* qkv[rows][3d] = [q ; k ; v] of x: the fused matrix where the layer has one
+ * (bf16, int8), else three products from the weights in place (fp32: the
+ * mapped checkpoint, no copy). */
+void shard_linear_qkv(const shard_layer_t *layer, const float *x, int64_t rows, float *qkv);
 /* y[out] = x[in] W^T + b for one row outside the row tiles (not batch
  * invariant: gemv in fp32): for the LM projection of greedy decoding, whose
  * one position every path projects with this same call. */

@@ -375,7 +375,7 @@ static shard_status_t run_layer(const shard_model_t *model, shard_state_t *state
     if (!qkv || !ctx || !ffn || !scores)
         return shard_error_set(err, SHARD_ERR_NOMEM, "run_layer: out of memory for %lld positions",
                                (long long)T);
-    shard_linear(&layer->qkv, acts->hidden, T, qkv);
+    shard_linear_qkv(layer, acts->hidden, T, qkv);
     const double start = omp_get_wtime();
     attend(c, acts, qkv, ctx, scores, longest);
     state->attention_seconds += omp_get_wtime() - start;

@@ -21,22 +21,28 @@
  * below about 32 rows. */
 
 /* One product of a sub-matrix of a layer: y[rows][no] = x[rows][nc]
- * W[o0:o0+no, c0:c0+nc]^T (+ b[o0:o0+no] when bias). */
+ * W[o0:o0+no, c0:c0+nc]^T (+ b[o0:o0+no] when bias); y's rows are ldy
+ * floats apart (0: no, packed). Only fp32 writes strided rows (Q, K and V
+ * into one [T][3d] buffer straight from the mapped weights). */
 typedef struct {
     const shard_linear_t *linear;
     int64_t o0, no, c0, nc;
     bool bias;
+    int64_t ldy;
 } product_t;
+
+static int64_t product_ldy(const product_t *p) { return p->ldy ? p->ldy : p->no; }
 
 static void product_fp32(const product_t *p, const float *x, int64_t rows, float *y)
 {
     const shard_linear_t *l = p->linear;
     const float *b = p->bias && l->bias ? l->bias + p->o0 : NULL;
+    const int64_t ldy = product_ldy(p);
     for (int64_t r = 0; b && r < rows; r++)
-        memcpy(y + r * p->no, b, (size_t)p->no * sizeof *y);
+        memcpy(y + r * ldy, b, (size_t)p->no * sizeof *y);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)p->no,
                 (blasint)p->nc, 1.0f, x, (blasint)p->nc, l->weight + p->o0 * l->in + p->c0,
-                (blasint)l->in, b ? 1.0f : 0.0f, y, (blasint)p->no);
+                (blasint)l->in, b ? 1.0f : 0.0f, y, (blasint)ldy);
 }
 
 static void product_any(const product_t *p, const float *x, int64_t rows, float *y)
@@ -81,20 +87,38 @@ static void product(const product_t *p, const float *x, int64_t rows, float *y)
     float *px = tile_buffer(&tile_x, &tile_x_count, (size_t)(SHARD_ROW_TILE * p->nc));
     float *py = tile_buffer(&tile_y, &tile_y_count, (size_t)(SHARD_ROW_TILE * p->no));
     if (!px || !py) { /* out of memory mid-forward: NaN, never a wrong number */
-        for (int64_t i = 0; i < rest * p->no; i++)
-            y[full * p->no + i] = NAN;
+        for (int64_t r = 0; r < rest; r++)
+            for (int64_t i = 0; i < p->no; i++)
+                y[(full + r) * product_ldy(p) + i] = NAN;
         return;
     }
     memcpy(px, x + full * p->nc, (size_t)(rest * p->nc) * sizeof *px);
     memset(px + rest * p->nc, 0, (size_t)((SHARD_ROW_TILE - rest) * p->nc) * sizeof *px);
-    product_any(p, px, SHARD_ROW_TILE, py);
-    memcpy(y + full * p->no, py, (size_t)(rest * p->no) * sizeof *y);
+    const product_t packed = {p->linear, p->o0, p->no, p->c0, p->nc, p->bias, 0};
+    product_any(&packed, px, SHARD_ROW_TILE, py);
+    const int64_t ldy = product_ldy(p);
+    for (int64_t r = 0; r < rest; r++)
+        memcpy(y + (full + r) * ldy, py + r * p->no, (size_t)p->no * sizeof *y);
 }
 
 void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, float *y)
 {
-    const product_t p = {linear, 0, linear->out, 0, linear->in, true};
+    const product_t p = {linear, 0, linear->out, 0, linear->in, true, 0};
     product(&p, x, rows, y);
+}
+
+void shard_linear_qkv(const shard_layer_t *layer, const float *x, int64_t rows, float *qkv)
+{
+    if (layer->qkv.out) {
+        shard_linear(&layer->qkv, x, rows, qkv);
+        return;
+    }
+    const shard_linear_t *parts[3] = {&layer->q, &layer->k, &layer->v};
+    for (int j = 0; j < 3; j++) {
+        const product_t p = {parts[j], 0, parts[j]->out, 0, parts[j]->in, true,
+                             3 * parts[j]->out};
+        product(&p, x, rows, qkv + j * parts[j]->out);
+    }
 }
 
 void shard_linear_single(const shard_linear_t *linear, const float *x, float *y)
@@ -119,14 +143,14 @@ void shard_linear_zero_input(const shard_linear_t *linear, float *y)
 void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t count,
                           const float *x, int64_t rows, float *y)
 {
-    const product_t p = {linear, first, count, 0, linear->in, true};
+    const product_t p = {linear, first, count, 0, linear->in, true, 0};
     product(&p, x, rows, y);
 }
 
 void shard_linear_columns(const shard_linear_t *linear, int64_t first, int64_t cols,
                           const float *x, int64_t rows, bool with_bias, float *y)
 {
-    const product_t p = {linear, 0, linear->out, first, cols, with_bias};
+    const product_t p = {linear, 0, linear->out, first, cols, with_bias, 0};
     product(&p, x, rows, y);
 }
 

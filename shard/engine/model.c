@@ -8,6 +8,9 @@
 #include "engine_internal.h"
 
 #include <math.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -418,13 +421,19 @@ static void release_owned(shard_model_t *model, const void *buffer)
  * product instead of three. Made once at open in the layer's precision
  * (rows concatenated: per-output-channel int8 scales stay exact); q, k and v
  * then view their thirds of it, and the copies they owned are freed. */
-static shard_status_t fuse_qkv(binder_t *b, shard_layer_t *layer)
+static shard_status_t fuse_qkv(binder_t *b, int64_t index, shard_layer_t *layer)
 {
     shard_linear_t *parts[3] = {&layer->q, &layer->k, &layer->v};
     const int64_t d = layer->q.in;
     const size_t part = (size_t)d * (size_t)d;
     const shard_precision_t type = layer->q.type;
     shard_linear_t *f = &layer->qkv;
+    /* fp32 keeps Q, K and V where the reader has them (mapped, shared):
+     * a fused copy would hold the layer's attention weights twice. */
+    if (type == SHARD_PRECISION_FP32) {
+        *f = (shard_linear_t){0};
+        return SHARD_OK;
+    }
     *f = (shard_linear_t){.in = d, .out = 3 * d, .type = type};
     const size_t elem = type == SHARD_PRECISION_INT8 ? 1
                         : type == SHARD_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float);
@@ -475,6 +484,17 @@ static shard_status_t fuse_qkv(binder_t *b, shard_layer_t *layer)
             l->weight = (const float *)w + j * part;
         }
     }
+    /* The reader's own copies of the three (h5 reads datasets into memory)
+     * would hold the layer's attention weights twice. */
+    static const char *const part_names[3] = {"q_lin", "k_lin", "v_lin"};
+    for (int j = 0; j < 3; j++) {
+        char name[256];
+        snprintf(name, sizeof name, "attentions.%lld.%s.weight", (long long)index, part_names[j]);
+        tensor_file_discard(b->model->file, name);
+        snprintf(name, sizeof name, "transformer.attentions.%lld.%s.weight", (long long)index,
+                 part_names[j]);
+        tensor_file_discard(b->model->file, name);
+    }
     f->bias = bias;
     f->i8 = type == SHARD_PRECISION_INT8 ? (const int8_t *)w : NULL;
     f->scale = scale;
@@ -496,7 +516,7 @@ static shard_status_t bind_layer(binder_t *b, int64_t i, shard_layer_t *layer)
         if (bind_linear(b, attention[j].linear, true, true, name, d, d))
             return b->err->code;
     }
-    if (fuse_qkv(b, layer))
+    if (fuse_qkv(b, i, layer))
         return b->err->code;
     snprintf(name, sizeof name, "layer_norm1.%lld", (long long)i);
     if (bind_norm(b, &layer->norm1, name, d))
@@ -671,6 +691,12 @@ shard_model_t *shard_model_open(const char *dir, const shard_model_options_t *op
     if (bind_all(&binder))
         goto fail;
     free(binder.used);
+#ifdef __GLIBC__
+    /* Binding frees what it replaced (readers' copies, unfused Q/K/V) in
+     * the middle of the heap, where glibc keeps it resident: give those
+     * pages back, so a stage holds its share and no more. */
+    malloc_trim(0);
+#endif
     shard_set_threads(options->threads);
     set_precision_note(model);
     return model;
