@@ -12,7 +12,11 @@
  * The translation hook turns TF's names into the PyTorch names the engine
  * binds (modeling_tf_pytorch_utils.py's rules): drop the model's scope and
  * ":0", "_._" and "/" become ".", kernel becomes weight (stored [in, out],
- * so transposed), gamma/beta/embeddings become weight/bias/weight. */
+ * so transposed), gamma/beta/embeddings become weight/bias/weight.
+ *
+ * This file makes the libhdf5 calls; what the attributes' values mean (the
+ * name lists, the global heap references, the translation) is interpreted
+ * over plain bytes in h5_names.c, which fuzz_h5_attrs drives alone. */
 #include "checkpoint_internal.h"
 #include "h5_names.h"
 
