@@ -12,8 +12,13 @@
  * The translation hook turns TF's names into the PyTorch names the engine
  * binds (modeling_tf_pytorch_utils.py's rules): drop the model's scope and
  * ":0", "_._" and "/" become ".", kernel becomes weight (stored [in, out],
- * so transposed), gamma/beta/embeddings become weight/bias/weight. */
+ * so transposed), gamma/beta/embeddings become weight/bias/weight.
+ *
+ * This file makes the libhdf5 calls; what the attributes' values mean (the
+ * name lists, the global heap references, the translation) is interpreted
+ * over plain bytes in h5_names.c, which fuzz_h5_attrs drives alone. */
 #include "checkpoint_internal.h"
+#include "h5_names.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,9 +33,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Names are paths of a few components; Keras never writes longer ones. */
-enum { H5_NAME_MAX = 1024, H5_SPLIT_MAX = 1024 };
-
 typedef struct {
     hid_t file;
     char **paths;   /* [n_slots]: "<layer>/<weight name>", the dataset */
@@ -38,24 +40,8 @@ typedef struct {
     size_t n_slots; /* entries listed, before translation; their slots */
     /* The file's raw bytes, for checking global heap references before
      * libhdf5 follows them: the image (borrowed), or the file itself. */
-    const uint8_t *image;
-    int fd;
-    uint64_t file_size;
+    h5_source_t source;
 } h5_backing_t;
-
-typedef struct {
-    char **items;
-    size_t count;
-} h5_names_t;
-
-static void names_free(h5_names_t *n)
-{
-    for (size_t i = 0; i < n->count; i++)
-        free(n->items[i]);
-    free(n->items);
-    n->items = NULL;
-    n->count = 0;
-}
 
 static void h5_release(tensor_file_t *self)
 {
@@ -70,25 +56,17 @@ static void h5_release(tensor_file_t *self)
     free(b->buffers);
     if (b->file >= 0)
         H5Fclose(b->file);
-    if (b->fd >= 0)
-        close(b->fd);
+    if (b->source.fd >= 0)
+        close(b->source.fd);
     free(b);
     self->backing = NULL;
 }
 
 /* ---------------------------------------------------------------- global heap checks
  *
- * libhdf5 1.10.8 keeps a variable-length string in a global heap
- * collection ("GCOL") and an attribute holds, per string, its length, the
- * collection's address and the object's index. H5HG_read trusts all three:
- * it copies the object's recorded size into a buffer sized by the string's
- * length, and its objects' sizes are never checked against the collection
- * (asserts only), so a corrupt file makes H5Aread copy past both (found by
- * fuzz_h5: memcpy-param-overlap in H5HG_read). Before reading strings the
- * references are read raw and checked here against the collection's bytes
- * in the file: signature, version, size inside the file, every object
- * inside the collection, the object present and exactly the string's
- * length. Only references that pass reach libhdf5's read. */
+ * The references of a variable-length string attribute are read raw and
+ * checked by h5_check_vlen_refs (h5_names.c says why) before libhdf5
+ * follows them. */
 
 static const char RAW_VLEN_TAG[] = "xlmserve raw variable-length reference";
 
@@ -130,120 +108,28 @@ static void register_raw_vlen(void)
         H5Tclose(opaque);
 }
 
-/* n bytes of the file at offset, into out: false when past its end. */
-static bool file_bytes(const h5_backing_t *b, uint64_t offset, void *out, size_t n)
-{
-    if (offset > b->file_size || n > b->file_size - offset)
-        return false;
-    if (b->image != NULL) {
-        memcpy(out, b->image + offset, n);
-        return true;
-    }
-    size_t done = 0;
-    while (done < n) {
-        ssize_t got = pread(b->fd, (uint8_t *)out + done, n - done, (off_t)(offset + done));
-        if (got <= 0 && !(got < 0 && errno == EINTR))
-            return false;
-        done += got > 0 ? (size_t)got : 0;
-    }
-    return true;
-}
-
-static uint64_t le_bytes(const uint8_t *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = n; i > 0; i--)
-        v = v << 8 | p[i - 1];
-    return v;
-}
-
-typedef struct {
-    size_t sizeof_addr, sizeof_size;
-    uint64_t base;       /* where addresses start: the superblock's offset */
-    uint64_t addr;       /* the collection in bytes, or 0 */
-    uint8_t *bytes;
-    uint64_t size;
-} heap_reader_t;
-
-/* Loads the collection at addr (kept for the next reference to it) and
- * checks it as a whole: libhdf5 walks all of its objects when it loads it. */
-static const char *load_collection(const h5_backing_t *b, heap_reader_t *h, uint64_t addr)
-{
-    if (h->bytes != NULL && h->addr == addr)
-        return NULL;
-    free(h->bytes);
-    h->bytes = NULL;
-    const size_t head = 8 + h->sizeof_size, object_head = 8 + h->sizeof_size;
-    uint8_t header[16];
-    if (addr > UINT64_MAX - h->base || !file_bytes(b, h->base + addr, header, head))
-        return "its global heap collection lies past the end of the file";
-    if (memcmp(header, "GCOL", 4) != 0 || header[4] != 1)
-        return "no global heap collection (GCOL, version 1) at its address";
-    uint64_t size = le_bytes(header + 8, h->sizeof_size);
-    if (size < head || size > b->file_size || (h->bytes = malloc(size)) == NULL
-        || !file_bytes(b, h->base + addr, h->bytes, size)) {
-        free(h->bytes);
-        h->bytes = NULL;
-        return "its global heap collection's size runs past the end of the file";
-    }
-    /* The walk H5HG__cache_heap_deserialize does, with the bounds it lacks. */
-    for (uint64_t at = head; at < size && size - at >= object_head;) {
-        uint64_t index = le_bytes(h->bytes + at, 2);
-        uint64_t length = le_bytes(h->bytes + at + 8, h->sizeof_size);
-        uint64_t need = index > 0 ? object_head + ((length + 7) & ~(uint64_t)7) : length;
-        if (length > size - at - (index > 0 ? object_head : 0) || need < object_head) {
-            free(h->bytes);
-            h->bytes = NULL;
-            return "an object of its global heap collection runs past the collection";
-        }
-        at += need;
-    }
-    h->addr = addr;
-    h->size = size;
-    return NULL;
-}
-
-/* The size of object index of the loaded collection (its last record, as
- * libhdf5 keeps the last); false when there is none. */
-static bool object_size(const heap_reader_t *h, uint64_t index, uint64_t *length)
-{
-    const size_t head = 8 + h->sizeof_size, object_head = 8 + h->sizeof_size;
-    bool found = false;
-    for (uint64_t at = head; at < h->size && h->size - at >= object_head;) {
-        uint64_t i = le_bytes(h->bytes + at, 2);
-        uint64_t n = le_bytes(h->bytes + at + 8, h->sizeof_size);
-        if (i == index && index > 0) {
-            found = true;
-            *length = n;
-        }
-        at += i > 0 ? object_head + ((n + 7) & ~(uint64_t)7) : n;
-    }
-    return found;
-}
-
-/* Checks every reference of attr (n variable-length strings) as the
- * section comment says. */
+/* Reads the n stored references of attr raw and has them checked. */
 static shard_status_t check_vlen_refs(const char *path, const h5_backing_t *b, hid_t attr,
                                       const char *where, size_t n, shard_error_t *err)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, register_raw_vlen);
-    heap_reader_t h = {0};
+    h5_heap_t heap = {0};
     hid_t fcpl = H5Fget_create_plist(b->file);
     hsize_t userblock = 0;
     if (raw_vlen_registered < 0 || fcpl < 0
-        || H5Pget_sizes(fcpl, &h.sizeof_addr, &h.sizeof_size) < 0
-        || H5Pget_userblock(fcpl, &userblock) < 0 || h.sizeof_addr < 1 || h.sizeof_addr > 8
-        || h.sizeof_size < 1 || h.sizeof_size > 8) {
+        || H5Pget_sizes(fcpl, &heap.sizeof_addr, &heap.sizeof_size) < 0
+        || H5Pget_userblock(fcpl, &userblock) < 0 || heap.sizeof_addr < 1
+        || heap.sizeof_addr > 8 || heap.sizeof_size < 1 || heap.sizeof_size > 8) {
         if (fcpl >= 0)
             H5Pclose(fcpl);
         return shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: attribute %s: "
                                "cannot read the file's address sizes", path, where);
     }
     H5Pclose(fcpl);
-    h.base = userblock;
-    const size_t width = 4 + h.sizeof_addr + 4;
-    if (n > b->file_size / width) /* each reference is stored in the file */
+    heap.base = userblock;
+    const size_t width = h5_vlen_ref_width(heap.sizeof_addr);
+    if (n > b->source.size / width) /* each reference is stored in the file */
         return shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: attribute %s: "
                                "%zu strings do not fit in the file", path, where, n);
     hid_t raw_type = H5Tcreate(H5T_OPAQUE, width);
@@ -253,27 +139,8 @@ static shard_status_t check_vlen_refs(const char *path, const h5_backing_t *b, h
         || H5Aread(attr, raw_type, raw) < 0)
         st = shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: cannot read "
                              "attribute %s", path, where);
-    for (size_t i = 0; i < n && st == SHARD_OK; i++) {
-        const uint8_t *ref = raw + i * width;
-        uint64_t length = le_bytes(ref, 4), addr = le_bytes(ref + 4, h.sizeof_addr);
-        uint64_t index = le_bytes(ref + 4 + h.sizeof_addr, 4), stored = 0;
-        if (addr == 0)
-            continue; /* a null string: libhdf5 reads nothing */
-        /* Many references to one large object would make H5Aread allocate
-         * their product; a weight or layer name is a short path. */
-        const char *bad = length > H5_NAME_MAX ? "longer than any layer or weight name"
-                                               : load_collection(b, &h, addr);
-        if (bad == NULL && !object_size(&h, index, &stored))
-            bad = "its global heap collection has no such object";
-        else if (bad == NULL && stored != length)
-            bad = "its global heap object's size is not the string's length";
-        if (bad != NULL)
-            st = shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: attribute "
-                                 "%s: string %zu (%llu bytes, heap object %llu at %llu): %s",
-                                 path, where, i, (unsigned long long)length,
-                                 (unsigned long long)index, (unsigned long long)addr, bad);
-    }
-    free(h.bytes);
+    if (st == SHARD_OK)
+        st = h5_check_vlen_refs(path, where, &b->source, &heap, raw, n, err);
     free(raw);
     if (raw_type >= 0)
         H5Tclose(raw_type);
@@ -297,12 +164,6 @@ static shard_status_t read_string_attr(const char *path, const h5_backing_t *b,
                              "not a list of strings", path, where);
         goto done;
     }
-    char **grown = realloc(names->items, (names->count + (size_t)n) * sizeof *grown);
-    if (grown == NULL) {
-        st = shard_error_set(err, SHARD_ERR_NOMEM, "tensor_file_open_h5: out of memory");
-        goto done;
-    }
-    names->items = grown;
     if (H5Tis_variable_str(type) > 0) {
         st = check_vlen_refs(path, b, attr, where, (size_t)n, err);
         if (st != SHARD_OK)
@@ -319,13 +180,7 @@ static shard_status_t read_string_attr(const char *path, const h5_backing_t *b,
                 if (raw[i] != NULL)
                     H5free_memory(raw[i]);
         } else {
-            for (hssize_t i = 0; i < n && st == SHARD_OK; i++) {
-                names->items[names->count] = strdup(raw[i] != NULL ? raw[i] : "");
-                if (names->items[names->count] == NULL)
-                    st = shard_error_set(err, SHARD_ERR_NOMEM, "tensor_file_open_h5: out of memory");
-                else
-                    names->count++;
-            }
+            st = h5_names_add_strings(names, raw, (size_t)n, err);
             H5Dvlen_reclaim(mem, space, H5P_DEFAULT, raw);
         }
         free(raw);
@@ -337,13 +192,7 @@ static shard_status_t read_string_attr(const char *path, const h5_backing_t *b,
             st = shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: cannot read "
                                  "attribute %s (strings of %zu bytes)", path, where, width);
         } else {
-            for (hssize_t i = 0; i < n && st == SHARD_OK; i++) {
-                names->items[names->count] = strndup(raw + (size_t)i * width, width);
-                if (names->items[names->count] == NULL)
-                    st = shard_error_set(err, SHARD_ERR_NOMEM, "tensor_file_open_h5: out of memory");
-                else
-                    names->count++;
-            }
+            st = h5_names_add_fixed(names, raw, (size_t)n, width, err);
         }
         free(raw);
     }
@@ -371,8 +220,7 @@ static shard_status_t read_names(const char *path, const h5_backing_t *b, hid_t 
     int part = 0;
     for (; part < H5_SPLIT_MAX; part++) {
         char split[64];
-        snprintf(split, sizeof split, "%s%d", base, part);
-        if (H5Aexists(obj, split) <= 0)
+        if (!h5_split_name(split, sizeof split, base, part) || H5Aexists(obj, split) <= 0)
             break;
         hid_t attr = H5Aopen(obj, split, H5P_DEFAULT);
         snprintf(where, sizeof where, "%s of %s", split, obj_name);
@@ -399,7 +247,7 @@ static shard_status_t check_stored(const tensor_file_t *tf, const h5_backing_t *
     if (dcpl >= 0)
         H5Pclose(dcpl);
     hsize_t stored = H5Dget_storage_size(d);
-    if (filters == 0 && (stored < nbytes || nbytes > b->file_size))
+    if (filters == 0 && (stored < nbytes || nbytes > b->source.size))
         return shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: tensor %s: "
                                "its shape needs %zu bytes, the file stores %llu for it",
                                tf->path, weight, nbytes, (unsigned long long)stored);
@@ -536,47 +384,6 @@ static void h5_discard(tensor_file_t *self, size_t index)
     e->data = NULL;
 }
 
-/* The translation hook of the module comment. Weight names that are not
- * "<model>/<path>:0" are dropped. */
-static bool h5_translate(const char *stored, char *name, size_t size, bool *transpose)
-{
-    const char *path = strchr(stored, '/');
-    size_t len = path == NULL ? 0 : strlen(path + 1);
-    if (path == NULL || len < 3 || strcmp(path + 1 + len - 2, ":0") != 0 || len >= size)
-        return false;
-    path++;
-    len -= 2;
-    size_t out = 0;
-    for (size_t i = 0; i < len;) {
-        if (strncmp(path + i, "_._", 3) == 0) {
-            name[out++] = '.';
-            i += 3;
-        } else {
-            name[out++] = path[i] == '/' ? '.' : path[i];
-            i++;
-        }
-    }
-    name[out] = '\0';
-    char *last = strrchr(name, '.');
-    last = last == NULL ? name : last + 1;
-    static const struct { const char *tf, *torch; bool transpose; } parts[] = {
-        {"kernel", "weight", true}, {"gamma", "weight", false}, {"beta", "bias", false},
-        {"embeddings", "weight", false}};
-    *transpose = false;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
-        if (strcmp(last, parts[i].tf) == 0) {
-            strcpy(last, parts[i].torch); /* never longer than the TF part */
-            *transpose = parts[i].transpose;
-            break;
-        }
-    return true;
-}
-
-static bool already_listed(const tensor_file_t *tf, const char *weight)
-{
-    return tensor_file_find(tf, weight) != NULL;
-}
-
 /* Every layer's weights; a weight listed twice (the LM head's tied copy of
  * the embeddings) is kept once, from its first layer. */
 static shard_status_t list_weights(tensor_file_t *tf, h5_backing_t *b, shard_error_t *err)
@@ -586,7 +393,7 @@ static shard_status_t list_weights(tensor_file_t *tf, h5_backing_t *b, shard_err
     shard_status_t st = read_names(tf->path, b, b->file, "/", "layer_names", &layers, err);
     for (size_t l = 0; l < layers.count && st == SHARD_OK; l++) {
         const char *layer = layers.items[l];
-        if (layer[0] == '\0' || strchr(layer, '/') != NULL || H5Lexists(b->file, layer, H5P_DEFAULT) <= 0) {
+        if (!h5_layer_name_ok(layer) || H5Lexists(b->file, layer, H5P_DEFAULT) <= 0) {
             st = shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: layer \"%s\" "
                                  "of layer_names has no group", tf->path, layer);
             break;
@@ -615,11 +422,11 @@ static shard_status_t list_weights(tensor_file_t *tf, h5_backing_t *b, shard_err
             st = shard_error_set(err, SHARD_ERR_NOMEM, "tensor_file_open_h5: out of memory");
     }
     for (size_t i = 0; i < all.count && st == SHARD_OK; i++)
-        if (!already_listed(tf, all.items[i]))
+        if (h5_first_listing(&all, i))
             st = add_entry(tf, b, layers.items[layer_of[i]], all.items[i], err);
     free(layer_of);
-    names_free(&layers);
-    names_free(&all);
+    h5_names_free(&layers);
+    h5_names_free(&all);
     return st;
 }
 
@@ -637,7 +444,7 @@ static tensor_file_t *open_h5_here(const char *path, const uint8_t *image, size_
         return NULL;
     }
     b->file = -1;
-    b->fd = -1;
+    b->source.fd = -1;
     tf->backing = b;
     tf->release = h5_release;
     tf->load = h5_load;
@@ -646,8 +453,8 @@ static tensor_file_t *open_h5_here(const char *path, const uint8_t *image, size_
      * stack printing would only repeat them on stderr. */
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     if (image != NULL) {
-        b->image = image;
-        b->file_size = size;
+        b->source.image = image;
+        b->source.size = size;
         /* The core driver over a copy of the image: nothing touches disk. */
         fapl = H5Pcreate(H5P_FILE_ACCESS);
         if (fapl < 0 || H5Pset_fapl_core(fapl, 1 << 16, 0) < 0
@@ -658,13 +465,13 @@ static tensor_file_t *open_h5_here(const char *path, const uint8_t *image, size_
         }
     } else {
         struct stat info;
-        b->fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (b->fd < 0 || fstat(b->fd, &info) != 0) {
+        b->source.fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (b->source.fd < 0 || fstat(b->source.fd, &info) != 0) {
             shard_error_set(err, SHARD_ERR_IO, "tensor_file_open_h5: cannot open %s: %s", path,
                             strerror(errno));
             goto fail;
         }
-        b->file_size = (uint64_t)info.st_size;
+        b->source.size = (uint64_t)info.st_size;
         if (H5Fis_hdf5(path) <= 0) {
             shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: not an HDF5 file",
                             path);
