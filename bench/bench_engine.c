@@ -2,11 +2,15 @@
  * of xlm-mlm-enfr-1024 and xlm-mlm-en-2048, against a large sgemm measured
  * in the same run with the same threads.
  *
- * Usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]
+ * Usage: bench-engine [--threads N[,N...]] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]
+ *                     [--precision all|fp32|bf16|int8] [--rounds N]
  *                     [--no-extras | --extras-only]
- * Per shape, a line per precision:
+ * Per shape and thread count (--threads 1,2 runs both), a line per precision:
  *   shape=NAME threads=N precision=P tokens_per_s=... gflops=... vs_fp32=... ratio=...
  *   weight_bytes=...
+ * (--precision P alone, e.g. for a perf profile, prints vs_fp32=nan: no fp32
+ * run to compare with). Rounds: the best of 5 per precision on enfr-1024, of
+ * 2 on en-2048, whose one forward pass of the batch takes seconds.
  * then (unless --no-extras), each against a reference of the same run:
  *   attention=...: the share of a forward pass spent in attention, the
  *     engine's (one task per query, all heads) and the per-head BLAS calls
@@ -33,11 +37,12 @@
 typedef struct {
     const char *name;
     int64_t emb, layers, heads, vocab;
+    int rounds; /* best of, per precision; --rounds overrides */
 } bench_shape_t;
 
 static const bench_shape_t shapes[] = {
-    {"enfr-1024", 1024, 6, 8, 64139},
-    {"en-2048", 2048, 12, 16, 30145},
+    {"enfr-1024", 1024, 6, 8, 64139, 5},
+    {"en-2048", 2048, 12, 16, 30145, 2},
 };
 
 static double now(void)
@@ -188,10 +193,10 @@ typedef struct {
     double tokens_per_s, gflops, sgemm_gflops;
 } measure_t;
 
-/* The best of 5 rounds of one model, alternating with the same-run sgemm
- * reference: this machine's speed drifts (shared cores, frequency). */
+/* The best of rounds rounds of one model, alternating with the same-run
+ * sgemm reference: this machine's speed drifts (shared cores, frequency). */
 static int measure(const shard_model_t *model, shard_state_t *state, const shard_inputs_t *in,
-                   double flops, int64_t real_tokens, measure_t *m)
+                   double flops, int64_t real_tokens, int rounds, measure_t *m)
 {
     shard_error_t err = {0};
     shard_outputs_t out;
@@ -202,7 +207,7 @@ static int measure(const shard_model_t *model, shard_state_t *state, const shard
     }
     shard_outputs_clear(&out);
     *m = (measure_t){0};
-    for (int round = 0; round < 5; round++) {
+    for (int round = 0; round < rounds; round++) {
         int reps = 0;
         double start = now(), elapsed;
         do {
@@ -380,11 +385,57 @@ static int generate_speedup(const char *dir, const char *shape, int threads)
     return same ? 0 : 1;
 }
 
-/* One line per precision: shape=NAME threads=N precision=P tokens_per_s=…
- * gflops=… vs_fp32=… ratio=… weight_bytes=… (vs_fp32: tokens/s over fp32's
- * in this run; ratio: GFLOP/s over the same-run sgemm). */
-static int run_shape(const bench_shape_t *s, const char *tmp, int threads, bool extras,
-                     bool extras_only)
+/* One line per precision of the shape's batch on the current thread count:
+ * shape=NAME threads=N precision=P tokens_per_s=… gflops=… vs_fp32=… ratio=…
+ * weight_bytes=… (vs_fp32: tokens/s over fp32's in this run; ratio: GFLOP/s
+ * over the same-run sgemm). */
+static int run_precisions(const bench_shape_t *s, const char *dir, const shard_inputs_t *in,
+                          double flops, int64_t real_tokens, int threads, int rounds,
+                          int only_precision)
+{
+    double fp32_tokens = NAN;
+    int rc = 0;
+    for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc; p++) {
+        if (only_precision >= 0 && p != only_precision)
+            continue;
+        shard_error_t err = {0};
+        shard_model_t *model = shard_model_open(
+            dir, &(shard_model_options_t){.precision = (shard_precision_t)p}, &err);
+        shard_state_t *state = model ? shard_state_new() : NULL;
+        measure_t m;
+        if (!state) {
+            fprintf(stderr, "bench-engine: %s\n", model ? "out of memory" : err.message);
+            rc = 1;
+        } else if (!(rc = measure(model, state, in, flops, real_tokens, rounds, &m))) {
+            if (p == SHARD_PRECISION_FP32)
+                fp32_tokens = m.tokens_per_s;
+            printf("shape=%s threads=%d precision=%s tokens_per_s=%.0f gflops=%.1f vs_fp32=%.3f "
+                   "ratio=%.3f weight_bytes=%zu\n",
+                   s->name, threads, shard_precision_name((shard_precision_t)p), m.tokens_per_s,
+                   m.gflops, m.tokens_per_s / fp32_tokens, m.gflops / m.sgemm_gflops,
+                   shard_model_weight_bytes(model));
+            if (p != SHARD_PRECISION_FP32)
+                printf("#   %s: %s\n", shard_precision_name((shard_precision_t)p),
+                       shard_model_precision_note(model));
+            fflush(stdout);
+        }
+        shard_state_destroy(&state);
+        shard_model_destroy(&model);
+    }
+    return rc;
+}
+
+typedef struct {
+    const int *threads; /* the thread counts to run, in order */
+    int n_threads;
+    int precision;      /* one shard_precision_t, or -1: every precision */
+    int rounds;         /* 0: the shape's own */
+    bool extras, extras_only;
+} bench_plan_t;
+
+/* The shape's checkpoint written once, every thread count's precision lines,
+ * then the extras on the last thread count. */
+static int run_shape(const bench_shape_t *s, const char *tmp, const bench_plan_t *plan)
 {
     char dir[4000];
     snprintf(dir, sizeof dir, "%.3900s/bench-%s-%d", tmp, s->name, (int)getpid());
@@ -412,34 +463,16 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads, bool 
         }
     }
     const shard_inputs_t in = {.batch = ROWS, .seq = SEQ, .input_ids = ids, .attention_mask = mask};
-    double fp32_tokens = 0.0;
+    const int rounds = plan->rounds > 0 ? plan->rounds : s->rounds;
     int rc = 0;
-    for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc && !extras_only; p++) {
-        shard_error_t err = {0};
-        shard_model_t *model = shard_model_open(
-            dir, &(shard_model_options_t){.precision = (shard_precision_t)p}, &err);
-        shard_state_t *state = model ? shard_state_new() : NULL;
-        measure_t m;
-        if (!state) {
-            fprintf(stderr, "bench-engine: %s\n", model ? "out of memory" : err.message);
-            rc = 1;
-        } else if (!(rc = measure(model, state, &in, flops, real_tokens, &m))) {
-            if (p == SHARD_PRECISION_FP32)
-                fp32_tokens = m.tokens_per_s;
-            printf("shape=%s threads=%d precision=%s tokens_per_s=%.0f gflops=%.1f vs_fp32=%.3f "
-                   "ratio=%.3f weight_bytes=%zu\n",
-                   s->name, threads, shard_precision_name((shard_precision_t)p), m.tokens_per_s,
-                   m.gflops, m.tokens_per_s / fp32_tokens, m.gflops / m.sgemm_gflops,
-                   shard_model_weight_bytes(model));
-            if (p != SHARD_PRECISION_FP32)
-                printf("#   %s: %s\n", shard_precision_name((shard_precision_t)p),
-                       shard_model_precision_note(model));
-            fflush(stdout);
-        }
-        shard_state_destroy(&state);
-        shard_model_destroy(&model);
+    for (int t = 0; t < plan->n_threads && !rc && !plan->extras_only; t++) {
+        const int threads = plan->threads[t];
+        shard_set_threads(threads);
+        rc = run_precisions(s, dir, &in, flops, real_tokens, threads, rounds, plan->precision);
     }
-    if (!rc && extras) {
+    const int threads = plan->threads[plan->n_threads - 1];
+    shard_set_threads(threads);
+    if (!rc && plan->extras) {
         shard_error_t err = {0};
         shard_model_t *model = shard_model_open(dir, NULL, &err);
         if (!model) {
@@ -471,10 +504,32 @@ static int run_shape(const bench_shape_t *s, const char *tmp, int threads, bool 
     return system(cmd) == 0 ? rc : 1;
 }
 
+/* "1,2" -> {1, 2}; each count 1..256. */
+static int parse_threads(const char *text, int *out, int cap)
+{
+    int n = 0;
+    const char *p = text;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 256 || n == cap || (*end && *end != ','))
+            return -1;
+        out[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+static const char usage_text[] =
+    "usage: bench-engine [--threads N[,N...]] [--shape enfr-1024|en-2048|all] [--dir TMPDIR]\n"
+    "                    [--precision all|fp32|bf16|int8] [--rounds N] [--no-extras | --extras-only]\n"
+    "       bench-engine --write DIR --shape NAME [--lm] [--causal]   (a random checkpoint)\n";
+
 int main(int argc, char **argv)
 {
-    int threads = 2, opt;
-    bool lm = false, causal = false, extras = true, extras_only = false;
+    int opt, thread_counts[8] = {2};
+    bool lm = false, causal = false;
+    bench_plan_t plan = {.threads = thread_counts, .n_threads = 1, .precision = -1, .extras = true};
     const char *which = "all", *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", *write = NULL;
     static const struct option options[] = {{"threads", required_argument, NULL, 't'},
                                             {"shape", required_argument, NULL, 's'},
@@ -484,6 +539,8 @@ int main(int argc, char **argv)
                                             {"causal", no_argument, NULL, 'c'},
                                             {"no-extras", no_argument, NULL, 'x'},
                                             {"extras-only", no_argument, NULL, 'X'},
+                                            {"precision", required_argument, NULL, 'p'},
+                                            {"rounds", required_argument, NULL, 'r'},
                                             {NULL, 0, NULL, 0}};
     while ((opt = getopt_long(argc, argv, "t:s:d:", options, NULL)) != -1) {
         if (opt == 'w')
@@ -493,18 +550,35 @@ int main(int argc, char **argv)
         else if (opt == 'c')
             causal = true;
         else if (opt == 'x')
-            extras = false;
+            plan.extras = false;
         else if (opt == 'X')
-            extras_only = true;
-        else if (opt == 't')
-            threads = atoi(optarg);
-        else if (opt == 's')
+            plan.extras_only = true;
+        else if (opt == 't') {
+            if ((plan.n_threads = parse_threads(optarg, thread_counts, 8)) < 1) {
+                fprintf(stderr, "bench-engine: --threads %s: expected counts 1 to 256, comma-separated (at most 8)\n", optarg);
+                return 2;
+            }
+        } else if (opt == 'p') {
+            if (strcmp(optarg, "all") == 0)
+                plan.precision = -1;
+            else if ((plan.precision = (int)shard_precision_parse(optarg, NULL)) == SHARD_PRECISION_COUNT_) {
+                fprintf(stderr, "bench-engine: --precision %s: expected all, fp32, bf16 or int8\n", optarg);
+                return 2;
+            }
+        } else if (opt == 'r') {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 1000) {
+                fprintf(stderr, "bench-engine: --rounds %s: expected 1 to 1000\n", optarg);
+                return 2;
+            }
+            plan.rounds = (int)v;
+        } else if (opt == 's')
             which = optarg;
         else if (opt == 'd')
             tmp = optarg;
         else {
-            fprintf(stderr, "usage: bench-engine [--threads N] [--shape enfr-1024|en-2048|all] [--dir TMPDIR] [--no-extras | --extras-only]\n"
-                            "       bench-engine --write DIR --shape NAME [--lm] [--causal]   (a random checkpoint)\n");
+            fputs(usage_text, stderr);
             return 2;
         }
     }
@@ -515,10 +589,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-engine: --write needs --shape enfr-1024 or en-2048\n");
         return 2;
     }
-    shard_set_threads(threads);
+    bool known = strcmp(which, "all") == 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        known |= strcmp(which, shapes[i].name) == 0;
+    if (!known) {
+        fprintf(stderr, "bench-engine: --shape %s: expected enfr-1024, en-2048 or all\n", which);
+        return 2;
+    }
     int rc = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         if (strcmp(which, "all") == 0 || strcmp(which, shapes[i].name) == 0)
-            rc |= run_shape(&shapes[i], tmp, threads, extras, extras_only);
+            rc |= run_shape(&shapes[i], tmp, &plan);
     return rc;
 }
