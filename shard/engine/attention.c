@@ -22,11 +22,6 @@ static inline void attn_store(float *p, attn_vec_t v)
 {
     memcpy(p, &v, sizeof v);
 }
-static inline attn_vec_t attn_splat(float x)
-{
-    return (attn_vec_t){x, x, x, x, x, x, x, x};
-}
-
 static int64_t attn_padded_keys(int64_t n_keys)
 {
     return (n_keys + ATTN_KEY_BLOCK - 1) / ATTN_KEY_BLOCK * ATTN_KEY_BLOCK;
@@ -53,7 +48,7 @@ attn_score_tile(int nq, const float *const *qs, const float *kt, int64_t padded,
             const attn_vec_t k_lo = attn_load(kt + c * padded + j0);
             const attn_vec_t k_hi = attn_load(kt + c * padded + j0 + ATTN_LANES);
             for (int i = 0; i < nq; i++) {
-                const attn_vec_t qc = attn_splat(qs[i][c]);
+                const float qc = qs[i][c]; /* broadcast by the scalar-vector product */
                 lo[i] += qc * k_lo;
                 hi[i] += qc * k_hi;
             }
@@ -79,7 +74,7 @@ attn_value_tile(int nq, const float *p, int64_t padded, const float *v, int64_t 
             const attn_vec_t v_lo = attn_load(v + j * ld + c0);
             const attn_vec_t v_hi = attn_load(v + j * ld + c0 + ATTN_LANES);
             for (int i = 0; i < nq; i++) {
-                const attn_vec_t pj = attn_splat(p[i * padded + j]);
+                const float pj = p[i * padded + j];
                 lo[i] += pj * v_lo;
                 hi[i] += pj * v_hi;
             }
@@ -94,7 +89,7 @@ attn_value_tile(int nq, const float *p, int64_t padded, const float *v, int64_t 
         for (int64_t j = 0; j < n_keys; j++) {
             const attn_vec_t vj = attn_load(v + j * ld + c0);
             for (int i = 0; i < nq; i++)
-                acc[i] += attn_splat(p[i * padded + j]) * vj;
+                acc[i] += p[i * padded + j] * vj;
         }
         for (int i = 0; i < nq; i++)
             attn_store(outs[i] + c0, acc[i]);
