@@ -74,7 +74,7 @@ attn_value_tile(int nq, const float *p, int64_t padded, const float *v, int64_t 
             const attn_vec_t v_lo = attn_load(v + j * ld + c0);
             const attn_vec_t v_hi = attn_load(v + j * ld + c0 + ATTN_LANES);
             for (int i = 0; i < nq; i++) {
-                const float pj = p[i * padded + j];
+                const float pj = p[i * padded + j]; /* broadcast, as above */
                 lo[i] += pj * v_lo;
                 hi[i] += pj * v_hi;
             }
@@ -129,7 +129,15 @@ attn_queries(int nq, const float *const *qs, const int64_t *keys, const float *k
  * alone, in a batch, or one step of a generation against a cache give the
  * same bits. Four queries a tile reuse each key and value load four times
  * (the per-query loop ran at 13 GFLOP/s on one thread). */
-__attribute__((target_clones("arch=haswell", "default")))
+#if defined(__clang__)
+#define ATTN_CLONES
+#else
+/* By feature: an "arch=haswell" clone is dispatched on the CPU model, and
+ * this machine's is not a Haswell (the baseline ran; the last version's
+ * loop lost FMA and AVX that way). */
+#define ATTN_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#endif
+ATTN_CLONES
 void shard_attention_head(const float *q, int64_t ldq, int64_t n_queries, const float *k,
                           const float *v, int64_t ld, int64_t n_keys, int64_t first_keys,
                           bool causal, int64_t dh, float *work, float *ctx, int64_t ldctx)
