@@ -13,9 +13,10 @@
  * 2 on en-2048, whose one forward pass of the batch takes seconds.
  * then (unless --no-extras), each against a reference of the same run:
  *   attention=...: the share of a forward pass spent in attention, the
- *     engine's (one task per query, all heads) and the per-head BLAS calls
- *     it replaced (re-run here on the same positions), for 64 rows of 8-64
- *     tokens and for 8 rows of 256;
+ *     engine's (tiles of queries per row and head) and the per-head BLAS
+ *     calls of two versions ago (share_before), and the one-query-at-a-time
+ *     loop of the last version (share_query_loop), both re-run here on the
+ *     same positions, for 64 rows of 8-64 tokens and for 8 rows of 256;
  *   row_tiles=...: the layers' products with the batch-invariant row tiles
  *     over the same products as plain sgemm calls, for the batch and for a
  *     single 30-token sentence;
@@ -25,6 +26,7 @@
 #include "shard_engine.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -255,6 +257,60 @@ static void attention_per_head_blas(const shard_config_t *c, const shard_acts_t 
     }
 }
 
+/* The attention of the last version: one query at a time over all heads,
+ * an 8-lane dot product per key, the values summed key by key; one task
+ * per query on the engine's threads. */
+enum { QUERY_LOOP_LANES = 8 };
+
+static inline float query_loop_dot(const float *a, const float *b, int64_t n)
+{
+    float lanes[QUERY_LOOP_LANES] = {0};
+    int64_t i = 0;
+    for (; i + QUERY_LOOP_LANES <= n; i += QUERY_LOOP_LANES)
+        for (int l = 0; l < QUERY_LOOP_LANES; l++)
+            lanes[l] += a[i + l] * b[i + l];
+    float sum = 0.0f;
+    for (; i < n; i++)
+        sum += a[i] * b[i];
+    for (int l = 0; l < QUERY_LOOP_LANES; l++)
+        sum += lanes[l];
+    return sum;
+}
+
+__attribute__((target_clones("arch=haswell", "default")))
+static void query_loop_one(const float *q, const float *k, const float *v, int64_t ld,
+                           int64_t n_keys, int64_t n_heads, int64_t dh, float *scores, float *ctx)
+{
+    const float scale = 1.0f / sqrtf((float)dh);
+    for (int64_t h = 0; h < n_heads; h++) {
+        for (int64_t j = 0; j < n_keys; j++)
+            scores[j] = query_loop_dot(q + h * dh, k + j * ld + h * dh, dh) * scale;
+        shard_softmax(scores, n_keys);
+        float *out = ctx + h * dh;
+        memset(out, 0, (size_t)dh * sizeof *out);
+        for (int64_t j = 0; j < n_keys; j++)
+            for (int64_t c = 0; c < dh; c++)
+                out[c] += scores[j] * v[j * ld + h * dh + c];
+    }
+}
+
+static void attention_query_loop(const shard_config_t *c, const shard_acts_t *acts,
+                                 const float *qkv, float *ctx, float *scores, int64_t longest)
+{
+    const int64_t d = c->emb_dim, ld = 3 * d, dh = d / c->n_heads;
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t t = 0; t < acts->n_tokens; t++) {
+        int64_t b = 0;
+        while (acts->row_start[b + 1] <= t)
+            b++;
+        const int64_t r0 = acts->row_start[b];
+        const int64_t n_keys = c->causal ? t - r0 + 1 : acts->row_start[b + 1] - r0;
+        const float *row = qkv + r0 * ld;
+        query_loop_one(qkv + t * ld, row + d, row + 2 * d, ld, n_keys, c->n_heads, dh,
+                       scores + (int64_t)omp_get_thread_num() * longest, ctx + t * d);
+    }
+}
+
 /* Share of attention in the forward pass of in, now and with the per-head
  * BLAS attention in its place (the rest of the pass measured unchanged). */
 static int attention_share(const shard_model_t *model, const shard_inputs_t *in, const char *label,
@@ -276,11 +332,12 @@ static int attention_share(const shard_model_t *model, const shard_inputs_t *in,
         longest = fmax(longest, acts->row_start[b + 1] - acts->row_start[b]);
     float *qkv = malloc((size_t)(T * 3 * d) * sizeof *qkv), *ctx = malloc((size_t)(T * d) * 4);
     float *scores = malloc((size_t)(longest * longest) * sizeof *scores);
+    float *query_scores = malloc((size_t)(omp_get_max_threads() * longest) * sizeof *scores);
     for (int64_t i = 0; i < T * 3 * d; i++)
         qkv[i] = random_weight(1.0f);
     shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err); /* warm-up */
     shard_outputs_clear(&out);
-    double best_forward = 1e30, best_attention = 0.0, best_old = 1e30;
+    double best_forward = 1e30, best_attention = 0.0, best_old = 1e30, best_loop = 1e30;
     for (int round = 0; round < 3; round++) {
         state->attention_seconds = 0.0;
         double start = now();
@@ -295,15 +352,23 @@ static int attention_share(const shard_model_t *model, const shard_inputs_t *in,
         for (int64_t layer = 0; layer < c->n_layers; layer++)
             attention_per_head_blas(c, acts, qkv, ctx, scores);
         best_old = fmin(best_old, now() - start);
+        start = now();
+        for (int64_t layer = 0; layer < c->n_layers; layer++)
+            attention_query_loop(c, acts, qkv, ctx, query_scores, longest);
+        best_loop = fmin(best_loop, now() - start);
     }
-    const double before = best_old / (best_forward - best_attention + best_old);
+    const double rest = best_forward - best_attention;
     printf("shape=%s threads=%d attention=%s tokens=%lld share_before=%.3f share_after=%.3f "
-           "attention_speedup=%.2f forward_speedup=%.3f\n",
-           shape, threads, label, (long long)T, before, best_attention / best_forward,
-           best_old / best_attention, (best_forward - best_attention + best_old) / best_forward);
+           "attention_speedup=%.2f forward_speedup=%.3f share_query_loop=%.3f "
+           "vs_query_loop_attention=%.2f vs_query_loop_forward=%.3f\n",
+           shape, threads, label, (long long)T, best_old / (rest + best_old),
+           best_attention / best_forward, best_old / best_attention,
+           (rest + best_old) / best_forward, best_loop / (rest + best_loop),
+           best_loop / best_attention, (rest + best_loop) / best_forward);
     free(qkv);
     free(ctx);
     free(scores);
+    free(query_scores);
     shard_acts_destroy(&acts);
     shard_state_destroy(&state);
     return 0;

@@ -96,17 +96,22 @@ static shard_status_t run_layer_cached(const shard_model_t *model, shard_state_t
     float *qkv = shard_buffer_get(&state->qkv, (size_t)(3 * n * d));
     float *ctx = shard_buffer_get(&state->ctx, (size_t)(n * d));
     float *ffn = shard_buffer_get(&state->ffn, (size_t)(n * c->hidden_dim));
-    float *scores = shard_buffer_get(&state->scores, (size_t)(threads * keys));
-    if (!qkv || !ctx || !ffn || !scores)
+    const size_t work_per_thread = shard_attention_work_floats(keys, dh);
+    float *work = shard_buffer_get(&state->scores, (size_t)threads * work_per_thread);
+    if (!qkv || !ctx || !ffn || !work)
         return shard_error_set(err, SHARD_ERR_NOMEM, "kv cache: out of memory for %lld positions",
                                (long long)n);
     shard_linear_qkv(layer, acts->hidden, n, qkv);
     for (int64_t t = 0; t < n; t++)
         memcpy(kv + (cached + t) * 2 * d, qkv + t * 3 * d + d, (size_t)(2 * d) * sizeof *kv);
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
-    for (int64_t t = 0; t < n; t++)
-        shard_attention_query(qkv + t * 3 * d, kv, kv + d, 2 * d, cached + t + 1, c->n_heads, dh,
-                              scores + (int64_t)omp_get_thread_num() * keys, ctx + t * d);
+    /* A head per task; a single step over a short cache is too little work
+     * to wake the other threads for. */
+#pragma omp parallel for schedule(dynamic, 1) if (n * keys * d >= (int64_t)1 << 18)
+    for (int64_t h = 0; h < c->n_heads; h++)
+        shard_attention_head(qkv + h * dh, 3 * d, n, kv + h * dh, kv + d + h * dh, 2 * d, keys,
+                             cached + 1, true, dh,
+                             work + (size_t)omp_get_thread_num() * work_per_thread,
+                             ctx + h * dh, d);
     shard_layer_finish(model, layer, acts, ctx, qkv, ffn);
     return SHARD_OK;
 }

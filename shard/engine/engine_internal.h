@@ -121,7 +121,7 @@ struct shard_state {
     shard_buffer_t qkv;    /* [T][3d]; reused for the out and ffn_out projections */
     shard_buffer_t ctx;    /* [T][d] attention context */
     shard_buffer_t ffn;    /* [T][h] */
-    shard_buffer_t scores; /* [threads][n] one query's scores per engine thread */
+    shard_buffer_t scores; /* [threads][shard_attention_work_floats] attention work space */
     /* heads */
     shard_buffer_t zero;       /* [d] zeros: the hidden state of positions not computed */
     shard_buffer_t packed_out; /* [T][o] a positionwise head over the packed positions */
@@ -236,12 +236,16 @@ static inline float shard_bf16_to_float(uint16_t value)
 void shard_embedding_copy(const shard_embedding_t *table, int64_t id, float *out);
 void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out);
 
-/* Attention of one query over keys [0, n_keys), all heads: k and v rows
- * ld floats apart, head h at h * dh of each row; scores [n_keys] work space;
- * ctx[n_heads * dh] = softmax(q k^T / sqrt(dh)) v per head. */
-void shard_attention_query(const float *q, const float *k, const float *v, int64_t ld,
-                           int64_t n_keys, int64_t n_heads, int64_t dh, float *scores,
-                           float *ctx);
+/* Attention of one head (attention.c): n_queries queries, rows ldq apart,
+ * over keys and values rows ld apart (each pointer at the head's first
+ * column, dh of them). Query i attends to keys [0, first_keys + i) when
+ * causal, to all n_keys otherwise; ctx row i (ldctx apart) gets
+ * softmax(q k^T / sqrt(dh)) v. work holds shard_attention_work_floats
+ * floats. Each query's bits depend on its own q, keys and values only. */
+size_t shard_attention_work_floats(int64_t n_keys, int64_t dh);
+void shard_attention_head(const float *q, int64_t ldq, int64_t n_queries, const float *k,
+                          const float *v, int64_t ld, int64_t n_keys, int64_t first_keys,
+                          bool causal, int64_t dh, float *work, float *ctx, int64_t ldctx);
 /* In place over rows of dim. */
 void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *norm, double eps);
 void shard_gelu(float *x, size_t count);

@@ -319,37 +319,26 @@ shard_status_t shard_embed_from(const shard_model_t *model, shard_state_t *state
 
 /* ------------------------------------------------------------ layers */
 
-/* The row of packed position t (rows of acts in increasing order). */
-static int64_t row_of(const shard_acts_t *acts, int64_t t)
-{
-    int64_t lo = 0, hi = acts->batch - 1;
-    while (lo < hi) {
-        const int64_t mid = lo + (hi - lo + 1) / 2;
-        if (acts->row_start[mid] <= t)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    return lo;
-}
-
-/* Self-attention of every packed position, all heads: the queries of all
- * rows share the engine's threads, one query per task (a long row alone
- * keeps both cores busy). qkv rows hold [q ; k ; v], 3d floats. A causal
- * query attends to its row's positions up to itself, others to the whole
- * row. */
+/* Self-attention of every packed position: one task per (row, head), the
+ * tasks of all rows sharing the engine's threads (a long row alone still
+ * has a task per head for each core). qkv rows hold [q ; k ; v], 3d floats.
+ * A causal query attends to its row's positions up to itself, others to
+ * the whole row. */
 static void attend(const shard_config_t *c, const shard_acts_t *acts, const float *qkv,
-                   float *ctx, float *scores, int64_t scores_per_thread)
+                   float *ctx, float *work, size_t work_per_thread)
 {
-    const int64_t d = c->emb_dim, ld = 3 * d, dh = d / c->n_heads, T = acts->n_tokens;
-#pragma omp parallel for schedule(dynamic, 16)
-    for (int64_t t = 0; t < T; t++) {
-        const int64_t b = row_of(acts, t), r0 = acts->row_start[b];
-        const int64_t n_keys = c->causal ? t - r0 + 1 : acts->row_start[b + 1] - r0;
-        const float *row = qkv + r0 * ld;
-        shard_attention_query(qkv + t * ld, row + d, row + 2 * d, ld, n_keys, c->n_heads, dh,
-                              scores + (int64_t)omp_get_thread_num() * scores_per_thread,
-                              ctx + t * d);
+    const int64_t d = c->emb_dim, ld = 3 * d, heads = c->n_heads, dh = d / heads;
+    const int64_t tasks = acts->batch * heads;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int64_t b = task / heads, h = task % heads, r0 = acts->row_start[b];
+        const int64_t n = acts->row_start[b + 1] - r0;
+        if (n == 0)
+            continue;
+        const float *q = qkv + r0 * ld + h * dh;
+        shard_attention_head(q, ld, n, q + d, q + 2 * d, ld, n, 1, c->causal, dh,
+                             work + (size_t)omp_get_thread_num() * work_per_thread,
+                             ctx + r0 * d + h * dh, d);
     }
 }
 
@@ -371,13 +360,14 @@ static shard_status_t run_layer(const shard_model_t *model, shard_state_t *state
     float *qkv = shard_buffer_get(&state->qkv, 3 * td);
     float *ctx = shard_buffer_get(&state->ctx, td);
     float *ffn = shard_buffer_get(&state->ffn, (size_t)T * (size_t)c->hidden_dim);
-    float *scores = shard_buffer_get(&state->scores, (size_t)(threads * longest));
-    if (!qkv || !ctx || !ffn || !scores)
+    const size_t work_per_thread = shard_attention_work_floats(longest, d / c->n_heads);
+    float *work = shard_buffer_get(&state->scores, (size_t)threads * work_per_thread);
+    if (!qkv || !ctx || !ffn || !work)
         return shard_error_set(err, SHARD_ERR_NOMEM, "run_layer: out of memory for %lld positions",
                                (long long)T);
     shard_linear_qkv(layer, acts->hidden, T, qkv);
     const double start = omp_get_wtime();
-    attend(c, acts, qkv, ctx, scores, longest);
+    attend(c, acts, qkv, ctx, work, work_per_thread);
     state->attention_seconds += omp_get_wtime() - start;
     shard_layer_finish(model, layer, acts, ctx, qkv, ffn);
     return SHARD_OK;

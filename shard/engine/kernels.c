@@ -164,55 +164,6 @@ void shard_embedding_add(const shard_embedding_t *table, int64_t id, float *out)
     shard_add(out, table->weight + id * table->dim, (size_t)table->dim);
 }
 
-/* dot(a, b) over n floats in DOT_LANES lanes, the lanes added in a fixed
- * order: the same bits for the same two vectors wherever they come from. */
-/* One AVX2 vector: GCC vectorises this lane loop; 16 or 32 lanes it did
- * not (2.9 and 3.1 GFLOP/s against 13 for a 256-token row on one thread). */
-enum { DOT_LANES = 8 };
-
-static inline float dot_lanes(const float *a, const float *b, int64_t n)
-{
-    float lanes[DOT_LANES] = {0};
-    int64_t i = 0;
-    for (; i + DOT_LANES <= n; i += DOT_LANES)
-        for (int l = 0; l < DOT_LANES; l++)
-            lanes[l] += a[i + l] * b[i + l];
-    float tail = 0.0f;
-    for (; i < n; i++)
-        tail += a[i] * b[i];
-    float sum = tail;
-    for (int l = 0; l < DOT_LANES; l++)
-        sum += lanes[l];
-    return sum;
-}
-
-/* One query against keys in order, every head: a query's context depends on
- * its own q and the keys and values it attends to, never on how many other
- * queries run (scoring a row alone, in a batch, or one position of a
- * generation against a cache give the same bits). A plain loop, no BLAS
- * call per head: at these head sizes (32 to 128) the calls cost more than
- * the arithmetic. */
-__attribute__((target_clones("arch=haswell", "default")))
-void shard_attention_query(const float *q, const float *k, const float *v, int64_t ld,
-                           int64_t n_keys, int64_t n_heads, int64_t dh, float *scores,
-                           float *ctx)
-{
-    const float scale = 1.0f / sqrtf((float)dh);
-    for (int64_t h = 0; h < n_heads; h++) {
-        const float *qh = q + h * dh;
-        for (int64_t j = 0; j < n_keys; j++)
-            scores[j] = dot_lanes(qh, k + j * ld + h * dh, dh) * scale;
-        shard_softmax(scores, n_keys);
-        float *out = ctx + h * dh;
-        memset(out, 0, (size_t)dh * sizeof *out);
-        for (int64_t j = 0; j < n_keys; j++) {
-            const float p = scores[j], *vj = v + j * ld + h * dh;
-            for (int64_t c = 0; c < dh; c++)
-                out[c] += p * vj[c];
-        }
-    }
-}
-
 void shard_set_threads(int threads)
 {
     if (threads > 0) {
