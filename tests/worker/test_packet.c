@@ -139,7 +139,7 @@ static void corrupted_layout_refused(void **state)
 }
 
 /* What one flipped byte (x ^= 0xa5) of each field must do, field by field
- * in the order the packet holds them (sample_micro's values, 1,648 bytes;
+ * in the order the packet holds them (sample_micro's values, 1,680 bytes;
  * integers little-endian). One letter per byte of the field, or one letter
  * for all of them:
  *   H  refused: bad header             T  refused: truncated
@@ -155,7 +155,7 @@ static void corrupted_layout_refused(void **state)
  *      writer leaves the padding after an item's id unset (its bytes are
  *      whatever was on the writer's stack)
  * A value pushed over 127 by the flip of its low byte can still pass the
- * header's bounds (batch 166 of seq 5, seq 160, emb_dim 161 all fit in 1,648
+ * header's bounds (batch 166 of seq 5, seq 160, emb_dim 161 all fit in 1,680
  * bytes by the header's arithmetic) and is then refused as truncated. */
 typedef struct {
     const char *name;
@@ -168,6 +168,8 @@ static const flip_field_t micro_fields[] = { /* the header, activations, cells *
     {"seq", 8, "THHHHHHH"},     {"emb_dim", 8, "THHHHHHH"}, {"n_tokens", 8, "H"},
     {"n_items", 8, "H"},        {"has_p_mask", 8, "I"},  {"n_stages", 8, "H"},
     {"micro_id", 8, "K"},       {"started_us", 8, "K"},  {"stage_us", 8 * WORKER_MAX_STAGES, "K"},
+    {"kv_mode", 8, "H"},        {"kv_key", 8, "K"},      {"kv_last", 8, "H"},
+    {"kv_missed", 8, "H"},
     /* Activations (7 positions of 4 floats) and the 3x5 cells. */
     {"row_start", 4 * 8, "L"},  {"position", 7 * 4, "L"}, {"position padding", 4, "I"},
     {"is_real", 7, "K"},        {"is_real padding", 1, "I"}, {"hidden", 7 * 4 * 4, "K"},
@@ -303,7 +305,7 @@ static void flipped_bytes_refused_or_kept(void **state)
         skip(); /* the table above is little-endian */
     worker_micro_t *m = sample_micro();
     size_t size = worker_packet_size(m);
-    assert_int_equal(size, 1648); /* the T letters above hold for this size */
+    assert_int_equal(size, 1680); /* the T letters above hold for this size */
     unsigned char *buffer = malloc(size), *again = malloc(size), *unset = calloc(size, 1);
     assert_non_null(buffer);
     assert_non_null(again);
