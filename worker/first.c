@@ -85,19 +85,32 @@ static worker_status_t run_queued(first_t *f, worker_error_t *err)
     uint64_t start = worker_now_us();
     m->started_us = start;
     worker_status_t rc = WORKER_OK;
-    if (shard_embed(st->model, st->state, &in, m->acts, &serr) ||
-        shard_run_layers(st->model, st->state, m->acts, &serr)) {
+    worker_error_t layer_err = {WORKER_OK, ""};
+    /* A cached step embeds only the positions the caches lack; when this
+     * stage's cache went since the step was queued (evicted by another
+     * generation's), the step starts the caches over. */
+    int64_t from = m->kv_mode == WORKER_KV_STEP ? worker_kv_length(st->kv, m->kv_key) : 0;
+    if (m->kv_mode == WORKER_KV_STEP && (from <= 0 || from >= m->seq)) {
+        m->kv_mode = WORKER_KV_FILL;
+        from = 0;
+    }
+    shard_status_t embedded = from > 0
+        ? shard_embed_from(st->model, st->state, &in, from, m->acts, &serr)
+        : shard_embed(st->model, st->state, &in, m->acts, &serr);
+    if (embedded ||
+        worker_kv_run_layers(st->kv, st->model, st->state, m, 0, st->log, &layer_err)) {
         /* Inputs were checked per request: a failure here is ours, the
          * requests are answered and the rank goes on. */
         worker_log(st->log, WORKER_LOG_ERROR, "micro-batch %llu: %s",
-                   (unsigned long long)m->micro_id, serr.message);
+                   (unsigned long long)m->micro_id, embedded ? serr.message : layer_err.message);
         for (int i = 0; i < m->n_items; i++) {
             if (m->kind == MICRO_GENERATE) {
                 first_job_token(f, m->items[i].gen_job, -1);
                 continue;
             }
             first_reply_error(f, m->items[i].batch_id, m->items[i].ticket, m->items[i].id,
-                              PROTO_STATUS_INTERNAL, serr.message, m->items[i].credit);
+                              PROTO_STATUS_INTERNAL, embedded ? serr.message : layer_err.message,
+                              m->items[i].credit);
         }
         worker_micro_destroy(&m);
         return WORKER_OK;

@@ -15,6 +15,7 @@ typedef struct gen_job {
     int64_t *ids, *langs;   /* [prompt + steps] */
     int64_t len, total;
     bool in_flight;
+    bool kv_filled; /* a step started the stages' caches: the next ones continue them */
     bool cancelled; /* by the broker: ends at its step in flight, unanswered */
     struct gen_job *next;
 } gen_job_t;

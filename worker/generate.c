@@ -6,8 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void free_job(gen_job_t *job)
+static void free_job(first_t *f, gen_job_t *job)
 {
+    worker_kv_drop(f->st->kv, job->id);
     worker_prepared_clear(&job->prep);
     free(job->ids);
     free(job->langs);
@@ -43,6 +44,20 @@ gen_job_t *first_job_start(first_t *f, worker_prepared_t *p)
     return job;
 }
 
+/* Cached steps need every position real, as the engine's in-process
+ * generation does: a pad id would be masked, and the positions after it
+ * would move. Then, and on models that are not causal, the step runs the
+ * whole prefix through the stages. */
+static worker_kv_mode_t step_kv_mode(const first_t *f, const gen_job_t *job)
+{
+    if (f->st->options->no_kv_cache || !f->st->config->causal)
+        return WORKER_KV_NONE;
+    for (int64_t i = 0; i < job->len; i++)
+        if (job->ids[i] == f->st->config->pad_index)
+            return WORKER_KV_NONE;
+    return job->kv_filled ? WORKER_KV_STEP : WORKER_KV_FILL;
+}
+
 /* The micro-batch of a generation's next step: the sequence so far, run as
  * given (its default mask, positions 0..len-1). */
 void first_job_step(first_t *f, gen_job_t *job)
@@ -70,6 +85,10 @@ void first_job_step(first_t *f, gen_job_t *job)
     m->items[0].rows = 1;
     m->items[0].seq = job->len;
     m->items[0].gen_job = job->id;
+    m->kv_key = job->id;
+    m->kv_mode = step_kv_mode(f, job);
+    m->kv_last = job->len + 1 == job->total;
+    job->kv_filled = m->kv_mode != WORKER_KV_NONE;
     job->in_flight = true;
     first_enqueue(f, m);
 }
@@ -94,7 +113,7 @@ void first_job_drop(first_t *f, gen_job_t *job, gen_job_t **link)
                (long long)job->prep.steps);
     f->dropped++;
     *link = job->next;
-    free_job(job);
+    free_job(f, job);
 }
 
 static void finish_job(first_t *f, gen_job_t *job, gen_job_t **link, int64_t token)
@@ -131,7 +150,7 @@ static void finish_job(first_t *f, gen_job_t *job, gen_job_t **link, int64_t tok
                    job->prep.item.id, err.message);
     shard_outputs_clear(&outputs);
     *link = job->next;
-    free_job(job);
+    free_job(f, job);
 }
 
 void first_job_token(first_t *f, uint64_t job_id, int64_t token)
@@ -143,6 +162,13 @@ void first_job_token(first_t *f, uint64_t job_id, int64_t token)
     job->in_flight = false;
     if (job->cancelled) {
         first_job_drop(f, job, link);
+        return;
+    }
+    if (token == WORKER_TOKEN_REFILL) {
+        /* A stage behind lacked the cache (evicted, or out of memory when
+         * the prefix came): the step again, over the whole prefix. */
+        job->kv_filled = false;
+        first_job_step(f, job);
         return;
     }
     if (token >= 0)
@@ -158,6 +184,6 @@ void first_jobs_free(first_t *f)
     while (f->jobs) {
         gen_job_t *job = f->jobs;
         f->jobs = job->next;
-        free_job(job);
+        free_job(f, job);
     }
 }

@@ -158,6 +158,10 @@ worker_status_t worker_finish_micro(worker_stage_t *st, worker_micro_t *m, int64
     if (m->kind == MICRO_GENERATE) {
         shard_error_t serr = {0};
         *next_token = -1;
+        if (m->kv_missed) {
+            *next_token = WORKER_TOKEN_REFILL;
+            return WORKER_OK;
+        }
         if (shard_head_next_token(st->model, st->state, m->acts, 0, m->seq - 1, next_token, &serr)) {
             /* The request is answered INTERNAL at stage 0; the rank goes on. */
             worker_log(st->log, WORKER_LOG_ERROR, "generation step failed: %s", serr.message);

@@ -49,6 +49,11 @@ static void usage(FILE *out)
           "                          1 for full lm logits)\n"
           "  --curve-secret FILE     CURVE: this worker's key pair (NAME.key of xlm-keygen)\n"
           "  --curve-server FILE     CURVE: the broker's public key (NAME.pub)\n"
+          "  --kv-cache-generations G  generations whose key/value caches each stage keeps\n"
+          "                          (default 16); beyond that the least recently stepped\n"
+          "                          one is dropped and its next step recomputes the prefix\n"
+          "  --no-kv-cache           every generation step recomputes the whole prefix\n"
+          "                          (the reference of bench/generate.sh)\n"
           "  --log-level LEVEL       debug, info, warn or error (default info)\n"
           "  --verbose               the same as --log-level debug\n"
           "  --version               the project's and the wire protocol's versions\n",
@@ -111,6 +116,8 @@ static int parse(int argc, char **argv, worker_options_t *o)
         {"log-level", required_argument, NULL, 'g'}, {"version", no_argument, NULL, 'V'},
         {"precision", required_argument, NULL, 'p'},
         {"curve-secret", required_argument, NULL, 'k'}, {"curve-server", required_argument, NULL, 'C'},
+        {"kv-cache-generations", required_argument, NULL, 'G'},
+        {"no-kv-cache", no_argument, NULL, 'K'},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int opt, map_stages = -1;
     uint64_t value;
@@ -137,6 +144,8 @@ static int parse(int argc, char **argv, worker_options_t *o)
         case 'k': o->curve_secret = optarg; break;
         case 'C': o->curve_server = optarg; break;
         case 'R': o->lang_rules = true; break;
+        case 'G': if (parse_uint("--kv-cache-generations", optarg, 1, 4096, &value)) return -1; o->kv_cache_generations = (int)value; break;
+        case 'K': o->no_kv_cache = true; break;
         case 'S': {
             char *end = NULL;
             o->projected_share = strtod(optarg, &end);
@@ -196,6 +205,7 @@ void worker_options_default(worker_options_t *o)
     o->liveness = 6;
     o->projected_share = 0.5;
     o->log_level = WORKER_LOG_INFO;
+    o->kv_cache_generations = 16;
 }
 
 int main(int argc, char **argv)

@@ -141,6 +141,11 @@ typedef struct {
     int64_t magic, kind, batch, seq, emb_dim, n_tokens, n_items, has_p_mask, n_stages;
     uint64_t micro_id, started_us;
     uint64_t stage_us[WORKER_MAX_STAGES];
+    /* Appended for cached generation steps (worker_kv_mode_t, its key, the
+     * last step and missed flags as 0/1). */
+    int64_t kv_mode;
+    uint64_t kv_key;
+    int64_t kv_last, kv_missed;
 } packet_header_t;
 
 typedef struct {
@@ -219,7 +224,7 @@ size_t worker_packet_write(const worker_micro_t *m, void *buffer, size_t capacit
     writer_t w = {buffer, (unsigned char *)buffer + capacity};
     packet_header_t h = {PACKET_MAGIC, m->kind, m->batch, m->seq, a->emb_dim, a->n_tokens,
                          m->n_items, m->p_mask != NULL, m->n_stages, m->micro_id, m->started_us,
-                         {0}};
+                         {0}, m->kv_mode, m->kv_key, m->kv_last, m->kv_missed};
     memcpy(h.stage_us, m->stage_us, sizeof h.stage_us);
     put(&w, &h, sizeof h);
     put(&w, a->row_start, (size_t)(m->batch + 1) * 8);
@@ -291,7 +296,10 @@ static bool bad_header(const packet_header_t *h, size_t size)
            (h->seq > 0 && h->batch > (int64_t)size / h->seq) ||
            h->n_tokens > h->batch * h->seq || h->emb_dim > (int64_t)size ||
            (h->n_tokens > 0 && h->emb_dim > (int64_t)size / h->n_tokens) ||
-           h->n_items > h->batch + 1;
+           h->n_items > h->batch + 1 || h->kv_mode < WORKER_KV_NONE ||
+           h->kv_mode >= WORKER_KV_COUNT_ || (h->kv_mode != WORKER_KV_NONE &&
+                                              (h->kind != MICRO_GENERATE || h->batch != 1)) ||
+           (h->kv_last != 0 && h->kv_last != 1) || (h->kv_missed != 0 && h->kv_missed != 1);
 }
 
 /* Counts of the item's records: windows one per request row or none,
@@ -383,6 +391,10 @@ worker_micro_t *worker_packet_read(const void *buffer, size_t size, shard_error_
     m->started_us = h->started_us;
     m->n_stages = (int)h->n_stages;
     memcpy(m->stage_us, h->stage_us, sizeof m->stage_us);
+    m->kv_mode = (worker_kv_mode_t)h->kv_mode;
+    m->kv_key = h->kv_key;
+    m->kv_last = h->kv_last != 0;
+    m->kv_missed = h->kv_missed != 0;
     if (shard_acts_reserve(m->acts, h->batch, h->seq, h->emb_dim, h->n_tokens, err))
         goto fail;
     const size_t cells = (size_t)(h->batch * h->seq);

@@ -60,9 +60,11 @@ static worker_status_t handle_packet(worker_stage_t *st, const void *data, size_
         return rc;
     }
     uint64_t start = worker_now_us();
-    if (shard_run_layers(st->model, st->state, m->acts, &serr)) {
+    /* A step a stage before could not continue passes on uncomputed. */
+    if (!m->kv_missed &&
+        (rc = worker_kv_run_layers(st->kv, st->model, st->state, m, st->stage, st->log, err))) {
         worker_micro_destroy(&m);
-        return worker_error_set(err, WORKER_ERR_ENGINE, "stage %d: %s", st->stage, serr.message);
+        return rc;
     }
     m->stage_us[st->stage] = worker_now_us() - start;
     if (!last) {

@@ -186,6 +186,10 @@ static worker_status_t run_stage(worker_stage_t *st, worker_error_t *err)
                                 zmq_strerror(zmq_errno()));
     if ((rc = open_stage(st, err)))
         return rc;
+    const bool cache = !st->options->no_kv_cache && st->config->causal;
+    if (!(st->kv = worker_kv_new(cache ? st->options->kv_cache_generations : 0)))
+        return worker_error_set(err, WORKER_ERR_NOMEM, "worker_run: stage %d: out of memory for "
+                                "the key/value cache table", st->stage);
     if ((rc = worker_curve_load(st->options->curve_secret, st->options->curve_server, &st->curve,
                                 err)))
         return rc;
@@ -206,6 +210,15 @@ worker_status_t worker_run(const worker_options_t *options, const worker_log_t *
     worker_status_t rc = run_stage(&st, &err);
     if (rc != WORKER_OK)
         worker_log(log, WORKER_LOG_ERROR, "%s", err.message);
+    if (st.kv) {
+        const worker_kv_stats_t s = worker_kv_stats(st.kv);
+        worker_log(log, WORKER_LOG_INFO, "stage %d: generation steps: %llu cached, %llu "
+                   "full-prefix, %llu positions computed, %llu cache misses, %llu evictions",
+                   st.stage, (unsigned long long)s.steps[1], (unsigned long long)s.steps[0],
+                   (unsigned long long)s.positions, (unsigned long long)s.misses,
+                   (unsigned long long)s.evictions);
+    }
+    worker_kv_destroy(&st.kv);
     worker_link_destroy(&st.link);
     shard_tokenizer_destroy(&st.tokenizer);
     shard_state_destroy(&st.state);

@@ -38,6 +38,7 @@ typedef struct worker_stage {
     /* The last stage: micro-batches finished, and when it last told the
      * broker so without a reply (Heartbeat.progress). */
     uint64_t progress, progress_sent_us;
+    worker_kv_t *kv; /* this stage's layers' caches of the generations in flight */
 } worker_stage_t;
 
 /* One of two send buffers towards the next stage. */
@@ -57,6 +58,10 @@ proto_status_t worker_prepare(worker_prepared_t *p, const worker_stage_t *st,
 void worker_prepared_clear(worker_prepared_t *p);
 
 /* ------------------------------------------------------------ last.c */
+
+/* The token fed back for a step that a stage's missing cache stopped:
+ * stage 0 redoes it over the whole prefix. */
+enum { WORKER_TOKEN_REFILL = -2 };
 
 /* The last stage's work on a micro-batch that went through every layer:
  * heads and replies (or, for a generation step, the next token: -1 when

@@ -73,6 +73,8 @@ typedef struct {
     worker_log_level_t log_level; /* lines under it are skipped (default info) */
     const char *curve_secret; /* CURVE: this worker's key pair file; NULL: plain */
     const char *curve_server; /* CURVE: the broker's public key file */
+    bool no_kv_cache;        /* every generation step recomputes the whole prefix */
+    int kv_cache_generations; /* generations whose key/value caches a stage keeps */
 } worker_options_t;
 
 void worker_options_default(worker_options_t *options);

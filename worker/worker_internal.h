@@ -4,6 +4,7 @@
  *   log.c       the logger context, errors, the MPI check
  *   tasks.c     wire task -> engine call;   plan.c   layers per stage
  *   micro.c     micro-batches and their packets
+ *   kv.c        a stage's key/value caches of the generations it runs
  *   link.c      a ZeroMQ link to the broker, reply packing
  *   prepare.c   stage 0: a Request made ready for a micro-batch (stage.h)
  *   last.c      the last stage: heads, scores, replies, progress
@@ -77,6 +78,15 @@ typedef enum {
     MICRO_SHUTDOWN = 3  /* drained: the stages behind stop after it */
 } micro_kind_t;
 
+/* How a generation step uses the stages' key/value caches. */
+typedef enum {
+    WORKER_KV_NONE = 0, /* the whole prefix, nothing cached (--no-kv-cache, non-causal
+                         * models, a pad id in the sequence) */
+    WORKER_KV_FILL = 1, /* the whole prefix, and each stage's cache starts over with it */
+    WORKER_KV_STEP = 2, /* only the positions the caches lack (acts' first position on) */
+    WORKER_KV_COUNT_
+} worker_kv_mode_t;
+
 /* Scored positions [from, to) of one row of a clm_score / mlm_pll request,
  * and one masked copy of mlm_pll: the engine's, so that the service and
  * xlm-score in process window and expand rows with the same code. */
@@ -119,6 +129,12 @@ typedef struct {
     int n_stages;
     uint64_t stage_us[WORKER_MAX_STAGES];
     uint64_t started_us;
+    /* MICRO_GENERATE: how the stages use their key/value caches (kv.c). */
+    worker_kv_mode_t kv_mode;
+    uint64_t kv_key;   /* the generation's cache at every stage (its job id) */
+    bool kv_last;      /* the generation's last step: the caches go after it */
+    bool kv_missed;    /* a stage lacked the cache: nothing computed after it,
+                        * stage 0 redoes the step over the whole prefix */
 } worker_micro_t;
 
 worker_micro_t *worker_micro_new(micro_kind_t kind, int64_t batch, int64_t seq, int n_items,
@@ -144,6 +160,32 @@ worker_micro_t *worker_packet_read(const void *buffer, size_t size, shard_error_
 /* Upper bound of a packet's size for a micro-batch of tokens positions; 0
  * when it does not fit a size_t. */
 size_t worker_packet_capacity(int64_t tokens, int64_t emb_dim);
+
+/* ------------------------------------------------------------ key/value caches */
+
+/* A stage's caches of the generations it runs (worker/kv.c). */
+typedef struct worker_kv worker_kv_t;
+
+typedef struct {
+    uint64_t steps[2];  /* generation steps computed: [0] over the whole prefix, [1] cached */
+    uint64_t positions; /* positions those steps computed */
+    uint64_t misses, evictions;
+} worker_kv_stats_t;
+
+/* At most limit generations cached (0: none, every step a full prefix). */
+worker_kv_t *worker_kv_new(int limit);
+void worker_kv_destroy(worker_kv_t **self_p);
+/* Positions cached for key, -1 when none. */
+int64_t worker_kv_length(worker_kv_t *kv, uint64_t key);
+/* Frees key's cache (a generation ended or was cancelled). */
+void worker_kv_drop(worker_kv_t *kv, uint64_t key);
+/* Runs the model's layers over m's activations: through key's cache as
+ * m->kv_mode says for a generation step, else plainly. A step whose cache
+ * is missing here is marked m->kv_missed, computing nothing. */
+worker_status_t worker_kv_run_layers(worker_kv_t *kv, const shard_model_t *model,
+                                     shard_state_t *state, worker_micro_t *m, int stage,
+                                     const worker_log_t *log, worker_error_t *err);
+worker_kv_stats_t worker_kv_stats(const worker_kv_t *kv);
 
 /* ------------------------------------------------------------ broker link */
 

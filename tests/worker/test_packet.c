@@ -139,7 +139,7 @@ static void corrupted_layout_refused(void **state)
 }
 
 /* What one flipped byte (x ^= 0xa5) of each field must do, field by field
- * in the order the packet holds them (sample_micro's values, 1,648 bytes;
+ * in the order the packet holds them (sample_micro's values, 1,680 bytes;
  * integers little-endian). One letter per byte of the field, or one letter
  * for all of them:
  *   H  refused: bad header             T  refused: truncated
@@ -155,7 +155,7 @@ static void corrupted_layout_refused(void **state)
  *      writer leaves the padding after an item's id unset (its bytes are
  *      whatever was on the writer's stack)
  * A value pushed over 127 by the flip of its low byte can still pass the
- * header's bounds (batch 166 of seq 5, seq 160, emb_dim 161 all fit in 1,648
+ * header's bounds (batch 166 of seq 5, seq 160, emb_dim 161 all fit in 1,680
  * bytes by the header's arithmetic) and is then refused as truncated. */
 typedef struct {
     const char *name;
@@ -168,6 +168,8 @@ static const flip_field_t micro_fields[] = { /* the header, activations, cells *
     {"seq", 8, "THHHHHHH"},     {"emb_dim", 8, "THHHHHHH"}, {"n_tokens", 8, "H"},
     {"n_items", 8, "H"},        {"has_p_mask", 8, "I"},  {"n_stages", 8, "H"},
     {"micro_id", 8, "K"},       {"started_us", 8, "K"},  {"stage_us", 8 * WORKER_MAX_STAGES, "K"},
+    {"kv_mode", 8, "H"},        {"kv_key", 8, "K"},      {"kv_last", 8, "H"},
+    {"kv_missed", 8, "H"},
     /* Activations (7 positions of 4 floats) and the 3x5 cells. */
     {"row_start", 4 * 8, "L"},  {"position", 7 * 4, "L"}, {"position padding", 4, "I"},
     {"is_real", 7, "K"},        {"is_real padding", 1, "I"}, {"hidden", 7 * 4 * 4, "K"},
@@ -303,7 +305,7 @@ static void flipped_bytes_refused_or_kept(void **state)
         skip(); /* the table above is little-endian */
     worker_micro_t *m = sample_micro();
     size_t size = worker_packet_size(m);
-    assert_int_equal(size, 1648); /* the T letters above hold for this size */
+    assert_int_equal(size, 1680); /* the T letters above hold for this size */
     unsigned char *buffer = malloc(size), *again = malloc(size), *unset = calloc(size, 1);
     assert_non_null(buffer);
     assert_non_null(again);
@@ -497,6 +499,88 @@ static void capacity_overflow_is_zero(void **state)
     assert_int_equal(worker_packet_capacity(-1, 64), 0);
 }
 
+/* A cached generation step: one row of 9 positions of which only the last
+ * travels, at its position, with its cache's key and flags. */
+static worker_micro_t *cached_step(void)
+{
+    worker_micro_t *m = worker_micro_new(MICRO_GENERATE, 1, 9, 1, false, false, false);
+    assert_non_null(m);
+    assert_int_equal(shard_acts_reserve(m->acts, 1, 9, 4, 1, NULL), SHARD_OK);
+    m->acts->row_start[0] = 0;
+    m->acts->row_start[1] = 1;
+    m->acts->position[0] = 8;
+    m->acts->is_real[0] = 1;
+    for (int d = 0; d < 4; d++)
+        m->acts->hidden[d] = 0.5f * (float)d;
+    for (int i = 0; i < 9; i++) {
+        m->input_ids[i] = 10 + i;
+        m->attention_mask[i] = 1;
+    }
+    m->items[0] = (worker_item_t){.ticket = 3, .task = PROTO_TASK_GENERATE, .rows = 1, .seq = 9,
+                                  .gen_job = 77};
+    snprintf(m->items[0].id, sizeof m->items[0].id, "gen");
+    m->kv_mode = WORKER_KV_STEP;
+    m->kv_key = 77;
+    m->kv_last = true;
+    m->kv_missed = true;
+    return m;
+}
+
+static void cached_step_round_trip(void **state)
+{
+    (void)state;
+    worker_micro_t *m = cached_step();
+    size_t size = worker_packet_size(m);
+    void *buffer = malloc(size);
+    assert_int_equal(worker_packet_write(m, buffer, size), size);
+    shard_error_t err = {0};
+    worker_micro_t *r = worker_packet_read(buffer, size, &err);
+    assert_non_null(r);
+    assert_int_equal(r->kv_mode, WORKER_KV_STEP);
+    assert_int_equal(r->kv_key, 77);
+    assert_true(r->kv_last);
+    assert_true(r->kv_missed);
+    assert_int_equal(r->acts->n_tokens, 1);
+    assert_int_equal(r->acts->position[0], 8);
+    assert_int_equal(r->seq, 9);
+    assert_memory_equal(r->acts->hidden, m->acts->hidden, 4 * sizeof(float));
+    worker_micro_destroy(&r);
+    /* Each alone: the flags are independent fields. */
+    m->kv_missed = false;
+    m->kv_mode = WORKER_KV_FILL;
+    assert_int_equal(worker_packet_write(m, buffer, size), size);
+    assert_non_null(r = worker_packet_read(buffer, size, &err));
+    assert_int_equal(r->kv_mode, WORKER_KV_FILL);
+    assert_false(r->kv_missed);
+    assert_true(r->kv_last);
+    worker_micro_destroy(&r);
+    worker_micro_destroy(&m);
+    free(buffer);
+}
+
+/* A cache mode outside the table, or on a micro-batch that is not one
+ * generation step, is refused. */
+static void bad_cache_mode_refused(void **state)
+{
+    (void)state;
+    const worker_kv_mode_t modes[] = {WORKER_KV_COUNT_, (worker_kv_mode_t)-1};
+    for (size_t i = 0; i < 3; i++) {
+        worker_micro_t *m = i < 2 ? cached_step() : sample_micro();
+        m->kv_mode = i < 2 ? modes[i] : WORKER_KV_STEP;
+        size_t size = worker_packet_size(m);
+        void *buffer = malloc(size);
+        assert_int_equal(worker_packet_write(m, buffer, size), size);
+        shard_error_t err = {0};
+        assert_null(worker_packet_read(buffer, size, &err));
+        assert_int_equal(err.code, SHARD_ERR_FORMAT);
+        char want[64];
+        snprintf(want, sizeof want, "packet: bad header in %zu bytes", size);
+        assert_string_equal(err.message, want);
+        worker_micro_destroy(&m);
+        free(buffer);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -511,6 +595,8 @@ int main(void)
         cmocka_unit_test(item_rows_past_int64_refused),
         cmocka_unit_test(huge_batch_of_empty_rows_refused),
         cmocka_unit_test(capacity_overflow_is_zero),
+        cmocka_unit_test(cached_step_round_trip),
+        cmocka_unit_test(bad_cache_mode_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
