@@ -108,6 +108,20 @@ def curve_setup(socket, curve_server, curve_secret):
     socket.curve_publickey = zmq.curve_public(secret)
 
 
+def configure(client, endpoint, window, attempt_timeout_ms, max_attempts, backoff_ms,
+              backoff_max_ms, deadline_ms, curve_server, curve_secret):
+    """The settings and socket Client and AsyncClient share (checked first)."""
+    check_config(window, attempt_timeout_ms, max_attempts, backoff_ms, backoff_max_ms)
+    client.endpoint = endpoint
+    client.window = window
+    client.attempt_s = attempt_timeout_ms / 1000.0
+    client.max_attempts = max_attempts
+    client.backoff_ms, client.backoff_max_ms = backoff_ms, backoff_max_ms
+    client.deadline_ms = deadline_ms
+    client._context = zmq.Context()
+    client._socket = new_socket(client._context, endpoint, curve_server, curve_secret)
+
+
 def new_socket(context, endpoint, curve_server=None, curve_secret=None):
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)

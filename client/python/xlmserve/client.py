@@ -33,15 +33,8 @@ class Client:
     def __init__(self, endpoint, window=64, attempt_timeout_ms=5000, max_attempts=5,
                  backoff_ms=50, backoff_max_ms=2000, deadline_ms=0, curve_server=None,
                  curve_secret=None):
-        core.check_config(window, attempt_timeout_ms, max_attempts, backoff_ms, backoff_max_ms)
-        self.endpoint = endpoint
-        self.window = window
-        self.attempt_s = attempt_timeout_ms / 1000.0
-        self.max_attempts = max_attempts
-        self.backoff_ms, self.backoff_max_ms = backoff_ms, backoff_max_ms
-        self.deadline_ms = deadline_ms
-        self._context = zmq.Context()
-        self._socket = core.new_socket(self._context, endpoint, curve_server, curve_secret)
+        core.configure(self, endpoint, window, attempt_timeout_ms, max_attempts, backoff_ms,
+                       backoff_max_ms, deadline_ms, curve_server, curve_secret)
         self._slots = {}
         self._done = OrderedDict()  # finishing order
         self._new_id = core.IdMaker()
