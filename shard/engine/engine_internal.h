@@ -214,6 +214,10 @@ int shard_int8_weight_max(void);
 /* True when bf16 products run on the CPU's bf16 instructions (oneDNN,
  * AVX512_BF16 or newer); false: bf16 weights, fp32 products. */
 bool shard_bf16_native(void);
+/* True when fp32 products run on oneDNN rather than OpenBLAS (kernels.c
+ * says when), and the reason as the log gives it. */
+bool shard_fp32_onednn(void);
+const char *shard_fp32_products_reason(void);
 /* fp32 -> bf16, rounding to nearest even (NaN kept a NaN). */
 static inline uint16_t shard_float_to_bf16(float value)
 {

@@ -2,13 +2,74 @@
  * rest are simple loops over contiguous rows. The only file that reads
  * weight memory while computing (the linear/embedding seam) and the only
  * BLAS caller. */
+#include "dnnl_matmul.h"
 #include "engine_internal.h"
 
 #include <cblas.h>
 #include <math.h>
+#include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+/* fp32 products go to OpenBLAS where it runs a kernel made for this CPU,
+ * else to oneDNN's fp32 matmul. OpenBLAS (0.3.21, DYNAMIC_ARCH) picks its
+ * kernels by CPU model number, and a model newer than it knows gets its
+ * baseline: on the Xeon of bench/fp32_products.md (family 6 model 207,
+ * AVX512) that is the SSE3 "Prescott" sgemm, 21 GFLOP/s a core against
+ * oneDNN's 109 (brg:avx512_core), which finds the ISA from the CPU's
+ * feature bits. XLM_FP32_PRODUCTS=openblas|onednn overrides the choice
+ * (benchmarks, tests of both paths). */
+static const char *const openblas_cpu_kernels[] = {
+    "Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids",
+};
+
+static struct {
+    pthread_once_t once;
+    bool onednn;
+    char why[128];
+} fp32_choice = {PTHREAD_ONCE_INIT, false, ""};
+
+static bool openblas_kernel_is_current(const char *core)
+{
+    for (size_t i = 0; i < sizeof openblas_cpu_kernels / sizeof *openblas_cpu_kernels; i++)
+        if (strcasecmp(core, openblas_cpu_kernels[i]) == 0)
+            return true;
+    return false;
+}
+
+static void choose_fp32_products(void)
+{
+    const char *forced = getenv("XLM_FP32_PRODUCTS");
+    const char *core = openblas_get_corename();
+    const unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+    const bool onednn_avx2 = (isa & (unsigned)dnnl_cpu_isa_avx2) == (unsigned)dnnl_cpu_isa_avx2;
+    if (forced && (strcmp(forced, "onednn") == 0 || strcmp(forced, "openblas") == 0)) {
+        fp32_choice.onednn = strcmp(forced, "onednn") == 0;
+        snprintf(fp32_choice.why, sizeof fp32_choice.why, "XLM_FP32_PRODUCTS=%s", forced);
+    } else if (!openblas_kernel_is_current(core) && onednn_avx2) {
+        fp32_choice.onednn = true;
+        snprintf(fp32_choice.why, sizeof fp32_choice.why,
+                 "OpenBLAS runs its %s kernel on this CPU", core);
+    } else {
+        snprintf(fp32_choice.why, sizeof fp32_choice.why, "OpenBLAS kernel %s", core);
+    }
+}
+
+bool shard_fp32_onednn(void)
+{
+    pthread_once(&fp32_choice.once, choose_fp32_products);
+    return fp32_choice.onednn;
+}
+
+const char *shard_fp32_products_reason(void)
+{
+    pthread_once(&fp32_choice.once, choose_fp32_products);
+    return fp32_choice.why;
+}
 
 /* Batch invariance: a row's result must not depend on what else shares its
  * batch. BLAS picks kernels by shape (gemv for one row, small-matrix kernels
@@ -33,8 +94,41 @@ typedef struct {
 
 static int64_t product_ldy(const product_t *p) { return p->ldy ? p->ldy : p->no; }
 
+static _Thread_local float *fp32_out;
+static _Thread_local size_t fp32_out_count;
+
+static float *tile_buffer(float **buffer, size_t *have, size_t count);
+
+/* oneDNN writes packed rows: strided ones (Q, K, V) go through a buffer. */
+static void product_fp32_onednn(const product_t *p, const float *x, int64_t rows, float *y)
+{
+    const shard_linear_t *l = p->linear;
+    const float *b = p->bias && l->bias ? l->bias + p->o0 : NULL;
+    const int64_t ldy = product_ldy(p);
+    float *out = ldy == p->no ? y : tile_buffer(&fp32_out, &fp32_out_count,
+                                                 (size_t)(rows * p->no));
+    if (!out || !shard_matmul_rows(dnnl_f32, dnnl_f32, dnnl_f32, p->nc, p->no, l->in, rows, x,
+                                   sizeof *x, l->weight + p->o0 * l->in + p->c0, out,
+                                   sizeof *out)) {
+        for (int64_t r = 0; r < rows; r++) /* out of memory: NaN, never a wrong number */
+            for (int64_t i = 0; i < p->no; i++)
+                y[r * ldy + i] = NAN;
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        float *dst = y + r * ldy;
+        const float *src = out + r * p->no;
+        for (int64_t i = 0; i < p->no; i++)
+            dst[i] = src[i] + (b ? b[i] : 0.0f);
+    }
+}
+
 static void product_fp32(const product_t *p, const float *x, int64_t rows, float *y)
 {
+    if (shard_fp32_onednn()) {
+        product_fp32_onednn(p, x, rows, y);
+        return;
+    }
     const shard_linear_t *l = p->linear;
     const float *b = p->bias && l->bias ? l->bias + p->o0 : NULL;
     const int64_t ldy = product_ldy(p);

@@ -626,8 +626,21 @@ static void prefix_function(shard_error_t *err, const char *function)
 
 static void set_precision_note(shard_model_t *model)
 {
-    const char *note = "fp32 weights, fp32 products (OpenBLAS sgemm)";
-    char buf[sizeof model->precision_note];
+    char buf[sizeof model->precision_note] = "";
+    if (model->precision != SHARD_PRECISION_FP32) {
+        /* the reduced precisions' own note below */
+    } else if (shard_fp32_onednn()) {
+        shard_error_t err = {0};
+        const shard_matmul_t *mm = shard_matmul_get(dnnl_f32, dnnl_f32, dnnl_f32,
+                                                    SHARD_MATMUL_ROWS, 64, 64, 64, &err);
+        snprintf(buf, sizeof buf, "fp32 weights, fp32 products (oneDNN %s: %s)",
+                 mm ? shard_matmul_impl(mm) : "unavailable", shard_fp32_products_reason());
+    } else {
+        snprintf(buf, sizeof buf, "fp32 weights, fp32 products (OpenBLAS sgemm, %s)",
+                 shard_fp32_products_reason());
+    }
+    const char *note = buf;
+    char reduced[sizeof model->precision_note];
     if (model->precision == SHARD_PRECISION_BF16)
         note = shard_bf16_native() ? "bf16 weights, bf16 products, fp32 accumulation (oneDNN)"
                                    : "bf16 weights, fp32 products: this CPU has no AVX512_BF16";
@@ -635,12 +648,12 @@ static void set_precision_note(shard_model_t *model)
         shard_error_t err = {0};
         const shard_matmul_t *mm = shard_matmul_get(dnnl_s8, dnnl_s8, dnnl_s32, SHARD_MATMUL_ROWS,
                                                     64, 64, 64, &err);
-        snprintf(buf, sizeof buf,
+        snprintf(reduced, sizeof reduced,
                  "int8 weights (|q| <= %d%s), int8 products, int32 accumulation (oneDNN %s)",
                  shard_int8_weight_max(),
                  shard_int8_weight_max() < 127 ? ": this CPU has no AVX512_VNNI" : "",
                  mm ? shard_matmul_impl(mm) : "unavailable");
-        note = buf;
+        note = reduced;
     }
     snprintf(model->precision_note, sizeof model->precision_note, "%s", note);
 }

@@ -139,11 +139,14 @@ static void assert_same_bits(const char *what, const char *precision, const scor
 {
     for (int i = 0; i < PAIRS; i++) {
         assert_int_equal(a->n_tokens[i], b->n_tokens[i]);
-        if (memcmp(&a->sum[i], &b->sum[i], sizeof(float)) != 0 ||
-            memcmp(a->tokens[i], b->tokens[i], (size_t)a->n_tokens[i] * sizeof(float)) != 0)
-            fail_msg("%s, %s: pair %d scores %.9g alone, %.9g (difference %.3g)", precision, what,
+        if (memcmp(&a->sum[i], &b->sum[i], sizeof(float)) != 0)
+            fail_msg("%s, %s: pair %d sums %a alone, %a (difference %.3g)", precision, what,
                      i + 1, (double)a->sum[i], (double)b->sum[i],
                      (double)(b->sum[i] - a->sum[i]));
+        for (int t = 0; t < a->n_tokens[i]; t++)
+            if (memcmp(&a->tokens[i][t], &b->tokens[i][t], sizeof(float)) != 0)
+                fail_msg("%s, %s: pair %d token %d scores %a alone, %a", precision, what, i + 1,
+                         t, (double)a->tokens[i][t], (double)b->tokens[i][t]);
     }
 }
 

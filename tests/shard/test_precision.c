@@ -31,15 +31,17 @@
 
 /* Tolerance of a float output: |reduced - fp32| <= abs + rel |fp32|
  * (sum_logprob: a sum over tokens, abs_sum). Derived from the worst errors
- * seen over all heads (printed by this test; README): bf16 0.035 and int8
- * 0.27, both on lm logits, with about 1.4x headroom. */
+ * seen over all heads (printed by this test; README), on both kinds of
+ * CPU: bf16 0.052 with bf16 products (AVX512_BF16; 0.035 on the fp32
+ * fallback of AVX2) and int8 0.27 (AVX2; 0.17 with VNNI), both on lm
+ * logits, with about 1.4x headroom. */
 typedef struct {
     shard_precision_t precision;
     double abs, rel, abs_sum;
 } tolerance_t;
 
 static const tolerance_t tolerances[] = {
-    {SHARD_PRECISION_BF16, 0.05, 0, 0.2},
+    {SHARD_PRECISION_BF16, 0.075, 0, 0.2},
     {SHARD_PRECISION_INT8, 0.4, 0, 1.0},
 };
 
