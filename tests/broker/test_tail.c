@@ -25,6 +25,8 @@ enum { BEAT_MS = 50, INSTANCE = 7, OTHER_INSTANCE = 9 };
 typedef struct {
     fx_t fx;
     void *ctx;
+    void *sockets[8]; /* closed at teardown, also after a failed assertion */
+    int n_sockets;
 } tail_fx_t;
 
 static int setup(void **state)
@@ -52,6 +54,8 @@ static int teardown(void **state)
 {
     tail_fx_t *t = *state;
     int rc = fx_teardown(&t->fx);
+    for (int i = 0; i < t->n_sockets; i++)
+        zmq_close(t->sockets[i]);
     unlink(t->fx.log_path);
     zmq_ctx_term(t->ctx);
     free(t);
@@ -75,6 +79,8 @@ static void *raw_socket(tail_fx_t *t)
     void *s = zmq_socket(t->ctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    assert_true(t->n_sockets < 8);
+    t->sockets[t->n_sockets++] = s;
     assert_int_equal(zmq_connect(s, t->fx.back), 0);
     return s;
 }
@@ -248,8 +254,6 @@ static void test_hung_stage0_of_an_idle_pipeline_reaches_the_tail(void **state)
     drain(stage0, &heard0);
     assert_int_equal(heard0.stalled, 1); /* stage 0's socket is told too */
     assert_int_equal(log_count(&t->fx, "pipeline 'idle' of model 'tiny' removed (missed heartbeats)"), 1);
-    zmq_close(stage0);
-    zmq_close(tail);
 }
 
 /* Stage 0 beats, the pipeline holds work, the last stage beats idle (a
@@ -277,8 +281,6 @@ static void test_idle_tail_beats_are_no_progress(void **state)
     Xlm__ServiceMessage *stats = fx_stats(&t->fx);
     assert_int_equal(fx_model_stats(stats, "tiny")->requests_requeued, 1);
     proto_service_free(&stats);
-    zmq_close(stage0);
-    zmq_close(tail);
 }
 
 /* Beats of a pipeline that has not registered (a last stage connects
@@ -313,8 +315,6 @@ static void test_beats_before_registration_are_quiet(void **state)
     heard_t heard0 = {0};
     beat_until_stalled(stage0, tail, "ghost", INSTANCE, 200, &heard0, &heard);
     assert_true(wait_tail_known(&t->fx, "ghost", 1000));
-    zmq_close(stage0);
-    zmq_close(tail);
 }
 
 /* A last stage of another instance under the same pipeline id (an older
@@ -345,9 +345,6 @@ static void test_tail_of_another_instance_not_taken(void **state)
     drain(tail, &heard_tail);
     assert_int_equal(heard_tail.stalled, 1);
     assert_string_equal(heard_tail.reason, "missed heartbeats");
-    zmq_close(stage0);
-    zmq_close(tail);
-    zmq_close(stranger);
 }
 
 int main(void)
