@@ -380,6 +380,34 @@ static void note_tail(broker_pipeline_t *p, const zmq_msg_t *identity)
     p->tail_len = len;
 }
 
+/* The last stage's own beat (Heartbeat.tail): it names the socket the
+ * stalled order must reach from the pipeline's start, so that a stage 0
+ * that hangs before any Reply still gets its job ended. It is not stage
+ * 0's liveness (a last stage beating beside a hung stage 0 must not keep
+ * the pipeline) and progress only when its count grew (an idle beat says
+ * 0). Before stage 0 registered, or from a last stage of another instance
+ * under the same id, there is nothing to note and nothing to answer:
+ * stage 0 registers by itself, and a reply would only be dropped. */
+static void on_tail_beat(broker_t *b, broker_pipeline_t *p, const zmq_msg_t *identity,
+                         const char *named, const Xlm__Heartbeat *beat)
+{
+    if (!p || (beat->instance && p->instance && beat->instance != p->instance)) {
+        b->tail_beats_ignored++;
+        broker_log_peer(b, BROKER_PEER_TAIL, BROKER_LOG_DEBUG,
+                        "last-stage beat of pipeline '%s' (instance %016llx) ignored: %s", named,
+                        (unsigned long long)beat->instance,
+                        p ? "another instance holds that id" : "not registered (yet)");
+        return;
+    }
+    const size_t len = zmq_msg_size((zmq_msg_t *)identity);
+    if (len != p->identity_len || memcmp(zmq_msg_data((zmq_msg_t *)identity), p->identity, len) != 0)
+        note_tail(p, identity); /* stage 0's own socket is told anyway */
+    if (beat->progress > p->progress) {
+        p->progress = beat->progress;
+        broker_pipeline_progressed(p, broker_now_us());
+    }
+}
+
 /* Handles one decoded message; takes *msg_p when it keeps it. */
 static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage **msg_p,
                           zmq_msg_t *frames, size_t n_frames)
@@ -388,7 +416,9 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
     const uint8_t *wid = zmq_msg_data((zmq_msg_t *)identity);
     size_t wlen = zmq_msg_size((zmq_msg_t *)identity);
     broker_pipeline_t *p = broker_map_get(b->pipelines, msg->pipeline, strlen(msg->pipeline));
-    if (p)
+    const bool tail_beat = msg->body_case == XLM__WORKER_MESSAGE__BODY_HEARTBEAT &&
+                           msg->heartbeat->tail;
+    if (p && !tail_beat) /* stage 0's liveness is stage 0's to show */
         broker_pipeline_touch(p, broker_now_us());
     switch (msg->body_case) {
     case XLM__WORKER_MESSAGE__BODY_READY:
@@ -409,7 +439,9 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
         }
         break;
     case XLM__WORKER_MESSAGE__BODY_HEARTBEAT:
-        if (!p) {
+        if (tail_beat) {
+            on_tail_beat(b, p, identity, msg->pipeline, msg->heartbeat);
+        } else if (!p) {
             /* The last stage's progress is no registration: stage 0's
              * heartbeat will hear the answer. */
             if (msg->heartbeat->progress == 0)

@@ -174,9 +174,10 @@ struct broker_pipeline {
     char id[PROTO_NAME_MAX + 1];
     uint8_t identity[BROKER_IDENTITY_MAX]; /* stage 0's socket, from Ready */
     size_t identity_len;
-    /* The last stage's socket, from its first Reply or progress heartbeat
-     * (its replies come on a socket of their own): told too when the
-     * pipeline is declared dead. tail_len 0: not heard yet. */
+    /* The last stage's socket, from its beats (Heartbeat.tail, sent from
+     * its start on), Replies or progress heartbeats (its replies come on a
+     * socket of their own): told too when the pipeline is declared dead.
+     * tail_len 0: not heard yet. */
     uint8_t tail[BROKER_IDENTITY_MAX];
     size_t tail_len;
     broker_model_t *model;
@@ -210,6 +211,7 @@ typedef enum {
     BROKER_PEER_CLIENT,
     BROKER_PEER_AUTH,
     BROKER_PEER_REVOKED,
+    BROKER_PEER_TAIL,
     BROKER_PEER_COUNT_
 } broker_peer_line_t;
 
@@ -254,6 +256,7 @@ struct broker {
 
     uint64_t received, duplicates, malformed, late_replies;
     uint64_t foreign_replies, registrations_refused, log_suppressed;
+    uint64_t tail_beats_ignored; /* Heartbeat.tail of no registered pipeline (or instance) */
     broker_peer_log_t peer_log[BROKER_PEER_COUNT_];
     broker_auth_t *auth;        /* CURVE's ZAP handler; NULL when neither side needs it */
 

@@ -24,6 +24,7 @@ static const struct {
     [BROKER_PEER_CLIENT] = {"client send failures", 1},
     [BROKER_PEER_AUTH] = {"CURVE authentication refusals", 1},
     [BROKER_PEER_REVOKED] = {"messages of revoked CURVE keys", 1},
+    [BROKER_PEER_TAIL] = {"last-stage beats of unregistered pipelines", 1},
 };
 
 static void summarise(broker_t *b, broker_peer_line_t kind, int64_t now)

@@ -130,6 +130,7 @@ static bool model_parts_fill(model_parts_t *parts, broker_model_t *m)
         ps->batches = p->batches;
         ps->max_batch_tokens = p->max_batch_tokens;
         ps->precision = (char *)p->precision;
+        ps->tail_known = p->tail_len > 0;
         /* The model's: its pipelines', or "mixed" when two of them differ. */
         if (i == 0)
             ms->precision = (char *)p->precision;
@@ -175,6 +176,7 @@ void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len)
         stats.foreign_replies = b->foreign_replies;
         stats.registrations_refused = b->registrations_refused;
         stats.log_suppressed = b->log_suppressed;
+        stats.tail_beats_ignored = b->tail_beats_ignored;
         stats.auth_refused = broker_auth_refused(b->auth);
         stats.cache_entries = (uint32_t)b->done_count;
         stats.cache_bytes = b->done_bytes;

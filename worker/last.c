@@ -1,5 +1,6 @@
 /* last.c: the last stage: the heads and scores of a micro-batch that went
- * through every layer, its replies, and the progress it reports. Calls
+ * through every layer, its replies, and the progress and idle beats it
+ * reports (the broker learns this socket from them). Calls
  * the engine, link.c and micro.c; called by ring.c and first.c. */
 #include "stage.h"
 
@@ -208,5 +209,18 @@ worker_status_t worker_note_progress(worker_stage_t *st, bool replied, worker_er
     if (now - st->progress_sent_us < (uint64_t)st->options->heartbeat_ms * 500)
         return WORKER_OK;
     st->progress_sent_us = now;
-    return worker_link_send_progress(st->link, st->options->heartbeat_ms, st->progress, err);
+    return worker_link_send_progress(st->link, st->options->heartbeat_ms, st->progress,
+                                     st->n_stages > 1, st->instance, err);
+}
+
+worker_status_t worker_tail_beat(worker_stage_t *st, worker_error_t *err)
+{
+    const uint64_t now = worker_now_us();
+    if (st->n_stages < 2 || !st->link ||
+        (st->progress_sent_us && now - st->progress_sent_us < (uint64_t)st->options->heartbeat_ms * 1000))
+        return WORKER_OK;
+    st->progress_sent_us = now;
+    /* Progress 0: being idle is no progress, whatever came before. */
+    return worker_link_send_progress(st->link, st->options->heartbeat_ms, 0, true, st->instance,
+                                     err);
 }

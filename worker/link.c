@@ -254,12 +254,15 @@ worker_status_t worker_link_send_credit(worker_link_t *link, uint32_t credit, wo
 }
 
 worker_status_t worker_link_send_progress(worker_link_t *link, uint32_t heartbeat_ms,
-                                          uint64_t progress, worker_error_t *err)
+                                          uint64_t progress, bool tail, uint64_t instance,
+                                          worker_error_t *err)
 {
     Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
     Xlm__Heartbeat heartbeat = XLM__HEARTBEAT__INIT;
     heartbeat.heartbeat_ms = heartbeat_ms;
     heartbeat.progress = progress;
+    heartbeat.tail = tail;
+    heartbeat.instance = tail ? instance : 0;
     msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
     msg.heartbeat = &heartbeat;
     return worker_link_send(link, &msg, NULL, NULL, 0, err);

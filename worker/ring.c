@@ -128,11 +128,15 @@ worker_status_t worker_run_next(worker_stage_t *st, worker_error_t *err)
         if ((rc = WORKER_MPI(MPI_Test(&recv_slots[oldest].request, &done, &status), err)))
             break;
         /* The last stage hears the broker too: when stage 0 hangs, the
-         * order to end the job reaches this rank. */
+         * order to end the job reaches this rank, which the broker knows
+         * from its beats even before it ever replied. */
         if (st->link && worker_now_us() - heard_us > 50000) {
             heard_us = worker_now_us();
             if ((rc = worker_link_check_stalled(st->link, err)))
                 break;
+            worker_error_t beat_err;
+            if (worker_tail_beat(st, &beat_err)) /* missed: the next one may go */
+                worker_log(st->log, WORKER_LOG_DEBUG, "%s", beat_err.message);
         }
         if (!done) {
             /* Stopping is driven by stage 0's shutdown packet; this is the

@@ -35,8 +35,8 @@ typedef struct worker_stage {
     size_t packet_capacity;
     uint64_t batch_tokens; /* positions a micro-batch may hold */
     uint64_t micro_counter;
-    /* The last stage: micro-batches finished, and when it last told the
-     * broker so without a reply (Heartbeat.progress). */
+    /* The last stage: micro-batches finished, and when it last spoke to
+     * the broker (a Reply, a Heartbeat with progress, or its idle beat). */
     uint64_t progress, progress_sent_us;
     worker_kv_t *kv; /* this stage's layers' caches of the generations in flight */
 } worker_stage_t;
@@ -72,6 +72,11 @@ worker_status_t worker_finish_micro(worker_stage_t *st, worker_micro_t *micro,
  * step) is reported to the broker, at most twice per heartbeat interval,
  * so that a long generation is not taken for a hung pipeline. */
 worker_status_t worker_note_progress(worker_stage_t *st, bool replied, worker_error_t *err);
+/* The last stage of several, idle: says which socket is the pipeline's
+ * tail (Heartbeat.tail) once it connects and then every heartbeat
+ * interval it has not spoken, so that the broker can order the job's end
+ * through it even when stage 0 hangs before this stage ever replied. */
+worker_status_t worker_tail_beat(worker_stage_t *st, worker_error_t *err);
 
 /* ------------------------------------------------------------ ring.c */
 

@@ -220,9 +220,14 @@ void worker_link_frames_free(uint8_t **frames, size_t *frame_sizes, size_t n_fra
 /* Gives credit back without a reply (work dropped before it ran). */
 worker_status_t worker_link_send_credit(worker_link_t *link, uint32_t credit, worker_error_t *err);
 /* The last stage's sign that the pipeline advanced without a reply to
- * show it (a generation step): progress counts its finished micro-batches. */
+ * show it (a generation step): progress counts its finished micro-batches.
+ * tail: sent on the last stage's own socket (a pipeline of several
+ * stages) under the pipeline's instance, so that the broker knows where
+ * the order to end the job goes; such a beat with progress 0 is the idle
+ * last stage's (it shows no progress, and is no liveness of stage 0). */
 worker_status_t worker_link_send_progress(worker_link_t *link, uint32_t heartbeat_ms,
-                                          uint64_t progress, worker_error_t *err);
+                                          uint64_t progress, bool tail, uint64_t instance,
+                                          worker_error_t *err);
 /* Reads what waits on the socket, without blocking: WORKER_ERR_STALLED
  * (the reason in err) when the broker declared the pipeline dead
  * (Disconnect.stalled). The rest is dropped: only stage 0's socket takes

@@ -9,7 +9,12 @@
 # can reach, which ends the MPI job; the supervisor starts a new job. The
 # scoring job must finish within BOUND_S seconds of the stop, every line
 # once, in order, with the offline scores (xlm-score --model, in process).
-# Usage: hang.sh BUILD_DIR stage0|last
+# stage0-idle: rank 2 is stopped right after the service is up, before the
+# scoring job starts: its last stage never replied, so the broker knows that
+# rank's socket only from its own beats (Heartbeat.tail); the order to end
+# the job must still reach it, the supervisor must start a new job, and the
+# job must finish the same way, with both pipelines alive at the end.
+# Usage: hang.sh BUILD_DIR stage0|last|stage0-idle
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 where=$2
@@ -22,7 +27,8 @@ bound_s=90
 case $where in
   stage0) rank=2 stage=0 ;;
   last) rank=3 stage=1 ;;
-  *) echo "hang: unknown victim $where (stage0 or last)" >&2; exit 2 ;;
+  stage0-idle) rank=2 stage=0 ;;
+  *) echo "hang: unknown victim $where (stage0, last or stage0-idle)" >&2; exit 2 ;;
 esac
 
 victim=
@@ -50,18 +56,37 @@ grep -q "xlm-worker \[info\] rank $rank: pipeline 1 stage $stage/$stages:" "$run
 # Found before the job starts: the stop must not wait for a scan of /proc.
 victim=$(e2e_worker_pid "$rank") || e2e_fail "no xlm-worker process of rank $rank"
 
-"$build/bin/xlm-score" --endpoint "$endpoint" --mode clm --quiet --input "$run_dir/input.tsv" \
-  --output "$run_dir/service.jsonl" 2> "$run_dir/score.err" &
-score=$!
-e2e_background "$score"
-
+start_scoring() {
+  "$build/bin/xlm-score" --endpoint "$endpoint" --mode clm --quiet --input "$run_dir/input.tsv" \
+    --output "$run_dir/service.jsonl" 2> "$run_dir/score.err" &
+  score=$!
+  e2e_background "$score"
+}
 done_count() { e2e_stat requests_done 0; }
 at_least_done() { [ "$(done_count)" -ge "$1" ]; }
-e2e_wait_until 120 "400 answers before the stop" at_least_done 400
+stats_json() {
+  "$build/bin/xlm-client" stats --endpoint "$endpoint" --timeout-ms 2000 \
+    ${e2e_client_keys[@]+"${e2e_client_keys[@]}"} 2>/dev/null
+}
+# Pipeline 1 (ids end /p1) has had no batch, and the broker knows its last
+# stage's socket: only that stage's beats can have told it.
+p1_tail_known_idle() {
+  [[ $(stats_json) =~ \"id\":\"[^\"]*/p1\",[^}]*\"batches\":0,[^}]*\"tail_known\":true ]]
+}
 
-before=$(done_count)
-kill -STOP "$victim"
-stopped_us=${EPOCHREALTIME//[^0-9]/}
+if [ "$where" = stage0-idle ]; then
+  e2e_wait_until 30 "the broker to know pipeline 1's last stage before any work" p1_tail_known_idle
+  before=$(done_count)
+  kill -STOP "$victim"
+  stopped_us=${EPOCHREALTIME//[^0-9]/}
+  start_scoring
+else
+  start_scoring
+  e2e_wait_until 120 "400 answers before the stop" at_least_done 400
+  before=$(done_count)
+  kill -STOP "$victim"
+  stopped_us=${EPOCHREALTIME//[^0-9]/}
+fi
 echo "hang: SIGSTOP rank $rank (pipeline 1 stage $stage, pid $victim) after $before answers"
 [ "$before" -lt "$total" ] || e2e_fail "the stop landed after the run ($before of $total answers)"
 
@@ -92,13 +117,30 @@ victim_state=gone
 [ -e "/proc/$victim" ] && victim_state="still there ($(awk '{print $3}' "/proc/$victim/stat"))"
 echo "hang: $reason"
 echo "hang: declared dead $detect_ms ms after the stop, both pipelines back after $recover_ms ms, job done after $finish_ms ms (bound ${bound_s}s); $requeued requests re-queued; the stopped rank is $victim_state"
-e2e_assert_fault_landed "SIGSTOP of rank $rank" "$before" "$total" "$requeued" "requests re-queued by the broker"
 case $where in
-  stage0) [[ $reason == *"missed heartbeats"* ]] || e2e_fail "pipeline 1 was removed for another reason: $reason" ;;
+  stage0|last)
+    e2e_assert_fault_landed "SIGSTOP of rank $rank" "$before" "$total" "$requeued" "requests re-queued by the broker" ;;
+  stage0-idle)
+    # Idle when stopped: what shows it was felt is the job that ended and
+    # the new one's stage 0 of pipeline 1 registering.
+    restarts=$(grep -c "supervisor: mpirun exited.*, restarting" "$run_dir/workers.log" || true)
+    e2e_assert_fault_landed "SIGSTOP of rank $rank" "$before" "$total" "$restarts" "restarts of the MPI job"
+    registrations=$(grep -cE "rank 2: registering [^ ]*/p1 with the broker" "$run_dir/workers.log" || true)
+    [ "$registrations" -ge 2 ] ||
+      e2e_fail "rank 2 registered pipeline 1 $registrations times, expected a second time in the new job"
+    # The rank that read the order is the last stage (stage 0 is stopped).
+    grep -q "rank 3: the broker declared this pipeline dead (missed heartbeats).*ending the MPI job" \
+      "$run_dir/workers.log" ||
+      e2e_fail "rank 3 (pipeline 1's last stage) did not say it ends the MPI job" ;;
+esac
+case $where in
+  stage0|stage0-idle) [[ $reason == *"missed heartbeats"* ]] || e2e_fail "pipeline 1 was removed for another reason: $reason" ;;
   last) [[ $reason == *"no progress"* ]] || e2e_fail "pipeline 1 was removed for another reason: $reason" ;;
 esac
 grep -q "declared .*dead .*ending the MPI job" "$run_dir/workers.log" ||
   e2e_fail "no rank said it ends the MPI job after the broker declared its pipeline dead"
+alive_end=$(e2e_stat pipelines_alive 0)
+[ "$alive_end" -ge 2 ] || e2e_fail "$alive_end pipelines alive after the job, expected 2"
 
 python3 - "$run_dir/service.jsonl" "$run_dir/offline.jsonl" "$total" <<'PY'
 import json, sys
