@@ -205,9 +205,12 @@ static worker_status_t handshake_refused(const worker_link_t *link, uint16_t eve
                                 event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
                                     ? "a protocol error" : "the broker closed the connection",
                                 server);
+    /* A plain worker meets a CURVE broker's refusal so: the connection
+     * closed during the handshake. */
     return worker_error_set(err, WORKER_ERR_AUTH, "the handshake with the broker at %s failed (%s): "
-                            "is it a broker's backend, and does it require CURVE (--curve-secret, "
-                            "--curve-server)?", link->endpoint,
+                            "the broker requires CURVE on its backend, or it is no broker's "
+                            "backend: give the worker --curve-secret FILE and --curve-server FILE "
+                            "(xlm-keygen writes them)", link->endpoint,
                             event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
                                 ? "a protocol error" : "the broker closed the connection");
 }

@@ -48,7 +48,7 @@ says_once stranger "the broker at tcp://127.0.0.1:$backend refused this worker's
 refused_job wrongserver --curve-secret "$keys/worker.key" --curve-server "$keys/client.pub"
 says_once wrongserver "--curve-server $keys/client.pub is not that broker's public key"
 refused_job nokeys
-says_once nokeys "the broker at tcp://127.0.0.1:$backend requires CURVE on its backend"
+says_once nokeys "the broker requires CURVE on its backend"
 plain_back=$(e2e_free_port)
 "$build/bin/xlm-broker" --frontend "tcp://127.0.0.1:$(e2e_free_port)" --backend "tcp://127.0.0.1:$plain_back" \
   >> "$run_dir/plain-broker.log" 2>&1 &
