@@ -48,7 +48,7 @@ says_once stranger "the broker at tcp://127.0.0.1:$backend refused this worker's
 refused_job wrongserver --curve-secret "$keys/worker.key" --curve-server "$keys/client.pub"
 says_once wrongserver "--curve-server $keys/client.pub is not that broker's public key"
 refused_job nokeys
-says_once nokeys "the broker requires CURVE on its backend"
+says_once nokeys "requires CURVE on its backend" # the event varies: a mechanism mismatch, or the connection closed
 plain_back=$(e2e_free_port)
 "$build/bin/xlm-broker" --frontend "tcp://127.0.0.1:$(e2e_free_port)" --backend "tcp://127.0.0.1:$plain_back" \
   >> "$run_dir/plain-broker.log" 2>&1 &
@@ -65,7 +65,7 @@ status=0
 wait "$pid" || status=$?
 seconds=$(( (${EPOCHREALTIME//[^0-9]/} - started) / 1000000 ))
 [ "$status" != 0 ] || e2e_fail "the CURVE worker of a plain broker exited with status 0"
-says_once plainbroker "the broker at tcp://127.0.0.1:$plain_back does not use CURVE on its backend"
+says_once plainbroker "does not use CURVE on its backend"
 
 # Revoked while serving: registered, then its .pub removed.
 alive() { [ "$(e2e_stat pipelines_alive 0)" = "$1" ]; }
