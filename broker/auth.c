@@ -7,8 +7,12 @@
  * broker's own loop (no thread), about every handshake: the client's public
  * key must be one of the .pub files (any file with a public-key line) of
  * that side's directory. The answer's user id is the key, so every message
- * carries it and one from a key removed since the handshake is dropped:
- * revocation also ends live connections' traffic, not only new ones.
+ * carries it and one from a key removed since the handshake is not
+ * served: revocation also ends live connections' traffic, not only new
+ * ones. Such a message is answered, not dropped in silence (a client hears
+ * PERMISSION_DENIED, a worker Disconnect{refused, revoked}; frontend.c and
+ * backend.c), at most AUTH_ANSWERS_PER_SECOND a second per side: a revoked
+ * peer that keeps sending costs little more than being ignored.
  *
  * The directory is read again when it changes: its own mtime (a file added,
  * removed or renamed) is looked at on every handshake, and every file's
@@ -24,7 +28,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-enum { AUTH_SIDES = 2, AUTH_PATH_MAX = 4096, ZAP_FRAMES = 8 };
+enum { AUTH_SIDES = 2, AUTH_PATH_MAX = 4096, ZAP_FRAMES = 8, AUTH_ANSWERS_PER_SECOND = 100 };
 
 static const char *const side_names[AUTH_SIDES] = {"frontend", "backend"};
 
@@ -35,6 +39,8 @@ typedef struct {
     size_t n_keys;
     uint64_t signature;         /* of the entries' names, mtimes and sizes */
     struct timespec dir_mtime;
+    int64_t answers_since_us;   /* the second the answers to revoked keys are counted in */
+    uint32_t answers;
 } auth_side_t;
 
 struct broker_auth {
@@ -446,7 +452,23 @@ bool broker_auth_allows(broker_t *b, int side, zmq_msg_t *frame)
         return true;
     b->auth->revoked_messages++;
     broker_log_peer(b, BROKER_PEER_REVOKED, BROKER_LOG_WARN,
-                    "CURVE: %s dropped a message of a key no longer allowed (%s)", side_names[side],
+                    "CURVE: %s refused a message of a key no longer allowed (%s)", side_names[side],
                     key ? key : "no key");
     return false;
+}
+
+bool broker_auth_may_answer(broker_t *b, int side)
+{
+    if (!b->auth)
+        return false;
+    auth_side_t *s = &b->auth->sides[side];
+    const int64_t now = broker_now_us();
+    if (now - s->answers_since_us >= 1000000) {
+        s->answers_since_us = now;
+        s->answers = 0;
+    }
+    if (s->answers >= AUTH_ANSWERS_PER_SECOND)
+        return false;
+    s->answers++;
+    return true;
 }

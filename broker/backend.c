@@ -65,6 +65,22 @@ static void send_disconnect_refused(broker_t *b, const uint8_t *identity, size_t
     broker_worker_send_simple(b, identity, identity_len, pipeline, &msg);
 }
 
+/* A worker whose CURVE key left the backend's allow directory: refused
+ * (it must not register again) and told why, so that it stops with a line
+ * naming its key instead of beating for ever. */
+static void send_revoked(broker_t *b, const uint8_t *identity, size_t identity_len,
+                         const char *pipeline)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__Disconnect disconnect = XLM__DISCONNECT__INIT;
+    disconnect.reason = (char *)"its CURVE key is no longer in the broker's backend allow directory";
+    disconnect.refused = true;
+    disconnect.revoked = true;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_DISCONNECT;
+    msg.disconnect = &disconnect;
+    broker_worker_send_simple(b, identity, identity_len, pipeline, &msg);
+}
+
 /* The pipeline was declared dead and its work queued again: both sockets
  * the broker knows of it hear so, and the rank that reads it ends the MPI
  * job (a hung rank cannot be revived from here; the supervisor restarts
@@ -467,6 +483,41 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
     }
 }
 
+/* Whether a socket is one the broker knows as p's (stage 0's, the last
+ * stage's). */
+static bool socket_of(const broker_pipeline_t *p, const zmq_msg_t *identity)
+{
+    const size_t len = zmq_msg_size((zmq_msg_t *)identity);
+    const void *id = zmq_msg_data((zmq_msg_t *)identity);
+    return (len == p->identity_len && memcmp(id, p->identity, len) == 0) ||
+           (len == p->tail_len && memcmp(id, p->tail, len) == 0);
+}
+
+/* A message of a key no longer allowed (broker_auth_allows said so and
+ * logged it): not served. The pipeline it speaks for goes (its work is
+ * queued again) when the message came from one of that pipeline's own
+ * sockets: a revoked peer cannot remove another's pipeline by naming it.
+ * The socket hears Disconnect{refused, revoked}, rate-limited. */
+static void refuse_revoked(broker_t *b, const zmq_msg_t *identity, const zmq_msg_t *header)
+{
+    Xlm__WorkerMessage *msg = NULL;
+    proto_error_t err;
+    if (proto_worker_decode(zmq_msg_data((zmq_msg_t *)header), zmq_msg_size((zmq_msg_t *)header),
+                            b->config.max_message_bytes, &msg, &err) != PROTO_STATUS_OK)
+        return; /* names no pipeline to answer for */
+    broker_pipeline_t *p = broker_map_get(b->pipelines, msg->pipeline, strlen(msg->pipeline));
+    if (p && socket_of(p, identity)) {
+        broker_model_t *m = p->model;
+        broker_pipeline_remove(b, p, "its CURVE key is no longer allowed");
+        broker_dispatch(b, m);
+    }
+    if (msg->body_case != XLM__WORKER_MESSAGE__BODY_DISCONNECT &&
+        broker_auth_may_answer(b, BROKER_SIDE_BACKEND))
+        send_revoked(b, zmq_msg_data((zmq_msg_t *)identity), zmq_msg_size((zmq_msg_t *)identity),
+                     msg->pipeline);
+    proto_worker_free(&msg);
+}
+
 /* Receives the rest of a multi-part message into b->frames. */
 static size_t recv_frames(broker_t *b, bool more)
 {
@@ -510,8 +561,10 @@ void broker_backend_recv(broker_t *b)
         size_t n_frames = have_header ? recv_frames(b, zmq_msg_more(&header)) : 0;
         Xlm__WorkerMessage *msg = NULL;
         proto_error_t err;
-        if (have_header && !broker_auth_allows(b, BROKER_SIDE_BACKEND, &header))
+        if (have_header && !broker_auth_allows(b, BROKER_SIDE_BACKEND, &header)) {
+            refuse_revoked(b, &identity, &header);
             have_header = false;
+        }
         if (have_header && proto_worker_decode(zmq_msg_data(&header), zmq_msg_size(&header),
                                                b->config.max_message_bytes, &msg, &err)) {
             b->malformed++;

@@ -366,8 +366,12 @@ size_t broker_auth_poll_items(const broker_t *b, zmq_pollitem_t *items);
 void broker_auth_handle(broker_t *b, const zmq_pollitem_t *items, size_t n);
 /* Reads an allow directory again when it changed (timer tick). */
 void broker_auth_reload(broker_t *b);
-/* Whether a received frame's key is still allowed (true without CURVE). */
+/* Whether a received frame's key is still allowed (true without CURVE);
+ * false is logged (rate-limited). */
 bool broker_auth_allows(broker_t *b, int side, zmq_msg_t *frame);
+/* Whether one more message of a revoked key on side may be answered now
+ * (at most a fixed number a second; the rest are dropped). */
+bool broker_auth_may_answer(broker_t *b, int side);
 /* Handshakes refused so far (0 without CURVE). */
 uint64_t broker_auth_refused(const broker_auth_t *auth);
 

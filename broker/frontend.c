@@ -253,6 +253,32 @@ static void handle_client(broker_t *b, zmq_msg_t *client, zmq_msg_t *body, bool 
     proto_client_free(&msg);
 }
 
+/* A message of a client whose CURVE key left the frontend's allow
+ * directory after its handshake: a final PERMISSION_DENIED (never retried)
+ * under the request's id, so that the client stops now instead of waiting
+ * for its deadline. Nothing of the message is served. */
+static void answer_revoked(broker_t *b, zmq_msg_t *client, zmq_msg_t *body)
+{
+    if (!broker_auth_may_answer(b, BROKER_SIDE_FRONTEND))
+        return;
+    Xlm__ClientMessage *msg = NULL;
+    proto_shape_t shape;
+    proto_error_t err;
+    const char *id = "";
+    if (proto_client_decode(zmq_msg_data(body), zmq_msg_size(body), b->config.max_message_bytes,
+                            &msg, &shape, &err) != PROTO_STATUS_OK)
+        id = err.id;
+    else if (msg->body_case == XLM__CLIENT_MESSAGE__BODY_REQUEST)
+        id = msg->request->id;
+    else if (msg->body_case == XLM__CLIENT_MESSAGE__BODY_CANCEL)
+        id = msg->cancel->id;
+    broker_client_status(b, zmq_msg_data(client), zmq_msg_size(client), id,
+                         PROTO_STATUS_PERMISSION_DENIED,
+                         "the broker no longer allows this client's CURVE key: it was removed from "
+                         "the frontend's allow directory");
+    proto_client_free(&msg);
+}
+
 void broker_frontend_recv(broker_t *b)
 {
     for (int i = 0; i < FRONTEND_BURST; i++) {
@@ -273,6 +299,8 @@ void broker_frontend_recv(broker_t *b)
         }
         if (have_body && broker_auth_allows(b, BROKER_SIDE_FRONTEND, &body))
             handle_client(b, &client, &body, extra);
+        else if (have_body)
+            answer_revoked(b, &client, &body);
         zmq_msg_close(&body);
         zmq_msg_close(&client);
     }

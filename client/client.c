@@ -382,7 +382,9 @@ static void handle_response(xlm_client_t *client, Xlm__ServiceMessage **msg_p, i
     const Xlm__Response *r = (*msg_p)->response;
     int32_t n = index_find(client, r->id);
     client_slot_t *s = n >= 0 ? &client->slots[n] : NULL;
-    if (!s || !slot_pending(s)) { /* a late duplicate, or cancelled */
+    if (!s || !slot_pending(s)) { /* a late duplicate, cancelled, or an answer to stats */
+        if (r->status == XLM__STATUS__STATUS_PERMISSION_DENIED) /* a stats call's timeout says why */
+            snprintf(client->handshake_error, sizeof client->handshake_error, "%s", r->message);
         client->dropped++;
         proto_service_free(msg_p);
         return;

@@ -42,7 +42,8 @@ struct xlm_client {
     char *endpoint;           /* owned copy of config.endpoint */
     void *context, *socket;
     void *monitor;            /* PAIR: the socket's handshake failures */
-    char handshake_error[200];/* the latest, "" while none */
+    char handshake_error[200];/* why the broker may not answer: the latest handshake failure
+                                 or PERMISSION_DENIED; "" while none */
     char prefix[17];          /* random, per client: ids are prefix-counter */
     uint64_t counter;
     uint64_t rng;             /* xorshift state for backoff jitter */

@@ -7,6 +7,8 @@ _Static_assert((int)XLM_CODE_COUNT_ == (int)PROTO_STATUS_COUNT_,
                "xlm_code_t out of step with proto_status_t");
 _Static_assert((int)XLM_CODE_NOT_FOUND == (int)PROTO_STATUS_NOT_FOUND,
                "xlm_code_t out of step with proto_status_t");
+_Static_assert((int)XLM_CODE_PERMISSION_DENIED == (int)PROTO_STATUS_PERMISSION_DENIED,
+               "xlm_code_t out of step with proto_status_t");
 _Static_assert((int)XLM_CODE_OVERLOADED == (int)PROTO_STATUS_OVERLOADED,
                "xlm_code_t out of step with proto_status_t");
 _Static_assert((int)XLM_ID_MAX == (int)PROTO_ID_MAX, "XLM_ID_MAX differs from PROTO_ID_MAX");

@@ -106,6 +106,7 @@ typedef enum {
     XLM_CODE_MALFORMED = 10,
     XLM_CODE_BAD_VERSION = 11,
     XLM_CODE_NOT_FOUND = 12,
+    XLM_CODE_PERMISSION_DENIED = 13, /* the broker no longer allows this client's CURVE key */
     XLM_CODE_COUNT_
 } xlm_code_t;
 

@@ -93,6 +93,7 @@ unsigned gw_http_status(xlm_code_t code)
         [XLM_CODE_MALFORMED] = 400,
         [XLM_CODE_BAD_VERSION] = 500,
         [XLM_CODE_NOT_FOUND] = 404,
+        [XLM_CODE_PERMISSION_DENIED] = 403,
     };
     return code >= 0 && code < XLM_CODE_COUNT_ ? table[code] : 500;
 }

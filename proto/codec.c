@@ -17,6 +17,8 @@
 
 /* The C enums mirror the generated ones value for value. The test
  * test_codec.c also compares the counts with the schema's descriptors. */
+_Static_assert((int)PROTO_STATUS_PERMISSION_DENIED == (int)XLM__STATUS__STATUS_PERMISSION_DENIED,
+               "proto_status_t out of step with xlm.Status");
 _Static_assert((int)PROTO_STATUS_NOT_FOUND == (int)XLM__STATUS__STATUS_NOT_FOUND,
                "proto_status_t out of step with xlm.Status");
 _Static_assert((int)PROTO_STATUS_TOO_LARGE == (int)XLM__STATUS__STATUS_TOO_LARGE,
@@ -44,6 +46,7 @@ static const char *const status_names[PROTO_STATUS_COUNT_] = {
     [PROTO_STATUS_MALFORMED] = "malformed",
     [PROTO_STATUS_BAD_VERSION] = "bad_version",
     [PROTO_STATUS_NOT_FOUND] = "not_found",
+    [PROTO_STATUS_PERMISSION_DENIED] = "permission_denied",
 };
 
 /* The task table (proto.h, proto_task_info_t). Indexed by task; the test

@@ -11,6 +11,7 @@
 static const char *const codes[] = {
     "ok", "bad_request", "unknown_model", "unknown_task", "overloaded", "deadline_exceeded",
     "cancelled", "internal", "unavailable", "too_large", "malformed", "bad_version", "not_found",
+    "permission_denied",
 };
 
 /* The engine's statuses as the service reports them: what the worker

@@ -71,7 +71,8 @@ static void usage_infer(FILE *out)
           "\n"
           "Exit status: 0 every line ran; 1 some lines hold an error (counted by code on\n"
           "stderr); 2 could not run (usage, the service, the model, --head's task): nothing\n"
-          "written; 3 stopped early (--max-errors, the service lost, output).\n",
+          "written; 3 stopped early (--max-errors, the service lost, output, this client's\n"
+          "CURVE key revoked: permission_denied).\n",
           out);
 }
 
@@ -277,6 +278,15 @@ static bool finish_first(infer_t *run)
         xlm_result_t *result = NULL;
         if (xlm_client_collect(run->client, entry->id, -1, &result)) {
             say_error(xlm_client_error(run->client));
+            return false;
+        }
+        if (xlm_result_code(result) == XLM_CODE_PERMISSION_DENIED) {
+            /* Every line after would get it too: the job stops here. */
+            char said[1024];
+            tools_user_message(xlm_result_message(result), said, sizeof said);
+            fprintf(stderr, "xlm-client: stopping at line '%s': %s (permission_denied)\n",
+                    entry->name, said);
+            xlm_result_destroy(&result);
             return false;
         }
         entry->line = result_line(entry->name, result, entry->code, sizeof entry->code);

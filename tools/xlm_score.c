@@ -69,7 +69,8 @@ static void usage(FILE *out)
           "Exit status: 0 every line scored; 1 the job finished and some lines hold an\n"
           "error; 2 the job could not run (usage, model, service, a resume that does not\n"
           "match): nothing written; 3 stopped before the end (--max-errors, a signal, the\n"
-          "service lost, a write error): run again to continue.\n",
+          "service lost, a write error, this client's CURVE key revoked): run again to\n"
+          "continue.\n",
           out);
 }
 
@@ -379,6 +380,15 @@ static int deliver(const pass_t *pass, reorder_t *ro, int64_t *next, int64_t rea
         if (!ro->filled[at])
             return 0;
         score_result_t *r = &ro->slots[at];
+        if (!r->ok && strcmp(r->code, "permission_denied") == 0) {
+            /* Every line after would get it too: stop before this one,
+             * which a run with an allowed key resumes from. */
+            char said[SCORE_MESSAGE_MAX];
+            tools_user_message(r->message, said, sizeof said);
+            fprintf(stderr, "\nxlm-score: stopping before line %lld: %s (permission_denied); "
+                    "run again with an allowed key to continue\n", (long long)*next, said);
+            return SCORE_EXIT_STOPPED;
+        }
         int rc = pass->on_result(pass->ctx, r) ? SCORE_EXIT_STOPPED : 0;
         tally(pass->progress, r->ok, r->code, r->score, true, r->n_target_tokens);
         score_result_clear(r);

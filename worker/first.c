@@ -31,6 +31,14 @@ static worker_status_t handle_message(first_t *f, Xlm__WorkerMessage *msg, uint8
                                     "that it starts afresh", f->st->pipeline_id,
                                     msg->disconnect->reason);
         }
+        if (msg->disconnect->refused && msg->disconnect->revoked) {
+            f->refused = true;
+            return worker_error_set(err, WORKER_ERR_AUTH, "the broker at %s no longer allows this "
+                                    "worker's CURVE key (--curve-secret %s): %s; pipeline %s stops",
+                                    f->st->options->broker,
+                                    f->st->curve.secret_path ? f->st->curve.secret_path : "?",
+                                    msg->disconnect->reason, f->st->pipeline_id);
+        }
         if (msg->disconnect->refused) {
             /* Registering again would be refused again (or evict a live
              * pipeline): a start-up failure the operator must fix. */
@@ -62,6 +70,11 @@ static worker_status_t drain_socket(first_t *f, int timeout_ms, worker_error_t *
         if (received == WORKER_ERR_WIRE) {
             worker_log(f->st->log, WORKER_LOG_WARN, "%s", recv_err.message);
             got = true; /* the next one may be fine */
+        } else if (received == WORKER_ERR_AUTH) {
+            /* Refused at the handshake: retrying would be refused again,
+             * for ever and in silence. */
+            *err = recv_err;
+            return received;
         } else if (received != WORKER_OK) {
             /* Heard as silence: the broker's liveness rule reconnects. */
             worker_log(f->st->log, WORKER_LOG_DEBUG, "%s", recv_err.message);
@@ -260,7 +273,8 @@ static worker_status_t first_open(first_t *f, worker_error_t *err)
     worker_status_t rc = WORKER_OK;
     if (st->n_stages > 1 && (rc = post_feedback(f, err)))
         return rc;
-    if ((rc = first_build_ready(f, err)) || (rc = first_send_ready(f, err)))
+    if ((rc = worker_link_watch_handshakes(st->link, err)) || (rc = first_build_ready(f, err)) ||
+        (rc = first_send_ready(f, err)))
         return rc;
     first_beat_start(f);
     return WORKER_OK;

@@ -30,12 +30,23 @@ worker_status_t worker_curve_load(const char *secret_path, const char *server_pa
         proto_curve_cert_load(server_path, false, &curve->server, why) != 0)
         return worker_error_set(err, WORKER_ERR_CONFIG, "%s", why);
     curve->on = true;
+    curve->secret_path = secret_path;
+    curve->server_path = server_path;
     return WORKER_OK;
 }
+
+/* A broker that closes the connection during the handshake this many times
+ * in a row, with no handshake succeeding between, refuses this worker (a
+ * wrong server key shows only so); once could be a broker stopping. */
+enum { HANDSHAKE_RETRIES = 3 };
 
 struct worker_link {
     void *context; /* borrowed */
     void *socket;
+    void *monitor;                /* PAIR: the socket's handshake events; NULL: not watched */
+    bool watched;
+    unsigned monitors_opened;     /* each socket's monitor gets an endpoint of its own */
+    int closed_in_handshake;      /* FAILED_NO_DETAIL in a row */
     const worker_curve_t *curve; /* borrowed; NULL: plain */
     char *endpoint;
     char *pipeline;
@@ -97,11 +108,50 @@ worker_link_t *worker_link_new(void *context, const char *endpoint, const char *
     return link;
 }
 
+static void close_monitor(worker_link_t *link)
+{
+    if (link->monitor) {
+        zmq_socket_monitor(link->socket, NULL, 0);
+        zmq_close(link->monitor);
+        link->monitor = NULL;
+    }
+}
+
+static worker_status_t open_monitor(worker_link_t *link, worker_error_t *err)
+{
+    char name[96];
+    snprintf(name, sizeof name, "inproc://xlm-worker-handshakes-%p-%u", (void *)link,
+             link->monitors_opened++);
+    int linger = 0;
+    if (zmq_socket_monitor(link->socket, name, ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                                   ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                                   ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                                   ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0 ||
+        !(link->monitor = zmq_socket(link->context, ZMQ_PAIR)) ||
+        zmq_setsockopt(link->monitor, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(link->monitor, name) != 0) {
+        worker_status_t rc = worker_error_set(err, WORKER_ERR_ZMQ, "worker_link_watch_handshakes: "
+                                              "cannot monitor the link to %s: %s", link->endpoint,
+                                              zmq_strerror(zmq_errno()));
+        close_monitor(link);
+        return rc;
+    }
+    link->closed_in_handshake = 0;
+    return WORKER_OK;
+}
+
+worker_status_t worker_link_watch_handshakes(worker_link_t *link, worker_error_t *err)
+{
+    link->watched = true;
+    return link->monitor ? WORKER_OK : open_monitor(link, err);
+}
+
 void worker_link_destroy(worker_link_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
     worker_link_t *link = *self_p;
+    close_monitor(link);
     if (link->socket)
         zmq_close(link->socket);
     free(link->endpoint);
@@ -112,12 +162,90 @@ void worker_link_destroy(worker_link_t **self_p)
 
 worker_status_t worker_link_reconnect(worker_link_t *link, worker_error_t *err)
 {
+    close_monitor(link);
     if (link->socket)
         zmq_close(link->socket);
     link->socket = open_socket(link->context, link->endpoint, link->curve, err);
     if (!link->socket)
         return err->code;
-    return WORKER_OK;
+    return link->watched ? open_monitor(link, err) : WORKER_OK;
+}
+
+/* ------------------------------------------------------------ handshakes */
+
+/* What a failed handshake says about this worker's configuration: the one
+ * line the operator reads before the job ends. */
+static worker_status_t handshake_refused(const worker_link_t *link, uint16_t event, uint32_t value,
+                                         worker_error_t *err)
+{
+    const bool curve = link->curve && link->curve->on;
+    const char *secret = curve ? link->curve->secret_path : NULL;
+    const char *server = curve ? link->curve->server_path : NULL;
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        return worker_error_set(err, WORKER_ERR_AUTH, "the broker at %s refused this worker's CURVE "
+                                "key (--curve-secret %s, ZAP status %u): its public key is not in "
+                                "the broker's backend allow directory; copy the .pub file "
+                                "xlm-keygen wrote beside it there", link->endpoint,
+                                secret ? secret : "?", value);
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+        value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+        return curve ? worker_error_set(err, WORKER_ERR_AUTH, "the broker at %s does not use CURVE "
+                                        "on its backend, and this worker was given CURVE keys "
+                                        "(--curve-secret %s): give the broker --curve-key and "
+                                        "--curve-allow, or the worker no keys", link->endpoint,
+                                        secret)
+                     : worker_error_set(err, WORKER_ERR_AUTH, "the broker at %s requires CURVE "
+                                        "on its backend: give the worker --curve-secret FILE and "
+                                        "--curve-server FILE (xlm-keygen writes them)",
+                                        link->endpoint);
+    if (curve)
+        return worker_error_set(err, WORKER_ERR_AUTH, "the CURVE handshake with the broker at %s "
+                                "failed (%s): --curve-server %s is not that broker's public key, "
+                                "or the broker does not use CURVE on its backend", link->endpoint,
+                                event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                    ? "a protocol error" : "the broker closed the connection",
+                                server);
+    /* A plain worker meets a CURVE broker's refusal so: the connection
+     * closed during the handshake. */
+    return worker_error_set(err, WORKER_ERR_AUTH, "the handshake with the broker at %s failed (%s): "
+                            "the broker requires CURVE on its backend, or it is no broker's "
+                            "backend: give the worker --curve-secret FILE and --curve-server FILE "
+                            "(xlm-keygen writes them)", link->endpoint,
+                            event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                ? "a protocol error" : "the broker closed the connection");
+}
+
+/* Reads the monitor's events: WORKER_ERR_AUTH once the handshakes show the
+ * broker refuses this worker. */
+static worker_status_t read_monitor(worker_link_t *link, worker_error_t *err)
+{
+    for (;;) {
+        zmq_msg_t event, address;
+        zmq_msg_init(&event);
+        if (zmq_msg_recv(&event, link->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&event);
+            return WORKER_OK;
+        }
+        zmq_msg_init(&address);
+        if (zmq_msg_more(&event))
+            zmq_msg_recv(&address, link->monitor, 0);
+        uint16_t id = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&event) >= 6) {
+            memcpy(&id, zmq_msg_data(&event), 2);
+            memcpy(&value, (uint8_t *)zmq_msg_data(&event) + 2, 4);
+        }
+        zmq_msg_close(&address);
+        zmq_msg_close(&event);
+        if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+            link->closed_in_handshake = 0;
+        else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL &&
+                 ++link->closed_in_handshake < HANDSHAKE_RETRIES)
+            continue;
+        else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL || id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
+                 id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            return handshake_refused(link, id, value, err);
+    }
 }
 
 worker_status_t worker_link_send(worker_link_t *link, Xlm__WorkerMessage *msg, uint8_t **frames,
@@ -192,13 +320,17 @@ worker_status_t worker_link_recv(worker_link_t *link, int timeout_ms, bool *got,
     *frames = NULL;
     *frame_sizes = NULL;
     *n_frames = 0;
-    zmq_pollitem_t item = {link->socket, 0, ZMQ_POLLIN, 0};
-    int ready = zmq_poll(&item, 1, timeout_ms);
+    zmq_pollitem_t items[2] = {{link->socket, 0, ZMQ_POLLIN, 0}, {link->monitor, 0, ZMQ_POLLIN, 0}};
+    int ready = zmq_poll(items, link->monitor ? 2 : 1, timeout_ms);
     if (ready < 0 && zmq_errno() != EINTR)
         return worker_error_set(err, WORKER_ERR_ZMQ, "%s: poll failed: %s", fn,
                                 zmq_strerror(zmq_errno()));
     if (ready <= 0)
         return WORKER_OK;
+    worker_status_t watched = link->monitor && (items[1].revents & ZMQ_POLLIN)
+                                  ? read_monitor(link, err) : WORKER_OK;
+    if (watched != WORKER_OK || !(items[0].revents & ZMQ_POLLIN))
+        return watched;
     zmq_msg_t *parts = NULL;
     size_t count = 0;
     if (recv_parts(link->socket, &parts, &count) != 0) {

@@ -11,7 +11,7 @@ static const char *const level_names[WORKER_LOG_COUNT_] = {
     [WORKER_LOG_ERROR] = "error", [WORKER_LOG_WARN] = "warn",
     [WORKER_LOG_INFO] = "info", [WORKER_LOG_DEBUG] = "debug"};
 
-static const char *const status_names[-WORKER_ERR_STALLED + 1] = {
+static const char *const status_names[WORKER_STATUS_COUNT_] = {
     [-WORKER_OK] = "ok",
     [-WORKER_ERR_MPI] = "mpi_error",
     [-WORKER_ERR_ZMQ] = "zmq_error",
@@ -22,6 +22,7 @@ static const char *const status_names[-WORKER_ERR_STALLED + 1] = {
     [-WORKER_ERR_WIRE] = "wire_error",
     [-WORKER_ERR_REFUSED] = "refused",
     [-WORKER_ERR_STALLED] = "stalled",
+    [-WORKER_ERR_AUTH] = "auth_refused",
 };
 
 worker_log_level_t worker_log_level_from_name(const char *name)

@@ -47,7 +47,8 @@ typedef enum {
     WORKER_ERR_WIRE = -7,    /* a message could not be packed, or did not decode */
     WORKER_ERR_REFUSED = -8, /* the broker refused the pipeline's id */
     WORKER_ERR_STALLED = -9, /* the broker declared the pipeline dead */
-    WORKER_STATUS_COUNT_ = 10
+    WORKER_ERR_AUTH = -10,   /* the broker refuses this worker's CURVE handshake or key */
+    WORKER_STATUS_COUNT_ = 11
 } worker_status_t;
 
 /* "ok", "mpi_error", ...; "unknown" out of range. */

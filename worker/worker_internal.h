@@ -196,6 +196,7 @@ typedef struct worker_link worker_link_t;
 typedef struct {
     bool on;
     proto_curve_cert_t mine, server;
+    const char *secret_path, *server_path; /* the files they came from (borrowed), for messages */
 } worker_curve_t;
 
 /* Reads the key files (--curve-secret, --curve-server); both or neither. */
@@ -210,9 +211,19 @@ void worker_link_destroy(worker_link_t **self_p);
 /* Sends a WorkerMessage (pipeline and version set here) and extra frames. */
 worker_status_t worker_link_send(worker_link_t *link, Xlm__WorkerMessage *msg, uint8_t **frames,
                                  size_t *frame_sizes, size_t n_frames, worker_error_t *err);
+/* Watches the link's handshakes from now on (and across reconnects):
+ * libzmq retries a refused handshake for ever without a word, so a
+ * monitor hears the failures and worker_link_recv turns them into
+ * WORKER_ERR_AUTH. Only stage 0's main link is watched: one rank says it. */
+worker_status_t worker_link_watch_handshakes(worker_link_t *link, worker_error_t *err);
 /* Waits up to timeout_ms for a message: *got true with *msg and its extra
  * frames (malloc'd copies), false on timeout. A message that does not
- * decode is dropped with WORKER_ERR_WIRE (the link stays usable). */
+ * decode is dropped with WORKER_ERR_WIRE (the link stays usable). On a
+ * watched link, WORKER_ERR_AUTH when the broker refuses the handshake: the
+ * key (FAILED_AUTH), the mechanism or the server key (FAILED_PROTOCOL), or
+ * the connection closed during the handshake HANDSHAKE_RETRIES times in a
+ * row (FAILED_NO_DETAIL: a wrong --curve-server key); err names the cause,
+ * the key file and the endpoint. */
 worker_status_t worker_link_recv(worker_link_t *link, int timeout_ms, bool *got,
                                  Xlm__WorkerMessage **msg, uint8_t ***frames,
                                  size_t **frame_sizes, size_t *n_frames, worker_error_t *err);

@@ -1,7 +1,8 @@
 /* test_curve.c: the broker with CURVE on both sides (--curve-key,
  * --curve-allow): an allowed client and worker work end to end; a plain
  * client, a client with a key not allowed and one whose key was removed
- * from the allow directory are refused, each refusal logged once; the
+ * from the allow directory are refused, each refusal logged once (a live
+ * connection of the removed key hears PERMISSION_DENIED at once); the
  * broker refuses to bind a plain side off loopback without --insecure.
  * Keys are real key files written as xlm-keygen writes them. */
 #include <setjmp.h>
@@ -168,6 +169,25 @@ static void expect_silence(test_client_t *client, const char *id)
         fail_msg("expect_silence: '%s' got a reply (status %d)", id, msg->response ? (int)msg->response->status : -1);
 }
 
+/* A final PERMISSION_DENIED under the request's id, within 2 s of sending:
+ * the request's deadline (the broker's default, 30 s) is not waited for. */
+static void expect_denied(test_client_t *client, const char *id)
+{
+    int64_t sent_us = testing_now_us();
+    assert_int_equal(test_client_send_tokens(client, id, "tiny", PROTO_TASK_BASE, 1, 6, 2, 0), 0);
+    Xlm__ServiceMessage *msg = test_client_recv(client, 10000);
+    if (!msg)
+        fail_msg("expect_denied: no reply to '%s' within 10 s", id);
+    int64_t took_ms = (testing_now_us() - sent_us) / 1000;
+    assert_non_null(msg->response);
+    assert_string_equal(msg->response->id, id);
+    assert_int_equal(msg->response->status, XLM__STATUS__STATUS_PERMISSION_DENIED);
+    assert_non_null(strstr(msg->response->message, "no longer allows this client's CURVE key"));
+    if (took_ms > 2000)
+        fail_msg("expect_denied: '%s' answered after %lld ms, expected at once", id, (long long)took_ms);
+    proto_service_free(&msg);
+}
+
 static void test_allowed_keys_work_end_to_end(void **state)
 {
     curve_fx_t *c = *state;
@@ -226,14 +246,16 @@ static void test_removed_key_revoked(void **state)
     expect_silence(again, "after-revoke-new");
     assert_true(wait_refused(&c->fx, refused_before + 1, 10000) > refused_before);
     test_client_destroy(&again);
-    /* ...and the live connection's traffic ends too. */
-    expect_silence(live, "after-revoke-live");
+    /* ...and the live connection's traffic is refused too, with an answer
+     * it can read rather than silence until its deadline. */
+    expect_denied(live, "after-revoke-live");
+    expect_denied(live, "after-revoke-live-2");
     test_client_destroy(&live);
     Xlm__ServiceMessage *stats = fx_stats(&c->fx);
     assert_non_null(stats);
     assert_int_equal(fx_model_stats(stats, "tiny")->pipelines_alive, 1);
     proto_service_free(&stats);
-    const char *dropped = "dropped a message of a key no longer allowed";
+    const char *dropped = "refused a message of a key no longer allowed";
     for (int i = 0; i < 500 && log_count(c->fx.log_path, dropped) == 0; i++)
         usleep(20000); /* the broker's own time on a loaded machine */
     assert_int_equal(log_count(c->fx.log_path, dropped), 1);

@@ -2,7 +2,9 @@
  * against the real xlm-broker with --curve-key and --curve-allow, and a
  * fake worker pipeline with its own key. An allowed key scores; a client
  * without keys, with a key the broker does not allow, with a revoked key or
- * with the wrong server key gets a clear error within its timeout; bad key
+ * with the wrong server key gets a clear error within its timeout; a key
+ * revoked while its client is connected gets PERMISSION_DENIED at once (the
+ * library's call and xlm-client infer, which stops with status 3); bad key
  * files are refused when the client is made. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,11 +12,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "broker_testing.h"
@@ -187,6 +191,140 @@ static void test_revoked_key_refused(void **state)
     xlm_client_destroy(&client);
 }
 
+/* Removes the client's key from the allow directory and waits until the
+ * broker has read the directory again: a new handshake with that key is
+ * refused (the ZAP handler reads a changed directory before it answers). */
+static void revoke_client_key(const cfx_t *c)
+{
+    char pub[192];
+    snprintf(pub, sizeof pub, "%s/allowed/client.pub", c->dir);
+    assert_int_equal(unlink(pub), 0);
+    for (int i = 0; i < 50; i++) {
+        xlm_client_t *probe = client_with(c, c->client_key, c->broker_pub);
+        char *json = NULL;
+        bool refused = xlm_client_stats_json(probe, 300, &json) == XLM_ERR_TIMEOUT &&
+                       strstr(xlm_client_error(probe), "the broker refused this client's CURVE key");
+        free(json);
+        xlm_client_destroy(&probe);
+        if (refused)
+            return;
+    }
+    fail_msg("revoke_client_key: new handshakes with the removed key still succeed");
+}
+
+/* Connected and answered, then revoked: the next call ends
+ * PERMISSION_DENIED within 2 s, where silence would have taken its 3
+ * attempts of 3 s. */
+static void test_revoked_while_connected(void **state)
+{
+    cfx_t *c = *state;
+    xlm_client_config_t config;
+    xlm_client_config_defaults(&config);
+    config.endpoint = c->front;
+    config.attempt_timeout_ms = 3000;
+    config.max_attempts = 3;
+    config.curve_secret = c->client_key;
+    config.curve_server = c->broker_pub;
+    xlm_error_t err;
+    xlm_client_t *client = xlm_client_new(&config, &err);
+    assert_non_null(client);
+    xlm_result_t *result = call(client, "before");
+    assert_int_equal(xlm_result_code(result), XLM_CODE_OK);
+    xlm_result_destroy(&result);
+    revoke_client_key(c);
+    int64_t started = testing_now_us();
+    result = call(client, "after");
+    int64_t took_ms = (testing_now_us() - started) / 1000;
+    assert_int_equal(xlm_result_code(result), XLM_CODE_PERMISSION_DENIED);
+    assert_string_equal(xlm_code_str(xlm_result_code(result)), "permission_denied");
+    if (!strstr(xlm_result_message(result), "no longer allows this client's CURVE key"))
+        fail_msg("message '%s' does not say the key is no longer allowed", xlm_result_message(result));
+    if (took_ms > 2000)
+        fail_msg("PERMISSION_DENIED after %lld ms, expected at once", (long long)took_ms);
+    xlm_result_destroy(&result);
+    xlm_client_destroy(&client);
+}
+
+static int count_lines_with(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[2048];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* xlm-client infer as a user runs it, fed one line at a time (--window 1):
+ * the first line runs; the key is revoked; the second line ends the job
+ * within 3 s (its attempts would take 15 s) with status 3, no result line
+ * and one line on stderr saying the key is no longer allowed. */
+static void test_revoked_tool_stops(void **state)
+{
+    cfx_t *c = *state;
+    char err_path[256];
+    snprintf(err_path, sizeof err_path, "%s/xlm-client.err", c->dir);
+    int to_child[2], from_child[2];
+    assert_int_equal(pipe(to_child), 0);
+    assert_int_equal(pipe(from_child), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int err_fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(to_child[0], 0);
+        dup2(from_child[1], 1);
+        dup2(err_fd, 2);
+        close(to_child[1]);
+        close(from_child[0]);
+        execl(XLM_BIN_DIR "/xlm-client", "xlm-client", "infer", "--endpoint", c->front, "--model",
+              "tiny", "--head", "base", "--window", "1", "--attempt-timeout-ms", "5000",
+              "--attempts", "3", "--curve-secret", c->client_key, "--curve-server", c->broker_pub,
+              (char *)NULL);
+        _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    FILE *in = fdopen(to_child[1], "w"), *out = fdopen(from_child[0], "r");
+    char got[4096];
+    fputs("{\"name\": \"one\", \"inputs\": {\"input_ids\": [[3, 4, 5]]}}\n", in);
+    fflush(in);
+    /* Its output is a pipe (buffered until exit): the worker's count says
+     * when the first line was answered. */
+    for (int i = 0; i < 500 && fake_worker_requests(c->worker) < 1; i++)
+        usleep(20000);
+    assert_int_equal(fake_worker_requests(c->worker), 1);
+    revoke_client_key(c);
+    int64_t started = testing_now_us();
+    fputs("{\"name\": \"two\", \"inputs\": {\"input_ids\": [[3, 4, 5]]}}\n", in);
+    fflush(in);
+    int status = 0;
+    pid_t done = 0;
+    while ((done = waitpid(pid, &status, WNOHANG)) == 0 && testing_now_us() - started < 20000000)
+        usleep(20000);
+    int64_t took_ms = (testing_now_us() - started) / 1000;
+    if (done == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fail_msg("xlm-client still ran 20 s after its key was revoked");
+    }
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 3);
+    assert_non_null(fgets(got, sizeof got, out));
+    if (!strstr(got, "\"one\"") || !strstr(got, "sum_ids"))
+        fail_msg("xlm-client's first line: %s", got);
+    assert_null(fgets(got, sizeof got, out)); /* no line for 'two' */
+    fclose(in);
+    fclose(out);
+    const char *says = "xlm-client: stopping at line 'two': the broker no longer allows this "
+                       "client's CURVE key";
+    if (count_lines_with(err_path, says) != 1 || count_lines_with(err_path, "CURVE key") != 1)
+        fail_msg("xlm-client's stderr does not say once '%s'", says);
+    if (took_ms > 3000)
+        fail_msg("xlm-client stopped %lld ms after the revoked line, expected at once", (long long)took_ms);
+}
+
 static void test_bad_key_files(void **state)
 {
     cfx_t *c = *state;
@@ -225,6 +363,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_key_not_allowed_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_server_key_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoked_key_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_revoked_while_connected, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_revoked_tool_stops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_key_files, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

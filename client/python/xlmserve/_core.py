@@ -17,7 +17,7 @@ ID_MAX = 128
 # Wire names, as libxlmclient's xlm_code_str and xlm_task_name spell them.
 CODES = ["ok", "bad_request", "unknown_model", "unknown_task", "overloaded",
          "deadline_exceeded", "cancelled", "internal", "unavailable", "too_large",
-         "malformed", "bad_version", "not_found"]
+         "malformed", "bad_version", "not_found", "permission_denied"]
 TASKS = ["base", "lm", "seq_cls", "multiple_choice", "token_cls", "qa_simple", "qa",
          "clm_score", "generate", "mlm_pll"]
 RETRYABLE = {"overloaded", "unavailable"}
