@@ -99,8 +99,27 @@ static _Thread_local dnnl_stream_t thread_stream;
 static _Thread_local void *thread_scratch;
 static _Thread_local size_t thread_scratch_size;
 
+/* Freed when the thread ends: states run on threads that come and go. */
+static pthread_key_t thread_key;
+static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
+
+static void free_thread_resources(void *unused)
+{
+    (void)unused;
+    free(thread_scratch);
+    thread_scratch = NULL;
+    thread_scratch_size = 0;
+    if (thread_stream)
+        dnnl_stream_destroy(thread_stream);
+    thread_stream = NULL;
+}
+
+static void make_thread_key(void) { pthread_key_create(&thread_key, free_thread_resources); }
+
 static void *scratch(size_t size)
 {
+    pthread_once(&thread_key_once, make_thread_key);
+    pthread_setspecific(thread_key, (void *)1); /* the destructor runs only for non-NULL */
     if (size > thread_scratch_size) {
         void *grown = realloc(thread_scratch, size);
         if (!grown)

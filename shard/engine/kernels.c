@@ -157,8 +157,26 @@ static void product_any(const product_t *p, const float *x, int64_t rows, float 
 static _Thread_local float *tile_x, *tile_y;
 static _Thread_local size_t tile_x_count, tile_y_count;
 
+/* Freed when the thread ends: states run on threads that come and go. */
+static pthread_key_t tile_key;
+static pthread_once_t tile_key_once = PTHREAD_ONCE_INIT;
+
+static void free_tile_buffers(void *unused)
+{
+    (void)unused;
+    free(tile_x);
+    free(tile_y);
+    free(fp32_out);
+    tile_x = tile_y = fp32_out = NULL;
+    tile_x_count = tile_y_count = fp32_out_count = 0;
+}
+
+static void make_tile_key(void) { pthread_key_create(&tile_key, free_tile_buffers); }
+
 static float *tile_buffer(float **buffer, size_t *have, size_t count)
 {
+    pthread_once(&tile_key_once, make_tile_key);
+    pthread_setspecific(tile_key, (void *)1); /* the destructor runs only for non-NULL */
     if (count > *have) {
         free(*buffer);
         *have = 0;
