@@ -124,11 +124,15 @@ static void stage_holds_its_share(const char *format)
                   one / 1024, all / 1024, one_mapped / 1024, all_mapped / 1024);
     assert_true(all >= 7 * (size_t)3 * 1024 * 1024);
     assert_true(one <= all / 4);
-    /* No second copy of any weight: within 1.3 times the mapped folder's. */
+    /* No second copy of any weight: within 1.3 times the mapped folder's.
+     * Not under AddressSanitizer, whose redzones and quarantine make heap
+     * memory (where the readers' small tensors live) no measure of copies. */
+#ifndef __SANITIZE_ADDRESS__
     if (one * 10 > one_mapped * 13 || all * 10 > all_mapped * 13)
         fail_msg("%s holds %zu KiB for the stage, %zu KiB whole; safetensors %zu KiB, %zu KiB: "
                  "over 1.3 times", format, one / 1024, all / 1024, one_mapped / 1024,
                  all_mapped / 1024);
+#endif
 }
 
 static void safetensors_stage(void **state) { (void)state; stage_holds_its_share(""); }
