@@ -103,6 +103,9 @@ const Xlm__Tensor *test_response_output(const Xlm__Response *response, const cha
 
 /* ------------------------------------------------------------ processes */
 
+/* Lines of the file at path that hold needle (0 when it cannot be read):
+ * what a test counts in a log. */
+int testing_count_lines_with(const char *path, const char *needle);
 /* A TCP port on 127.0.0.1 free at the time of the call. */
 int testing_free_port(void);
 /* Starts bin (xlm-broker) on 127.0.0.1 with the two ports and extra

@@ -326,3 +326,15 @@ long testing_process_rss_kb(pid_t pid)
         fclose(f);
     return kb;
 }
+
+int testing_count_lines_with(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[2048];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}

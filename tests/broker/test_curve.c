@@ -98,17 +98,6 @@ static int teardown(void **state)
     return rc;
 }
 
-static int log_count(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "r");
-    char line[2048];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    if (f)
-        fclose(f);
-    return n;
-}
 
 static uint64_t auth_refused(fx_t *fx)
 {
@@ -208,7 +197,7 @@ static void test_plain_client_refused(void **state)
     }
     assert_true(wait_refused(&c->fx, 1, 10000) >= 1);
     test_client_destroy(&plain);
-    assert_int_equal(log_count(c->fx.log_path, "CURVE: frontend refused a client: its handshake "
+    assert_int_equal(testing_count_lines_with(c->fx.log_path, "CURVE: frontend refused a client: its handshake "
                                                "failed ("), 1);
 }
 
@@ -221,7 +210,7 @@ static void test_key_not_allowed_refused(void **state)
     expect_silence(stranger, "stranger-2");
     assert_true(wait_refused(&c->fx, 1, 10000) >= 1);
     test_client_destroy(&stranger);
-    assert_int_equal(log_count(c->fx.log_path, "its public key is not in the allow directory"), 1);
+    assert_int_equal(testing_count_lines_with(c->fx.log_path, "its public key is not in the allow directory"), 1);
     /* A client that took the broker's key for another's: no handshake. */
     test_client_t *confused = test_client_new_curve(c->fx.front, c->client_key, c->client_pub);
     expect_silence(confused, "wrong-server-key");
@@ -256,9 +245,9 @@ static void test_removed_key_revoked(void **state)
     assert_int_equal(fx_model_stats(stats, "tiny")->pipelines_alive, 1);
     proto_service_free(&stats);
     const char *dropped = "refused a message of a key no longer allowed";
-    for (int i = 0; i < 500 && log_count(c->fx.log_path, dropped) == 0; i++)
+    for (int i = 0; i < 500 && testing_count_lines_with(c->fx.log_path, dropped) == 0; i++)
         usleep(20000); /* the broker's own time on a loaded machine */
-    assert_int_equal(log_count(c->fx.log_path, dropped), 1);
+    assert_int_equal(testing_count_lines_with(c->fx.log_path, dropped), 1);
 }
 
 /* Off loopback a plain side needs --insecure: the broker exits 1 with a
@@ -282,7 +271,7 @@ static void test_plain_off_loopback_refused(void **state)
     close(fd);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 1);
-    assert_int_equal(log_count(log, "the frontend 'tcp://192.0.2.1:5555' is not a loopback address and "
+    assert_int_equal(testing_count_lines_with(log, "the frontend 'tcp://192.0.2.1:5555' is not a loopback address and "
                                     "has no CURVE"), 1);
     unlink(log);
 }

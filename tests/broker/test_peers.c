@@ -48,14 +48,7 @@ static int teardown(void **state)
 /* Lines of the broker's log holding needle. */
 static int log_count(const fx_t *fx, const char *needle)
 {
-    FILE *f = fopen(fx->log_path, "r");
-    char line[2048];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    if (f)
-        fclose(f);
-    return n;
+    return testing_count_lines_with(fx->log_path, needle);
 }
 
 static long log_size(const fx_t *fx)

@@ -64,14 +64,7 @@ static int teardown(void **state)
 
 static int log_count(const fx_t *fx, const char *needle)
 {
-    FILE *f = fopen(fx->log_path, "r");
-    char line[2048];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    if (f)
-        fclose(f);
-    return n;
+    return testing_count_lines_with(fx->log_path, needle);
 }
 
 static void *raw_socket(tail_fx_t *t)

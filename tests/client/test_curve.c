@@ -245,18 +245,6 @@ static void test_revoked_while_connected(void **state)
     xlm_client_destroy(&client);
 }
 
-static int count_lines_with(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "r");
-    char line[2048];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    if (f)
-        fclose(f);
-    return n;
-}
-
 /* xlm-client infer as a user runs it, fed one line at a time (--window 1):
  * the first line runs; the key is revoked; the second line ends the job
  * within 3 s (its attempts would take 15 s) with status 3, no result line
@@ -319,7 +307,7 @@ static void test_revoked_tool_stops(void **state)
     fclose(out);
     const char *says = "xlm-client: stopping at line 'two': the broker no longer allows this "
                        "client's CURVE key";
-    if (count_lines_with(err_path, says) != 1 || count_lines_with(err_path, "CURVE key") != 1)
+    if (testing_count_lines_with(err_path, says) != 1 || testing_count_lines_with(err_path, "CURVE key") != 1)
         fail_msg("xlm-client's stderr does not say once '%s'", says);
     if (took_ms > 3000)
         fail_msg("xlm-client stopped %lld ms after the revoked line, expected at once", (long long)took_ms);
