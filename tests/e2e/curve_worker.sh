@@ -22,8 +22,17 @@ e2e_broker --curve-key "$keys/broker.key" --curve-allow "$keys/allowed" --heartb
 e2e_wait_until 20 "the CURVE broker to answer" e2e_stat uptime_ms
 # A start-up failure, as the supervisor sees it: the job's exit status and
 # how long it took; its log holds the cause once.
+# Waits up to SECONDS for PID to end; it must have failed. Sets seconds
+# (since STARTED, epoch microseconds).
+job_fails() { # what pid started-us seconds
+  local status=0
+  e2e_wait_until "$4" "$1 to end" e2e_gone "$2"
+  wait "$2" || status=$?
+  seconds=$(( (${EPOCHREALTIME//[^0-9]/} - $3) / 1000000 ))
+  [ "$status" != 0 ] || e2e_fail "$1 exited with status 0"
+}
 refused_job() { # name worker-options...
-  local name=$1 started status=0
+  local name=$1 started
   shift
   local client_keys=("${e2e_client_keys[@]}")
   started=${EPOCHREALTIME//[^0-9]/}
@@ -31,10 +40,7 @@ refused_job() { # name worker-options...
   e2e_worker_job "$name" --model "$model" "$@"
   e2e_client_keys=("${client_keys[@]}")
   local pid=$E2E_JOB_PID
-  e2e_wait_until 30 "job $name (refused) to end" e2e_gone "$pid"
-  wait "$pid" || status=$?
-  seconds=$(( (${EPOCHREALTIME//[^0-9]/} - started) / 1000000 ))
-  [ "$status" != 0 ] || e2e_fail "job $name exited with status 0"
+  job_fails "job $name (refused)" "$pid" "$started" 30
 }
 says_once() { # name text
   local n
@@ -60,11 +66,7 @@ mpirun --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader,t
   --curve-server "$keys/broker.pub" > "$run_dir/plainbroker.log" 2>&1 &
 pid=$!
 e2e_background "$pid"
-e2e_wait_until 30 "the CURVE worker of a plain broker to end" e2e_gone "$pid"
-status=0
-wait "$pid" || status=$?
-seconds=$(( (${EPOCHREALTIME//[^0-9]/} - started) / 1000000 ))
-[ "$status" != 0 ] || e2e_fail "the CURVE worker of a plain broker exited with status 0"
+job_fails "the CURVE worker of a plain broker" "$pid" "$started" 30
 says_once plainbroker "does not use CURVE on its backend"
 
 # Revoked while serving: registered, then its .pub removed.
@@ -74,11 +76,7 @@ pid=$E2E_JOB_PID
 e2e_wait_until 30 "the allowed worker to register" alive 1
 rm "$keys/allowed/worker.pub"
 started=${EPOCHREALTIME//[^0-9]/}
-e2e_wait_until 20 "the revoked worker's job to end" e2e_gone "$pid"
-status=0
-wait "$pid" || status=$?
-seconds=$(( (${EPOCHREALTIME//[^0-9]/} - started) / 1000000 ))
-[ "$status" != 0 ] || e2e_fail "the revoked worker's job exited with status 0"
+job_fails "the revoked worker's job" "$pid" "$started" 20
 says_once revoked "the broker at tcp://127.0.0.1:$backend no longer allows this worker's CURVE key (--curve-secret $keys/worker.key)"
 e2e_says "$run_dir/broker.log" "removed (its CURVE key is no longer allowed)"
 alive 0 || e2e_fail "the revoked worker's pipeline is still alive"
