@@ -118,9 +118,9 @@ static void make_thread_key(void) { pthread_key_create(&thread_key, free_thread_
 
 static void *scratch(size_t size)
 {
-    pthread_once(&thread_key_once, make_thread_key);
-    pthread_setspecific(thread_key, (void *)1); /* the destructor runs only for non-NULL */
     if (size > thread_scratch_size) {
+        pthread_once(&thread_key_once, make_thread_key);
+        pthread_setspecific(thread_key, (void *)1); /* the destructor runs only for non-NULL */
         void *grown = realloc(thread_scratch, size);
         if (!grown)
             return NULL;

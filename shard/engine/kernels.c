@@ -175,9 +175,9 @@ static void make_tile_key(void) { pthread_key_create(&tile_key, free_tile_buffer
 
 static float *tile_buffer(float **buffer, size_t *have, size_t count)
 {
-    pthread_once(&tile_key_once, make_tile_key);
-    pthread_setspecific(tile_key, (void *)1); /* the destructor runs only for non-NULL */
     if (count > *have) {
+        pthread_once(&tile_key_once, make_tile_key);
+        pthread_setspecific(tile_key, (void *)1); /* the destructor runs only for non-NULL */
         free(*buffer);
         *have = 0;
         if (!(*buffer = malloc(count * sizeof **buffer)))
