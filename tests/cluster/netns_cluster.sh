@@ -174,7 +174,7 @@ worker_on() { # host rank
   local p
   for p in $(ip netns pids "${ns[$1]}"); do
     [ "$(cat "/proc/$p/comm" 2>/dev/null)" = xlm-worker ] || continue
-    tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2" &&
+    e2e_environ_has "$p" "OMPI_COMM_WORLD_RANK=$2" &&
       { echo "$p"; return 0; }
   done
   return 1

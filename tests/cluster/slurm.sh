@@ -77,7 +77,7 @@ EOF
 job_pids() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' '\n' 2>/dev/null < "$p/environ" | grep -qxF "XLM_SLURM_TEST_RUN=$run_dir" && echo "${p#/proc/}"
+    e2e_environ_has "${p#/proc/}" "XLM_SLURM_TEST_RUN=$run_dir" && echo "${p#/proc/}"
   done
   return 0
 }
@@ -88,7 +88,7 @@ stepd_pids() {
   local p
   for p in /proc/[0-9]*; do
     [ "$(cat "$p/comm" 2>/dev/null)" = slurmstepd ] || continue
-    tr '\0' '\n' 2>/dev/null < "$p/environ" | grep -qxF "SLURM_CONF=$conf" && echo "${p#/proc/}"
+    e2e_environ_has "${p#/proc/}" "SLURM_CONF=$conf" && echo "${p#/proc/}"
   done
   return 0
 }
@@ -159,7 +159,7 @@ job_worker() { # rank
   local p
   for p in $(job_pids); do
     [ "$(cat "/proc/$p/comm" 2>/dev/null)" = xlm-worker ] || continue
-    tr '\0' '\n' 2>/dev/null < "/proc/$p/environ" | grep -qx "OMPI_COMM_WORLD_RANK=$1" &&
+    e2e_environ_has "$p" "OMPI_COMM_WORLD_RANK=$1" &&
       { echo "$p"; return 0; }
   done
   return 1
@@ -167,9 +167,9 @@ job_worker() { # rank
 job_processes() { ps -o pid=,args= -p "$(job_pids | paste -sd, -)" 2>/dev/null || true; }
 rank0=$(job_worker 0) || e2e_fail "no xlm-worker of rank 0 among the job's processes: $(job_processes)"
 job_worker 1 > /dev/null || e2e_fail "no xlm-worker of rank 1 among the job's processes: $(job_processes)"
-tr '\0' '\n' < "/proc/$rank0/environ" | grep -qx "SLURM_JOB_ID=$job" ||
+e2e_environ_has "$rank0" "SLURM_JOB_ID=$job" ||
   e2e_fail "rank 0 (pid $rank0) does not run inside Slurm job $job"
-"$build/bin/xlm-client" stats --endpoint "$endpoint" "${e2e_client_keys[@]}" | grep -q "/j$job/p0" ||
+[[ $("$build/bin/xlm-client" stats --endpoint "$endpoint" "${e2e_client_keys[@]}") == *"/j$job/p0"* ]] ||
   e2e_fail "no pipeline id with Slurm's job id j$job in the broker's stats"
 
 "$build/bin/xlm-score" --model "$model" --mode clm --quiet --threads 1 \

@@ -37,7 +37,7 @@ victim=
 hang_cleanup() {
   local rc=$?
   if [ -n "$victim" ] && [ -e "/proc/$victim" ] &&
-     tr '\0' ' ' < "/proc/$victim/cmdline" 2>/dev/null | grep -q xlm-worker; then
+     e2e_cmdline_matches "$victim" xlm-worker; then
     kill -CONT "$victim" 2>/dev/null || true
     kill -9 "$victim" 2>/dev/null || true
   fi

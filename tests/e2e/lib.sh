@@ -186,6 +186,23 @@ e2e_wait_until() { # seconds what command...
   done
 }
 
+# Whether process PID's environment holds the line NAME=VALUE, and whether
+# its command line (arguments joined by spaces) matches the extended regex
+# PATTERN. Each reads the whole file before matching: under pipefail,
+# `tr ... | grep -q` fails at random, when grep leaves at its match while tr
+# still writes and dies of SIGPIPE (status 141). A process may end between
+# a listing and the read: the braces silence the redirection's error too.
+e2e_environ_has() { # pid NAME=VALUE
+  local environ
+  environ=$({ tr '\0' '\n' < "/proc/$1/environ"; } 2>/dev/null) || return 1
+  grep -qxF -- "$2" <<< "$environ"
+}
+e2e_cmdline_matches() { # pid pattern
+  local cmdline
+  cmdline=$({ tr '\0' ' ' < "/proc/$1/cmdline"; } 2>/dev/null) || return 1
+  grep -qE -- "$2" <<< "$cmdline"
+}
+
 # True once PID has ended: no such process, or a zombie nobody reaped.
 e2e_gone() {
   [ ! -e "/proc/$1" ] || [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ]
@@ -231,12 +248,10 @@ e2e_stat_sum() { # field [default]
 e2e_worker_pid() { # rank
   local p
   for p in /proc/[0-9]*; do
-    # A process may end between the listing and the read: { } 2> silences
-    # the shell's own redirection error too.
-    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null |
-      grep -q "xlm-worker .*--broker tcp://127.0.0.1:$backend " || continue
-    if { tr '\0' '\n' < "$p/environ"; } 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
-      echo "${p#/proc/}"
+    local pid=${p#/proc/}
+    e2e_cmdline_matches "$pid" "xlm-worker .*--broker tcp://127\.0\.0\.1:$backend " || continue
+    if e2e_environ_has "$pid" "OMPI_COMM_WORLD_RANK=$1"; then
+      echo "$pid"
       return 0
     fi
   done

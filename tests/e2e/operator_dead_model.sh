@@ -50,6 +50,6 @@ e2e_expect_status 2 "$build/bin/xlm-score" --endpoint "$endpoint" --model alpha 
 e2e_says "$run_dir/score.log" "model 'alpha': no live pipeline since 20"
 "$build/bin/xlm-client" infer --endpoint "$endpoint" < "$run_dir/case.jsonl" > "$run_dir/none2.jsonl" 2> "$run_dir/none2.log" ||
   e2e_fail "a request naming no model was refused after alpha was unregistered"
-"$build/bin/xlm-client" stats --endpoint "$endpoint" | grep -q '"models_gone"' || e2e_fail "stats do not list models_gone"
+[[ $("$build/bin/xlm-client" stats --endpoint "$endpoint") == *'"models_gone"'* ]] || e2e_fail "stats do not list models_gone"
 echo "later: $(cat "$run_dir/later.log"); xlm-score: $(cat "$run_dir/score.log")"
 echo PASS
