@@ -1,19 +1,23 @@
 /* dnnl_matmul.c: a process-wide cache of oneDNN matmul primitives keyed by
- * data types and shape, the row count left to run time so that one
- * primitive serves every batch. Primitives are created under a lock and
- * never freed (a model has a handful of shapes); running them needs no lock:
- * each run brings its own scratchpad, so states on several threads may
- * share one primitive. */
+ * data types, shape and thread count. oneDNN splits a primitive's work for
+ * the threads there are when it is made: one made under 1 thread and run
+ * under 2 kept to one core's worth of partitions (bf16 on 2 threads at
+ * 1.14x fp32 instead of 2.04x, bench-engine --threads 1,2). Primitives
+ * are created under a lock and never freed (a model has a handful of
+ * shapes); running them needs no lock: each run brings its own scratchpad,
+ * so states on several threads may share one primitive. */
 #include "dnnl_matmul.h"
 #include "engine_internal.h"
 
 #include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 
 struct shard_matmul {
     dnnl_data_type_t src, wei, dst;
     int64_t rows, k, n, ldw;
+    int threads;
     dnnl_primitive_desc_t pd;
     dnnl_primitive_t primitive;
     const char *impl;
@@ -54,7 +58,8 @@ static struct shard_matmul *create(dnnl_data_type_t src, dnnl_data_type_t wei,
         shard_error_set(err, SHARD_ERR_NOMEM, "shard_matmul_get: out of memory");
         return NULL;
     }
-    *m = (struct shard_matmul){src, wei, dst, rows, k, n, ldw, NULL, NULL, "", NULL};
+    *m = (struct shard_matmul){src, wei, dst, rows, k, n, ldw, omp_get_max_threads(),
+                               NULL, NULL, "", NULL};
     if ((s = dnnl_memory_desc_init_by_strides(&src_md, 2, src_dims, src, src_strides)) ||
         (s = dnnl_memory_desc_init_by_strides(&wei_md, 2, wei_dims, wei, wei_strides)) ||
         (s = dnnl_memory_desc_init_by_strides(&dst_md, 2, dst_dims, dst, dst_strides)) ||
@@ -79,10 +84,11 @@ const shard_matmul_t *shard_matmul_get(dnnl_data_type_t src, dnnl_data_type_t we
                                        dnnl_data_type_t dst, int64_t rows, int64_t k, int64_t n,
                                        int64_t ldw, shard_error_t *err)
 {
+    const int threads = omp_get_max_threads();
     pthread_mutex_lock(&cache_lock);
     struct shard_matmul *m = cache;
     while (m && !(m->src == src && m->wei == wei && m->dst == dst && m->rows == rows &&
-                  m->k == k && m->n == n && m->ldw == ldw))
+                  m->k == k && m->n == n && m->ldw == ldw && m->threads == threads))
         m = m->next;
     if (!m && (m = create(src, wei, dst, rows, k, n, ldw, err))) {
         m->next = cache;
