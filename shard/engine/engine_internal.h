@@ -252,6 +252,9 @@ void shard_attention_head(const float *q, int64_t ldq, int64_t n_queries, const 
                           bool causal, int64_t dh, float *work, float *ctx, int64_t ldctx);
 /* In place over rows of dim. */
 void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *norm, double eps);
+/* x = LayerNorm(x + y), row by row (the residual and the norm in one pass). */
+void shard_add_layer_norm(float *x, const float *y, int64_t rows, int64_t dim,
+                          const shard_norm_t *norm, double eps);
 void shard_gelu(float *x, size_t count);
 void shard_relu(float *x, size_t count);
 void shard_activate(float *x, size_t count, shard_activation_t activation);

@@ -378,19 +378,16 @@ void shard_layer_finish(const shard_model_t *model, const shard_layer_t *layer,
 {
     const shard_config_t *c = &model->config;
     const int64_t d = c->emb_dim, T = acts->n_tokens;
-    const size_t td = (size_t)T * (size_t)d;
     float *x = acts->hidden;
     shard_linear(&layer->out, ctx, T, y);
-    shard_add(x, y, td);
-    shard_layer_norm(x, T, d, &layer->norm1, c->layer_norm_eps);
+    shard_add_layer_norm(x, y, T, d, &layer->norm1, c->layer_norm_eps);
     shard_linear(&layer->ffn_in, x, T, ffn);
     if (c->gelu_activation)
         shard_gelu(ffn, (size_t)T * (size_t)c->hidden_dim);
     else
         shard_relu(ffn, (size_t)T * (size_t)c->hidden_dim);
     shard_linear(&layer->ffn_out, ffn, T, y);
-    shard_add(x, y, td);
-    shard_layer_norm(x, T, d, &layer->norm2, c->layer_norm_eps);
+    shard_add_layer_norm(x, y, T, d, &layer->norm2, c->layer_norm_eps);
     for (int64_t t = 0; t < T; t++)
         if (!acts->is_real[t])
             memset(x + t * d, 0, (size_t)d * sizeof *x);

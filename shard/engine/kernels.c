@@ -314,7 +314,7 @@ static inline float exp_nonpositive(float x_in)
  * layer's time. Built for AVX2 and for the baseline, picked at load time
  * (kernels.c is compiled with -fno-trapping-math so that this vectorises). */
 SHARD_AVX2_CLONES
-void shard_gelu(float *x, size_t count)
+static void gelu_run(float *x, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         const float v = x[i] * 0.70710678118654752440f;
@@ -325,6 +325,25 @@ void shard_gelu(float *x, size_t count)
              0.254829592f) * t;
         const float e = 1.0f - poly * exp_nonpositive(-a * a);
         x[i] = 0.5f * x[i] * (1.0f + __builtin_copysignf(e, v));
+    }
+}
+
+/* Elementwise and per-row loops share the engine's threads once they are
+ * long enough to pay for a parallel region (a few microseconds). Each
+ * element or row is computed by the same code whichever thread runs it,
+ * so results do not depend on the thread count. The vectorised bodies
+ * stay in their own (cloned) functions: GCC does not clone the outlined
+ * body of a parallel loop for AVX2. */
+enum { PARALLEL_MIN_FLOATS = 1 << 14, PARALLEL_CHUNK_FLOATS = 1 << 12 };
+
+void shard_gelu(float *x, size_t count)
+{
+    const int64_t chunks = (int64_t)((count + PARALLEL_CHUNK_FLOATS - 1) / PARALLEL_CHUNK_FLOATS);
+#pragma omp parallel for schedule(static) if (count >= PARALLEL_MIN_FLOATS)
+    for (int64_t c = 0; c < chunks; c++) {
+        const size_t start = (size_t)c * PARALLEL_CHUNK_FLOATS;
+        gelu_run(x + start, count - start < PARALLEL_CHUNK_FLOATS ? count - start
+                                                                   : PARALLEL_CHUNK_FLOATS);
     }
 }
 
@@ -361,16 +380,29 @@ static inline double lane_sum(const float *x, int64_t count, float shift, bool s
 /* Two passes: the mean is subtracted before squaring, so rows with a large
  * offset keep their precision. */
 SHARD_AVX2_CLONES
+static void layer_norm_row(float *row, const float *residual, int64_t dim,
+                           const shard_norm_t *norm, double eps)
+{
+    for (int64_t i = 0; residual && i < dim; i++)
+        row[i] += residual[i];
+    const float mean = (float)(lane_sum(row, dim, 0.0f, false) / (double)dim);
+    const double var = lane_sum(row, dim, mean, true) / (double)dim;
+    const float inv = (float)(1.0 / sqrt(var + eps));
+    for (int64_t i = 0; i < dim; i++)
+        row[i] = (row[i] - mean) * inv * norm->weight[i] + norm->bias[i];
+}
+
 void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *norm, double eps)
 {
-    for (int64_t r = 0; r < rows; r++) {
-        float *row = x + r * dim;
-        const float mean = (float)(lane_sum(row, dim, 0.0f, false) / (double)dim);
-        const double var = lane_sum(row, dim, mean, true) / (double)dim;
-        const float inv = (float)(1.0 / sqrt(var + eps));
-        for (int64_t i = 0; i < dim; i++)
-            row[i] = (row[i] - mean) * inv * norm->weight[i] + norm->bias[i];
-    }
+    shard_add_layer_norm(x, NULL, rows, dim, norm, eps);
+}
+
+void shard_add_layer_norm(float *x, const float *y, int64_t rows, int64_t dim,
+                          const shard_norm_t *norm, double eps)
+{
+#pragma omp parallel for schedule(static) if (rows * dim >= PARALLEL_MIN_FLOATS)
+    for (int64_t r = 0; r < rows; r++)
+        layer_norm_row(x + r * dim, y ? y + r * dim : NULL, dim, norm, eps);
 }
 
 SHARD_AVX2_CLONES

@@ -50,11 +50,29 @@ static void fill_nan(float *y, int64_t count)
         y[i] = NAN;
 }
 
+enum { BF16_PARALLEL_MIN = 1 << 14 }; /* floats: below, a parallel region costs more than it saves */
+
+SHARD_AVX2_CLONES
+static void add_bias_row(const float *b, int64_t no, float *y)
+{
+    for (int64_t o = 0; o < no; o++)
+        y[o] += b[o];
+}
+
 static void add_bias(const float *b, int64_t rows, int64_t no, float *y)
 {
-    for (int64_t r = 0; b && r < rows; r++)
-        for (int64_t o = 0; o < no; o++)
-            y[r * no + o] += b[o];
+    if (!b)
+        return;
+#pragma omp parallel for schedule(static) if (rows * no >= BF16_PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        add_bias_row(b, no, y + r * no);
+}
+
+SHARD_AVX2_CLONES
+static void round_row_to_bf16(const float *x, int64_t count, uint16_t *xb)
+{
+    for (int64_t i = 0; i < count; i++)
+        xb[i] = shard_float_to_bf16(x[i]);
 }
 
 static bool native(const shard_linear_t *l, int64_t o0, int64_t no, int64_t c0, int64_t nc,
@@ -63,8 +81,9 @@ static bool native(const shard_linear_t *l, int64_t o0, int64_t no, int64_t c0, 
     uint16_t *xb = work((size_t)(rows * nc) * sizeof *xb);
     if (!xb)
         return false;
-    for (int64_t i = 0; i < rows * nc; i++)
-        xb[i] = shard_float_to_bf16(x[i]);
+#pragma omp parallel for schedule(static) if (rows * nc >= BF16_PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        round_row_to_bf16(x + r * nc, nc, xb + r * nc);
     return shard_matmul_rows(dnnl_bf16, dnnl_bf16, dnnl_f32, nc, no, l->in, rows, xb,
                              sizeof *xb, l->bf16 + o0 * l->in + c0, y, sizeof *y);
 }

@@ -60,9 +60,24 @@ static float quantise_row(const float *x, int64_t count, int8_t *q)
     const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
     const float inv = 1.0f / scale;
     for (int64_t i = 0; i < count; i++)
-        q[i] = (int8_t)lrintf(x[i] * inv); /* |x * inv| <= 127 */
+        q[i] = (int8_t)(int32_t)rintf(x[i] * inv); /* |x * inv| <= 127; rintf inlines, lrintf is a call */
     return scale;
 }
+
+/* out[o] = a[o] * (s * ws[o]) + b[o] */
+SHARD_AVX2_CLONES
+static void dequantise_row(const int32_t *a, int64_t no, float s, const float *ws, const float *b,
+                           float *out)
+{
+    if (b)
+        for (int64_t o = 0; o < no; o++)
+            out[o] = (float)a[o] * (s * ws[o]) + b[o];
+    else
+        for (int64_t o = 0; o < no; o++)
+            out[o] = (float)a[o] * (s * ws[o]) + 0.0f;
+}
+
+enum { INT8_PARALLEL_MIN = 1 << 14 }; /* floats: below, a parallel region costs more than it saves */
 
 static void fill_nan(float *y, int64_t rows, int64_t cols)
 {
@@ -86,6 +101,9 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
         fill_nan(y, rows, no);
         return;
     }
+    /* Rows spread over the engine's threads: each row's quantisation and
+     * dequantisation depend on that row alone. */
+#pragma omp parallel for schedule(static) if (rows * nc >= INT8_PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++)
         scales[r] = quantise_row(x + r * nc, nc, q + r * nc);
     if (!shard_matmul_rows(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in, rows, q, 1,
@@ -94,13 +112,9 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
     } else {
         const float *ws = linear->scale + o0;
         const float *b = bias && linear->bias ? linear->bias + o0 : NULL;
-        for (int64_t r = 0; r < rows; r++) {
-            const int32_t *a = acc + r * no;
-            float *out = y + r * no;
-            const float s = scales[r];
-            for (int64_t o = 0; o < no; o++)
-                out[o] = (float)a[o] * (s * ws[o]) + (b ? b[o] : 0.0f);
-        }
+#pragma omp parallel for schedule(static) if (rows * no >= INT8_PARALLEL_MIN)
+        for (int64_t r = 0; r < rows; r++)
+            dequantise_row(acc + r * no, no, scales[r], ws, b, y + r * no);
     }
     if (scales != scales_stack)
         free(scales);
