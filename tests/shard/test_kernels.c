@@ -15,6 +15,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dnnl_matmul.h"
 #include "engine_internal.h"
 
 /* |got - want| <= tol, with both numbers in the failure message. */
@@ -196,6 +197,34 @@ static void test_layer_norm_rows_are_independent(void **state)
     }
 }
 
+/* Large enough to run on the engine's threads: every row comes out as the
+ * row normalised alone, and the fused residual as the add before the norm. */
+static void test_add_layer_norm_parallel_rows_match_single_rows(void **state)
+{
+    (void)state;
+    enum { ROWS = 96, DIM = 1024 };
+    static float x[ROWS][DIM], y[ROWS][DIM], want[ROWS][DIM], weight[DIM], bias[DIM];
+    for (int i = 0; i < DIM; i++) {
+        weight[i] = 1.0f + (float)(i % 7) / 8.0f;
+        bias[i] = (float)(i % 5) / 16.0f - 0.125f;
+    }
+    for (int r = 0; r < ROWS; r++)
+        for (int i = 0; i < DIM; i++) {
+            x[r][i] = sinf((float)(r * DIM + i)) * (float)(1 + r % 3);
+            y[r][i] = cosf((float)(r + 3 * i));
+        }
+    const shard_norm_t norm = {weight, bias};
+    memcpy(want, x, sizeof want);
+    for (int r = 0; r < ROWS; r++) {
+        shard_add(want[r], y[r], DIM);
+        shard_layer_norm(want[r], 1, DIM, &norm, 1e-12);
+    }
+    shard_set_threads(2);
+    shard_add_layer_norm(&x[0][0], &y[0][0], ROWS, DIM, &norm, 1e-12);
+    shard_set_threads(1);
+    assert_memory_equal(x, want, sizeof want);
+}
+
 /* ------------------------------------------------------------ activations */
 
 static void test_gelu_known_values(void **state)
@@ -339,6 +368,40 @@ static void test_log_sum_exp_matches_softmax(void **state)
         assert_close(x[i] - lse, log((double)p[i]), 1e-6);
 }
 
+static void test_gelu_parallel_matches_one_value_at_a_time(void **state)
+{
+    (void)state;
+    enum { COUNT = 100003 }; /* chunks of the parallel loop, and a remainder */
+    static float x[COUNT], want[COUNT];
+    for (int i = 0; i < COUNT; i++)
+        x[i] = want[i] = 8.0f * sinf((float)i);
+    for (int i = 0; i < COUNT; i++)
+        shard_gelu(&want[i], 1);
+    shard_set_threads(2);
+    shard_gelu(x, COUNT);
+    shard_set_threads(1);
+    assert_memory_equal(x, want, sizeof want);
+}
+
+/* oneDNN splits a primitive's work for the threads there are when it is
+ * made: a primitive made under one thread count must not serve another. */
+static void test_matmul_primitive_per_thread_count(void **state)
+{
+    (void)state;
+    shard_error_t err = {0};
+    shard_set_threads(1);
+    const shard_matmul_t *one = shard_matmul_get(dnnl_f32, dnnl_f32, dnnl_f32, 16, 64, 32, 64, &err);
+    shard_set_threads(2);
+    const shard_matmul_t *two = shard_matmul_get(dnnl_f32, dnnl_f32, dnnl_f32, 16, 64, 32, 64, &err);
+    shard_set_threads(1);
+    const shard_matmul_t *one_again =
+        shard_matmul_get(dnnl_f32, dnnl_f32, dnnl_f32, 16, 64, 32, 64, &err);
+    assert_non_null(one);
+    assert_non_null(two);
+    assert_ptr_not_equal(one, two);
+    assert_ptr_equal(one, one_again);
+}
+
 static void test_add(void **state)
 {
     (void)state;
@@ -354,6 +417,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear_one_row_with_bias),
+        cmocka_unit_test(test_add_layer_norm_parallel_rows_match_single_rows),
+        cmocka_unit_test(test_gelu_parallel_matches_one_value_at_a_time),
+        cmocka_unit_test(test_matmul_primitive_per_thread_count),
         cmocka_unit_test(test_linear_one_row_without_bias),
         cmocka_unit_test(test_linear_many_rows_with_bias),
         cmocka_unit_test(test_linear_many_rows_without_bias),
