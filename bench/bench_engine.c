@@ -27,8 +27,9 @@
 #include "shard_engine.h"
 
 #include <cblas.h>
-#include <omp.h>
+#include <errno.h>
 #include <getopt.h>
+#include <omp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,13 +111,21 @@ static int add_params(param_t *p, int n, const bench_shape_t *s, bool lm)
 }
 
 /* Writes config.json and a random model.safetensors into dir. */
+static int cannot_write(const char *path)
+{
+    fprintf(stderr, "bench-engine: cannot write %s: %s\n", path, strerror(errno));
+    return -1;
+}
+
+/* A random checkpoint of shape s in the existing folder dir; a line on
+ * stderr naming the file when one cannot be written. */
 static int write_checkpoint(const char *dir, const bench_shape_t *s, bool lm, bool causal)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = fopen(path, "w");
     if (!f)
-        return -1;
+        return cannot_write(path);
     fprintf(f, "{\"architectures\": [\"%s\"], \"vocab_size\": %lld, \"emb_dim\": %lld, "
                "\"n_layers\": %lld, \"n_heads\": %lld, \"n_langs\": %d, \"causal\": %s, "
                "\"gelu_activation\": true, \"max_position_embeddings\": 512%s}\n",
@@ -148,8 +157,11 @@ static int write_checkpoint(const char *dir, const bench_shape_t *s, bool lm, bo
         header[used++] = ' ';
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     f = fopen(path, "wb");
-    if (!f)
-        return -1;
+    if (!f) {
+        free(header);
+        free(params);
+        return cannot_write(path);
+    }
     uint64_t len = used;
     fwrite(&len, 8, 1, f);
     fwrite(header, 1, used, f);
@@ -167,7 +179,8 @@ static int write_checkpoint(const char *dir, const bench_shape_t *s, bool lm, bo
     free(buffer);
     free(header);
     free(params);
-    return fclose(f) == 0 ? 0 : -1;
+    const bool written = !ferror(f);
+    return fclose(f) == 0 && written ? 0 : cannot_write(path);
 }
 
 /* The reference is the fp32 product the engine itself runs (OpenBLAS's
