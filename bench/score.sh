@@ -29,7 +29,7 @@ rate() { # xlm-score's summary -> "lines/s target_tokens/s"; every line must be 
 offline() { # model precision input -> "lines/s tokens/s"
   rm -f "$run_dir/out.jsonl"
   "$build/bin/xlm-score" --model "$1" --threads 2 --precision "$2" --mode clm --input "$3" \
-    --output "$run_dir/out.jsonl" 2> "$run_dir/summary.txt"
+    --output "$run_dir/out.jsonl" 2> "$run_dir/summary.txt" || true # rate says what failed
   rate "$run_dir/summary.txt"
 }
 service() { # model precision input -> "lines/s tokens/s"
@@ -38,7 +38,7 @@ service() { # model precision input -> "lines/s tokens/s"
     --build "$build" --timeout 180 -- --precision "$2" >/dev/null
   rm -f "$run_dir/out.jsonl"
   "$build/bin/xlm-score" --endpoint "tcp://127.0.0.1:${ports[0]}" --mode clm --input "$3" \
-    --output "$run_dir/out.jsonl" --window 512 2> "$run_dir/summary.txt"
+    --output "$run_dir/out.jsonl" --window 512 2> "$run_dir/summary.txt" || true # rate says what failed
   "$top/deploy/local/stop" --run-dir "$run_dir/svc" >/dev/null
   rate "$run_dir/summary.txt"
 }
@@ -59,7 +59,8 @@ for model in tiny big; do
   for where in offline service; do
     fp32=
     for precision in fp32 bf16 int8; do
-      read -r r t < <($where "$dir" "$precision" "$input")
+      read -r r t < <($where "$dir" "$precision" "$input") ||
+        { echo "bench: $name $where $precision: no rate (the line above says why)" >&2; exit 1; }
       fp32=${fp32:-$r}
       line "$name" "$([ $where = offline ] && echo in_process || echo service_2stages)" \
         "$precision" "$r" "$t" "$fp32"
