@@ -110,15 +110,14 @@ static int add_params(param_t *p, int n, const bench_shape_t *s, bool lm)
     return n;
 }
 
-/* Writes config.json and a random model.safetensors into dir. */
 static int cannot_write(const char *path)
 {
     fprintf(stderr, "bench-engine: cannot write %s: %s\n", path, strerror(errno));
     return -1;
 }
 
-/* A random checkpoint of shape s in the existing folder dir; a line on
- * stderr naming the file when one cannot be written. */
+/* Writes config.json and a random model.safetensors of shape s into the
+ * existing folder dir; a line on stderr names a file that cannot be written. */
 static int write_checkpoint(const char *dir, const bench_shape_t *s, bool lm, bool causal)
 {
     char path[4200];

@@ -18,6 +18,10 @@
 #define SHARD_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
 
+/* Elementwise and per-row loops share the engine's threads (OpenMP) from
+ * this many floats on: below, a parallel region costs more than it saves. */
+enum { SHARD_PARALLEL_MIN_FLOATS = 1 << 14 };
+
 /* ------------------------------------------------------------ weights */
 
 /* y = x W^T + b, W stored [out][in] as in torch.nn.Linear. One of weight,

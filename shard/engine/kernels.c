@@ -334,12 +334,12 @@ static void gelu_run(float *x, size_t count)
  * so results do not depend on the thread count. The vectorised bodies
  * stay in their own (cloned) functions: GCC does not clone the outlined
  * body of a parallel loop for AVX2. */
-enum { PARALLEL_MIN_FLOATS = 1 << 14, PARALLEL_CHUNK_FLOATS = 1 << 12 };
+enum { PARALLEL_CHUNK_FLOATS = 1 << 12 };
 
 void shard_gelu(float *x, size_t count)
 {
     const int64_t chunks = (int64_t)((count + PARALLEL_CHUNK_FLOATS - 1) / PARALLEL_CHUNK_FLOATS);
-#pragma omp parallel for schedule(static) if (count >= PARALLEL_MIN_FLOATS)
+#pragma omp parallel for schedule(static) if (count >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t c = 0; c < chunks; c++) {
         const size_t start = (size_t)c * PARALLEL_CHUNK_FLOATS;
         gelu_run(x + start, count - start < PARALLEL_CHUNK_FLOATS ? count - start
@@ -400,7 +400,7 @@ void shard_layer_norm(float *x, int64_t rows, int64_t dim, const shard_norm_t *n
 void shard_add_layer_norm(float *x, const float *y, int64_t rows, int64_t dim,
                           const shard_norm_t *norm, double eps)
 {
-#pragma omp parallel for schedule(static) if (rows * dim >= PARALLEL_MIN_FLOATS)
+#pragma omp parallel for schedule(static) if (rows * dim >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++)
         layer_norm_row(x + r * dim, y ? y + r * dim : NULL, dim, norm, eps);
 }

@@ -50,8 +50,6 @@ static void fill_nan(float *y, int64_t count)
         y[i] = NAN;
 }
 
-enum { BF16_PARALLEL_MIN = 1 << 14 }; /* floats: below, a parallel region costs more than it saves */
-
 SHARD_AVX2_CLONES
 static void add_bias_row(const float *b, int64_t no, float *y)
 {
@@ -63,7 +61,7 @@ static void add_bias(const float *b, int64_t rows, int64_t no, float *y)
 {
     if (!b)
         return;
-#pragma omp parallel for schedule(static) if (rows * no >= BF16_PARALLEL_MIN)
+#pragma omp parallel for schedule(static) if (rows * no >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++)
         add_bias_row(b, no, y + r * no);
 }
@@ -81,7 +79,7 @@ static bool native(const shard_linear_t *l, int64_t o0, int64_t no, int64_t c0, 
     uint16_t *xb = work((size_t)(rows * nc) * sizeof *xb);
     if (!xb)
         return false;
-#pragma omp parallel for schedule(static) if (rows * nc >= BF16_PARALLEL_MIN)
+#pragma omp parallel for schedule(static) if (rows * nc >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++)
         round_row_to_bf16(x + r * nc, nc, xb + r * nc);
     return shard_matmul_rows(dnnl_bf16, dnnl_bf16, dnnl_f32, nc, no, l->in, rows, xb,

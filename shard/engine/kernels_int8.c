@@ -60,7 +60,7 @@ static float quantise_row(const float *x, int64_t count, int8_t *q)
     const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
     const float inv = 1.0f / scale;
     for (int64_t i = 0; i < count; i++)
-        q[i] = (int8_t)(int32_t)rintf(x[i] * inv); /* |x * inv| <= 127; rintf inlines, lrintf is a call */
+        q[i] = (int8_t)(int32_t)rintf(x[i] * inv); /* |x * inv| <= 127; rintf inlines */
     return scale;
 }
 
@@ -76,8 +76,6 @@ static void dequantise_row(const int32_t *a, int64_t no, float s, const float *w
         for (int64_t o = 0; o < no; o++)
             out[o] = (float)a[o] * (s * ws[o]) + 0.0f;
 }
-
-enum { INT8_PARALLEL_MIN = 1 << 14 }; /* floats: below, a parallel region costs more than it saves */
 
 static void fill_nan(float *y, int64_t rows, int64_t cols)
 {
@@ -103,7 +101,7 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
     }
     /* Rows spread over the engine's threads: each row's quantisation and
      * dequantisation depend on that row alone. */
-#pragma omp parallel for schedule(static) if (rows * nc >= INT8_PARALLEL_MIN)
+#pragma omp parallel for schedule(static) if (rows * nc >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++)
         scales[r] = quantise_row(x + r * nc, nc, q + r * nc);
     if (!shard_matmul_rows(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in, rows, q, 1,
@@ -112,7 +110,7 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
     } else {
         const float *ws = linear->scale + o0;
         const float *b = bias && linear->bias ? linear->bias + o0 : NULL;
-#pragma omp parallel for schedule(static) if (rows * no >= INT8_PARALLEL_MIN)
+#pragma omp parallel for schedule(static) if (rows * no >= SHARD_PARALLEL_MIN_FLOATS)
         for (int64_t r = 0; r < rows; r++)
             dequantise_row(acc + r * no, no, scales[r], ws, b, y + r * no);
     }
