@@ -71,7 +71,7 @@ cluster_cleanup() {
   for h in a b c br; do ns_remove "${ns[$h]}"; done
   return 0
 }
-trap 'rc=$?; cluster_cleanup; (exit $rc); e2e_cleanup' EXIT
+trap 'rc=$?; cluster_cleanup; e2e_cleanup $rc' EXIT
 
 # Four namespaces; each host's veth is made inside the bridge's namespace
 # with its peer moved straight into the host's: nothing touches ours.

@@ -110,7 +110,7 @@ slurm_cleanup() {
   for pid in $(job_pids) $(stepd_pids) $slurmd_pid $ctld_pid; do kill -9 "$pid" 2>/dev/null || true; done
   return 0
 }
-trap 'rc=$?; slurm_cleanup; (exit $rc); e2e_cleanup' EXIT
+trap 'rc=$?; slurm_cleanup; e2e_cleanup $rc' EXIT
 
 # -D: in the foreground, children of this script; -i: no old state.
 slurmctld -D -i -f "$conf" >> "$run_dir/slurmctld.out" 2>&1 &

@@ -21,8 +21,7 @@ victim=
 cancel_cleanup() {
   local rc=$?
   [ -n "$victim" ] && kill -CONT "$victim" 2>/dev/null
-  (exit "$rc")
-  e2e_cleanup
+  e2e_cleanup "$rc"
 }
 trap cancel_cleanup EXIT
 

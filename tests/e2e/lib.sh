@@ -75,8 +75,12 @@ e2e_our_child() { # pid
   [ "$2" = "$$" ]
 }
 
+# The exit trap; RC (optional) is the script's status when a trap of the
+# caller's ran first (a subshell's `(exit RC)` would end the trap itself
+# under errexit, and nothing would be stopped).
 e2e_cleanup() {
-  local rc=$? pid ours=() waited alive
+  local rc=${1:-$?} pid ours=() waited alive
+  set +e
   for pid in "${E2E_PIDS[@]}"; do
     e2e_our_child "$pid" && ours+=("$pid") && kill -TERM "$pid" 2>/dev/null
   done
@@ -141,7 +145,9 @@ e2e_try_start() {
       shift
     fi
   done
-  "$top/deploy/local/start" --frontend-port "$frontend" --backend-port "$backend" \
+  # The report descriptor is closed for the service: a daemon holding it
+  # keeps ctest waiting for the end of the test's output.
+  "$top/deploy/local/start" {E2E_REPORT}>&- --frontend-port "$frontend" --backend-port "$backend" \
     --run-dir "$run_dir" --build "$build" $([ "${XLM_E2E_CURVE:-0}" = 1 ] && echo --curve) \
     ${args[@]+"${args[@]}"}
 }
