@@ -10,22 +10,27 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-/* fp32 products go to OpenBLAS where it runs a kernel made for this CPU,
- * else to oneDNN's fp32 matmul. OpenBLAS (0.3.21, DYNAMIC_ARCH) picks its
- * kernels by CPU model number, and a model newer than it knows gets its
- * baseline: on the Xeon of bench/fp32_products.md (family 6 model 207,
- * AVX512) that is the SSE3 "Prescott" sgemm, 21 GFLOP/s a core against
- * oneDNN's 109 (brg:avx512_core), which finds the ISA from the CPU's
- * feature bits. XLM_FP32_PRODUCTS=openblas|onednn overrides the choice
- * (benchmarks, tests of both paths). */
-static const char *const openblas_cpu_kernels[] = {
-    "Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids",
+/* fp32 products go to OpenBLAS where it runs an AVX-512 kernel made for
+ * this CPU, else to oneDNN's fp32 matmul. OpenBLAS (0.3.21, DYNAMIC_ARCH)
+ * picks its kernels by CPU model number, and a model newer than it knows
+ * gets an older kernel: on the Xeon of bench/row_tiles.md (family 6 model
+ * 207) the SSE3 "Prescott" sgemm, 21 GFLOP/s a core against oneDNN's 109;
+ * on the AMD EPYC of 2026-12-02 evening (family 26, AVX-512) its AVX2
+ * "Haswell" sgemm, 646 real tokens/s against oneDNN's 1121 (bench-engine,
+ * enfr-1024, 1 thread). The AVX2 kernels also break batch invariance: a
+ * row's sum depends on where it sits in the call, whatever the row tile
+ * (bench/row_tiles.md). XLM_FP32_PRODUCTS=openblas|onednn overrides the
+ * choice (benchmarks, tests of both paths). */
+static const char *const openblas_avx512_kernels[] = {
+    "SkylakeX", "Cooperlake", "SapphireRapids",
 };
+static const char *const openblas_avx2_kernels[] = {"Haswell", "Zen"};
 
 static struct {
     pthread_once_t once;
@@ -33,12 +38,23 @@ static struct {
     char why[128];
 } fp32_choice = {PTHREAD_ONCE_INIT, false, ""};
 
-static bool openblas_kernel_is_current(const char *core)
+static bool named_in(const char *core, const char *const *names, size_t n)
 {
-    for (size_t i = 0; i < sizeof openblas_cpu_kernels / sizeof *openblas_cpu_kernels; i++)
-        if (strcasecmp(core, openblas_cpu_kernels[i]) == 0)
+    for (size_t i = 0; i < n; i++)
+        if (strcasecmp(core, names[i]) == 0)
             return true;
     return false;
+}
+
+/* OpenBLAS's kernel is the best this CPU runs: an AVX-512 one, or an AVX2
+ * one on a CPU without AVX-512. */
+static bool openblas_kernel_is_current(const char *core, bool cpu_avx512)
+{
+    if (named_in(core, openblas_avx512_kernels,
+                 sizeof openblas_avx512_kernels / sizeof *openblas_avx512_kernels))
+        return true;
+    return !cpu_avx512 && named_in(core, openblas_avx2_kernels,
+                                   sizeof openblas_avx2_kernels / sizeof *openblas_avx2_kernels);
 }
 
 static void choose_fp32_products(void)
@@ -47,10 +63,12 @@ static void choose_fp32_products(void)
     const char *core = openblas_get_corename();
     const unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
     const bool onednn_avx2 = (isa & (unsigned)dnnl_cpu_isa_avx2) == (unsigned)dnnl_cpu_isa_avx2;
+    const bool cpu_avx512 =
+        (isa & (unsigned)dnnl_cpu_isa_avx512_core) == (unsigned)dnnl_cpu_isa_avx512_core;
     if (forced && (strcmp(forced, "onednn") == 0 || strcmp(forced, "openblas") == 0)) {
         fp32_choice.onednn = strcmp(forced, "onednn") == 0;
         snprintf(fp32_choice.why, sizeof fp32_choice.why, "XLM_FP32_PRODUCTS=%s", forced);
-    } else if (!openblas_kernel_is_current(core) && onednn_avx2) {
+    } else if (!openblas_kernel_is_current(core, cpu_avx512) && onednn_avx2) {
         fp32_choice.onednn = true;
         snprintf(fp32_choice.why, sizeof fp32_choice.why,
                  "OpenBLAS runs its %s kernel on this CPU", core);
@@ -187,7 +205,19 @@ static float *tile_buffer(float **buffer, size_t *have, size_t count)
     return *buffer;
 }
 
+static atomic_uint_fast64_t products_finished;
+
+uint64_t shard_work_count(void) { return atomic_load_explicit(&products_finished, memory_order_relaxed); }
+
+static void padded_product(const product_t *p, const float *x, int64_t rows, float *y);
+
 static void product(const product_t *p, const float *x, int64_t rows, float *y)
+{
+    padded_product(p, x, rows, y);
+    atomic_fetch_add_explicit(&products_finished, 1, memory_order_relaxed);
+}
+
+static void padded_product(const product_t *p, const float *x, int64_t rows, float *y)
 {
     if (rows <= 0)
         return;
@@ -242,6 +272,7 @@ void shard_linear_single(const shard_linear_t *linear, const float *x, float *y)
     shard_linear_zero_input(linear, y);
     cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)linear->out, (blasint)linear->in, 1.0f,
                 linear->weight, (blasint)linear->in, x, 1, 1.0f, y, 1);
+    atomic_fetch_add_explicit(&products_finished, 1, memory_order_relaxed);
 }
 
 void shard_linear_zero_input(const shard_linear_t *linear, float *y)
