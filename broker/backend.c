@@ -424,6 +424,36 @@ static void on_tail_beat(broker_t *b, broker_pipeline_t *p, const zmq_msg_t *ide
     }
 }
 
+/* A stage's heartbeat thread (Heartbeat.stage_beat): its process is alive,
+ * and, while the pipeline holds work, a work count that grew is progress
+ * (a micro-batch may compute for longer than the liveness window). Stage
+ * 0's beat is also the pipeline's own liveness. Beats of an unknown
+ * pipeline or of another instance are not answered: stage 0 registers by
+ * itself, and these sockets read nothing. */
+static void on_stage_beat(broker_t *b, broker_pipeline_t *p, const char *named,
+                          const Xlm__Heartbeat *beat)
+{
+    if (!p || (beat->instance && p->instance && beat->instance != p->instance) ||
+        beat->stage >= p->n_stages) {
+        b->tail_beats_ignored++;
+        broker_log_peer(b, BROKER_PEER_TAIL, BROKER_LOG_DEBUG,
+                        "stage %u beat of pipeline '%s' (instance %016llx) ignored: %s",
+                        beat->stage, named, (unsigned long long)beat->instance,
+                        !p ? "not registered (yet)"
+                           : beat->stage >= p->n_stages ? "no such stage"
+                                                        : "another instance holds that id");
+        return;
+    }
+    const int64_t now = broker_now_us();
+    if (beat->stage == 0)
+        broker_pipeline_touch(p, now);
+    p->stage_seen_us[beat->stage] = now;
+    if (beat->work > p->stage_work[beat->stage]) {
+        p->stage_work[beat->stage] = beat->work;
+        broker_pipeline_progressed(p, now);
+    }
+}
+
 /* Handles one decoded message; takes *msg_p when it keeps it. */
 static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMessage **msg_p,
                           zmq_msg_t *frames, size_t n_frames)
@@ -432,9 +462,10 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
     const uint8_t *wid = zmq_msg_data((zmq_msg_t *)identity);
     size_t wlen = zmq_msg_size((zmq_msg_t *)identity);
     broker_pipeline_t *p = broker_map_get(b->pipelines, msg->pipeline, strlen(msg->pipeline));
-    const bool tail_beat = msg->body_case == XLM__WORKER_MESSAGE__BODY_HEARTBEAT &&
-                           msg->heartbeat->tail;
-    if (p && !tail_beat) /* stage 0's liveness is stage 0's to show */
+    const bool beat = msg->body_case == XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
+    const bool tail_beat = beat && msg->heartbeat->tail;
+    const bool stage_beat = beat && msg->heartbeat->stage_beat;
+    if (p && !tail_beat && !stage_beat) /* stage 0's liveness is stage 0's to show */
         broker_pipeline_touch(p, broker_now_us());
     switch (msg->body_case) {
     case XLM__WORKER_MESSAGE__BODY_READY:
@@ -455,7 +486,9 @@ static void handle_worker(broker_t *b, const zmq_msg_t *identity, Xlm__WorkerMes
         }
         break;
     case XLM__WORKER_MESSAGE__BODY_HEARTBEAT:
-        if (tail_beat) {
+        if (stage_beat) {
+            on_stage_beat(b, p, msg->pipeline, msg->heartbeat);
+        } else if (tail_beat) {
             on_tail_beat(b, p, identity, msg->pipeline, msg->heartbeat);
         } else if (!p) {
             /* The last stage's progress is no registration: stage 0's
@@ -590,6 +623,12 @@ static const char *pipeline_death(const broker_pipeline_t *p, int64_t now, char 
 {
     if (now - p->last_seen_us > p->expiry_us)
         return "missed heartbeats";
+    for (uint32_t s = 1; s < p->n_stages; s++)
+        if (p->stage_seen_us[s] && now - p->stage_seen_us[s] > p->expiry_us) {
+            snprintf(why, size, "stage %u missed heartbeats: silent for %lld ms", s,
+                     (long long)((now - p->stage_seen_us[s]) / 1000));
+            return why;
+        }
     if (p->n_in_flight > 0 && now - p->progress_us > p->expiry_us) {
         snprintf(why, size, "no progress for %lld ms while holding %zu requests",
                  (long long)((now - p->progress_us) / 1000), p->n_in_flight);
@@ -614,6 +653,9 @@ static void forgive_own_pause(broker_t *b, int64_t now)
         for (broker_link_t *l = m->pipelines.next; l != &m->pipelines; l = l->next) {
             broker_pipeline_t *p = BROKER_CONTAINER(l, broker_pipeline_t, link);
             p->last_seen_us = p->progress_us = now;
+            for (uint32_t s = 0; s < p->n_stages; s++)
+                if (p->stage_seen_us[s])
+                    p->stage_seen_us[s] = now;
         }
     }
 }

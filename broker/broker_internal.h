@@ -196,6 +196,12 @@ struct broker_pipeline {
      * count. No progress for expiry_us while holding work: dead. */
     int64_t progress_us;
     uint64_t progress;
+    /* Each stage's heartbeat thread (Heartbeat.stage_beat): when it was
+     * last heard (0: never yet; a stage that loads its layers beats once
+     * loaded) and its process's work count. A stage silent for expiry_us
+     * after it was heard: dead; a work count that grew: progress. */
+    int64_t *stage_seen_us; /* [n_stages] */
+    uint64_t *stage_work;   /* [n_stages] */
     broker_link_t in_flight;
     size_t n_in_flight;
     uint64_t batches;

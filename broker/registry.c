@@ -115,6 +115,13 @@ void broker_models_expire(broker_t *b, int64_t now)
     }
 }
 
+static void pipeline_free(broker_pipeline_t *p)
+{
+    free(p->stage_seen_us);
+    free(p->stage_work);
+    free(p);
+}
+
 void broker_models_destroy(broker_t *b)
 {
     while (!broker_list_empty(&b->models)) {
@@ -127,7 +134,7 @@ void broker_models_destroy(broker_t *b)
                 req_free(r);
             }
             broker_list_remove(&p->link);
-            free(p);
+            pipeline_free(p);
         }
         while (!broker_list_empty(&m->queue)) {
             broker_req_t *r = BROKER_CONTAINER(m->queue.next, broker_req_t, link);
@@ -182,6 +189,12 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     p->model = m;
     p->instance = ready->instance;
     p->n_stages = ready->n_stages;
+    p->stage_seen_us = calloc(p->n_stages, sizeof *p->stage_seen_us);
+    p->stage_work = calloc(p->n_stages, sizeof *p->stage_work);
+    if (!p->stage_seen_us || !p->stage_work) {
+        pipeline_free(p);
+        return NULL;
+    }
     p->credit = ready->credit;
     p->max_batch_tokens = ready->max_batch_tokens;
     broker_limits_of_ready(p, ready);
@@ -193,7 +206,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     p->expiry_us = interval_ms * 1000 * b->config.liveness;
     broker_list_init(&p->in_flight);
     if (broker_map_put(b->pipelines, p->id, strlen(p->id), p) != BROKER_OK) {
-        free(p);
+        pipeline_free(p);
         return NULL;
     }
     int64_t now = broker_now_us();
@@ -232,7 +245,7 @@ void broker_pipeline_remove(broker_t *b, broker_pipeline_t *p, const char *why)
     broker_log_peer(b, BROKER_PEER_PIPELINE, requeued ? BROKER_LOG_WARN : BROKER_LOG_INFO,
                     "pipeline '%s' of model '%s' removed (%s); %zu requests queued again",
                     p->id, m->name, why, requeued);
-    free(p);
+    pipeline_free(p);
     broker_limits_recompute(m);
 }
 

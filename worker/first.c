@@ -276,7 +276,6 @@ static worker_status_t first_open(first_t *f, worker_error_t *err)
     if ((rc = worker_link_watch_handshakes(st->link, err)) || (rc = first_build_ready(f, err)) ||
         (rc = first_send_ready(f, err)))
         return rc;
-    first_beat_start(f);
     return WORKER_OK;
 }
 
@@ -297,7 +296,6 @@ worker_status_t worker_run_first(worker_stage_t *st, worker_error_t *err)
             break;
         rc = one_round(&f, err);
     }
-    first_beat_stop(&f);
     /* A stalled ring cannot drain (a send to a hung rank never completes):
      * the caller ends the job at once, the buffers MPI may still read are
      * left to the process's end. */

@@ -6,7 +6,6 @@
 
 #include "stage.h"
 
-#include <pthread.h>
 
 /* A greedy generation in progress: one micro-batch per step. */
 typedef struct gen_job {
@@ -24,21 +23,6 @@ typedef struct queued {
     worker_micro_t *micro;
     struct queued *next;
 } queued_t;
-
-/* The heartbeat thread (register.c): a micro-batch may compute for longer
- * than the broker waits for a sign of life, so stage 0 beats from a thread
- * and socket of its own (the broker judges liveness by pipeline id). It
- * never touches MPI. */
-typedef struct {
-    void *context;
-    const char *endpoint, *pipeline;
-    const worker_curve_t *curve;
-    uint32_t heartbeat_ms;
-    const worker_log_t *log;
-    atomic_int stop;
-    pthread_t thread;
-    bool started;
-} beat_t;
 
 typedef struct {
     worker_stage_t *st;
@@ -58,7 +42,6 @@ typedef struct {
     bool refused; /* the broker will not take this pipeline: stop */
     bool stalled; /* the broker declared this pipeline dead: end the job */
     uint64_t dropped; /* cancelled requests dropped before they ran */
-    beat_t beat;
 } first_t;
 
 /* ------------------------------------------------------------ queue.c */
@@ -104,8 +87,5 @@ worker_status_t first_build_ready(first_t *f, worker_error_t *err);
 worker_status_t first_send_ready(first_t *f, worker_error_t *err);
 worker_status_t first_send_heartbeat(first_t *f, worker_error_t *err);
 worker_status_t first_send_disconnect(first_t *f, const char *reason, worker_error_t *err);
-/* Starts and stops the heartbeat thread (f->beat). */
-void first_beat_start(first_t *f);
-void first_beat_stop(first_t *f);
 
 #endif

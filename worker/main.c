@@ -222,7 +222,7 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
     int provided = 0;
-    /* FUNNELED: stage 0 has a heartbeat thread, which never calls MPI. */
+    /* FUNNELED: every rank has a heartbeat thread, which never calls MPI. */
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "xlm-worker: MPI_Init failed\n");
         return 1;

@@ -1,6 +1,6 @@
 /* register.c: stage 0's side of the broker's registry: the Ready that
- * says what this pipeline serves, heartbeats (also from a thread of their
- * own, see beat_t in first.h), the goodbye. Calls link.c. */
+ * says what this pipeline serves, heartbeats (every rank also beats from a
+ * thread of its own, beat.c), the goodbye. Calls link.c. */
 #include "first.h"
 
 #include <stdlib.h>
@@ -113,53 +113,4 @@ worker_status_t first_send_disconnect(first_t *f, const char *reason, worker_err
     msg.body_case = XLM__WORKER_MESSAGE__BODY_DISCONNECT;
     msg.disconnect = &disconnect;
     return send_body(f, &msg, err);
-}
-
-static void *beat_main(void *arg)
-{
-    beat_t *beat = arg;
-    /* A beat that fails now and then shows as missed heartbeats; only a
-     * thread that cannot start beating says so. */
-    worker_error_t err;
-    worker_link_t *link = worker_link_new(beat->context, beat->endpoint, beat->pipeline, beat->curve,
-                                          &err);
-    if (!link)
-        worker_log(beat->log, WORKER_LOG_ERROR, "heartbeat thread: %s", err.message);
-    while (link && !atomic_load(&beat->stop)) {
-        Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
-        Xlm__Heartbeat heartbeat = XLM__HEARTBEAT__INIT;
-        heartbeat.heartbeat_ms = beat->heartbeat_ms;
-        msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
-        msg.heartbeat = &heartbeat;
-        worker_link_send(link, &msg, NULL, NULL, 0, &err);
-        /* Whatever the broker says to this socket is for the main one. */
-        Xlm__WorkerMessage *reply = NULL;
-        uint8_t **frames = NULL;
-        size_t *sizes = NULL, n_frames = 0;
-        bool got = false;
-        worker_link_recv(link, (int)beat->heartbeat_ms, &got, &reply, &frames, &sizes, &n_frames,
-                         &err);
-        proto_worker_free(&reply);
-        worker_link_frames_free(frames, sizes, n_frames);
-    }
-    worker_link_destroy(&link);
-    return NULL;
-}
-
-
-void first_beat_start(first_t *f)
-{
-    worker_stage_t *st = f->st;
-    f->beat = (beat_t){.context = st->zmq_context, .endpoint = st->options->broker,
-                       .pipeline = st->pipeline_id, .curve = &st->curve, .heartbeat_ms = st->options->heartbeat_ms,
-                       .log = st->log};
-    f->beat.started = pthread_create(&f->beat.thread, NULL, beat_main, &f->beat) == 0;
-}
-
-void first_beat_stop(first_t *f)
-{
-    atomic_store(&f->beat.stop, 1);
-    if (f->beat.started)
-        pthread_join(f->beat.thread, NULL);
-    f->beat.started = false;
 }

@@ -199,6 +199,7 @@ static worker_status_t run_stage(worker_stage_t *st, worker_error_t *err)
         if (!st->link)
             return err->code;
     }
+    worker_beat_start(st);
     return st->stage == 0 ? worker_run_first(st, err) : worker_run_next(st, err);
 }
 
@@ -218,6 +219,7 @@ worker_status_t worker_run(const worker_options_t *options, const worker_log_t *
                    (unsigned long long)s.positions, (unsigned long long)s.misses,
                    (unsigned long long)s.evictions);
     }
+    worker_beat_stop(&st);
     worker_kv_destroy(&st.kv);
     worker_link_destroy(&st.link);
     shard_tokenizer_destroy(&st.tokenizer);

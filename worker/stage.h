@@ -5,6 +5,9 @@
 
 #include "worker_internal.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 /* A request of a Batch made ready for a micro-batch (stage 0). */
 typedef struct {
     worker_item_t item;
@@ -16,6 +19,19 @@ typedef struct {
      * positions; NULL for token rows */
     shard_score_layout_t *segments;
 } worker_prepared_t;
+
+/* A rank's heartbeat thread (beat.c). */
+typedef struct {
+    void *context;
+    const char *endpoint, *pipeline;
+    const worker_curve_t *curve;
+    uint32_t heartbeat_ms, stage;
+    uint64_t instance;
+    const worker_log_t *log;
+    atomic_int stop;
+    pthread_t thread;
+    bool started;
+} worker_beat_t;
 
 typedef struct worker_stage {
     const worker_options_t *options;
@@ -39,6 +55,7 @@ typedef struct worker_stage {
      * the broker (a Reply, a Heartbeat with progress, or its idle beat). */
     uint64_t progress, progress_sent_us;
     worker_kv_t *kv; /* this stage's layers' caches of the generations in flight */
+    worker_beat_t beat;
 } worker_stage_t;
 
 /* One of two send buffers towards the next stage. */
@@ -48,6 +65,14 @@ typedef struct {
 } slot_t;
 
 enum { TAG_ACTIVATIONS = 1, TAG_FEEDBACK = 2 };
+
+/* ------------------------------------------------------------ beat.c */
+
+/* Starts the rank's heartbeat thread (st->beat), which beats until
+ * worker_beat_stop: Heartbeat.stage_beat with the stage and the engine's
+ * work count, every heartbeat interval, on a socket of its own. */
+void worker_beat_start(worker_stage_t *st);
+void worker_beat_stop(worker_stage_t *st);
 
 /* ------------------------------------------------------------ prepare.c */
 

@@ -6,13 +6,14 @@
  *   micro.c     micro-batches and their packets
  *   kv.c        a stage's key/value caches of the generations it runs
  *   link.c      a ZeroMQ link to the broker, reply packing
+ *   beat.c      every rank's heartbeat thread (stage.h)
  *   prepare.c   stage 0: a Request made ready for a micro-batch (stage.h)
  *   last.c      the last stage: heads, scores, replies, progress
  *   ring.c      the MPI ring: sends to the next stage, stages 1.. loop
  *   queue.c     stage 0: its state, the queue of micro-batches, error replies (first.h)
  *   generate.c  stage 0: greedy generation jobs
  *   batcher.c   stage 0: Batches into micro-batches, cancelled tickets out
- *   register.c  stage 0: Ready, heartbeats (its own thread), disconnect
+ *   register.c  stage 0: Ready, heartbeats, disconnect
  *   first.c     stage 0: the loop (broker messages, compute, feedback)
  *   stage.c     a rank's set-up and worker_run
  *

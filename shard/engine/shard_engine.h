@@ -129,6 +129,11 @@ shard_status_t shard_model_probe_heads(const char *dir, bool has[SHARD_HEAD_COUN
 /* Threads used by BLAS and the engine's own loops (process-wide). */
 void shard_set_threads(int threads);
 
+/* Matrix products this process has finished, all states together: it grows
+ * every few milliseconds to a second while any compute call runs, so a
+ * watchdog thread can tell a long call from a stuck one. */
+uint64_t shard_work_count(void);
+
 /* ---------------------------------------------------------------- run state */
 
 /* What a compute call writes into besides its outputs: the per-layer

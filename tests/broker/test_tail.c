@@ -1,11 +1,13 @@
-/* test_tail.c: the last stage's own beats (Heartbeat.tail) on the real
- * broker process, from raw sockets speaking the real protocol. The broker
+/* test_tail.c: the last stage's own beats (Heartbeat.tail), and every
+ * stage's heartbeat thread (Heartbeat.stage_beat), on the real broker
+ * process, from raw sockets speaking the real protocol. The broker
  * learns the pipeline's tail from them before any Reply, so that a stage 0
  * that hangs (silent) while its pipeline is idle still gets the order to
  * end the job to a rank that reads it; the beats are never stage 0's
  * liveness nor progress; beats of a pipeline not registered (yet), or of
  * another instance under the same id, are counted, not answered, and not
- * logged line by line. */
+ * logged line by line. A stage that falls silent ends its pipeline; a work
+ * count that grows keeps a pipeline busy on one long micro-batch alive. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -186,6 +188,47 @@ static int beat_until_stalled(void *stage0, void *tail, const char *pipeline,
     return -1;
 }
 
+/* A stage's heartbeat thread's beat: its process did work products so far. */
+static void raw_stage_beat(void *s, const char *pipeline, uint32_t stage, uint64_t work,
+                           uint64_t instance)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    Xlm__Heartbeat beat = XLM__HEARTBEAT__INIT;
+    beat.heartbeat_ms = 100;
+    beat.stage_beat = true;
+    beat.stage = stage;
+    beat.work = work;
+    beat.instance = instance;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
+    msg.heartbeat = &beat;
+    raw_send(s, pipeline, &msg);
+}
+
+/* Beats for up to ms every BEAT_MS: stage 0 plainly, and stage 1's thread
+ * (when not NULL) with a work count that grows by work_step each beat,
+ * until stage 0's socket hears the stalled order. Returns the ms it took,
+ * or -1 when it never came; *work is the count last sent. */
+static int beat_stages_until_stalled(void *stage0, void *stage1, const char *pipeline, int ms,
+                                     uint64_t *work, uint64_t work_step, heard_t *heard0,
+                                     heard_t *heard1)
+{
+    const int64_t start = testing_now_us(), until = start + (int64_t)ms * 1000;
+    while (testing_now_us() < until) {
+        raw_beat(stage0, pipeline, false, 0, 0);
+        if (stage1) {
+            *work += work_step;
+            raw_stage_beat(stage1, pipeline, 1, *work, INSTANCE);
+        }
+        usleep(BEAT_MS * 1000);
+        drain(stage0, heard0);
+        if (stage1)
+            drain(stage1, heard1);
+        if (heard0->stalled)
+            return (int)((testing_now_us() - start) / 1000);
+    }
+    return -1;
+}
+
 static const Xlm__PipelineStats *pipeline_stats(const Xlm__ServiceMessage *stats, const char *id)
 {
     const Xlm__ModelStats *ms = stats ? fx_model_stats(stats, "tiny") : NULL;
@@ -340,6 +383,72 @@ static void test_tail_of_another_instance_not_taken(void **state)
     assert_string_equal(heard_tail.reason, "missed heartbeats");
 }
 
+/* One micro-batch computes for far longer than the liveness window (a
+ * large model on one thread): no Reply comes, but the computing stage's
+ * heartbeat thread shows its work count grow, and the pipeline keeps its
+ * work. When the count stops growing while the work is held, the pipeline
+ * is dead as before. */
+static void test_growing_work_keeps_a_busy_pipeline_alive(void **state)
+{
+    tail_fx_t *t = *state;
+    void *stage0 = raw_stage0(t, "busy", 1);
+    void *stage1 = raw_socket(t);
+    assert_true(fx_wait_pipelines(&t->fx, "tiny", 1, 3000));
+    assert_int_equal(test_client_send_tokens(t->fx.client, "long", "tiny", PROTO_TASK_BASE, 1, 6, 2, 0), 0);
+    heard_t heard0 = {0}, heard1 = {0};
+    uint64_t work = 0;
+    /* Five times the 300 ms the broker allows without progress. */
+    assert_int_equal(beat_stages_until_stalled(stage0, stage1, "busy", 1500, &work, 3, &heard0,
+                                               &heard1), -1);
+    Xlm__ServiceMessage *stats = fx_stats(&t->fx);
+    const Xlm__ModelStats *ms = fx_model_stats(stats, "tiny");
+    assert_int_equal(ms->pipelines_alive, 1);
+    assert_int_equal(ms->in_flight, 1);
+    assert_int_equal(ms->requests_requeued, 0);
+    proto_service_free(&stats);
+    assert_int_equal(heard1.messages, 0); /* a stage's beat is never answered */
+    /* The count stands still (the stage's loop is stuck, its thread beats). */
+    const int took = beat_stages_until_stalled(stage0, stage1, "busy", 3000, &work, 0, &heard0,
+                                               &heard1);
+    if (took < 0)
+        fail_msg("a pipeline holding work whose work count stands still was kept alive");
+    assert_true(took <= 1000);
+    assert_non_null(strstr(heard0.reason, "no progress for"));
+}
+
+/* A stage in the middle or at the end of a ring stops (SIGSTOP) while its
+ * pipeline is idle, and stage 0 beats on: the stage's silence ends the
+ * pipeline, naming the stage. A stage heard only before registration, or
+ * beating under another instance, changes nothing and hears nothing. */
+static void test_silent_stage_ends_its_pipeline(void **state)
+{
+    tail_fx_t *t = *state;
+    void *stage1 = raw_socket(t);
+    raw_stage_beat(stage1, "quiet", 1, 0, INSTANCE); /* before stage 0 registered */
+    void *stage0 = raw_stage0(t, "quiet", 2);
+    void *stranger = raw_socket(t);
+    assert_true(fx_wait_pipelines(&t->fx, "tiny", 1, 3000));
+    heard_t heard0 = {0}, heard1 = {0}, heard_stranger = {0};
+    uint64_t work = 0;
+    assert_int_equal(beat_stages_until_stalled(stage0, stage1, "quiet", 600, &work, 0, &heard0,
+                                               &heard1), -1);
+    raw_stage_beat(stranger, "quiet", 1, 100, OTHER_INSTANCE);
+    raw_stage_beat(stranger, "quiet", 5, 100, INSTANCE); /* no stage 5 in a 2-stage pipeline */
+    const int took = beat_stages_until_stalled(stage0, NULL, "quiet", 3000, &work, 0, &heard0,
+                                               &heard1);
+    if (took < 0)
+        fail_msg("a pipeline whose stage 1 fell silent was kept alive");
+    assert_true(took <= 1000);
+    assert_non_null(strstr(heard0.reason, "stage 1 missed heartbeats"));
+    drain(stage1, &heard1);
+    drain(stranger, &heard_stranger);
+    assert_int_equal(heard1.messages, 0);
+    assert_int_equal(heard_stranger.messages, 0);
+    assert_true(tail_beats_ignored(&t->fx) >= 3);
+    assert_true(fx_wait_pipelines(&t->fx, "tiny", 0, 1000));
+    assert_int_equal(log_count(&t->fx, "pipeline 'quiet' of model 'tiny' removed (stage 1 missed heartbeats"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +456,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_tail_beats_are_no_progress, setup, teardown),
         cmocka_unit_test_setup_teardown(test_beats_before_registration_are_quiet, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tail_of_another_instance_not_taken, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_growing_work_keeps_a_busy_pipeline_alive, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_silent_stage_ends_its_pipeline, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
