@@ -193,9 +193,8 @@ bool shard_matmul_rows(dnnl_data_type_t src, dnnl_data_type_t wei, dnnl_data_typ
     for (int64_t r0 = 0; r0 < rows; r0 += SHARD_MATMUL_ROWS) {
         const int64_t m = rows - r0 < SHARD_MATMUL_ROWS ? rows - r0 : SHARD_MATMUL_ROWS;
         shard_error_t err = {0};
-        const shard_matmul_t *mm = m % SHARD_ROW_TILE == 0
-                                       ? shard_matmul_get(src, wei, dst, m, k, n, ldw, &err)
-                                       : shard_matmul_get(src, wei, dst, 0, k, n, ldw, &err);
+        const bool fixed = m % SHARD_ROW_TILE == 0 || m == 1;
+        const shard_matmul_t *mm = shard_matmul_get(src, wei, dst, fixed ? m : 0, k, n, ldw, &err);
         if (!mm || !shard_matmul_run(mm, m, (const char *)x + (size_t)(r0 * k) * src_size,
                                      weights, (char *)y + (size_t)(r0 * n) * dst_size))
             return false;

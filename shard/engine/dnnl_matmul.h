@@ -32,8 +32,9 @@ shard_status_t shard_matmul_prepare(dnnl_data_type_t src, dnnl_data_type_t wei,
  * oneDNN failed (out of memory). */
 bool shard_matmul_run(const shard_matmul_t *matmul, int64_t m, const void *src,
                       const void *weights, void *dst);
-/* dst[rows][n] = src[rows][k] W^T for rows a multiple of SHARD_ROW_TILE, in
- * chunks of fixed-row primitives (elements of src_size and dst_size bytes). */
+/* dst[rows][n] = src[rows][k] W^T for rows a multiple of SHARD_ROW_TILE (or
+ * 1: a generation step's one position), in chunks of fixed-row primitives
+ * (elements of src_size and dst_size bytes). */
 bool shard_matmul_rows(dnnl_data_type_t src, dnnl_data_type_t wei, dnnl_data_type_t dst,
                        int64_t k, int64_t n, int64_t ldw, int64_t rows, const void *x,
                        size_t src_size, const void *weights, void *y, size_t dst_size);

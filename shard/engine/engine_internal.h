@@ -183,9 +183,9 @@ void shard_linear(const shard_linear_t *linear, const float *x, int64_t rows, fl
  * (bf16, int8), else three products from the weights in place (fp32: the
  * mapped checkpoint, no copy). */
 void shard_linear_qkv(const shard_layer_t *layer, const float *x, int64_t rows, float *qkv);
-/* y[out] = x[in] W^T + b for one row outside the row tiles (not batch
- * invariant: gemv in fp32): for the LM projection of greedy decoding, whose
- * one position every path projects with this same call. */
+/* y[out] = x[in] W^T + b for one row: for the LM projection of greedy
+ * decoding, whose one position every path projects with this same call
+ * (oneDNN's one-row product, or OpenBLAS's gemv where fp32 stays there). */
 void shard_linear_single(const shard_linear_t *linear, const float *x, float *y);
 /* y[out] = the layer's output for a zero input: the bias, or zeros. */
 void shard_linear_zero_input(const shard_linear_t *linear, float *y);

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "dnnl_matmul.h"
@@ -126,6 +127,46 @@ static void test_linear_paths_agree(void **state)
              * products and sums are exact in float32. */
             assert_close(y_many[r * OUT + o], want, 0.0);
             assert_close(y_one[o], want, 0.0);
+        }
+    }
+}
+
+/* A single row (a cached generation step) runs as itself on oneDNN, not in
+ * a padded tile: its bits must be those the row gets inside a batch, in
+ * every precision, on the machine the test runs on. */
+static void test_one_row_products_match_the_batch(void **state)
+{
+    (void)state;
+    enum { IN = 256, OUT = 512, ROWS = 40 };
+    static float w[OUT * IN], b[OUT], x[ROWS * IN], y_batch[ROWS * OUT], y_one[OUT], scale[OUT];
+    static uint16_t w_bf16[OUT * IN];
+    static int8_t w_i8[OUT * IN];
+    srand(7);
+    for (int i = 0; i < OUT * IN; i++) {
+        w[i] = ((float)rand() / (float)RAND_MAX - 0.5f) * 0.2f;
+        w_bf16[i] = shard_float_to_bf16(w[i]);
+        w_i8[i] = (int8_t)(rand() % 127 - 63);
+    }
+    for (int o = 0; o < OUT; o++) {
+        b[o] = (float)(o % 11) * 0.01f;
+        scale[o] = 0.001f * (float)(1 + o % 5);
+    }
+    for (int i = 0; i < ROWS * IN; i++)
+        x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+    const shard_linear_t linears[] = {
+        {.weight = w, .bias = b, .in = IN, .out = OUT, .type = SHARD_PRECISION_FP32},
+        {.bf16 = w_bf16, .bias = b, .in = IN, .out = OUT, .type = SHARD_PRECISION_BF16},
+        {.i8 = w_i8, .scale = scale, .bias = b, .in = IN, .out = OUT, .type = SHARD_PRECISION_INT8},
+    };
+    const int rows[] = {0, 3, 31, 32, 35, 39}; /* in the full tiles and in the padded rest */
+    for (size_t l = 0; l < sizeof linears / sizeof *linears; l++) {
+        shard_linear(&linears[l], x, ROWS, y_batch);
+        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+            shard_linear(&linears[l], x + rows[r] * IN, 1, y_one);
+            if (memcmp(y_one, y_batch + rows[r] * OUT, sizeof y_one) != 0)
+                fail_msg("%s: row %d alone differs from the same row in %d rows (%.9g vs %.9g)",
+                         shard_precision_name(linears[l].type), rows[r], ROWS, y_one[0],
+                         y_batch[rows[r] * OUT]);
         }
     }
 }
@@ -425,6 +466,7 @@ int main(void)
         cmocka_unit_test(test_linear_many_rows_without_bias),
         cmocka_unit_test(test_linear_without_bias_overwrites_nan),
         cmocka_unit_test(test_linear_paths_agree),
+        cmocka_unit_test(test_one_row_products_match_the_batch),
         cmocka_unit_test(test_linear_zero_rows_writes_nothing),
         cmocka_unit_test(test_layer_norm_unit_affine),
         cmocka_unit_test(test_layer_norm_applies_weight_and_bias),
