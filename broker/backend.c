@@ -85,6 +85,20 @@ static void send_revoked(broker_t *b, const uint8_t *identity, size_t identity_l
  * the broker knows of it hear so, and the rank that reads it ends the MPI
  * job (a hung rank cannot be revived from here; the supervisor restarts
  * the job). */
+/* Another live pipeline of p's MPI job (any model), or NULL. */
+static const broker_pipeline_t *job_sibling(const broker_t *b, const broker_pipeline_t *p)
+{
+    for (const broker_link_t *ml = b->models.next; ml != &b->models; ml = ml->next) {
+        const broker_model_t *m = BROKER_CONTAINER(ml, broker_model_t, link);
+        for (const broker_link_t *l = m->pipelines.next; l != &m->pipelines; l = l->next) {
+            const broker_pipeline_t *other = BROKER_CONTAINER(l, broker_pipeline_t, link);
+            if (other != p && other->job == p->job)
+                return other;
+        }
+    }
+    return NULL;
+}
+
 static void send_stalled(broker_t *b, const broker_pipeline_t *p, const char *reason)
 {
     Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
@@ -97,6 +111,12 @@ static void send_stalled(broker_t *b, const broker_pipeline_t *p, const char *re
     if (p->tail_len && (p->tail_len != p->identity_len ||
                         memcmp(p->tail, p->identity, p->tail_len) != 0))
         broker_worker_send_simple(b, p->tail, p->tail_len, p->id, &msg);
+    /* A pipeline of one stage has one rank, which may be the stopped one:
+     * a live pipeline of the same MPI job ends the job as well. (Of
+     * several stages, a rank that hears it is left running.) */
+    const broker_pipeline_t *sibling = p->job && p->n_stages == 1 ? job_sibling(b, p) : NULL;
+    if (sibling)
+        broker_worker_send_simple(b, sibling->identity, sibling->identity_len, p->id, &msg);
 }
 
 /* "Register again": the worker answers with Ready. */

@@ -182,6 +182,7 @@ struct broker_pipeline {
     size_t tail_len;
     broker_model_t *model;
     uint64_t instance;          /* the worker process's, from Ready (0: not said) */
+    uint64_t job;               /* its MPI job's, from Ready (0: not said) */
     uint32_t n_stages;
     uint32_t credit;
     uint64_t max_batch_tokens;

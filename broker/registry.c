@@ -188,6 +188,7 @@ broker_pipeline_t *broker_pipeline_add(broker_t *b, broker_model_t *m, const cha
     p->identity_len = identity_len;
     p->model = m;
     p->instance = ready->instance;
+    p->job = ready->job;
     p->n_stages = ready->n_stages;
     p->stage_seen_us = calloc(p->n_stages, sizeof *p->stage_seen_us);
     p->stage_work = calloc(p->n_stages, sizeof *p->stage_work);

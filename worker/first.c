@@ -23,12 +23,15 @@ static worker_status_t handle_message(first_t *f, Xlm__WorkerMessage *msg, uint8
         return WORKER_OK;
     case XLM__WORKER_MESSAGE__BODY_DISCONNECT:
         if (msg->disconnect->stalled) {
-            /* Some rank of the ring hung (maybe not this one): only a new
-             * job brings the pipeline back, and its work runs elsewhere. */
+            /* Some rank of the ring hung (maybe not this one, maybe of
+             * another pipeline of this job): only a new job brings the
+             * pipeline back, and its work runs elsewhere. */
             f->stalled = true;
             return worker_error_set(err, WORKER_ERR_STALLED, "the broker declared pipeline %s "
                                     "dead (%s) and queued its work again: ending the MPI job so "
-                                    "that it starts afresh", f->st->pipeline_id,
+                                    "that it starts afresh",
+                                    msg->pipeline && *msg->pipeline ? msg->pipeline
+                                                                    : f->st->pipeline_id,
                                     msg->disconnect->reason);
         }
         if (msg->disconnect->refused && msg->disconnect->revoked) {

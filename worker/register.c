@@ -44,6 +44,7 @@ worker_status_t first_build_ready(first_t *f, worker_error_t *err)
     f->ready.n_langs = c->n_langs;
     f->ready.heartbeat_ms = st->options->heartbeat_ms;
     f->ready.instance = st->instance;
+    f->ready.job = st->job;
     f->ready.n_layers = c->n_layers;
     f->ready.emb_dim = c->emb_dim;
     f->ready.n_heads = c->n_heads;

@@ -172,6 +172,9 @@ static worker_status_t place_rank(worker_stage_t *st, worker_error_t *err)
                                    st->comm), err)) ||
         (rc = WORKER_MPI(MPI_Bcast(&st->instance, 1, MPI_UINT64_T, 0, st->comm), err)))
         return rc;
+    st->job = random_instance();
+    if ((rc = WORKER_MPI(MPI_Bcast(&st->job, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD), err)))
+        return rc;
     return WORKER_OK;
 }
 

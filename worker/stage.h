@@ -48,6 +48,7 @@ typedef struct worker_stage {
     worker_link_t *link; /* stage 0 and the last stage */
     char pipeline_id[256];
     uint64_t instance; /* random, never 0: tells a reconnection from a duplicate id */
+    uint64_t job;      /* random, never 0, the same on every rank of the MPI job */
     size_t packet_capacity;
     uint64_t batch_tokens; /* positions a micro-batch may hold */
     uint64_t micro_counter;

@@ -15,7 +15,11 @@
 # rank's socket only from its own beats (Heartbeat.tail); the order to end
 # the job must still reach it, the supervisor must start a new job, and the
 # job must finish the same way, with both pipelines alive at the end.
-# Usage: hang.sh BUILD_DIR stage0|last|stage0-idle
+# single: pipelines of 1 stage; rank 1 (pipeline 1's only rank) is stopped
+# mid-run: no rank of the dead pipeline can hear the order, so the broker
+# sends it to the live pipeline of the same MPI job (Ready.job), whose rank
+# ends the job.
+# Usage: hang.sh BUILD_DIR stage0|last|stage0-idle|single
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 where=$2
@@ -29,7 +33,8 @@ case $where in
   stage0) rank=2 stage=0 ;;
   last) rank=3 stage=1 ;;
   stage0-idle) rank=2 stage=0 ;;
-  *) echo "hang: unknown victim $where (stage0, last or stage0-idle)" >&2; exit 2 ;;
+  single) rank=1 stage=0 stages=1 ;;
+  *) echo "hang: unknown victim $where (stage0, last, stage0-idle or single)" >&2; exit 2 ;;
 esac
 
 victim=
@@ -118,7 +123,7 @@ victim_state=gone
 echo "hang: $reason"
 echo "hang: declared dead $detect_ms ms after the stop, both pipelines back after $recover_ms ms, job done after $finish_ms ms (bound ${bound_s}s); $requeued requests re-queued; the stopped rank is $victim_state"
 case $where in
-  stage0|last)
+  stage0|last|single)
     e2e_assert_fault_landed "SIGSTOP of rank $rank" "$before" "$total" "$requeued" "requests re-queued by the broker" ;;
   stage0-idle)
     # Idle when stopped: what shows it was felt is the job that ended and
@@ -134,11 +139,16 @@ case $where in
       e2e_fail "rank 3 (pipeline 1's last stage) did not say it ends the MPI job" ;;
 esac
 case $where in
-  stage0|stage0-idle) [[ $reason == *"(missed heartbeats)"* ]] || e2e_fail "pipeline 1 was removed for another reason: $reason" ;;
+  stage0|stage0-idle|single) [[ $reason == *"(missed heartbeats)"* ]] || e2e_fail "pipeline 1 was removed for another reason: $reason" ;;
   last) [[ $reason == *"(stage 1 missed heartbeats: silent for "* ]] || e2e_fail "pipeline 1 was removed for another reason: $reason" ;;
 esac
 grep -q "declared .*dead .*ending the MPI job" "$run_dir/workers.log" ||
   e2e_fail "no rank said it ends the MPI job after the broker declared its pipeline dead"
+if [ "$where" = single ]; then
+  grep -qE "rank 0: the broker declared pipeline [^ ]*/p1 dead \(missed heartbeats\).*ending the MPI job" \
+    "$run_dir/workers.log" ||
+    e2e_fail "rank 0 (pipeline 0, the same job) did not end the job for pipeline 1"
+fi
 alive_end=$(e2e_stat pipelines_alive 0)
 [ "$alive_end" -ge 2 ] || e2e_fail "$alive_end pipelines alive after the job, expected 2"
 
