@@ -123,6 +123,8 @@ struct gateway {
     gw_metrics_t *metrics;
     pthread_mutex_t stats_lock;   /* the stats client: health probes and scrapes never */
     xlm_client_t *stats_client;   /* wait behind requests for a pool client */
+    char broker_trouble[512];     /* under stats_lock: why the broker did not answer the
+                                   * last probe ("" when it did), logged when it changes */
 
     pthread_mutex_t lock;         /* admitted, busy, the cached service */
     size_t admitted;              /* requests past admission, not yet answered */

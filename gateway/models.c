@@ -178,6 +178,15 @@ static void service_fetch(gateway_t *gw, gw_service_t *fresh)
     if (status)
         snprintf(fresh->why, sizeof fresh->why, "the broker at %s does not answer: %s",
                  gw->broker, xlm_client_error(gw->stats_client));
+    /* One line when the broker's state changes (a refused CURVE key, a
+     * broker gone, back again), not one per request or probe. */
+    if (status && strcmp(fresh->why, gw->broker_trouble) != 0) {
+        fprintf(stderr, "xlm-gateway: %s\n", fresh->why);
+        snprintf(gw->broker_trouble, sizeof gw->broker_trouble, "%s", fresh->why);
+    } else if (!status && gw->broker_trouble[0]) {
+        fprintf(stderr, "xlm-gateway: the broker at %s answers again\n", gw->broker);
+        gw->broker_trouble[0] = '\0';
+    }
     pthread_mutex_unlock(&gw->stats_lock);
     if (!status) {
         fresh->reached = service_parse(json, fresh);

@@ -52,6 +52,16 @@ for how in plain stranger; do
   [ "$code" = 503 ] || [ "$code" = 504 ] ||
     e2e_fail "/v1/score from a gateway with $how keys: HTTP $code, expected 503 or 504: $(head -c 300 "$run_dir/body")"
   gw_stop
+  # The gateway's log names the refusal, once, not once per request.
+  case $how in
+    plain) why="the broker requires CURVE" ;;
+    stranger) why="CURVE" ;;
+  esac
+  lines=$(grep -c "xlm-gateway: the broker at .* does not answer: .*$why" "$run_dir/gateway.log" || true)
+  [ "$lines" -ge 1 ] && [ "$lines" -le 3 ] ||
+    e2e_fail "a gateway with $how keys logged $lines lines naming the refused handshake, expected 1 to 3: $(grep -m3 'does not answer' "$run_dir/gateway.log")"
+  echo "gateway-curve: $how keys: $(grep -m1 'does not answer' "$run_dir/gateway.log")"
+  : > "$run_dir/gateway.log"
 done
 
 # The Python client: the allowed key scores equal to xlm-score; a stranger's
