@@ -57,6 +57,11 @@ uint64_t broker_auth_refused(const broker_auth_t *auth)
     return auth ? auth->refused : 0;
 }
 
+uint64_t broker_auth_revoked_messages(const broker_auth_t *auth)
+{
+    return auth ? auth->revoked_messages : 0;
+}
+
 /* ------------------------------------------------------------ allow lists */
 
 static uint64_t fnv1a(uint64_t h, const void *data, size_t n)

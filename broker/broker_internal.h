@@ -381,6 +381,8 @@ bool broker_auth_allows(broker_t *b, int side, zmq_msg_t *frame);
 bool broker_auth_may_answer(broker_t *b, int side);
 /* Handshakes refused so far (0 without CURVE). */
 uint64_t broker_auth_refused(const broker_auth_t *auth);
+/* Messages refused from connections whose key was revoked while connected. */
+uint64_t broker_auth_revoked_messages(const broker_auth_t *auth);
 
 /* stats.c */
 void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len);

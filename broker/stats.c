@@ -178,6 +178,7 @@ void broker_stats_send(broker_t *b, const uint8_t *client, size_t client_len)
         stats.log_suppressed = b->log_suppressed;
         stats.tail_beats_ignored = b->tail_beats_ignored;
         stats.auth_refused = broker_auth_refused(b->auth);
+        stats.revoked_messages = broker_auth_revoked_messages(b->auth);
         stats.cache_entries = (uint32_t)b->done_count;
         stats.cache_bytes = b->done_bytes;
         stats.n_models_gone = b->n_gone;

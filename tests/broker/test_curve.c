@@ -243,6 +243,7 @@ static void test_removed_key_revoked(void **state)
     Xlm__ServiceMessage *stats = fx_stats(&c->fx);
     assert_non_null(stats);
     assert_int_equal(fx_model_stats(stats, "tiny")->pipelines_alive, 1);
+    assert_int_equal(stats->stats->revoked_messages, 2); /* the two requests after the revoke */
     proto_service_free(&stats);
     const char *dropped = "refused a message of a key no longer allowed";
     for (int i = 0; i < 500 && testing_count_lines_with(c->fx.log_path, dropped) == 0; i++)
