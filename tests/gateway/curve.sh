@@ -3,7 +3,9 @@
 # CURVE on both ports (deploy/local/start --curve): with the allowed client
 # key both score the 200 bundled pairs exactly as xlm-score does; without
 # keys, or with a key pair the broker does not allow, they are refused (the
-# gateway is not ready and answers 503, the Python client gets no answer).
+# gateway is not ready and answers 503, logging the refusal once; the Python
+# client gets no answer); the allowed key revoked while its connection is
+# open gets the broker's final permission_denied at once.
 # Usage: curve.sh BUILD_DIR PYTHON
 set -euo pipefail
 export XLM_E2E_CURVE=1
@@ -86,6 +88,26 @@ with xlmserve.Client(endpoint, curve_server=f"{keys}/broker.pub", curve_secret=f
         refused = [{"error": str(e)}]
 assert all("error" in r for r in refused), refused
 print("python: 200 pairs through CURVE equal to xlm-score; a stranger's key got no score")
+# The allowed key revoked while its connection is open (its public key
+# leaves the allow directory): the next request is refused with a final
+# answer naming the cause, not left to time out.
+import os, time
+with xlmserve.Client(endpoint, curve_server=f"{keys}/broker.pub", curve_secret=f"{keys}/client.key",
+                     attempt_timeout_ms=3000, max_attempts=3) as c:
+    assert all("error" not in r for r in c.score_pairs(pairs[:2], mode="clm"))
+    os.unlink(f"{keys}/allowed/client.pub")
+    until = time.monotonic() + 20
+    while True:
+        t0 = time.monotonic()
+        got = c.score_pairs(pairs[:1], mode="clm")[0]
+        took = time.monotonic() - t0
+        if "error" in got or time.monotonic() > until:
+            break
+        time.sleep(0.2)
+assert "error" in got, ("still scored 20 s after the revoke", got)
+assert "permission" in json.dumps(got["error"]).lower(), got["error"]
+assert took < 2.5, ("the refusal took %.1f s: a timeout, not the broker's answer" % took, got)
+print("python: a key revoked mid-connection is refused in %.2f s: %s" % (took, got["error"]))
 PY
   e2e_fail "the Python client through CURVE"
 echo "gateway-curve: gateway and Python client score through CURVE as xlm-score does; plain and stranger keys refused"
