@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # A micro-batch that computes for longer than the broker's liveness window
-# is not taken for a hung pipeline (issue 13, liveness end to end). A random
-# checkpoint of the enfr-1024 shape (bench-engine --write, the bundled
-# model's tokenizer) in 2 stages of 1 thread, fp32, under a liveness window
-# of 2 x 500 ms: one micro-batch of 65 of the bundled pairs (each side
-# repeated, for longer rows) takes stage 0 seconds, and no Reply can come
-# meanwhile. Each stage's heartbeat thread shows its work count grow, so the pipeline keeps
-# its work: every pair is answered once, with the in-process scores' bits,
-# nothing is re-queued, no pipeline is removed, and the broker's stats show
-# a stage step longer than the window (the condition was met).
+# is not taken for a hung pipeline (issue 13, liveness end to end). A
+# random checkpoint of the enfr-1024 shape (bench-engine --write, the
+# bundled model's tokenizer) in 2 stages of 1 thread, fp32, under a
+# liveness window of 3 x 250 ms (broker and workers): one micro-batch of 65
+# of the bundled pairs (each side repeated, for longer rows) takes stage 0
+# seconds, and no Reply can come meanwhile. Each stage's heartbeat thread
+# shows its work count grow, so the pipeline keeps its work: every pair is
+# answered once, with the in-process scores' bits, nothing is re-queued, no
+# pipeline is removed, and the broker's stats show a stage step longer than
+# the window (the condition was met).
 # Usage: long_steps.sh BUILD_DIR
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -25,15 +26,15 @@ done
 n=130
 awk -F'\t' -v OFS='\t' -v n=$n 'NR <= n { print $1, $2 " " $2, $3, $4 " " $4 }' \
   "$top/models/tiny-clm-enfr/examples/pairs.tsv" > "$run_dir/input.tsv"
-window_ms=1000 # liveness 2 x heartbeat 500 ms (the broker's and the workers')
+window_ms=750 # liveness 3 x heartbeat 250 ms (the broker's and the workers')
 
 "$build/bin/xlm-score" --model "$model" --precision fp32 --mode clm --quiet \
   --input "$run_dir/input.tsv" --output "$run_dir/offline.jsonl" ||
   e2e_fail "xlm-score in process failed on the enfr-1024 checkpoint"
 
 e2e_start --model "$model" --stages 2 --pipelines 1 --threads 1 --timeout 180 \
-  --broker-option --heartbeat-ms --broker-option 500 --broker-option --liveness --broker-option 2 -- \
-  --precision fp32 --max-batch-tokens 16384 --credit 1
+  --broker-option --heartbeat-ms --broker-option 250 --broker-option --liveness --broker-option 3 -- \
+  --precision fp32 --max-batch-tokens 16384 --credit 1 --heartbeat-ms 250
 # About 15 s of compute; a pipeline declared dead at each long step would
 # never finish.
 limit_s=$(( 120 * $(e2e_time_factor) ))
