@@ -21,7 +21,7 @@
  * picks its kernels by CPU model number, and a model newer than it knows
  * gets an older kernel: on the Xeon of bench/row_tiles.md (family 6 model
  * 207) the SSE3 "Prescott" sgemm, 21 GFLOP/s a core against oneDNN's 109;
- * on the AMD EPYC of 2026-12-02 evening (family 26, AVX-512) its AVX2
+ * on the AMD EPYC of 2026-12-02 night (family 26, AVX-512) its AVX2
  * "Haswell" sgemm, 646 real tokens/s against oneDNN's 1121 (bench-engine,
  * enfr-1024, 1 thread). The AVX2 kernels also break batch invariance: a
  * row's sum depends on where it sits in the call, whatever the row tile

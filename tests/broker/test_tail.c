@@ -113,19 +113,24 @@ static void *raw_stage0(tail_fx_t *t, const char *pipeline, uint32_t credit)
     return s;
 }
 
+static void send_beat(void *s, const char *pipeline, Xlm__Heartbeat *beat)
+{
+    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
+    beat->heartbeat_ms = 100;
+    msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
+    msg.heartbeat = beat;
+    raw_send(s, pipeline, &msg);
+}
+
 /* tail: the last stage's beat (else stage 0's plain one). */
 static void raw_beat(void *s, const char *pipeline, bool tail, uint64_t progress,
                      uint64_t instance)
 {
-    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
     Xlm__Heartbeat beat = XLM__HEARTBEAT__INIT;
-    beat.heartbeat_ms = 100;
     beat.tail = tail;
     beat.progress = progress;
     beat.instance = instance;
-    msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
-    msg.heartbeat = &beat;
-    raw_send(s, pipeline, &msg);
+    send_beat(s, pipeline, &beat);
 }
 
 /* What reached a socket: messages of any kind, and the stalled order. */
@@ -192,16 +197,12 @@ static int beat_until_stalled(void *stage0, void *tail, const char *pipeline,
 static void raw_stage_beat(void *s, const char *pipeline, uint32_t stage, uint64_t work,
                            uint64_t instance)
 {
-    Xlm__WorkerMessage msg = XLM__WORKER_MESSAGE__INIT;
     Xlm__Heartbeat beat = XLM__HEARTBEAT__INIT;
-    beat.heartbeat_ms = 100;
     beat.stage_beat = true;
     beat.stage = stage;
     beat.work = work;
     beat.instance = instance;
-    msg.body_case = XLM__WORKER_MESSAGE__BODY_HEARTBEAT;
-    msg.heartbeat = &beat;
-    raw_send(s, pipeline, &msg);
+    send_beat(s, pipeline, &beat);
 }
 
 /* Beats for up to ms every BEAT_MS: stage 0 plainly, and stage 1's thread
