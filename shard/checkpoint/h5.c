@@ -371,6 +371,7 @@ static shard_status_t h5_load(tensor_file_t *self, size_t index, shard_error_t *
     }
     b->buffers[e->slot] = buf;
     e->data = buf;
+    e->held = true;
     e->transpose = false; /* read in the engine's layout already */
     return SHARD_OK;
 }

@@ -121,6 +121,10 @@ typedef struct {
     /* The reader's own index of the entry, kept when translation renames,
      * drops or moves entries. */
     size_t slot;
+    /* data lies in memory the reader allocated (a storage read or copied
+     * for alignment, a dataset, a transposed copy), not in a file mapping:
+     * the engine cannot hand its pages back (only a discard hook frees it). */
+    bool held;
 } tensor_entry_t;
 
 typedef struct tensor_file tensor_file_t;

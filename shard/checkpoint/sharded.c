@@ -88,8 +88,10 @@ static shard_status_t sharded_load(tensor_file_t *self, size_t index, shard_erro
     tensor_file_t *shard = s->files[s->entry_file[index]].opened;
     const tensor_entry_t *in = NULL;
     shard_status_t st = tensor_file_fetch(shard, self->entries[index].name, &in, err);
-    if (st == SHARD_OK && in != NULL)
+    if (st == SHARD_OK && in != NULL) {
         self->entries[index].data = in->data;
+        self->entries[index].held = in->held;
+    }
     return st;
 }
 

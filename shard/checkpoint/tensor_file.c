@@ -95,6 +95,7 @@ static shard_status_t transpose_entry(tensor_file_t *file, tensor_entry_t *e, sh
             memcpy(out + (r * cols + c) * elem, in + (c * rows + r) * elem, elem);
     file->copies[file->n_copies++] = out;
     e->data = out;
+    e->held = true;
     e->transpose = false; /* done once; a second fetch sees the copy */
     return SHARD_OK;
 }

@@ -459,6 +459,7 @@ static shard_status_t tt_load(tensor_file_t *self, size_t index, shard_error_t *
     }
     self->entries[index].data = base + (size_t)b->entry_offset[index]
                                        * tensor_dtype_size(s->meta.dtype);
+    self->entries[index].held = s->buffer != NULL && base == s->buffer;
     return SHARD_OK;
 }
 

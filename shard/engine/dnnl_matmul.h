@@ -4,7 +4,7 @@
 #ifndef XLM_SHARD_DNNL_MATMUL_H
 #define XLM_SHARD_DNNL_MATMUL_H
 
-#include "shard_engine.h"
+#include "engine_internal.h"
 
 #include <oneapi/dnnl/dnnl_types.h>
 
@@ -38,6 +38,31 @@ bool shard_matmul_run(const shard_matmul_t *matmul, int64_t m, const void *src,
 bool shard_matmul_rows(dnnl_data_type_t src, dnnl_data_type_t wei, dnnl_data_type_t dst,
                        int64_t k, int64_t n, int64_t ldw, int64_t rows, const void *x,
                        size_t src_size, const void *weights, void *y, size_t dst_size);
+/* A layer's weights reordered once into the layout oneDNN's kernels read
+ * (instead of at every run), in panels of `panel` output channels (the LM
+ * projection's PROJECT_VOCAB blocks; 0: one panel). One allocation, freed
+ * with free(). */
+typedef struct shard_packed shard_packed_t;
+/* *packed NULL (and SHARD_OK) where the kernel reads W[n][ldw] as it is;
+ * wei_size: bytes of one weight. */
+shard_status_t shard_matmul_pack(dnnl_data_type_t src, dnnl_data_type_t wei, dnnl_data_type_t dst,
+                                 int64_t k, int64_t n, int64_t ldw, const void *weights,
+                                 size_t wei_size, int64_t panel, shard_packed_t **packed,
+                                 shard_error_t *err);
+/* Outputs [o0, o0 + no) are whole panels (the last one may be short). */
+bool shard_packed_covers(const shard_packed_t *packed, int64_t o0, int64_t no);
+/* y[rows][no] = x[rows][k] W[o0:o0+no]^T from the packed weights, rows a
+ * multiple of SHARD_ROW_TILE or 1; false when not covered or oneDNN failed. */
+bool shard_matmul_packed_rows(const shard_packed_t *packed, int64_t o0, int64_t no,
+                              int64_t rows, const void *x, size_t src_size, void *y,
+                              size_t dst_size);
+/* A product of outputs [o0, o0 + no) over inputs [c0, c0 + nc) of l that
+ * its packed weights serve. */
+static inline bool shard_linear_packed_covers(const shard_linear_t *l, int64_t o0, int64_t no,
+                                              int64_t c0, int64_t nc)
+{
+    return l->packed && c0 == 0 && nc == l->in && shard_packed_covers(l->packed, o0, no);
+}
 /* The implementation oneDNN picked, e.g. "gemm:jit". */
 const char *shard_matmul_impl(const shard_matmul_t *matmul);
 

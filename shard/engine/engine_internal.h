@@ -34,12 +34,16 @@ typedef struct {
     const uint16_t *bf16;   /* [out][in] bf16 bits */
     const int8_t *i8;       /* [out][in] W[o][i] = i8[o][i] * scale[o] */
     const float *scale;     /* [out] symmetric per-output-channel scales */
+    /* W reordered once for oneDNN (dnnl_matmul.h), or NULL; then bf16 and
+     * i8 may be NULL (the copy was replaced) and the products it covers
+     * read this instead. */
+    const struct shard_packed *packed;
 } shard_linear_t;
 
 /* True when the layer's weight is bound, whatever its type. */
 static inline bool shard_linear_bound(const shard_linear_t *linear)
 {
-    return linear->weight || linear->bf16 || linear->i8;
+    return linear->weight || linear->bf16 || linear->i8 || linear->packed;
 }
 
 typedef struct {
@@ -83,7 +87,8 @@ struct shard_model {
     size_t n_owned;
     shard_precision_t precision; /* of the linear layers (model->heads included) */
     size_t weight_bytes;         /* of the linear layers, as held for compute */
-    char precision_note[160];    /* how the products run (shard_model_precision_note) */
+    int64_t packed_linears;      /* of them reordered for oneDNN at open (model.c) */
+    char precision_note[256];    /* how the products run (shard_model_precision_note) */
 
     shard_embedding_t word_embeddings;     /* [vocab][emb] */
     shard_embedding_t position_embeddings; /* [max_pos][emb] */

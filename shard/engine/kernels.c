@@ -125,9 +125,15 @@ static void product_fp32_onednn(const product_t *p, const float *x, int64_t rows
     const int64_t ldy = product_ldy(p);
     float *out = ldy == p->no ? y : tile_buffer(&fp32_out, &fp32_out_count,
                                                  (size_t)(rows * p->no));
-    if (!out || !shard_matmul_rows(dnnl_f32, dnnl_f32, dnnl_f32, p->nc, p->no, l->in, rows, x,
-                                   sizeof *x, l->weight + p->o0 * l->in + p->c0, out,
-                                   sizeof *out)) {
+    const bool ok =
+        out && (shard_linear_packed_covers(l, p->o0, p->no, p->c0, p->nc)
+                    ? shard_matmul_packed_rows(l->packed, p->o0, p->no, rows, x, sizeof *x, out,
+                                               sizeof *out)
+                    : l->weight &&
+                          shard_matmul_rows(dnnl_f32, dnnl_f32, dnnl_f32, p->nc, p->no, l->in, rows,
+                                        x, sizeof *x, l->weight + p->o0 * l->in + p->c0, out,
+                                        sizeof *out));
+    if (!ok) {
         for (int64_t r = 0; r < rows; r++) /* out of memory: NaN, never a wrong number */
             for (int64_t i = 0; i < p->no; i++)
                 y[r * ldy + i] = NAN;

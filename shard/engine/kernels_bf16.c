@@ -82,8 +82,10 @@ static bool native(const shard_linear_t *l, int64_t o0, int64_t no, int64_t c0, 
 #pragma omp parallel for schedule(static) if (rows * nc >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++)
         round_row_to_bf16(x + r * nc, nc, xb + r * nc);
-    return shard_matmul_rows(dnnl_bf16, dnnl_bf16, dnnl_f32, nc, no, l->in, rows, xb,
-                             sizeof *xb, l->bf16 + o0 * l->in + c0, y, sizeof *y);
+    if (shard_linear_packed_covers(l, o0, no, c0, nc))
+        return shard_matmul_packed_rows(l->packed, o0, no, rows, xb, sizeof *xb, y, sizeof *y);
+    return l->bf16 && shard_matmul_rows(dnnl_bf16, dnnl_bf16, dnnl_f32, nc, no, l->in, rows, xb,
+                                        sizeof *xb, l->bf16 + o0 * l->in + c0, y, sizeof *y);
 }
 
 /* y[rows][no] = x W^T, tile by tile of widened weights. */

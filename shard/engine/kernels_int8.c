@@ -104,8 +104,13 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
 #pragma omp parallel for schedule(static) if (rows * nc >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++)
         scales[r] = quantise_row(x + r * nc, nc, q + r * nc);
-    if (!shard_matmul_rows(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in, rows, q, 1,
-                           linear->i8 + o0 * linear->in + c0, acc, sizeof *acc)) {
+    const bool ok =
+        shard_linear_packed_covers(linear, o0, no, c0, nc)
+            ? shard_matmul_packed_rows(linear->packed, o0, no, rows, q, 1, acc, sizeof *acc)
+            : linear->i8 && shard_matmul_rows(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in,
+                                              rows, q, 1, linear->i8 + o0 * linear->in + c0,
+                                              acc, sizeof *acc);
+    if (!ok) {
         fill_nan(y, rows, no);
     } else {
         const float *ws = linear->scale + o0;

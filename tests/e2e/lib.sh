@@ -7,7 +7,8 @@
 # endpoint ($endpoint); on exit, however the script ends, the service it
 # started is stopped, the processes it handed to e2e_background are ended
 # (SIGTERM, then SIGKILL for what still runs 5 s later: an mpirun passes
-# the TERM on to its ranks, a KILL would leave them running) and $run_dir is removed.
+# the TERM on to its ranks, a KILL would leave them running) and $run_dir is
+# removed (kept, and named, when the script failed and XLM_E2E_KEEP=1).
 #
 #   e2e_start [deploy/local/start options]   the service on these ports
 #                                            (XLM_E2E_CURVE=1: with --curve; then
@@ -99,7 +100,11 @@ e2e_cleanup() {
   if [ "$E2E_STARTED" = 1 ]; then
     "$top/deploy/local/stop" --run-dir "$run_dir" >/dev/null 2>&1 || true
   fi
-  rm -rf "$run_dir"
+  if [ "$rc" != 0 ] && [ "${XLM_E2E_KEEP:-0}" = 1 ]; then
+    echo "$E2E_NAME: run directory kept: $run_dir" >&2
+  else
+    rm -rf "$run_dir"
+  fi
   exit "$rc"
 }
 

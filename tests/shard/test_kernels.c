@@ -171,6 +171,81 @@ static void test_one_row_products_match_the_batch(void **state)
     }
 }
 
+/* Weights reordered once for oneDNN (model.c packs every layer and the LM
+ * projection at open) give the bits of the weights as stored, for a single
+ * row, padded tiles and more than one chunk, and for the LM projection's
+ * panels: a whole panel, the short last one, and all of them at once. */
+static void test_packed_weights_give_the_stored_weights_bits(void **state)
+{
+    (void)state;
+    enum { IN = 128, OUT = 640, PANEL = 256, ROWS = 300 };
+    static float w[OUT * IN], b[OUT], x[ROWS * IN], y_plain[ROWS * OUT], y_packed[ROWS * OUT];
+    static float scale[OUT];
+    static uint16_t w_bf16[OUT * IN];
+    static int8_t w_i8[OUT * IN];
+    srand(11);
+    for (int i = 0; i < OUT * IN; i++) {
+        w[i] = ((float)rand() / (float)RAND_MAX - 0.5f) * 0.2f;
+        w_bf16[i] = shard_float_to_bf16(w[i]);
+        w_i8[i] = (int8_t)(rand() % 255 - 127);
+    }
+    for (int o = 0; o < OUT; o++) {
+        b[o] = (float)(o % 7) * 0.02f;
+        scale[o] = 0.002f * (float)(1 + o % 3);
+    }
+    for (int i = 0; i < ROWS * IN; i++)
+        x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+    const shard_linear_t plain[] = {
+        {.weight = w, .bias = b, .in = IN, .out = OUT, .type = SHARD_PRECISION_FP32},
+        {.bf16 = w_bf16, .bias = b, .in = IN, .out = OUT, .type = SHARD_PRECISION_BF16},
+        {.i8 = w_i8, .scale = scale, .bias = b, .in = IN, .out = OUT, .type = SHARD_PRECISION_INT8},
+    };
+    const dnnl_data_type_t types[][3] = {{dnnl_f32, dnnl_f32, dnnl_f32},
+                                         {dnnl_bf16, dnnl_bf16, dnnl_f32},
+                                         {dnnl_s8, dnnl_s8, dnnl_s32}};
+    const void *stored[] = {w, w_bf16, w_i8};
+    const size_t sizes[] = {sizeof *w, sizeof *w_bf16, sizeof *w_i8};
+    const int64_t rows[] = {1, 32, 40, ROWS};
+    const int64_t blocks[][2] = {{0, PANEL}, {2 * PANEL, OUT - 2 * PANEL}, {0, OUT}};
+    int packed_count = 0;
+    for (size_t l = 0; l < sizeof plain / sizeof *plain; l++) {
+        if (plain[l].type == SHARD_PRECISION_BF16 && !shard_bf16_native())
+            continue;
+        for (int64_t panel = 0; panel <= PANEL; panel += PANEL) {
+            shard_packed_t *p = NULL;
+            shard_error_t err = {0};
+            assert_int_equal(shard_matmul_pack(types[l][0], types[l][1], types[l][2], IN, OUT,
+                                               IN, stored[l], sizes[l], panel, &p, &err),
+                             SHARD_OK);
+            if (!p)
+                continue; /* oneDNN reads these weights as they are here */
+            packed_count++;
+            shard_linear_t packed = plain[l];
+            packed.packed = p;
+            packed.weight = NULL, packed.bf16 = NULL, packed.i8 = NULL;
+            if (plain[l].type == SHARD_PRECISION_FP32 && !shard_fp32_onednn())
+                packed.weight = w; /* OpenBLAS reads the stored weights */
+            for (size_t r = 0; r < sizeof rows / sizeof *rows; r++)
+                for (size_t k = 0; k < (panel ? 3 : 1); k++) {
+                    const int64_t o0 = panel ? blocks[k][0] : 0;
+                    const int64_t no = panel ? blocks[k][1] : OUT;
+                    memset(y_packed, 0xff, sizeof y_packed);
+                    shard_linear_outputs(&plain[l], o0, no, x, rows[r], y_plain);
+                    shard_linear_outputs(&packed, o0, no, x, rows[r], y_packed);
+                    if (memcmp(y_plain, y_packed, (size_t)(rows[r] * no) * sizeof *y_plain))
+                        fail_msg("%s, panel %lld: outputs [%lld, %lld) of %lld rows differ "
+                                 "from the stored weights' (%.9g vs %.9g)",
+                                 shard_precision_name(plain[l].type), (long long)panel,
+                                 (long long)o0, (long long)(o0 + no), (long long)rows[r],
+                                 y_packed[0], y_plain[0]);
+                }
+            free(p);
+        }
+    }
+    /* int8 is packed on every CPU oneDNN runs (VNNI or not) */
+    assert_true(packed_count >= 2);
+}
+
 static void test_linear_zero_rows_writes_nothing(void **state)
 {
     (void)state;
@@ -467,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_linear_without_bias_overwrites_nan),
         cmocka_unit_test(test_linear_paths_agree),
         cmocka_unit_test(test_one_row_products_match_the_batch),
+        cmocka_unit_test(test_packed_weights_give_the_stored_weights_bits),
         cmocka_unit_test(test_linear_zero_rows_writes_nothing),
         cmocka_unit_test(test_layer_norm_unit_affine),
         cmocka_unit_test(test_layer_norm_applies_weight_and_bias),
