@@ -23,11 +23,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -586,12 +587,49 @@ static void check_in_child(const char *path, int out)
     _exit(done == sizeof e ? 0 : 3); /* no atexit handlers: they are the parent's */
 }
 
-static shard_status_t checked_in_child(const char *path, shard_error_t *err)
+/* CPU time (clock ticks) process pid has used, or -1. */
+static long long cpu_ticks_of(pid_t pid)
+{
+    char path[64], stat[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(stat, 1, sizeof stat - 1, f);
+    fclose(f);
+    stat[n] = '\0';
+    const char *after = strrchr(stat, ')'); /* the name may hold spaces */
+    long long utime = 0, stime = 0;
+    /* fields 3 .. 15 after the name: state, then 10 numbers, then utime, stime */
+    if (after == NULL ||
+        sscanf(after + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lld %lld", &utime,
+               &stime) != 2)
+        return -1;
+    return utime + stime;
+}
+
+/* The child is forked from a process with other threads (MPI's, ZeroMQ's,
+ * the heartbeat's). One of them may hold a lock at the fork that the
+ * child then needs: AddressSanitizer's allocator did (a sanitized worker
+ * waited for its check for good, the allocator lock never released; the
+ * golden service test of 3 stages hung that way). glibc's malloc is
+ * fork-safe, a library's lock need not be. A child that used no CPU for
+ * H5_CHILD_STALL_S is taken for such a one: killed, and the check forked
+ * again, H5_CHILD_TRIES times in all. A working child reads and decodes,
+ * so it uses CPU; one starved of CPU that long costs a retry. */
+enum { H5_CHILD_STALL_S = 10, H5_CHILD_TRIES = 3 };
+
+typedef enum { CHILD_ANSWERED, CHILD_STALLED, CHILD_FAILED } child_outcome_t;
+
+static child_outcome_t run_check_child(const char *path, shard_error_t *child, int *status,
+                                       shard_error_t *err)
 {
     int fds[2];
-    if (pipe(fds) != 0)
-        return shard_error_set(err, SHARD_ERR_IO, "tensor_file_open_h5: %s: cannot make a pipe "
-                               "to check the file: %s", path, strerror(errno));
+    if (pipe(fds) != 0) {
+        shard_error_set(err, SHARD_ERR_IO, "tensor_file_open_h5: %s: cannot make a pipe to "
+                        "check the file: %s", path, strerror(errno));
+        return CHILD_FAILED;
+    }
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);
@@ -600,26 +638,66 @@ static shard_status_t checked_in_child(const char *path, shard_error_t *err)
     close(fds[1]);
     if (pid < 0) {
         close(fds[0]);
-        return shard_error_set(err, SHARD_ERR_IO, "tensor_file_open_h5: %s: cannot fork to "
-                               "check the file: %s", path, strerror(errno));
+        shard_error_set(err, SHARD_ERR_IO, "tensor_file_open_h5: %s: cannot fork to check the "
+                        "file: %s", path, strerror(errno));
+        return CHILD_FAILED;
     }
-    shard_error_t child = {0};
     size_t got = 0;
-    while (got < sizeof child) {
-        ssize_t n = read(fds[0], (char *)&child + got, sizeof child - got);
+    long long ticks = cpu_ticks_of(pid);
+    int idle_s = 0;
+    bool stalled = false;
+    while (got < sizeof *child) {
+        struct pollfd pfd = {fds[0], POLLIN, 0};
+        int ready = poll(&pfd, 1, 1000);
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready == 0) {
+            const long long now = cpu_ticks_of(pid);
+            idle_s = now == ticks ? idle_s + 1 : 0;
+            ticks = now;
+            if (idle_s >= H5_CHILD_STALL_S) {
+                stalled = true;
+                kill(pid, SIGKILL);
+                break;
+            }
+            continue;
+        }
+        ssize_t n = ready < 0 ? -1 : read(fds[0], (char *)child + got, sizeof *child - got);
         if (n <= 0 && !(n < 0 && errno == EINTR))
             break;
         got += n > 0 ? (size_t)n : 0;
     }
     close(fds[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
         ;
+    if (stalled)
+        return CHILD_STALLED;
+    if (got != sizeof *child && WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+        *status = 3 << 8; /* exited without its answer */
+    return CHILD_ANSWERED;
+}
+
+static shard_status_t checked_in_child(const char *path, shard_error_t *err)
+{
+    shard_error_t child = {0};
+    int status = 0;
+    child_outcome_t outcome = CHILD_STALLED;
+    for (int tries = 0; tries < H5_CHILD_TRIES && outcome == CHILD_STALLED; tries++) {
+        memset(&child, 0, sizeof child);
+        outcome = run_check_child(path, &child, &status, err);
+    }
+    if (outcome == CHILD_FAILED)
+        return err->code;
+    if (outcome == CHILD_STALLED)
+        return shard_error_set(err, SHARD_ERR_IO, "tensor_file_open_h5: %s: the child process "
+                               "that checks the file used no CPU for %d s, %d times (a lock "
+                               "held at fork by another thread): not opened",
+                               path, H5_CHILD_STALL_S, H5_CHILD_TRIES);
     if (WIFSIGNALED(status))
         return shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: libhdf5 "
                                "crashed reading the file's structure (signal %d, %s): the file "
                                "is corrupt", path, WTERMSIG(status), strsignal(WTERMSIG(status)));
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || got != sizeof child)
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         return shard_error_set(err, SHARD_ERR_FORMAT, "tensor_file_open_h5: %s: libhdf5 "
                                "failed reading the file's structure (exit status %d): the file "
                                "is corrupt", path, WIFEXITED(status) ? WEXITSTATUS(status) : -1);

@@ -12,10 +12,13 @@
 #include <cmocka.h>
 
 #include <hdf5.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "checkpoint_internal.h"
@@ -447,6 +450,59 @@ static void tf_name(const char *torch, char *out, size_t size, const char **grou
 
 /* Writes the weights of safetensors folder src as dst/tf_model.h5 in the
  * layout of HF's TF classes. */
+/* A check child that never gets going (a lock held at fork by another
+ * thread: AddressSanitizer's allocator hung a sanitized worker so) is
+ * killed after 10 s without CPU and the check forked again. Here a thread
+ * stops the first child the process forks. */
+static volatile pid_t stopped_child;
+
+static void *stop_first_child(void *unused)
+{
+    (void)unused;
+    const pid_t self = getpid();
+    for (int polls = 0; polls < 20000 && !stopped_child; polls++) {
+        for (pid_t pid = self + 1; pid < self + 4096 && !stopped_child; pid++) {
+            char path[64], stat[512];
+            snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+            FILE *f = fopen(path, "r");
+            if (!f)
+                continue;
+            size_t n = fread(stat, 1, sizeof stat - 1, f);
+            fclose(f);
+            stat[n] = '\0';
+            const char *after = strrchr(stat, ')');
+            int ppid = 0;
+            if (after && sscanf(after + 1, " %*c %d", &ppid) == 1 && ppid == self &&
+                kill(pid, SIGSTOP) == 0)
+                stopped_child = pid;
+        }
+        usleep(200);
+    }
+    return NULL;
+}
+
+static void test_stalled_check_child_is_forked_again(void **state)
+{
+    (void)state;
+    pthread_t watcher;
+    stopped_child = 0;
+    assert_int_equal(pthread_create(&watcher, NULL, stop_first_child, NULL), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    shard_error_t err = {0};
+    tensor_file_t *tf = tensor_file_open_h5(GOLDEN "/tf_model.h5", &err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    pthread_join(watcher, NULL);
+    const double seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    if (!tf)
+        fail_msg("%s", err.message);
+    assert_true(stopped_child > 0);
+    assert_true(kill(stopped_child, 0) != 0); /* killed and reaped */
+    print_message("stalled check child %d: opened after %.1f s\n", (int)stopped_child, seconds);
+    assert_true(seconds >= 9.5);
+    tensor_file_destroy(&tf);
+}
+
 static void write_keras_h5(const char *src, const char *dst)
 {
     char path[4200];
@@ -607,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_image_reader),
         cmocka_unit_test(test_kernel_transposed),
         cmocka_unit_test(test_libhdf5_failures_contained),
+        cmocka_unit_test(test_stalled_check_child_is_forked_again),
         cmocka_unit_test(test_stage_holds_its_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
