@@ -204,6 +204,51 @@ void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t c
  * with_bias. */
 void shard_linear_columns(const shard_linear_t *linear, int64_t first, int64_t cols,
                           const float *x, int64_t rows, bool with_bias, float *y);
+/* Rows that one or more products of a layer read whole (the LM
+ * projection's vocabulary panels; a layer's output projection followed by
+ * its norm): an int8 layer quantises them once, here, instead of at each
+ * product. A thread holds one prepared set at a time: the next prepare on
+ * that thread reuses its memory. */
+typedef struct {
+    const float *x; /* [rows][cols], or NULL where only q holds them */
+    int64_t rows, cols;
+    int8_t *q;      /* int8: [padded][cols], rows past `rows` zero; else NULL */
+    float *scales;  /* int8: [rows] */
+    int64_t padded; /* rows rounded up to SHARD_ROW_TILE (1 stays 1) */
+} shard_linear_rows_t;
+void shard_linear_rows_prepare(const shard_linear_t *linear, const float *x, int64_t rows,
+                               shard_linear_rows_t *prepared);
+/* The rows a feed-forward block's second layer reads: act(ffn_in(x)). In
+ * int8 the hidden activations never exist in fp32 memory: each row is
+ * dequantised, activated and quantised again while it is in cache (the
+ * bits of the steps apart). Else they are computed into ffn [rows][hidden]. */
+void shard_linear_hidden_rows(const shard_linear_t *ffn_in, const shard_linear_t *ffn_out,
+                              shard_activation_t activation, const float *x, int64_t rows,
+                              float *ffn, shard_linear_rows_t *prepared);
+/* Outputs [first, first + count) of each prepared row, as
+ * shard_linear_outputs computes them, handed to use(context, row, values):
+ * the rows spread over the engine's threads, each row once, its values
+ * (count floats, in scratch [rows][count]) valid during the call. */
+typedef void shard_row_use_fn(void *context, int64_t row, const float *values);
+void shard_linear_outputs_each(const shard_linear_t *linear, int64_t first, int64_t count,
+                               const shard_linear_rows_t *prepared, float *scratch,
+                               shard_row_use_fn *use, void *context);
+/* x = LayerNorm(x + linear(prepared rows)), row by row, y [rows][out] the
+ * products' work space: shard_linear then shard_add_layer_norm, each row
+ * normed while its product is in cache. */
+void shard_linear_add_layer_norm(const shard_linear_t *linear,
+                                 const shard_linear_rows_t *prepared, float *y, float *x,
+                                 const shard_norm_t *norm, double eps);
+/* The int8 parts of the above (kernels_int8.c). */
+void shard_int8_rows_prepare(const float *x, int64_t rows, int64_t cols,
+                             shard_linear_rows_t *prepared);
+/* false (nothing prepared) where ffn_in is not int8 or memory ran out */
+bool shard_int8_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t activation,
+                            const float *x, int64_t rows, shard_linear_rows_t *prepared);
+/* false (nothing done) where the rows were not quantised for this layer */
+bool shard_int8_outputs_each(const shard_linear_t *linear, int64_t first, int64_t count,
+                             const shard_linear_rows_t *prepared, float *scratch,
+                             shard_row_use_fn *use, void *context);
 /* Reduced-precision products (kernels_int8.c, kernels_bf16.c), for the
  * sub-matrix W[o0:o0+no, c0:c0+nc] of a layer of that type:
  * y[rows][no] = x[rows][nc] W[o0:o0+no, c0:c0+nc]^T (+ b[o0:o0+no] when
@@ -227,6 +272,16 @@ bool shard_bf16_native(void);
  * says when), and the reason as the log gives it. */
 bool shard_fp32_onednn(void);
 const char *shard_fp32_products_reason(void);
+/* True when fp32 products run on the engine's own ordered kernel
+ * (sgemm_ordered.c): CPUs with AVX2 but without AVX-512. */
+bool shard_fp32_ordered(void);
+/* y[rows][no] (rows ldy apart) = x[rows][nc] (ldx) W[no][nc]^T (W rows ldw
+ * apart) + bias (NULL: none); each output summed in an order fixed by nc
+ * alone, so a row's bits depend on nothing else in the call. Needs AVX2
+ * and FMA (shard_sgemm_ordered_available). */
+bool shard_sgemm_ordered_available(void);
+void shard_sgemm_ordered(int64_t rows, int64_t no, int64_t nc, const float *x, int64_t ldx,
+                         const float *w, int64_t ldw, const float *bias, float *y, int64_t ldy);
 /* fp32 -> bf16, rounding to nearest even (NaN kept a NaN). */
 static inline uint16_t shard_float_to_bf16(float value)
 {
@@ -267,6 +322,12 @@ void shard_add_layer_norm(float *x, const float *y, int64_t rows, int64_t dim,
 void shard_gelu(float *x, size_t count);
 void shard_relu(float *x, size_t count);
 void shard_activate(float *x, size_t count, shard_activation_t activation);
+/* The same on the calling thread alone (a row inside a parallel loop). */
+void shard_activate_serial(float *x, size_t count, shard_activation_t activation);
+/* The largest of count >= 1 values (a NaN first value: NaN; later NaNs
+ * skipped), and the largest |x| of count >= 0 values (0 for none). */
+float shard_max(const float *x, int64_t count);
+float shard_max_abs(const float *x, int64_t count);
 /* In place softmax of one row; returns nothing. */
 void shard_softmax(float *x, int64_t count);
 /* sum of exp(x[i] - shift), every x[i] <= shift (vectorised, float terms). */

@@ -379,15 +379,13 @@ void shard_layer_finish(const shard_model_t *model, const shard_layer_t *layer,
     const shard_config_t *c = &model->config;
     const int64_t d = c->emb_dim, T = acts->n_tokens;
     float *x = acts->hidden;
-    shard_linear(&layer->out, ctx, T, y);
-    shard_add_layer_norm(x, y, T, d, &layer->norm1, c->layer_norm_eps);
-    shard_linear(&layer->ffn_in, x, T, ffn);
-    if (c->gelu_activation)
-        shard_gelu(ffn, (size_t)T * (size_t)c->hidden_dim);
-    else
-        shard_relu(ffn, (size_t)T * (size_t)c->hidden_dim);
-    shard_linear(&layer->ffn_out, ffn, T, y);
-    shard_add_layer_norm(x, y, T, d, &layer->norm2, c->layer_norm_eps);
+    shard_linear_rows_t rows;
+    shard_linear_rows_prepare(&layer->out, ctx, T, &rows);
+    shard_linear_add_layer_norm(&layer->out, &rows, y, x, &layer->norm1, c->layer_norm_eps);
+    shard_linear_hidden_rows(&layer->ffn_in, &layer->ffn_out,
+                             c->gelu_activation ? SHARD_ACT_GELU : SHARD_ACT_RELU, x, T, ffn,
+                             &rows);
+    shard_linear_add_layer_norm(&layer->ffn_out, &rows, y, x, &layer->norm2, c->layer_norm_eps);
     for (int64_t t = 0; t < T; t++)
         if (!acts->is_real[t])
             memset(x + t * d, 0, (size_t)d * sizeof *x);

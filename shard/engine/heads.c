@@ -382,6 +382,29 @@ typedef struct {
     int64_t row, pos, target;
 } scored_t;
 
+/* The online log-sum-exp of a group of scored positions over the
+ * vocabulary panels: each position's row is folded in by one thread. */
+typedef struct {
+    const scored_t *items; /* the group's */
+    int64_t v0, vb;        /* the panel: vocabulary rows [v0, v0 + vb) */
+    float *max, *target;
+    double *sum;
+} fold_t;
+
+static void fold_panel_row(void *context, int64_t i, const float *row)
+{
+    const fold_t *f = context;
+    const float block_max = shard_max(row, f->vb);
+    if (block_max > f->max[i]) { /* rescale what was summed so far */
+        f->sum[i] = f->sum[i] * exp((double)f->max[i] - (double)block_max);
+        f->max[i] = block_max;
+    }
+    f->sum[i] += shard_sum_exp(row, f->vb, f->max[i]);
+    const int64_t t = f->items[i].target - f->v0;
+    if (t >= 0 && t < f->vb)
+        f->target[i] = row[t];
+}
+
 /* log p(target) at each scored position, projecting only those positions. */
 static shard_status_t score_positions(const shard_model_t *model, shard_state_t *state,
                                       const shard_acts_t *acts, const scored_t *items,
@@ -407,23 +430,12 @@ static shard_status_t score_positions(const shard_model_t *model, shard_state_t 
             max[i] = -INFINITY;
             sum[i] = 0.0;
         }
+        shard_linear_rows_t rows;
+        shard_linear_rows_prepare(proj, x, n, &rows);
         for (int64_t v0 = 0; v0 < V; v0 += PROJECT_VOCAB) {
-            const int64_t vb = V - v0 < PROJECT_VOCAB ? V - v0 : PROJECT_VOCAB;
-            shard_linear_outputs(proj, v0, vb, x, n, logits);
-            for (int64_t i = 0; i < n; i++) {
-                const float *row = logits + i * vb;
-                float block_max = row[0];
-                for (int64_t v = 1; v < vb; v++)
-                    block_max = row[v] > block_max ? row[v] : block_max;
-                if (block_max > max[i]) { /* rescale what was summed so far */
-                    sum[i] = sum[i] * exp((double)max[i] - (double)block_max);
-                    max[i] = block_max;
-                }
-                sum[i] += shard_sum_exp(row, vb, max[i]);
-                const int64_t t = items[first + i].target - v0;
-                if (t >= 0 && t < vb)
-                    target[i] = row[t];
-            }
+            fold_t fold = {items + first, v0, V - v0 < PROJECT_VOCAB ? V - v0 : PROJECT_VOCAB,
+                           max, target, sum};
+            shard_linear_outputs_each(proj, v0, fold.vb, &rows, logits, fold_panel_row, &fold);
         }
         for (int64_t i = 0; i < n; i++)
             logprob[first + i] = (float)((double)target[i] - (double)max[i] - log(sum[i]));

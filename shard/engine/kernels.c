@@ -17,7 +17,8 @@
 #include <strings.h>
 
 /* fp32 products go to OpenBLAS where it runs an AVX-512 kernel made for
- * this CPU, else to oneDNN's fp32 matmul. OpenBLAS (0.3.21, DYNAMIC_ARCH)
+ * this CPU, to oneDNN's fp32 matmul on other AVX-512 CPUs, and to the
+ * engine's own ordered kernel (sgemm_ordered.c) on CPUs with AVX2 alone. OpenBLAS (0.3.21, DYNAMIC_ARCH)
  * picks its kernels by CPU model number, and a model newer than it knows
  * gets an older kernel: on the Xeon of bench/row_tiles.md (family 6 model
  * 207) the SSE3 "Prescott" sgemm, 21 GFLOP/s a core against oneDNN's 109;
@@ -25,38 +26,33 @@
  * "Haswell" sgemm, 646 real tokens/s against oneDNN's 1121 (bench-engine,
  * enfr-1024, 1 thread). The AVX2 kernels also break batch invariance: a
  * row's sum depends on where it sits in the call, whatever the row tile
- * (bench/row_tiles.md). XLM_FP32_PRODUCTS=openblas|onednn overrides the
- * choice (benchmarks, tests of both paths). */
+ * (bench/row_tiles.md), and so do oneDNN's AVX2 ones.
+ * XLM_FP32_PRODUCTS=openblas|onednn|ordered overrides the choice
+ * (benchmarks, tests of each path). */
 static const char *const openblas_avx512_kernels[] = {
     "SkylakeX", "Cooperlake", "SapphireRapids",
 };
-static const char *const openblas_avx2_kernels[] = {"Haswell", "Zen"};
+
+typedef enum { FP32_OPENBLAS, FP32_ONEDNN, FP32_ORDERED } fp32_products_t;
 
 static struct {
     pthread_once_t once;
-    bool onednn;
-    char why[128];
-} fp32_choice = {PTHREAD_ONCE_INIT, false, ""};
+    fp32_products_t products;
+    char why[160];
+} fp32_choice = {PTHREAD_ONCE_INIT, FP32_OPENBLAS, ""};
 
-static bool named_in(const char *core, const char *const *names, size_t n)
+static bool openblas_kernel_is_avx512(const char *core)
 {
-    for (size_t i = 0; i < n; i++)
-        if (strcasecmp(core, names[i]) == 0)
+    for (size_t i = 0; i < sizeof openblas_avx512_kernels / sizeof *openblas_avx512_kernels; i++)
+        if (strcasecmp(core, openblas_avx512_kernels[i]) == 0)
             return true;
     return false;
 }
 
-/* OpenBLAS's kernel is the best this CPU runs: an AVX-512 one, or an AVX2
- * one on a CPU without AVX-512. */
-static bool openblas_kernel_is_current(const char *core, bool cpu_avx512)
-{
-    if (named_in(core, openblas_avx512_kernels,
-                 sizeof openblas_avx512_kernels / sizeof *openblas_avx512_kernels))
-        return true;
-    return !cpu_avx512 && named_in(core, openblas_avx2_kernels,
-                                   sizeof openblas_avx2_kernels / sizeof *openblas_avx2_kernels);
-}
-
+/* On a CPU without AVX-512 neither library's AVX2 kernels are batch
+ * invariant: the engine's own ordered kernel (sgemm_ordered.c) runs there.
+ * On an AVX-512 CPU: OpenBLAS where it runs an AVX-512 kernel, else
+ * oneDNN's brgemm. */
 static void choose_fp32_products(void)
 {
     const char *forced = getenv("XLM_FP32_PRODUCTS");
@@ -65,22 +61,44 @@ static void choose_fp32_products(void)
     const bool onednn_avx2 = (isa & (unsigned)dnnl_cpu_isa_avx2) == (unsigned)dnnl_cpu_isa_avx2;
     const bool cpu_avx512 =
         (isa & (unsigned)dnnl_cpu_isa_avx512_core) == (unsigned)dnnl_cpu_isa_avx512_core;
-    if (forced && (strcmp(forced, "onednn") == 0 || strcmp(forced, "openblas") == 0)) {
-        fp32_choice.onednn = strcmp(forced, "onednn") == 0;
+    const bool ordered = shard_sgemm_ordered_available();
+    const bool honoured = forced && (strcmp(forced, "onednn") == 0 ||
+                                     strcmp(forced, "openblas") == 0 ||
+                                     (strcmp(forced, "ordered") == 0 && ordered));
+    if (honoured) {
+        fp32_choice.products = strcmp(forced, "onednn") == 0    ? FP32_ONEDNN
+                               : strcmp(forced, "ordered") == 0 ? FP32_ORDERED
+                                                                : FP32_OPENBLAS;
         snprintf(fp32_choice.why, sizeof fp32_choice.why, "XLM_FP32_PRODUCTS=%s", forced);
-    } else if (!openblas_kernel_is_current(core, cpu_avx512) && onednn_avx2) {
-        fp32_choice.onednn = true;
+        return;
+    }
+    if (cpu_avx512 && !openblas_kernel_is_avx512(core) && onednn_avx2) {
+        fp32_choice.products = FP32_ONEDNN;
         snprintf(fp32_choice.why, sizeof fp32_choice.why,
                  "OpenBLAS runs its %s kernel on this CPU", core);
+    } else if (!cpu_avx512 && ordered) {
+        fp32_choice.products = FP32_ORDERED;
+        snprintf(fp32_choice.why, sizeof fp32_choice.why,
+                 "no AVX-512 here; OpenBLAS's %s kernel depends on the batch", core);
     } else {
         snprintf(fp32_choice.why, sizeof fp32_choice.why, "OpenBLAS kernel %s", core);
     }
+    if (forced) /* named, so that a run never claims what it could not have */
+        snprintf(fp32_choice.why + strlen(fp32_choice.why),
+                 sizeof fp32_choice.why - strlen(fp32_choice.why),
+                 "; XLM_FP32_PRODUCTS=%.16s is not available", forced);
 }
 
 bool shard_fp32_onednn(void)
 {
     pthread_once(&fp32_choice.once, choose_fp32_products);
-    return fp32_choice.onednn;
+    return fp32_choice.products == FP32_ONEDNN;
+}
+
+bool shard_fp32_ordered(void)
+{
+    pthread_once(&fp32_choice.once, choose_fp32_products);
+    return fp32_choice.products == FP32_ORDERED;
 }
 
 const char *shard_fp32_products_reason(void)
@@ -156,6 +174,11 @@ static void product_fp32(const product_t *p, const float *x, int64_t rows, float
     const shard_linear_t *l = p->linear;
     const float *b = p->bias && l->bias ? l->bias + p->o0 : NULL;
     const int64_t ldy = product_ldy(p);
+    if (shard_fp32_ordered()) {
+        shard_sgemm_ordered(rows, p->no, p->nc, x, p->nc, l->weight + p->o0 * l->in + p->c0,
+                            l->in, b, y, ldy);
+        return;
+    }
     for (int64_t r = 0; b && r < rows; r++)
         memcpy(y + r * ldy, b, (size_t)p->no * sizeof *y);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)p->no,
@@ -235,7 +258,7 @@ static bool one_row_as_itself(const product_t *p)
     case SHARD_PRECISION_INT8: return true;
     case SHARD_PRECISION_BF16: return shard_bf16_native();
     case SHARD_PRECISION_FP32:
-    case SHARD_PRECISION_COUNT_: return shard_fp32_onednn();
+    case SHARD_PRECISION_COUNT_: return shard_fp32_onednn() || shard_fp32_ordered();
     }
     return false;
 }
@@ -292,7 +315,7 @@ void shard_linear_qkv(const shard_layer_t *layer, const float *x, int64_t rows, 
 
 void shard_linear_single(const shard_linear_t *linear, const float *x, float *y)
 {
-    if (linear->type != SHARD_PRECISION_FP32 || shard_fp32_onednn()) {
+    if (linear->type != SHARD_PRECISION_FP32 || shard_fp32_onednn() || shard_fp32_ordered()) {
         shard_linear(linear, x, 1, y);
         return;
     }
@@ -315,6 +338,46 @@ void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t c
 {
     const product_t p = {linear, first, count, 0, linear->in, true, 0};
     product(&p, x, rows, y);
+}
+
+void shard_linear_rows_prepare(const shard_linear_t *linear, const float *x, int64_t rows,
+                               shard_linear_rows_t *prepared)
+{
+    *prepared = (shard_linear_rows_t){x, rows, linear->in, NULL, NULL, rows};
+    if (linear->type == SHARD_PRECISION_INT8)
+        shard_int8_rows_prepare(x, rows, linear->in, prepared);
+}
+
+void shard_linear_hidden_rows(const shard_linear_t *ffn_in, const shard_linear_t *ffn_out,
+                              shard_activation_t activation, const float *x, int64_t rows,
+                              float *ffn, shard_linear_rows_t *prepared)
+{
+    *prepared = (shard_linear_rows_t){NULL, rows, ffn_in->out, NULL, NULL, rows};
+    if (ffn_out->type == SHARD_PRECISION_INT8 &&
+        shard_int8_hidden_rows(ffn_in, activation, x, rows, prepared)) {
+        atomic_fetch_add_explicit(&products_finished, 1, memory_order_relaxed);
+        return;
+    }
+    shard_linear(ffn_in, x, rows, ffn);
+    shard_activate(ffn, (size_t)rows * (size_t)ffn_in->out, activation);
+    shard_linear_rows_prepare(ffn_out, ffn, rows, prepared);
+}
+
+void shard_linear_outputs_each(const shard_linear_t *linear, int64_t first, int64_t count,
+                               const shard_linear_rows_t *prepared, float *scratch,
+                               shard_row_use_fn *use, void *context)
+{
+    const int64_t rows = prepared->rows;
+    if (rows <= 0)
+        return;
+    if (shard_int8_outputs_each(linear, first, count, prepared, scratch, use, context)) {
+        atomic_fetch_add_explicit(&products_finished, 1, memory_order_relaxed);
+        return;
+    }
+    shard_linear_outputs(linear, first, count, prepared->x, rows, scratch);
+#pragma omp parallel for schedule(static) if (rows * count >= SHARD_PARALLEL_MIN_FLOATS)
+    for (int64_t r = 0; r < rows; r++)
+        use(context, r, scratch + r * count);
 }
 
 void shard_linear_columns(const shard_linear_t *linear, int64_t first, int64_t cols,
@@ -463,14 +526,115 @@ void shard_add_layer_norm(float *x, const float *y, int64_t rows, int64_t dim,
         layer_norm_row(x + r * dim, y ? y + r * dim : NULL, dim, norm, eps);
 }
 
+typedef struct {
+    float *x;
+    int64_t dim;
+    const shard_norm_t *norm;
+    double eps;
+} add_norm_t;
+
+static void add_norm_row(void *context, int64_t row, const float *values)
+{
+    const add_norm_t *a = context;
+    layer_norm_row(a->x + row * a->dim, values, a->dim, a->norm, a->eps);
+}
+
+void shard_linear_add_layer_norm(const shard_linear_t *linear,
+                                 const shard_linear_rows_t *prepared, float *y, float *x,
+                                 const shard_norm_t *norm, double eps)
+{
+    add_norm_t a = {x, linear->out, norm, eps};
+    shard_linear_outputs_each(linear, 0, linear->out, prepared, y, add_norm_row, &a);
+}
+
+/* Maxima in vector lanes (GCC vector types: a running scalar max does not
+ * vectorise), then over the lanes. Each step is the compare-select of the
+ * serial loop, so the result is the serial loop's: a max is exact in any
+ * order, NaNs after the first value are skipped by either, a NaN first
+ * value stays. */
+typedef float lanes_t __attribute__((vector_size(32)));
+typedef int32_t lane_mask_t __attribute__((vector_size(32)));
+enum { MAX_LANES = (int)(sizeof(lanes_t) / sizeof(float)) };
+
+static inline __attribute__((always_inline)) lanes_t lanes_load(const float *x)
+{
+    lanes_t v;
+    memcpy(&v, x, sizeof v);
+    return v;
+}
+
+/* a > b ? a : b, lane by lane */
+static inline __attribute__((always_inline)) lanes_t lanes_max(lanes_t a, lanes_t b)
+{
+    const lane_mask_t greater = a > b;
+    lane_mask_t ai, bi;
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    const lane_mask_t picked = (greater & ai) | (~greater & bi);
+    lanes_t out;
+    memcpy(&out, &picked, sizeof out);
+    return out;
+}
+
+static inline __attribute__((always_inline)) float lanes_fold(lanes_t lanes, float max)
+{
+    for (int l = 0; l < MAX_LANES; l++)
+        max = lanes[l] > max ? lanes[l] : max;
+    return max;
+}
+
+SHARD_AVX2_CLONES
+float shard_max(const float *x, int64_t count)
+{
+    lanes_t a = {0}, b;
+    for (int l = 0; l < MAX_LANES; l++)
+        a[l] = x[0];
+    b = a;
+    int64_t i = 1;
+    for (; i + 2 * MAX_LANES <= count; i += 2 * MAX_LANES) {
+        a = lanes_max(lanes_load(x + i), a);
+        b = lanes_max(lanes_load(x + i + MAX_LANES), b);
+    }
+    float max = lanes_fold(b, lanes_fold(a, x[0]));
+    for (; i < count; i++)
+        max = x[i] > max ? x[i] : max;
+    return max;
+}
+
+SHARD_AVX2_CLONES
+float shard_max_abs(const float *x, int64_t count)
+{
+    const lane_mask_t magnitude = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
+                                   0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+    lanes_t a = {0}, b = {0};
+    int64_t i = 0;
+    for (; i + 2 * MAX_LANES <= count; i += 2 * MAX_LANES) {
+        lane_mask_t u, v;
+        const lanes_t xu = lanes_load(x + i), xv = lanes_load(x + i + MAX_LANES);
+        memcpy(&u, &xu, sizeof u);
+        memcpy(&v, &xv, sizeof v);
+        u &= magnitude;
+        v &= magnitude;
+        lanes_t au, av;
+        memcpy(&au, &u, sizeof au);
+        memcpy(&av, &v, sizeof av);
+        a = lanes_max(au, a);
+        b = lanes_max(av, b);
+    }
+    float max = lanes_fold(b, lanes_fold(a, 0.0f));
+    for (; i < count; i++) {
+        const float m = __builtin_fabsf(x[i]);
+        max = m > max ? m : max;
+    }
+    return max;
+}
+
 SHARD_AVX2_CLONES
 void shard_softmax(float *x, int64_t count)
 {
     if (count <= 0)
         return;
-    float max = x[0];
-    for (int64_t i = 1; i < count; i++)
-        max = x[i] > max ? x[i] : max;
+    const float max = shard_max(x, count);
     for (int64_t i = 0; i < count; i++)
         x[i] = exp_nonpositive(x[i] - max);
     const float inv = (float)(1.0 / lane_sum(x, count, 0.0f, false));
@@ -509,6 +673,14 @@ void shard_relu(float *x, size_t count)
         x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
+void shard_activate_serial(float *x, size_t count, shard_activation_t activation)
+{
+    if (activation == SHARD_ACT_GELU)
+        gelu_run(x, count);
+    else
+        shard_activate(x, count, activation);
+}
+
 void shard_activate(float *x, size_t count, shard_activation_t activation)
 {
     switch (activation) {
@@ -529,9 +701,7 @@ void shard_activate(float *x, size_t count, shard_activation_t activation)
 
 double shard_log_sum_exp(const float *x, int64_t count)
 {
-    float max = x[0];
-    for (int64_t i = 1; i < count; i++)
-        max = x[i] > max ? x[i] : max;
+    const float max = shard_max(x, count);
     double sum = 0.0;
     for (int64_t i = 0; i < count; i++)
         sum += exp((double)x[i] - (double)max);

@@ -102,9 +102,12 @@ static bool widened(const shard_linear_t *l, int64_t o0, int64_t no, int64_t c0,
             for (int64_t i = 0; i < nc; i++)
                 tile[o * nc + i] = shard_bf16_to_float(w[i]);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)tn,
-                    (blasint)nc, 1.0f, x, (blasint)nc, tile, (blasint)nc, 0.0f, y + t0,
-                    (blasint)no);
+        if (shard_fp32_ordered()) /* batch invariant where the library is not */
+            shard_sgemm_ordered(rows, tn, nc, x, nc, tile, nc, NULL, y + t0, no);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)tn,
+                        (blasint)nc, 1.0f, x, (blasint)nc, tile, (blasint)nc, 0.0f, y + t0,
+                        (blasint)no);
     }
     return true;
 }

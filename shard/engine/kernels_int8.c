@@ -9,6 +9,7 @@
 #include "engine_internal.h"
 
 #include <math.h>
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <stdlib.h>
 
@@ -52,11 +53,7 @@ static void *grow(void **buffer, size_t *have, size_t need)
 SHARD_AVX2_CLONES
 static float quantise_row(const float *x, int64_t count, int8_t *q)
 {
-    float amax = 0.0f;
-    for (int64_t i = 0; i < count; i++) {
-        const float a = __builtin_fabsf(x[i]);
-        amax = a > amax ? a : amax;
-    }
+    const float amax = shard_max_abs(x, count);
     const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
     const float inv = 1.0f / scale;
     for (int64_t i = 0; i < count; i++)
@@ -83,6 +80,18 @@ static void fill_nan(float *y, int64_t rows, int64_t cols)
         y[i] = NAN;
 }
 
+/* acc[rows][no] = q[rows][nc] times outputs [o0, o0 + no) over inputs
+ * [c0, c0 + nc) of the layer; rows a multiple of SHARD_ROW_TILE, or 1. */
+static bool product_s32(const shard_linear_t *linear, int64_t o0, int64_t no, int64_t c0,
+                        int64_t nc, const int8_t *q, int64_t rows, int32_t *acc)
+{
+    return shard_linear_packed_covers(linear, o0, no, c0, nc)
+               ? shard_matmul_packed_rows(linear->packed, o0, no, rows, q, 1, acc, sizeof *acc)
+               : linear->i8 && shard_matmul_rows(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in,
+                                                 rows, q, 1, linear->i8 + o0 * linear->in + c0,
+                                                 acc, sizeof *acc);
+}
+
 void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int64_t c0,
                        int64_t nc, const float *x, int64_t rows, bool bias, float *y)
 {
@@ -104,13 +113,7 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
 #pragma omp parallel for schedule(static) if (rows * nc >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++)
         scales[r] = quantise_row(x + r * nc, nc, q + r * nc);
-    const bool ok =
-        shard_linear_packed_covers(linear, o0, no, c0, nc)
-            ? shard_matmul_packed_rows(linear->packed, o0, no, rows, q, 1, acc, sizeof *acc)
-            : linear->i8 && shard_matmul_rows(dnnl_s8, dnnl_s8, dnnl_s32, nc, no, linear->in,
-                                              rows, q, 1, linear->i8 + o0 * linear->in + c0,
-                                              acc, sizeof *acc);
-    if (!ok) {
+    if (!product_s32(linear, o0, no, c0, nc, q, rows, acc)) {
         fill_nan(y, rows, no);
     } else {
         const float *ws = linear->scale + o0;
@@ -121,4 +124,119 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
     }
     if (scales != scales_stack)
         free(scales);
+}
+
+/* The prepared rows of the calling thread (shard_linear_rows_prepare): one
+ * set at a time, reused by the next. The matrix products need a whole
+ * number of row tiles, so the quantised rows carry zero rows up to the
+ * tile (exact in int32: they change no real row). */
+static _Thread_local struct {
+    int8_t *q;
+    float *scales;
+    float *rows; /* [threads][hidden]: the feed-forward block's rows in cache */
+    size_t q_size, scales_size, rows_size;
+} prepared_work;
+
+static int64_t padded_rows(int64_t rows)
+{
+    return rows <= 1 ? rows : (rows + SHARD_ROW_TILE - 1) / SHARD_ROW_TILE * SHARD_ROW_TILE;
+}
+
+/* Room for rows x cols quantised values (zero past rows); false when out of memory. */
+static bool prepared_room(int64_t rows, int64_t cols, shard_linear_rows_t *prepared)
+{
+    const int64_t padded = padded_rows(rows);
+    int8_t *q = grow((void **)&prepared_work.q, &prepared_work.q_size,
+                     (size_t)(padded > 0 ? padded : 1) * (size_t)cols);
+    float *scales = grow((void **)&prepared_work.scales, &prepared_work.scales_size,
+                         (size_t)(rows > 0 ? rows : 1) * sizeof *scales);
+    if (!q || !scales)
+        return false;
+    memset(q + rows * cols, 0, (size_t)((padded - rows) * cols));
+    prepared->q = q;
+    prepared->scales = scales;
+    prepared->padded = padded;
+    return true;
+}
+
+void shard_int8_rows_prepare(const float *x, int64_t rows, int64_t cols,
+                             shard_linear_rows_t *prepared)
+{
+    if (!prepared_room(rows, cols, prepared))
+        return; /* left as fp32 rows: each product quantises them itself */
+    int8_t *q = prepared->q;
+    float *scales = prepared->scales;
+#pragma omp parallel for schedule(static) if (rows * cols >= SHARD_PARALLEL_MIN_FLOATS)
+    for (int64_t r = 0; r < rows; r++)
+        scales[r] = quantise_row(x + r * cols, cols, q + r * cols);
+}
+
+bool shard_int8_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t activation,
+                            const float *x, int64_t rows, shard_linear_rows_t *prepared)
+{
+    if (ffn_in->type != SHARD_PRECISION_INT8 || rows <= 0)
+        return false;
+    const int64_t d = ffn_in->in, h = ffn_in->out, padded = padded_rows(rows);
+    const int threads = omp_get_max_threads();
+    int8_t *q_in = grow((void **)&thread_q, &thread_q_size, (size_t)(padded * d));
+    int32_t *acc = grow((void **)&thread_acc, &thread_acc_size,
+                        (size_t)(padded * h) * sizeof *acc);
+    float *row_work = grow((void **)&prepared_work.rows, &prepared_work.rows_size,
+                           (size_t)threads * (size_t)h * sizeof *row_work);
+    float in_scales_stack[256];
+    float *in_scales = rows <= 256 ? in_scales_stack : malloc((size_t)rows * sizeof *in_scales);
+    if (!q_in || !acc || !row_work || !in_scales || !prepared_room(rows, h, prepared)) {
+        if (in_scales != in_scales_stack)
+            free(in_scales);
+        return false; /* the caller takes the steps apart, which fail with NaN if need be */
+    }
+    memset(q_in + rows * d, 0, (size_t)((padded - rows) * d));
+#pragma omp parallel for schedule(static) if (rows * d >= SHARD_PARALLEL_MIN_FLOATS)
+    for (int64_t r = 0; r < rows; r++)
+        in_scales[r] = quantise_row(x + r * d, d, q_in + r * d);
+    const bool ok = product_s32(ffn_in, 0, h, 0, d, q_in, padded, acc);
+    int8_t *q_hidden = prepared->q;
+    float *hidden_scales = prepared->scales;
+    const float *b = ffn_in->bias;
+    /* Each hidden row: dequantised with its bias, activated and quantised
+     * again, in one thread's cache. */
+#pragma omp parallel for schedule(static) if (ok && rows * h >= SHARD_PARALLEL_MIN_FLOATS)
+    for (int64_t r = 0; r < rows; r++) {
+        float *hidden = row_work + (size_t)omp_get_thread_num() * (size_t)h;
+        if (ok)
+            dequantise_row(acc + r * h, h, in_scales[r], ffn_in->scale, b, hidden);
+        else
+            fill_nan(hidden, 1, h); /* out of memory mid-forward: NaN, never a wrong number */
+        shard_activate_serial(hidden, (size_t)h, activation);
+        hidden_scales[r] = quantise_row(hidden, h, q_hidden + r * h);
+    }
+    if (in_scales != in_scales_stack)
+        free(in_scales);
+    return true;
+}
+
+bool shard_int8_outputs_each(const shard_linear_t *linear, int64_t first, int64_t count,
+                             const shard_linear_rows_t *prepared, float *scratch,
+                             shard_row_use_fn *use, void *context)
+{
+    if (linear->type != SHARD_PRECISION_INT8 || !prepared->q || prepared->cols != linear->in)
+        return false;
+    const int64_t rows = prepared->rows;
+    int32_t *acc = grow((void **)&thread_acc, &thread_acc_size,
+                        (size_t)(prepared->padded * count) * sizeof *acc);
+    const bool ok = acc && product_s32(linear, first, count, 0, linear->in, prepared->q,
+                                       prepared->padded, acc);
+    const float *ws = linear->scale + first;
+    const float *b = linear->bias ? linear->bias + first : NULL;
+    /* Each row dequantised and used while it is in this thread's cache. */
+#pragma omp parallel for schedule(static) if (rows * count >= SHARD_PARALLEL_MIN_FLOATS)
+    for (int64_t r = 0; r < rows; r++) {
+        float *values = scratch + r * count;
+        if (ok)
+            dequantise_row(acc + r * count, count, prepared->scales[r], ws, b, values);
+        else
+            fill_nan(values, 1, count); /* out of memory mid-forward: NaN, never a wrong number */
+        use(context, r, values);
+    }
+    return true;
 }

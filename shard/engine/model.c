@@ -804,6 +804,9 @@ static void set_precision_note(shard_model_t *model)
                                                     SHARD_MATMUL_ROWS, 64, 64, 64, &err);
         snprintf(buf, sizeof buf, "fp32 weights, fp32 products (oneDNN %s: %s)",
                  mm ? shard_matmul_impl(mm) : "unavailable", shard_fp32_products_reason());
+    } else if (shard_fp32_ordered()) {
+        snprintf(buf, sizeof buf, "fp32 weights, fp32 products (the engine's ordered AVX2 "
+                 "kernel: %s)", shard_fp32_products_reason());
     } else {
         snprintf(buf, sizeof buf, "fp32 weights, fp32 products (OpenBLAS sgemm, %s)",
                  shard_fp32_products_reason());

@@ -158,6 +158,18 @@ static void check_precision(shard_precision_t precision)
                                             &err);
     if (!model)
         fail_msg("open: %s", err.message);
+    /* The fp32 path asked for is the one that ran (tests/shard/CMakeLists.txt
+     * runs this file again on each path). */
+    const char *forced = getenv("XLM_FP32_PRODUCTS");
+    const char *note = shard_model_precision_note(model);
+    if (precision == SHARD_PRECISION_FP32 && forced) {
+        const char *named = strcmp(forced, "ordered") == 0  ? "ordered AVX2 kernel"
+                            : strcmp(forced, "onednn") == 0 ? "oneDNN"
+                                                            : "OpenBLAS";
+        if (!strstr(note, named))
+            fail_msg("XLM_FP32_PRODUCTS=%s, but the model says: %s", forced, note);
+    }
+    print_message("%s\n", note);
     shard_state_t *run = shard_state_new();
     assert_non_null(run);
     scores_t alone = {0}, whole = {0}, mixed = {0};

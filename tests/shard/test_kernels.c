@@ -246,6 +246,156 @@ static void test_packed_weights_give_the_stored_weights_bits(void **state)
     assert_true(packed_count >= 2);
 }
 
+/* shard_linear_outputs_each's use: each row copied where it belongs. */
+typedef struct {
+    float *rows;
+    int64_t count;
+} copied_t;
+
+static void copy_row(void *context, int64_t row, const float *values)
+{
+    const copied_t *c = context;
+    memcpy(c->rows + row * c->count, values, (size_t)c->count * sizeof *values);
+}
+/* The ordered fp32 kernel (CPUs without AVX-512): within float rounding of
+ * a double-precision product, and a row's bits the same wherever it sits
+ * in the call, alone or among others, on 1 or 2 threads; sizes cover the
+ * edges of its 4-row, 3-output tiles, its blocks and a K that is not a
+ * multiple of its 8 lanes. */
+static void test_ordered_sgemm_is_batch_invariant(void **state)
+{
+    (void)state;
+    if (!shard_sgemm_ordered_available())
+        skip();
+    enum { ROWS = 70, OUT = 53, IN_MAX = 203 };
+    static float w[OUT * IN_MAX], x[ROWS * IN_MAX], b[OUT], y[ROWS * OUT], y_part[ROWS * OUT];
+    srand(11);
+    for (int i = 0; i < OUT * IN_MAX; i++)
+        w[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+    for (int i = 0; i < ROWS * IN_MAX; i++)
+        x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+    for (int o = 0; o < OUT; o++)
+        b[o] = 0.125f * (float)(o % 7);
+    const int64_t ins[] = {1, 7, 8, 13, 64, 203};
+    for (size_t k = 0; k < sizeof ins / sizeof *ins; k++) {
+        const int64_t in = ins[k];
+        shard_set_threads(2);
+        shard_sgemm_ordered(ROWS, OUT, in, x, IN_MAX, w, IN_MAX, b, y, OUT);
+        for (int r = 0; r < ROWS; r++)
+            for (int o = 0; o < OUT; o++) {
+                double want = b[o], size = fabs(b[o]);
+                for (int64_t i = 0; i < in; i++) {
+                    want += (double)x[r * IN_MAX + i] * (double)w[o * IN_MAX + i];
+                    size += fabs((double)x[r * IN_MAX + i] * (double)w[o * IN_MAX + i]);
+                }
+                assert_close(y[r * OUT + o], want, 1e-6 * size + 1e-7);
+            }
+        /* Rows [first, first + count) on their own, 1 thread: the same bits. */
+        shard_set_threads(1);
+        const int cuts[][2] = {{0, 1}, {5, 1}, {69, 1}, {1, 3}, {2, 4}, {3, 33}, {7, 63}, {0, 70}};
+        for (size_t c = 0; c < sizeof cuts / sizeof *cuts; c++) {
+            const int first = cuts[c][0], count = cuts[c][1];
+            shard_sgemm_ordered(count, OUT, in, x + first * IN_MAX, IN_MAX, w, IN_MAX, b,
+                                y_part, OUT);
+            if (memcmp(y_part, y + first * OUT, (size_t)(count * OUT) * sizeof *y) != 0)
+                fail_msg("K %lld: rows %d..%d alone differ from the same rows among %d",
+                         (long long)in, first, first + count - 1, ROWS);
+            /* and a few outputs alone, from another first output */
+            shard_sgemm_ordered(count, 2, in, x + first * IN_MAX, IN_MAX, w + 17 * IN_MAX,
+                                IN_MAX, b + 17, y_part, 2);
+            for (int r = 0; r < count; r++)
+                if (memcmp(y_part + r * 2, y + (first + r) * OUT + 17, 2 * sizeof *y) != 0)
+                    fail_msg("K %lld: outputs 17, 18 of row %d alone differ", (long long)in,
+                             first + r);
+        }
+    }
+    shard_set_threads(1);
+}
+
+/* The int8 feed-forward block (each hidden row dequantised, activated and
+ * quantised in cache, each output row normed in cache) gives the bits of
+ * its steps apart, and so does the LM projection's prepared rows, for row
+ * counts in and out of whole tiles; in fp32 the same calls take the steps
+ * apart. */
+static void test_int8_fused_steps_give_the_steps_bits(void **state)
+{
+    (void)state;
+    enum { D = 64, H = 256, ROWS = 45 };
+    static int8_t w_in[H * D], w_out[D * H];
+    static float f_in[H * D], f_out[D * H];
+    static float s_in[H], s_out[D], b_in[H], b_out[D], x[ROWS * D], g[D], beta[D];
+    static float hidden[ROWS * H], y[ROWS * D], x_apart[ROWS * D], x_fused[ROWS * D];
+    static float logits[ROWS * H], scratch[ROWS * H], copied[ROWS * H];
+    srand(5);
+    for (int i = 0; i < H * D; i++) {
+        w_in[i] = (int8_t)(rand() % 255 - 127);
+        w_out[i] = (int8_t)(rand() % 255 - 127);
+        f_in[i] = (float)w_in[i] / 1024.0f;
+        f_out[i] = (float)w_out[i] / 1024.0f;
+    }
+    for (int o = 0; o < H; o++) {
+        s_in[o] = 0.002f * (float)(1 + o % 3);
+        b_in[o] = 0.01f * (float)(o % 13) - 0.05f;
+    }
+    for (int o = 0; o < D; o++) {
+        s_out[o] = 0.001f * (float)(1 + o % 4);
+        b_out[o] = 0.02f * (float)(o % 5);
+        g[o] = 1.0f + 0.01f * (float)(o % 3);
+        beta[o] = 0.001f * (float)o;
+    }
+    for (int i = 0; i < ROWS * D; i++)
+        x[i] = (float)rand() / (float)RAND_MAX * 4.0f - 2.0f;
+    const shard_linear_t layers[2][2] = {
+        {{.i8 = w_in, .scale = s_in, .bias = b_in, .in = D, .out = H, .type = SHARD_PRECISION_INT8},
+         {.i8 = w_out, .scale = s_out, .bias = b_out, .in = H, .out = D,
+          .type = SHARD_PRECISION_INT8}},
+        {{.weight = f_in, .bias = b_in, .in = D, .out = H},
+         {.weight = f_out, .bias = b_out, .in = H, .out = D}},
+    };
+    const shard_norm_t norm = {g, beta};
+    const shard_activation_t acts[] = {SHARD_ACT_GELU, SHARD_ACT_RELU};
+    const int64_t rows[] = {1, 2, 32, 45};
+    shard_set_threads(2);
+    for (int l = 0; l < 2; l++)
+        for (size_t a = 0; a < sizeof acts / sizeof *acts; a++)
+            for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+                const shard_linear_t *in = &layers[l][0], *out = &layers[l][1];
+                const size_t bytes = (size_t)(rows[r] * D) * sizeof *x;
+                memcpy(x_apart, x, bytes);
+                shard_linear(in, x, rows[r], hidden);
+                shard_activate(hidden, (size_t)(rows[r] * H), acts[a]);
+                shard_linear(out, hidden, rows[r], y);
+                shard_add_layer_norm(x_apart, y, rows[r], D, &norm, 1e-5);
+                memcpy(x_fused, x, bytes);
+                memset(hidden, 0xff, sizeof hidden);
+                memset(y, 0xff, sizeof y);
+                shard_linear_rows_t prepared;
+                shard_linear_hidden_rows(in, out, acts[a], x, rows[r], hidden, &prepared);
+                shard_linear_add_layer_norm(out, &prepared, y, x_fused, &norm, 1e-5);
+                if (memcmp(x_apart, x_fused, bytes) != 0)
+                    fail_msg("%s, activation %d, %lld rows: the fused block differs from its "
+                             "steps", shard_precision_name(in->type), (int)acts[a],
+                             (long long)rows[r]);
+            }
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        const shard_linear_t *in = &layers[0][0];
+        shard_linear_rows_t prepared;
+        shard_linear_rows_prepare(in, x, rows[r], &prepared);
+        assert_non_null(prepared.q);
+        for (int64_t first = 0; first < H; first += 96) {
+            const int64_t count = H - first < 96 ? H - first : 96;
+            shard_linear_outputs(in, first, count, x, rows[r], logits);
+            memset(copied, 0xff, sizeof copied);
+            shard_linear_outputs_each(in, first, count, &prepared, scratch, copy_row,
+                                      &(copied_t){copied, count});
+            if (memcmp(logits, copied, (size_t)(rows[r] * count) * sizeof *copied) != 0)
+                fail_msg("%lld rows, outputs from %lld: prepared rows differ", (long long)rows[r],
+                         (long long)first);
+        }
+    }
+    shard_set_threads(1);
+}
+
 static void test_linear_zero_rows_writes_nothing(void **state)
 {
     (void)state;
@@ -543,6 +693,8 @@ int main(void)
         cmocka_unit_test(test_linear_paths_agree),
         cmocka_unit_test(test_one_row_products_match_the_batch),
         cmocka_unit_test(test_packed_weights_give_the_stored_weights_bits),
+        cmocka_unit_test(test_ordered_sgemm_is_batch_invariant),
+        cmocka_unit_test(test_int8_fused_steps_give_the_steps_bits),
         cmocka_unit_test(test_linear_zero_rows_writes_nothing),
         cmocka_unit_test(test_layer_norm_unit_affine),
         cmocka_unit_test(test_layer_norm_applies_weight_and_bias),
