@@ -214,6 +214,7 @@ typedef struct {
     int64_t rows, cols;
     int8_t *q;      /* int8: [padded][cols], rows past `rows` zero; else NULL */
     float *scales;  /* int8: [rows] */
+    uint16_t *bf16; /* bf16 on bf16 instructions: [padded][cols] rounded, the same */
     int64_t padded; /* rows rounded up to SHARD_ROW_TILE (1 stays 1) */
 } shard_linear_rows_t;
 void shard_linear_rows_prepare(const shard_linear_t *linear, const float *x, int64_t rows,
@@ -239,6 +240,14 @@ void shard_linear_outputs_each(const shard_linear_t *linear, int64_t first, int6
 void shard_linear_add_layer_norm(const shard_linear_t *linear,
                                  const shard_linear_rows_t *prepared, float *y, float *x,
                                  const shard_norm_t *norm, double eps);
+/* The bf16 parts of the above (kernels_bf16.c), on bf16 instructions only. */
+void shard_bf16_rows_prepare(const float *x, int64_t rows, int64_t cols,
+                             shard_linear_rows_t *prepared);
+bool shard_bf16_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t activation,
+                            const float *x, int64_t rows, shard_linear_rows_t *prepared);
+bool shard_bf16_outputs_each(const shard_linear_t *linear, int64_t first, int64_t count,
+                             const shard_linear_rows_t *prepared, shard_row_use_fn *use,
+                             void *context);
 /* The int8 parts of the above (kernels_int8.c). */
 void shard_int8_rows_prepare(const float *x, int64_t rows, int64_t cols,
                              shard_linear_rows_t *prepared);

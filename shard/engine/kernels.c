@@ -343,18 +343,22 @@ void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t c
 void shard_linear_rows_prepare(const shard_linear_t *linear, const float *x, int64_t rows,
                                shard_linear_rows_t *prepared)
 {
-    *prepared = (shard_linear_rows_t){x, rows, linear->in, NULL, NULL, rows};
+    *prepared = (shard_linear_rows_t){x, rows, linear->in, NULL, NULL, NULL, rows};
     if (linear->type == SHARD_PRECISION_INT8)
         shard_int8_rows_prepare(x, rows, linear->in, prepared);
+    else if (linear->type == SHARD_PRECISION_BF16)
+        shard_bf16_rows_prepare(x, rows, linear->in, prepared);
 }
 
 void shard_linear_hidden_rows(const shard_linear_t *ffn_in, const shard_linear_t *ffn_out,
                               shard_activation_t activation, const float *x, int64_t rows,
                               float *ffn, shard_linear_rows_t *prepared)
 {
-    *prepared = (shard_linear_rows_t){NULL, rows, ffn_in->out, NULL, NULL, rows};
-    if (ffn_out->type == SHARD_PRECISION_INT8 &&
-        shard_int8_hidden_rows(ffn_in, activation, x, rows, prepared)) {
+    *prepared = (shard_linear_rows_t){NULL, rows, ffn_in->out, NULL, NULL, NULL, rows};
+    if ((ffn_out->type == SHARD_PRECISION_INT8 &&
+         shard_int8_hidden_rows(ffn_in, activation, x, rows, prepared)) ||
+        (ffn_out->type == SHARD_PRECISION_BF16 &&
+         shard_bf16_hidden_rows(ffn_in, activation, x, rows, prepared))) {
         atomic_fetch_add_explicit(&products_finished, 1, memory_order_relaxed);
         return;
     }
@@ -370,7 +374,8 @@ void shard_linear_outputs_each(const shard_linear_t *linear, int64_t first, int6
     const int64_t rows = prepared->rows;
     if (rows <= 0)
         return;
-    if (shard_int8_outputs_each(linear, first, count, prepared, scratch, use, context)) {
+    if (shard_int8_outputs_each(linear, first, count, prepared, scratch, use, context) ||
+        shard_bf16_outputs_each(linear, first, count, prepared, use, context)) {
         atomic_fetch_add_explicit(&products_finished, 1, memory_order_relaxed);
         return;
     }

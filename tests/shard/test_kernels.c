@@ -323,6 +323,7 @@ static void test_int8_fused_steps_give_the_steps_bits(void **state)
     enum { D = 64, H = 256, ROWS = 45 };
     static int8_t w_in[H * D], w_out[D * H];
     static float f_in[H * D], f_out[D * H];
+    static uint16_t h_in[H * D], h_out[D * H];
     static float s_in[H], s_out[D], b_in[H], b_out[D], x[ROWS * D], g[D], beta[D];
     static float hidden[ROWS * H], y[ROWS * D], x_apart[ROWS * D], x_fused[ROWS * D];
     static float logits[ROWS * H], scratch[ROWS * H], copied[ROWS * H];
@@ -332,6 +333,8 @@ static void test_int8_fused_steps_give_the_steps_bits(void **state)
         w_out[i] = (int8_t)(rand() % 255 - 127);
         f_in[i] = (float)w_in[i] / 1024.0f;
         f_out[i] = (float)w_out[i] / 1024.0f;
+        h_in[i] = shard_float_to_bf16(f_in[i] * 1.01f);
+        h_out[i] = shard_float_to_bf16(f_out[i] * 0.99f);
     }
     for (int o = 0; o < H; o++) {
         s_in[o] = 0.002f * (float)(1 + o % 3);
@@ -345,10 +348,12 @@ static void test_int8_fused_steps_give_the_steps_bits(void **state)
     }
     for (int i = 0; i < ROWS * D; i++)
         x[i] = (float)rand() / (float)RAND_MAX * 4.0f - 2.0f;
-    const shard_linear_t layers[2][2] = {
+    const shard_linear_t layers[3][2] = {
         {{.i8 = w_in, .scale = s_in, .bias = b_in, .in = D, .out = H, .type = SHARD_PRECISION_INT8},
          {.i8 = w_out, .scale = s_out, .bias = b_out, .in = H, .out = D,
           .type = SHARD_PRECISION_INT8}},
+        {{.bf16 = h_in, .bias = b_in, .in = D, .out = H, .type = SHARD_PRECISION_BF16},
+         {.bf16 = h_out, .bias = b_out, .in = H, .out = D, .type = SHARD_PRECISION_BF16}},
         {{.weight = f_in, .bias = b_in, .in = D, .out = H},
          {.weight = f_out, .bias = b_out, .in = H, .out = D}},
     };
@@ -356,7 +361,7 @@ static void test_int8_fused_steps_give_the_steps_bits(void **state)
     const shard_activation_t acts[] = {SHARD_ACT_GELU, SHARD_ACT_RELU};
     const int64_t rows[] = {1, 2, 32, 45};
     shard_set_threads(2);
-    for (int l = 0; l < 2; l++)
+    for (int l = 0; l < 3; l++)
         for (size_t a = 0; a < sizeof acts / sizeof *acts; a++)
             for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
                 const shard_linear_t *in = &layers[l][0], *out = &layers[l][1];
@@ -377,19 +382,23 @@ static void test_int8_fused_steps_give_the_steps_bits(void **state)
                              "steps", shard_precision_name(in->type), (int)acts[a],
                              (long long)rows[r]);
             }
-    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
-        const shard_linear_t *in = &layers[0][0];
+    for (size_t r = 0; r < 2 * sizeof rows / sizeof *rows; r++) {
+        const shard_linear_t *in = &layers[r % 2][0];
         shard_linear_rows_t prepared;
-        shard_linear_rows_prepare(in, x, rows[r], &prepared);
-        assert_non_null(prepared.q);
+        shard_linear_rows_prepare(in, x, rows[r / 2], &prepared);
+        if (r % 2 == 0)
+            assert_non_null(prepared.q);
+        else if (shard_bf16_native())
+            assert_non_null(prepared.bf16);
         for (int64_t first = 0; first < H; first += 96) {
             const int64_t count = H - first < 96 ? H - first : 96;
-            shard_linear_outputs(in, first, count, x, rows[r], logits);
+            shard_linear_outputs(in, first, count, x, rows[r / 2], logits);
             memset(copied, 0xff, sizeof copied);
             shard_linear_outputs_each(in, first, count, &prepared, scratch, copy_row,
                                       &(copied_t){copied, count});
-            if (memcmp(logits, copied, (size_t)(rows[r] * count) * sizeof *copied) != 0)
-                fail_msg("%lld rows, outputs from %lld: prepared rows differ", (long long)rows[r],
+            if (memcmp(logits, copied, (size_t)(rows[r / 2] * count) * sizeof *copied) != 0)
+                fail_msg("%s, %lld rows, outputs from %lld: prepared rows differ",
+                         shard_precision_name(in->type), (long long)rows[r / 2],
                          (long long)first);
         }
     }
