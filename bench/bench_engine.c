@@ -10,7 +10,8 @@
  *   weight_bytes=...
  * (--precision P alone, e.g. for a perf profile, prints vs_fp32=nan: no fp32
  * run to compare with). Rounds: the best of 5 per precision on enfr-1024, of
- * 2 on en-2048, whose one forward pass of the batch takes seconds.
+ * 2 on en-2048, whose one forward pass of the batch takes seconds; the
+ * precisions' rounds interleaved (fp32, bf16, int8, fp32, ...).
  * then (unless --no-extras), each against a reference of the same run:
  *   attention=...: the share of a forward pass spent in attention, the
  *     engine's (tiles of queries per row and head) and the per-head BLAS
@@ -219,39 +220,41 @@ typedef struct {
     double tokens_per_s, gflops, sgemm_gflops;
 } measure_t;
 
-/* The best of rounds rounds of one model, alternating with the same-run
- * sgemm reference: this machine's speed drifts (shared cores, frequency). */
-static int measure(const shard_model_t *model, shard_state_t *state, const shard_inputs_t *in,
-                   double flops, int64_t real_tokens, int rounds, measure_t *m)
+/* One timed slot (at least a second of forward passes) of one model; the
+ * best slot is kept. */
+static void measure_slot(const shard_model_t *model, shard_state_t *state,
+                         const shard_inputs_t *in, double flops, int64_t real_tokens,
+                         measure_t *m)
 {
     shard_error_t err = {0};
     shard_outputs_t out;
     shard_outputs_init(&out);
-    if (shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err)) { /* warm-up, pages in */
+    int reps = 0;
+    double start = now(), elapsed;
+    do {
+        shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err);
+        shard_outputs_clear(&out);
+        reps++;
+    } while ((elapsed = now() - start) < 1.0);
+    double engine = flops * reps / elapsed / 1e9;
+    if (engine > m->gflops) {
+        m->gflops = engine;
+        m->tokens_per_s = (double)real_tokens * reps / elapsed;
+    }
+}
+
+static int warm_up(const shard_model_t *model, shard_state_t *state, const shard_inputs_t *in)
+{
+    shard_error_t err = {0};
+    shard_outputs_t out;
+    shard_outputs_init(&out);
+    if (shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err)) { /* pages in */
         fprintf(stderr, "bench-engine: %s\n", err.message);
         return 1;
     }
     shard_outputs_clear(&out);
-    *m = (measure_t){0};
-    for (int round = 0; round < rounds; round++) {
-        int reps = 0;
-        double start = now(), elapsed;
-        do {
-            shard_forward(model, state, SHARD_HEAD_BASE, in, &out, &err);
-            shard_outputs_clear(&out);
-            reps++;
-        } while ((elapsed = now() - start) < 1.0);
-        double engine = flops * reps / elapsed / 1e9;
-        if (engine > m->gflops) {
-            m->gflops = engine;
-            m->tokens_per_s = (double)real_tokens * reps / elapsed;
-        }
-        double reference = sgemm_gflops(2048);
-        m->sgemm_gflops = reference > m->sgemm_gflops ? reference : m->sgemm_gflops;
-    }
     return 0;
 }
-
 
 /* ------------------------------------------------------------ extras */
 
@@ -482,35 +485,55 @@ static int run_precisions(const bench_shape_t *s, const char *dir, const shard_i
                           double flops, int64_t real_tokens, int threads, int rounds,
                           int only_precision)
 {
-    double fp32_tokens = NAN;
+    /* Every precision's model open at once and their rounds interleaved
+     * (fp32, bf16, int8, the sgemm reference, again): this machine's speed
+     * drifts (shared cores, frequency), and a drift then reaches every
+     * precision's best round alike instead of one precision's rounds. */
+    shard_model_t *models[SHARD_PRECISION_COUNT_] = {0};
+    shard_state_t *states[SHARD_PRECISION_COUNT_] = {0};
+    measure_t m[SHARD_PRECISION_COUNT_] = {{0}};
+    double sgemm = 0.0;
     int rc = 0;
     for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc; p++) {
         if (only_precision >= 0 && p != only_precision)
             continue;
         shard_error_t err = {0};
-        shard_model_t *model = shard_model_open(
-            dir, &(shard_model_options_t){.precision = (shard_precision_t)p}, &err);
-        shard_state_t *state = model ? shard_state_new() : NULL;
-        measure_t m;
-        if (!state) {
-            fprintf(stderr, "bench-engine: %s\n", model ? "out of memory" : err.message);
+        models[p] = shard_model_open(dir, &(shard_model_options_t){.precision = (shard_precision_t)p},
+                                     &err);
+        states[p] = models[p] ? shard_state_new() : NULL;
+        if (!states[p]) {
+            fprintf(stderr, "bench-engine: %s\n", models[p] ? "out of memory" : err.message);
             rc = 1;
-        } else if (!(rc = measure(model, state, in, flops, real_tokens, rounds, &m))) {
-            if (p == SHARD_PRECISION_FP32)
-                fp32_tokens = m.tokens_per_s;
-            printf("shape=%s threads=%d precision=%s tokens_per_s=%.0f gflops=%.1f vs_fp32=%.3f "
-                   "ratio=%.3f weight_bytes=%zu\n",
-                   s->name, threads, shard_precision_name((shard_precision_t)p), m.tokens_per_s,
-                   m.gflops, m.tokens_per_s / fp32_tokens, m.gflops / m.sgemm_gflops,
-                   shard_model_weight_bytes(model));
-            printf("#   %s: %s%s\n", shard_precision_name((shard_precision_t)p),
-                   shard_model_precision_note(model),
-                   p == SHARD_PRECISION_FP32 ? "; ratio's reference: the same library's 2048^3 "
-                                               "product" : "");
-            fflush(stdout);
+        } else {
+            rc = warm_up(models[p], states[p], in);
         }
-        shard_state_destroy(&state);
-        shard_model_destroy(&model);
+    }
+    for (int round = 0; round < rounds && !rc; round++) {
+        for (int p = 0; p < SHARD_PRECISION_COUNT_; p++)
+            if (states[p])
+                measure_slot(models[p], states[p], in, flops, real_tokens, &m[p]);
+        const double reference = sgemm_gflops(2048);
+        sgemm = reference > sgemm ? reference : sgemm;
+    }
+    const double fp32_tokens = states[SHARD_PRECISION_FP32] ? m[SHARD_PRECISION_FP32].tokens_per_s
+                                                            : NAN;
+    for (int p = 0; p < SHARD_PRECISION_COUNT_ && !rc; p++) {
+        if (!states[p])
+            continue;
+        printf("shape=%s threads=%d precision=%s tokens_per_s=%.0f gflops=%.1f vs_fp32=%.3f "
+               "ratio=%.3f weight_bytes=%zu\n",
+               s->name, threads, shard_precision_name((shard_precision_t)p), m[p].tokens_per_s,
+               m[p].gflops, m[p].tokens_per_s / fp32_tokens, m[p].gflops / sgemm,
+               shard_model_weight_bytes(models[p]));
+        printf("#   %s: %s%s\n", shard_precision_name((shard_precision_t)p),
+               shard_model_precision_note(models[p]),
+               p == SHARD_PRECISION_FP32 ? "; ratio's reference: the same library's 2048^3 "
+                                           "product" : "");
+    }
+    fflush(stdout);
+    for (int p = 0; p < SHARD_PRECISION_COUNT_; p++) {
+        shard_state_destroy(&states[p]);
+        shard_model_destroy(&models[p]);
     }
     return rc;
 }

@@ -439,7 +439,7 @@ static inline float exp_nonpositive(float x_in)
  * vectorised CPU kernels use; glibc's scalar erff made GELU a sixth of a
  * layer's time. Built for AVX2 and for the baseline, picked at load time
  * (kernels.c is compiled with -fno-trapping-math so that this vectorises). */
-SHARD_AVX2_CLONES
+SHARD_AVX512_CLONES
 static void gelu_run(float *x, size_t count)
 {
     for (size_t i = 0; i < count; i++) {

@@ -51,7 +51,7 @@ static void fill_nan(float *y, int64_t count)
         y[i] = NAN;
 }
 
-SHARD_AVX2_CLONES
+SHARD_AVX512_CLONES
 static void add_bias_row(const float *b, int64_t no, float *y)
 {
     for (int64_t o = 0; o < no; o++)
@@ -67,7 +67,7 @@ static void add_bias(const float *b, int64_t rows, int64_t no, float *y)
         add_bias_row(b, no, y + r * no);
 }
 
-SHARD_AVX2_CLONES
+SHARD_AVX512_CLONES
 static void round_row_to_bf16(const float *x, int64_t count, uint16_t *xb)
 {
     for (int64_t i = 0; i < count; i++)

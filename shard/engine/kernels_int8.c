@@ -50,7 +50,7 @@ static void *grow(void **buffer, size_t *have, size_t need)
 }
 
 /* q[i] = round(x[i] / s), s = max|x| / 127 (1 for a zero row); returns s. */
-SHARD_AVX2_CLONES
+SHARD_AVX512_CLONES
 static float quantise_row(const float *x, int64_t count, int8_t *q)
 {
     const float amax = shard_max_abs(x, count);
@@ -62,7 +62,7 @@ static float quantise_row(const float *x, int64_t count, int8_t *q)
 }
 
 /* out[o] = a[o] * (s * ws[o]) + b[o] */
-SHARD_AVX2_CLONES
+SHARD_AVX512_CLONES
 static void dequantise_row(const int32_t *a, int64_t no, float s, const float *ws, const float *b,
                            float *out)
 {
