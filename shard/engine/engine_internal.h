@@ -210,6 +210,10 @@ void shard_linear_outputs(const shard_linear_t *linear, int64_t first, int64_t c
  * with_bias. */
 void shard_linear_columns(const shard_linear_t *linear, int64_t first, int64_t cols,
                           const float *x, int64_t rows, bool with_bias, float *y);
+/* *buffer grown to need bytes (contents kept) for the calling thread, which
+ * frees it when it ends; *buffer NULL and *have 0 at first use. NULL when
+ * out of memory. */
+void *shard_thread_buffer(void **buffer, size_t *have, size_t need);
 /* Rows that one or more products of a layer read whole (the LM
  * projection's vocabulary panels; a layer's output projection followed by
  * its norm): an int8 layer quantises them once, here, instead of at each

@@ -204,34 +204,55 @@ static void product_any(const product_t *p, const float *x, int64_t rows, float 
 static _Thread_local float *tile_x, *tile_y;
 static _Thread_local size_t tile_x_count, tile_y_count;
 
-/* Freed when the thread ends: states run on threads that come and go. */
-static pthread_key_t tile_key;
-static pthread_once_t tile_key_once = PTHREAD_ONCE_INIT;
+/* Work space of the calling thread, freed when the thread ends: states
+ * run on threads that come and go. */
+enum { THREAD_BUFFERS_MAX = 32 };
+static _Thread_local void **thread_buffers[THREAD_BUFFERS_MAX];
+static _Thread_local int thread_buffer_count;
+static pthread_key_t thread_buffers_key;
+static pthread_once_t thread_buffers_once = PTHREAD_ONCE_INIT;
 
-static void free_tile_buffers(void *unused)
+static void free_thread_buffers(void *unused)
 {
     (void)unused;
-    free(tile_x);
-    free(tile_y);
-    free(fp32_out);
-    tile_x = tile_y = fp32_out = NULL;
-    tile_x_count = tile_y_count = fp32_out_count = 0;
+    for (int i = 0; i < thread_buffer_count; i++) {
+        free(*thread_buffers[i]);
+        *thread_buffers[i] = NULL;
+    }
+    thread_buffer_count = 0;
 }
 
-static void make_tile_key(void) { pthread_key_create(&tile_key, free_tile_buffers); }
+static void make_thread_buffers_key(void)
+{
+    pthread_key_create(&thread_buffers_key, free_thread_buffers);
+}
+
+void *shard_thread_buffer(void **buffer, size_t *have, size_t need)
+{
+    if (need <= *have && *buffer)
+        return *buffer;
+    if (!*buffer) { /* first use on this thread: freed with it */
+        if (thread_buffer_count == THREAD_BUFFERS_MAX)
+            return NULL;
+        pthread_once(&thread_buffers_once, make_thread_buffers_key);
+        pthread_setspecific(thread_buffers_key, (void *)1); /* destructors run for non-NULL */
+        thread_buffers[thread_buffer_count++] = buffer;
+        *have = 0;
+    }
+    void *grown = realloc(*buffer, need ? need : 1);
+    if (!grown)
+        return NULL;
+    *buffer = grown;
+    *have = need;
+    return grown;
+}
 
 static float *tile_buffer(float **buffer, size_t *have, size_t count)
 {
-    if (count > *have) {
-        pthread_once(&tile_key_once, make_tile_key);
-        pthread_setspecific(tile_key, (void *)1); /* the destructor runs only for non-NULL */
-        free(*buffer);
-        *have = 0;
-        if (!(*buffer = malloc(count * sizeof **buffer)))
-            return NULL;
-        *have = count;
-    }
-    return *buffer;
+    size_t bytes = *have * sizeof **buffer;
+    float *out = shard_thread_buffer((void **)buffer, &bytes, count * sizeof **buffer);
+    *have = bytes / sizeof **buffer;
+    return out;
 }
 
 static atomic_uint_fast64_t products_finished;

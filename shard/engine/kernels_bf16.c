@@ -35,14 +35,7 @@ static _Thread_local size_t thread_work_size;
 
 static void *work(size_t size)
 {
-    if (size > thread_work_size) {
-        void *grown = realloc(thread_work, size);
-        if (!grown)
-            return NULL;
-        thread_work = grown;
-        thread_work_size = size;
-    }
-    return thread_work;
+    return shard_thread_buffer(&thread_work, &thread_work_size, size);
 }
 
 static void fill_nan(float *y, int64_t count)
@@ -142,16 +135,14 @@ static _Thread_local struct {
     size_t rows_size, input_size, out_size;
 } prepared_work;
 
-static void *grow(void **buffer, size_t *have, size_t need)
+/* A product's row made final: its bias added, or NaN where the product
+ * failed (out of memory mid-forward: NaN, never a wrong number). */
+static void finish_row(bool ok, const float *b, int64_t count, float *row)
 {
-    if (need > *have) {
-        void *grown = realloc(*buffer, need);
-        if (!grown)
-            return NULL;
-        *buffer = grown;
-        *have = need;
-    }
-    return *buffer;
+    if (!ok)
+        fill_nan(row, count);
+    else if (b)
+        add_bias_row(b, count, row);
 }
 
 static int64_t padded_rows(int64_t rows)
@@ -174,7 +165,7 @@ void shard_bf16_rows_prepare(const float *x, int64_t rows, int64_t cols,
     if (!shard_bf16_native() || rows <= 0)
         return;
     const int64_t padded = padded_rows(rows);
-    uint16_t *xb = grow((void **)&prepared_work.rows, &prepared_work.rows_size,
+    uint16_t *xb = shard_thread_buffer((void **)&prepared_work.rows, &prepared_work.rows_size,
                         (size_t)(padded * cols) * sizeof *xb);
     if (!xb)
         return; /* left as fp32 rows: each product rounds them itself */
@@ -189,11 +180,11 @@ bool shard_bf16_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t act
     if (ffn_in->type != SHARD_PRECISION_BF16 || !shard_bf16_native() || rows <= 0)
         return false;
     const int64_t d = ffn_in->in, h = ffn_in->out, padded = padded_rows(rows);
-    uint16_t *xb = grow((void **)&prepared_work.input, &prepared_work.input_size,
+    uint16_t *xb = shard_thread_buffer((void **)&prepared_work.input, &prepared_work.input_size,
                         (size_t)(padded * d) * sizeof *xb);
-    float *out = grow((void **)&prepared_work.out, &prepared_work.out_size,
+    float *out = shard_thread_buffer((void **)&prepared_work.out, &prepared_work.out_size,
                       (size_t)(padded * h) * sizeof *out);
-    uint16_t *hidden = grow((void **)&prepared_work.rows, &prepared_work.rows_size,
+    uint16_t *hidden = shard_thread_buffer((void **)&prepared_work.rows, &prepared_work.rows_size,
                             (size_t)(padded * h) * sizeof *hidden);
     if (!xb || !out || !hidden)
         return false; /* the caller takes the steps apart, which fail with NaN if need be */
@@ -206,10 +197,7 @@ bool shard_bf16_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t act
 #pragma omp parallel for schedule(static) if (rows * h >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++) {
         float *row = out + r * h;
-        if (!ok)
-            fill_nan(row, h); /* out of memory mid-forward: NaN, never a wrong number */
-        else if (b)
-            add_bias_row(b, h, row);
+        finish_row(ok, b, h, row);
         shard_activate_serial(row, (size_t)h, activation);
         round_row_to_bf16(row, h, hidden + r * h);
     }
@@ -225,20 +213,17 @@ bool shard_bf16_outputs_each(const shard_linear_t *linear, int64_t first, int64_
     if (linear->type != SHARD_PRECISION_BF16 || !prepared->bf16 || prepared->cols != linear->in)
         return false;
     const int64_t rows = prepared->rows;
-    float *out = grow((void **)&prepared_work.out, &prepared_work.out_size,
-                      (size_t)(prepared->padded * count) * sizeof *out);
-    const bool ok = out && product_bf16(linear, first, count, 0, linear->in, prepared->bf16,
-                                        prepared->padded, out);
+    float *out = shard_thread_buffer((void **)&prepared_work.out, &prepared_work.out_size,
+                                     (size_t)(prepared->padded * count) * sizeof *out);
     if (!out)
         return false; /* the caller's own product, NaN if memory is short there too */
+    const bool ok = product_bf16(linear, first, count, 0, linear->in, prepared->bf16,
+                                 prepared->padded, out);
     const float *b = linear->bias ? linear->bias + first : NULL;
 #pragma omp parallel for schedule(static) if (rows * count >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++) {
         float *values = out + r * count;
-        if (!ok)
-            fill_nan(values, count); /* out of memory mid-forward: NaN, never a wrong number */
-        else if (b)
-            add_bias_row(b, count, values);
+        finish_row(ok, b, count, values);
         use(context, r, values);
     }
     return true;

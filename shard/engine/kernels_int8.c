@@ -37,18 +37,6 @@ static _Thread_local size_t thread_q_size;
 static _Thread_local int32_t *thread_acc;
 static _Thread_local size_t thread_acc_size;
 
-static void *grow(void **buffer, size_t *have, size_t need)
-{
-    if (need > *have) {
-        void *grown = realloc(*buffer, need);
-        if (!grown)
-            return NULL;
-        *buffer = grown;
-        *have = need;
-    }
-    return *buffer;
-}
-
 /* q[i] = round(x[i] / s), s = max|x| / 127 (1 for a zero row); returns s. */
 SHARD_AVX512_CLONES
 static float quantise_row(const float *x, int64_t count, int8_t *q)
@@ -95,8 +83,8 @@ static bool product_s32(const shard_linear_t *linear, int64_t o0, int64_t no, in
 void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int64_t c0,
                        int64_t nc, const float *x, int64_t rows, bool bias, float *y)
 {
-    int8_t *q = grow((void **)&thread_q, &thread_q_size, (size_t)(rows * nc));
-    int32_t *acc = grow((void **)&thread_acc, &thread_acc_size,
+    int8_t *q = shard_thread_buffer((void **)&thread_q, &thread_q_size, (size_t)(rows * nc));
+    int32_t *acc = shard_thread_buffer((void **)&thread_acc, &thread_acc_size,
                         (size_t)(rows * no) * sizeof *acc);
     if (!q || !acc) {
         fill_nan(y, rows, no); /* out of memory mid-forward: NaN, never a wrong number */
@@ -146,9 +134,9 @@ static int64_t padded_rows(int64_t rows)
 static bool prepared_room(int64_t rows, int64_t cols, shard_linear_rows_t *prepared)
 {
     const int64_t padded = padded_rows(rows);
-    int8_t *q = grow((void **)&prepared_work.q, &prepared_work.q_size,
+    int8_t *q = shard_thread_buffer((void **)&prepared_work.q, &prepared_work.q_size,
                      (size_t)(padded > 0 ? padded : 1) * (size_t)cols);
-    float *scales = grow((void **)&prepared_work.scales, &prepared_work.scales_size,
+    float *scales = shard_thread_buffer((void **)&prepared_work.scales, &prepared_work.scales_size,
                          (size_t)(rows > 0 ? rows : 1) * sizeof *scales);
     if (!q || !scales)
         return false;
@@ -178,10 +166,10 @@ bool shard_int8_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t act
         return false;
     const int64_t d = ffn_in->in, h = ffn_in->out, padded = padded_rows(rows);
     const int threads = omp_get_max_threads();
-    int8_t *q_in = grow((void **)&thread_q, &thread_q_size, (size_t)(padded * d));
-    int32_t *acc = grow((void **)&thread_acc, &thread_acc_size,
+    int8_t *q_in = shard_thread_buffer((void **)&thread_q, &thread_q_size, (size_t)(padded * d));
+    int32_t *acc = shard_thread_buffer((void **)&thread_acc, &thread_acc_size,
                         (size_t)(padded * h) * sizeof *acc);
-    float *row_work = grow((void **)&prepared_work.rows, &prepared_work.rows_size,
+    float *row_work = shard_thread_buffer((void **)&prepared_work.rows, &prepared_work.rows_size,
                            (size_t)threads * (size_t)h * sizeof *row_work);
     float in_scales_stack[256];
     float *in_scales = rows <= 256 ? in_scales_stack : malloc((size_t)rows * sizeof *in_scales);
@@ -222,7 +210,7 @@ bool shard_int8_outputs_each(const shard_linear_t *linear, int64_t first, int64_
     if (linear->type != SHARD_PRECISION_INT8 || !prepared->q || prepared->cols != linear->in)
         return false;
     const int64_t rows = prepared->rows;
-    int32_t *acc = grow((void **)&thread_acc, &thread_acc_size,
+    int32_t *acc = shard_thread_buffer((void **)&thread_acc, &thread_acc_size,
                         (size_t)(prepared->padded * count) * sizeof *acc);
     const bool ok = acc && product_s32(linear, first, count, 0, linear->in, prepared->q,
                                        prepared->padded, acc);

@@ -5,7 +5,10 @@
  * shard_state_t. So two threads, each with its own run state, running the
  * golden cases of several heads (greedy generation and clm_score included)
  * and shard_score_rows (clm and mlm-pll) on the SAME model objects at once
- * must produce exactly the bytes one thread produces alone.
+ * must produce exactly the bytes one thread produces alone; in int8 and
+ * bf16 too, whose products keep quantised or rounded rows in work space of
+ * the calling thread (under the sanitizer lane, also freed when the
+ * threads end).
  *
  * BLAS runs with one thread (shard_set_threads is process-wide): the
  * threads here are the callers', and the engine's own code must hold no
@@ -35,6 +38,8 @@ static const char *const folders[] = {"mlm_multi-qa",       "mlm_multi-seq_cls",
                                       "clm-lm",             "clm-qa_simple",
                                       "mlm_multi-lm"};
 enum { N_FOLDERS = sizeof folders / sizeof folders[0], SCORE_ROWS = 12 };
+/* tiny-clm-enfr, then it and clm-lm in int8 and in bf16 */
+enum { N_MODELS = N_FOLDERS + 5 };
 
 /* One unit of work: a golden case, or one row scored by shard_score_rows. */
 typedef struct {
@@ -47,7 +52,7 @@ typedef struct {
 } job_t;
 
 typedef struct {
-    shard_model_t *models[N_FOLDERS + 1]; /* the folders, then tiny-clm-enfr */
+    shard_model_t *models[N_MODELS]; /* the folders, then tiny-clm-enfr, then reduced ones */
     case_t cases[MAX_JOBS];
     int n_cases;
     int64_t *score_ids[SCORE_ROWS + 1], *score_langs[SCORE_ROWS + 1];
@@ -62,10 +67,11 @@ typedef struct {
     char first_failure[512];
 } worker_t;
 
-static shard_model_t *open_or_fail(const char *dir)
+static shard_model_t *open_in(const char *dir, shard_precision_t precision)
 {
     shard_error_t err = {0};
-    shard_model_t *model = shard_model_open(dir, NULL, &err);
+    shard_model_t *model =
+        shard_model_open(dir, &(shard_model_options_t){.precision = precision}, &err);
     if (!model)
         fail_msg("shard_model_open %s: %s", dir, err.message);
     return model;
@@ -194,11 +200,27 @@ static int setup(void **state)
     char dir[1024];
     for (int i = 0; i < N_FOLDERS; i++) {
         snprintf(dir, sizeof dir, "%s/%s", XLM_GOLDEN_DIR, folders[i]);
-        f->models[i] = open_or_fail(dir);
+        f->models[i] = open_in(dir, SHARD_PRECISION_FP32);
         add_case_jobs(f, f->models[i], folders[i]);
     }
-    f->models[N_FOLDERS] = open_or_fail(XLM_MODELS_DIR "/tiny-clm-enfr");
+    f->models[N_FOLDERS] = open_in(XLM_MODELS_DIR "/tiny-clm-enfr", SHARD_PRECISION_FP32);
+    const int first_score = f->n_jobs;
     add_score_jobs(f, f->models[N_FOLDERS], f->models[N_FOLDERS - 1]);
+    /* The score rows and clm-lm's cases again in int8 and in bf16. */
+    const shard_precision_t reduced[] = {SHARD_PRECISION_INT8, SHARD_PRECISION_BF16};
+    snprintf(dir, sizeof dir, "%s/clm-lm", XLM_GOLDEN_DIR);
+    for (int p = 0; p < 2; p++) {
+        shard_model_t *tiny = open_in(XLM_MODELS_DIR "/tiny-clm-enfr", reduced[p]);
+        shard_model_t *clm = open_in(dir, reduced[p]);
+        f->models[N_FOLDERS + 1 + 2 * p] = tiny;
+        f->models[N_FOLDERS + 2 + 2 * p] = clm;
+        for (int r = 0; r < SCORE_ROWS; r++) {
+            assert_true(f->n_jobs < MAX_JOBS);
+            f->jobs[f->n_jobs] = f->jobs[first_score + r];
+            f->jobs[f->n_jobs++].model = tiny;
+        }
+        add_case_jobs(f, clm, "clm-lm");
+    }
     /* The reference: every job once, in order, on one state. */
     shard_state_t *run_state = shard_state_new();
     assert_non_null(run_state);
@@ -224,7 +246,7 @@ static int teardown(void **state)
         free(f->score_ids[r]);
         free(f->score_langs[r]);
     }
-    for (int i = 0; i <= N_FOLDERS; i++)
+    for (int i = 0; i < N_MODELS; i++)
         shard_model_destroy(&f->models[i]);
     return 0;
 }
