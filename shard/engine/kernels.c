@@ -18,8 +18,8 @@
 
 /* fp32 products go to OpenBLAS where it runs an AVX-512 kernel made for
  * this CPU, to oneDNN's fp32 matmul on other AVX-512 CPUs, and to the
- * engine's own ordered kernel (sgemm_ordered.c) on CPUs with AVX2 alone. OpenBLAS (0.3.21, DYNAMIC_ARCH)
- * picks its kernels by CPU model number, and a model newer than it knows
+ * engine's own ordered kernel (sgemm_ordered.c) on CPUs with AVX2 alone.
+ * OpenBLAS (0.3.21, DYNAMIC_ARCH) picks its kernels by CPU model number, and a model newer than it knows
  * gets an older kernel: on the Xeon of bench/row_tiles.md (family 6 model
  * 207) the SSE3 "Prescott" sgemm, 21 GFLOP/s a core against oneDNN's 109;
  * on the AMD EPYC of 2026-12-02 night (family 26, AVX-512) its AVX2
@@ -458,7 +458,7 @@ static inline float exp_nonpositive(float x_in)
 /* The exact (erf) GELU, as XLM and torch's default gelu use. erf is the
  * Abramowitz-Stegun 7.1.26 form (|error| < 1.5e-7), the one torch's
  * vectorised CPU kernels use; glibc's scalar erff made GELU a sixth of a
- * layer's time. Built for AVX2 and for the baseline, picked at load time
+ * layer's time. Built for AVX-512, AVX2 and the baseline, picked at load time
  * (kernels.c is compiled with -fno-trapping-math so that this vectorises). */
 SHARD_AVX512_CLONES
 static void gelu_run(float *x, size_t count)

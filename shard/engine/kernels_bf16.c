@@ -166,7 +166,7 @@ void shard_bf16_rows_prepare(const float *x, int64_t rows, int64_t cols,
         return;
     const int64_t padded = padded_rows(rows);
     uint16_t *xb = shard_thread_buffer((void **)&prepared_work.rows, &prepared_work.rows_size,
-                        (size_t)(padded * cols) * sizeof *xb);
+                                       (size_t)(padded * cols) * sizeof *xb);
     if (!xb)
         return; /* left as fp32 rows: each product rounds them itself */
     round_rows(x, rows, cols, xb);
@@ -181,11 +181,12 @@ bool shard_bf16_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t act
         return false;
     const int64_t d = ffn_in->in, h = ffn_in->out, padded = padded_rows(rows);
     uint16_t *xb = shard_thread_buffer((void **)&prepared_work.input, &prepared_work.input_size,
-                        (size_t)(padded * d) * sizeof *xb);
+                                       (size_t)(padded * d) * sizeof *xb);
     float *out = shard_thread_buffer((void **)&prepared_work.out, &prepared_work.out_size,
-                      (size_t)(padded * h) * sizeof *out);
-    uint16_t *hidden = shard_thread_buffer((void **)&prepared_work.rows, &prepared_work.rows_size,
-                            (size_t)(padded * h) * sizeof *hidden);
+                                     (size_t)(padded * h) * sizeof *out);
+    uint16_t *hidden = shard_thread_buffer((void **)&prepared_work.rows,
+                                           &prepared_work.rows_size,
+                                           (size_t)(padded * h) * sizeof *hidden);
     if (!xb || !out || !hidden)
         return false; /* the caller takes the steps apart, which fail with NaN if need be */
     round_rows(x, rows, d, xb);

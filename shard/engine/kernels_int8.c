@@ -36,6 +36,8 @@ static _Thread_local int8_t *thread_q;
 static _Thread_local size_t thread_q_size;
 static _Thread_local int32_t *thread_acc;
 static _Thread_local size_t thread_acc_size;
+static _Thread_local float *thread_scales;
+static _Thread_local size_t thread_scales_size;
 
 /* q[i] = round(x[i] / s), s = max|x| / 127 (1 for a zero row); returns s. */
 SHARD_AVX512_CLONES
@@ -80,27 +82,28 @@ static bool product_s32(const shard_linear_t *linear, int64_t o0, int64_t no, in
                                                  acc, sizeof *acc);
 }
 
+/* Rows spread over the engine's threads: each row's quantisation (and
+ * dequantisation) depends on that row alone. */
+static void quantise_rows(const float *x, int64_t rows, int64_t cols, int8_t *q, float *scales)
+{
+#pragma omp parallel for schedule(static) if (rows * cols >= SHARD_PARALLEL_MIN_FLOATS)
+    for (int64_t r = 0; r < rows; r++)
+        scales[r] = quantise_row(x + r * cols, cols, q + r * cols);
+}
+
 void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int64_t c0,
                        int64_t nc, const float *x, int64_t rows, bool bias, float *y)
 {
     int8_t *q = shard_thread_buffer((void **)&thread_q, &thread_q_size, (size_t)(rows * nc));
     int32_t *acc = shard_thread_buffer((void **)&thread_acc, &thread_acc_size,
-                        (size_t)(rows * no) * sizeof *acc);
-    if (!q || !acc) {
+                                       (size_t)(rows * no) * sizeof *acc);
+    float *scales = shard_thread_buffer((void **)&thread_scales, &thread_scales_size,
+                                        (size_t)rows * sizeof *scales);
+    if (!q || !acc || !scales) {
         fill_nan(y, rows, no); /* out of memory mid-forward: NaN, never a wrong number */
         return;
     }
-    float scales_stack[256];
-    float *scales = rows <= 256 ? scales_stack : malloc((size_t)rows * sizeof *scales);
-    if (!scales) {
-        fill_nan(y, rows, no);
-        return;
-    }
-    /* Rows spread over the engine's threads: each row's quantisation and
-     * dequantisation depend on that row alone. */
-#pragma omp parallel for schedule(static) if (rows * nc >= SHARD_PARALLEL_MIN_FLOATS)
-    for (int64_t r = 0; r < rows; r++)
-        scales[r] = quantise_row(x + r * nc, nc, q + r * nc);
+    quantise_rows(x, rows, nc, q, scales);
     if (!product_s32(linear, o0, no, c0, nc, q, rows, acc)) {
         fill_nan(y, rows, no);
     } else {
@@ -110,8 +113,6 @@ void shard_linear_int8(const shard_linear_t *linear, int64_t o0, int64_t no, int
         for (int64_t r = 0; r < rows; r++)
             dequantise_row(acc + r * no, no, scales[r], ws, b, y + r * no);
     }
-    if (scales != scales_stack)
-        free(scales);
 }
 
 /* The prepared rows of the calling thread (shard_linear_rows_prepare): one
@@ -135,9 +136,10 @@ static bool prepared_room(int64_t rows, int64_t cols, shard_linear_rows_t *prepa
 {
     const int64_t padded = padded_rows(rows);
     int8_t *q = shard_thread_buffer((void **)&prepared_work.q, &prepared_work.q_size,
-                     (size_t)(padded > 0 ? padded : 1) * (size_t)cols);
-    float *scales = shard_thread_buffer((void **)&prepared_work.scales, &prepared_work.scales_size,
-                         (size_t)(rows > 0 ? rows : 1) * sizeof *scales);
+                                    (size_t)(padded > 0 ? padded : 1) * (size_t)cols);
+    float *scales = shard_thread_buffer((void **)&prepared_work.scales,
+                                        &prepared_work.scales_size,
+                                        (size_t)(rows > 0 ? rows : 1) * sizeof *scales);
     if (!q || !scales)
         return false;
     memset(q + rows * cols, 0, (size_t)((padded - rows) * cols));
@@ -152,11 +154,7 @@ void shard_int8_rows_prepare(const float *x, int64_t rows, int64_t cols,
 {
     if (!prepared_room(rows, cols, prepared))
         return; /* left as fp32 rows: each product quantises them itself */
-    int8_t *q = prepared->q;
-    float *scales = prepared->scales;
-#pragma omp parallel for schedule(static) if (rows * cols >= SHARD_PARALLEL_MIN_FLOATS)
-    for (int64_t r = 0; r < rows; r++)
-        scales[r] = quantise_row(x + r * cols, cols, q + r * cols);
+    quantise_rows(x, rows, cols, prepared->q, prepared->scales);
 }
 
 bool shard_int8_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t activation,
@@ -168,27 +166,22 @@ bool shard_int8_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t act
     const int threads = omp_get_max_threads();
     int8_t *q_in = shard_thread_buffer((void **)&thread_q, &thread_q_size, (size_t)(padded * d));
     int32_t *acc = shard_thread_buffer((void **)&thread_acc, &thread_acc_size,
-                        (size_t)(padded * h) * sizeof *acc);
+                                       (size_t)(padded * h) * sizeof *acc);
     float *row_work = shard_thread_buffer((void **)&prepared_work.rows, &prepared_work.rows_size,
-                           (size_t)threads * (size_t)h * sizeof *row_work);
-    float in_scales_stack[256];
-    float *in_scales = rows <= 256 ? in_scales_stack : malloc((size_t)rows * sizeof *in_scales);
-    if (!q_in || !acc || !row_work || !in_scales || !prepared_room(rows, h, prepared)) {
-        if (in_scales != in_scales_stack)
-            free(in_scales);
+                                          (size_t)threads * (size_t)h * sizeof *row_work);
+    float *in_scales = shard_thread_buffer((void **)&thread_scales, &thread_scales_size,
+                                           (size_t)rows * sizeof *in_scales);
+    if (!q_in || !acc || !row_work || !in_scales || !prepared_room(rows, h, prepared))
         return false; /* the caller takes the steps apart, which fail with NaN if need be */
-    }
     memset(q_in + rows * d, 0, (size_t)((padded - rows) * d));
-#pragma omp parallel for schedule(static) if (rows * d >= SHARD_PARALLEL_MIN_FLOATS)
-    for (int64_t r = 0; r < rows; r++)
-        in_scales[r] = quantise_row(x + r * d, d, q_in + r * d);
+    quantise_rows(x, rows, d, q_in, in_scales);
     const bool ok = product_s32(ffn_in, 0, h, 0, d, q_in, padded, acc);
     int8_t *q_hidden = prepared->q;
     float *hidden_scales = prepared->scales;
     const float *b = ffn_in->bias;
     /* Each hidden row: dequantised with its bias, activated and quantised
      * again, in one thread's cache. */
-#pragma omp parallel for schedule(static) if (ok && rows * h >= SHARD_PARALLEL_MIN_FLOATS)
+#pragma omp parallel for schedule(static) if (rows * h >= SHARD_PARALLEL_MIN_FLOATS)
     for (int64_t r = 0; r < rows; r++) {
         float *hidden = row_work + (size_t)omp_get_thread_num() * (size_t)h;
         if (ok)
@@ -198,8 +191,6 @@ bool shard_int8_hidden_rows(const shard_linear_t *ffn_in, shard_activation_t act
         shard_activate_serial(hidden, (size_t)h, activation);
         hidden_scales[r] = quantise_row(hidden, h, q_hidden + r * h);
     }
-    if (in_scales != in_scales_stack)
-        free(in_scales);
     return true;
 }
 
@@ -211,7 +202,7 @@ bool shard_int8_outputs_each(const shard_linear_t *linear, int64_t first, int64_
         return false;
     const int64_t rows = prepared->rows;
     int32_t *acc = shard_thread_buffer((void **)&thread_acc, &thread_acc_size,
-                        (size_t)(prepared->padded * count) * sizeof *acc);
+                                       (size_t)(prepared->padded * count) * sizeof *acc);
     const bool ok = acc && product_s32(linear, first, count, 0, linear->in, prepared->q,
                                        prepared->padded, acc);
     const float *ws = linear->scale + first;
